@@ -1,0 +1,121 @@
+"""`simserve ...`: the command line. The only module (with app.py) that touches files and the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from simserve.scenario import Scenario, ScenarioError, load_scenario
+from simserve.sim import Results, run
+
+EXIT_BAD_INPUT = 2
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    return str(value)
+
+
+def format_summary(scenario: Scenario, results: Results) -> str:
+    """A readable table of one run's summary."""
+    s = results.summary
+    lines = [f"simserve: {scenario.name}  (seed {scenario.seed})"]
+    for p in results.pools:
+        lines.append(f"  pool {p['pool']}: {p['replicas']} x {p['model']} on {p['tensor_parallel']} x {p['gpu']}, "
+                     f"{p['kv_capacity_blocks']:,} KV blocks per replica")
+    lines.append(f"  requests  {s['num_requests']:,} arrived, {s['num_completed']:,} completed, "
+                 f"{s['num_rejected']:,} rejected, {s['num_unfinished']:,} unfinished")
+    lines.append(f"  simulated {s['makespan_s']:,.1f} s in {s['wall_time_s']:.2f} s wall, "
+                 f"{s['num_events']:,} events ({s['events_per_request']:.1f} per request)")
+    lines.append("")
+    lines.append(f"  {'metric':<10}{'mean':>12}{'p50':>12}{'p90':>12}{'p99':>12}")
+    for m in ("ttft_s", "tpot_s", "e2e_s"):
+        lines.append(f"  {m:<10}" + "".join(f"{_fmt(s[f'{m}_{k}']):>12}" for k in ("mean", "p50", "p90", "p99")))
+    lines.append("")
+    rows = [
+        ("output tokens/s", s["throughput_output_tokens_per_s"]), ("requests/s", s["requests_per_s"]),
+        ("goodput (share in SLO)", s["goodput"]), ("KV utilisation mean", s["kv_utilization_mean"]),
+        ("KV utilisation max", s["kv_utilization_max"]), ("preemptions", s["num_preemptions"]),
+        ("mean batch size", s["batch_size_mean"]), ("mean queue length", s["queue_len_mean"]),
+        ("GPU-hours", s["gpu_hours"]), ("cost USD", s["cost_usd"]),
+    ]
+    lines.extend(f"  {name:<24}{_fmt(v):>14}" for name, v in rows)
+    if s["saturated"]:
+        lines.append("")
+        lines.append(f"  SATURATED: {s['num_unfinished']:,} requests were still waiting or running at the horizon "
+                     f"({s['horizon_s']:,.0f} s); the cluster cannot keep up with this load.")
+    return "\n".join(lines)
+
+
+def write_results(scenario: Scenario, results: Results, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    results.requests.to_parquet(out / "requests.parquet", index=False)
+    results.replicas.to_parquet(out / "replicas.parquet", index=False)
+    (out / "scenario.yaml").write_text(scenario.to_yaml())
+    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in results.summary.items()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.exact_steps:
+        overrides.append("engine.exact_steps=true")
+    scenario = load_scenario(args.scenario, overrides)
+    results = run(scenario)
+    out = Path(args.out) if args.out else Path("results") / scenario.name
+    write_results(scenario, results, out)
+    print(format_summary(scenario, results))
+    print(f"\n  wrote {out}/requests.parquet, replicas.parquet, scenario.yaml, summary.json")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario, list(args.set or []))
+    print(f"{args.scenario}: ok ({scenario.name})")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Scenario.model_json_schema(by_alias=True), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simserve", description="Simulate reasoning-model serving clusters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="simulate a scenario, print a summary and write results")
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument("--out", help="results folder (default results/NAME)")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field: workload.num_requests=500")
+    p.add_argument("--exact-steps", action="store_true", help="one event per step (reference mode, slower)")
+    p.set_defaults(func=_cmd_run)
+    c = sub.add_parser("check", help="validate a scenario without running it")
+    c.add_argument("scenario")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(func=_cmd_check)
+    s = sub.add_parser("schema", help="print the scenario JSON Schema")
+    s.set_defaults(func=_cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

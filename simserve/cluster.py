@@ -1,0 +1,381 @@
+"""The SimPy processes: a replica's iteration loop (continuous batching over paged KV memory, as vLLM V1
+schedules it) and the arrival front end that routes requests to replicas.
+
+Time lives here; decisions are plain code. Decoding sequences are held as arrays (struct of arrays), so a step
+never loops over the batch in Python, and a run of decode steps whose membership cannot change is advanced in
+one event, in closed form, giving exactly the times that stepping one iteration at a time gives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import simpy
+from simpy.core import URGENT
+
+from simserve.kv import KvBlockPool, blocks_for
+from simserve.metrics import LevelMonitor, Recorder
+from simserve.perf import Batch, PerfModel
+from simserve.schedulers import Fcfs
+from simserve.workload import Request
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class Arrival(simpy.Event):
+    """A timeout with URGENT priority: an arrival at the same instant as a step boundary is processed first, so
+    the scheduling decision at that boundary sees it, in fast-forward and step-by-step modes alike."""
+
+    def __init__(self, env: simpy.Environment, delay_s: float) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, URGENT, delay_s)
+
+
+class Replica:
+    """One model instance on `tensor_parallel` GPUs: a waiting queue, a running batch and a KV block pool.
+
+    Each step mirrors vLLM V1's scheduler: running decodes take one token each (allocating a block when one
+    fills), then running chunked prefills, then waiting requests in scheduler order, within
+    `max_num_batched_tokens` and `max_num_seqs`. When blocks run out the newest running request is preempted by
+    recompute; waiting requests are not admitted in a step that preempted.
+    """
+
+    def __init__(self, env: simpy.Environment, *, pool: str, index: int, perf: PerfModel,
+                 kv_capacity_blocks: int, kv_block_tokens: int, max_num_seqs: int,
+                 max_num_batched_tokens: int, max_model_len_tokens: int, scheduler: Fcfs,
+                 recorder: Recorder, on_done: Callable[[Request], None], exact_steps: bool = False,
+                 check_invariants: bool = False) -> None:
+        self.env = env
+        self.pool = pool
+        self.index = index
+        self.perf = perf
+        self.kv = KvBlockPool(kv_capacity_blocks, kv_block_tokens)
+        self.block_tokens = kv_block_tokens
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_tokens = min(max_model_len_tokens, self.kv.capacity_tokens)
+        self.waiting = scheduler
+        self.recorder = recorder
+        self.on_done = on_done
+        self.exact_steps = exact_steps
+        self.check_invariants = check_invariants
+        # Decoding sequences, struct of arrays; slots [0, n_dec) are live.
+        cap = max_num_seqs
+        self.d_ctx = np.zeros(cap, np.int64)  # tokens in KV cache
+        self.d_left = np.zeros(cap, np.int64)  # output tokens still to generate
+        self.d_blocks = np.zeros(cap, np.int64)
+        self.d_order = np.zeros(cap, np.int64)  # admission sequence number (preemption picks the largest)
+        self.d_req: list[Request | None] = [None] * cap
+        self.n_dec = 0
+        self.prefilling: list[Request] = []  # admitted, prompt not fully computed; admission order
+        self._admit_seq = 0
+        self.wake = env.event()
+        self.num_events = 0
+        self.running_mon = LevelMonitor(env.now)
+        self.waiting_mon = LevelMonitor(env.now)
+        self.kv_area = 0.0  # integral of used blocks over time
+        self.kv_peak = 0
+        self._run: tuple[Any, ...] | None = None  # (boundaries, n, extra blocks per step) of the run in flight
+
+    # ------------------------------------------------------------------------------------------ public surface
+
+    @property
+    def num_running(self) -> int:
+        return self.n_dec + len(self.prefilling)
+
+    @property
+    def num_outstanding(self) -> int:
+        return self.num_running + len(self.waiting)
+
+    @property
+    def free_kv_blocks(self) -> int:
+        return self.kv.free_blocks
+
+    def enqueue(self, req: Request) -> None:
+        """Accept a routed request now: queue it, or reject it at once if it could never fit."""
+        req.pool, req.replica = self.pool, self.index
+        if req.total_tokens > self.max_tokens:
+            req.status = "rejected"
+            req.reason = (f"needs {req.total_tokens} tokens of KV; replica holds at most {self.max_tokens} "
+                          f"(KV capacity {self.kv.capacity_tokens}, max_model_len)")
+            self.on_done(req)
+            return
+        self.waiting.push(req)
+        self.waiting_mon.set(self.env.now, len(self.waiting))
+        if not self.wake.triggered:
+            self.wake.succeed()
+
+    def unfinished(self) -> Iterator[Request]:
+        """Requests still queued or running (at the end of a run that hit its horizon)."""
+        yield from self.waiting
+        yield from self.prefilling
+        for j in range(self.n_dec):
+            req = self.d_req[j]
+            assert req is not None
+            req.generated_tokens = req.output_tokens - int(self.d_left[j])
+            yield req
+
+    def settle(self, now: float) -> None:
+        """Account for the decode steps of a fast-forwarded run completed by `now` (the run's horizon)."""
+        if self._run is None:
+            return
+        bounds, n, extra = self._run
+        m = int(np.searchsorted(bounds[1:], now, side="right"))
+        if m > 0:
+            self._advance_decodes(n, m, extra)
+        self._run = None
+
+    # ------------------------------------------------------------------------------------------ the process
+
+    def process(self) -> Iterator[simpy.Event]:
+        env = self.env
+        while True:
+            if self.wake.triggered:
+                self.wake = env.event()
+            if self.num_running == 0 and not self.waiting:
+                start = env.now
+                self.num_events += 1
+                yield self.wake
+                self.recorder.segment(self.pool, self.index, start, env.now, 0, 0, 0, 0.0, 0, 0, 0)
+                continue
+            now = env.now
+            num_waiting = len(self.waiting)
+            chunks, preempted = self._schedule()
+            n = self.n_dec
+            ctx = self.d_ctx[:n] + 1
+            used = self.kv.used_blocks
+            self.kv_peak = max(self.kv_peak, used)
+            if chunks or preempted or self.exact_steps:
+                batch = Batch(ctx, np.array([c for _, c in chunks], np.int64) if chunks else _EMPTY,
+                              np.array([r.computed_tokens for r, _ in chunks], np.int64) if chunks else _EMPTY)
+                dt = self.perf.step_time_s(batch)
+                self.num_events += 1
+                yield env.timeout(dt)
+                self.kv_area += used * dt
+                self._complete_step(chunks)
+                self.recorder.segment(self.pool, self.index, now, env.now, 1, n + len(chunks), num_waiting,
+                                      float(used), self.kv.used_blocks, sum(c for _, c in chunks), n)
+                continue
+            # Fast-forward: a decode-only batch whose membership cannot change until a sequence finishes, a
+            # block runs out, or a request arrives (no admission is possible now, and free blocks only shrink).
+            extra = self._extra_blocks(n, int(self.d_left[:n].min()))
+            k = int(np.searchsorted(extra, self.kv.free_blocks, side="right"))
+            times = self.perf.decode_run_times_s(ctx, k)
+            bounds = np.cumsum(np.concatenate(([now], times)))
+            self._run = (bounds, n, extra)
+            end = env.timeout(bounds[k] - now)
+            self.num_events += 1
+            yield end | self.wake
+            if end.processed:
+                m = k
+            else:
+                t = env.now
+                j = int(np.searchsorted(bounds[1:], t, side="right"))  # boundaries at or before t
+                if j >= 1 and bounds[j] == t:
+                    m = j
+                else:
+                    m = j + 1  # let the step in flight finish
+                    self.num_events += 1
+                    yield env.timeout(bounds[m] - t)
+            self._run = None
+            levels = used + extra[:m]
+            self.kv_area += float(np.dot(levels, np.diff(bounds[: m + 1])))
+            self.kv_peak = max(self.kv_peak, int(levels[-1]))
+            kv_mean = float(np.dot(levels, np.diff(bounds[: m + 1])) / (bounds[m] - now)) if bounds[m] > now \
+                else float(used)
+            self._advance_decodes(n, m, extra)
+            self._finish_decodes()
+            self.recorder.segment(self.pool, self.index, now, env.now, m, n, num_waiting, kv_mean,
+                                  self.kv.used_blocks, 0, n * m)
+
+    # ------------------------------------------------------------------------------------------ decisions
+
+    def _schedule(self) -> tuple[list[tuple[Request, int]], bool]:
+        """Plan one step; allocate its blocks. Returns the prefill chunks (request, new tokens) and whether a
+        request was preempted. Decodes are the live slots of the arrays."""
+        kv, bt = self.kv, self.block_tokens
+        preempted = False
+        while True:
+            n = self.n_dec
+            need = self.d_ctx[:n] >= self.d_blocks[:n] * bt
+            k = int(np.count_nonzero(need))
+            if k <= kv.free_blocks:
+                break
+            self._preempt_newest()
+            preempted = True
+        if k:
+            kv.allocate(k)
+            self.d_blocks[:n] += need
+        budget = self.max_num_batched_tokens - n
+        chunks: list[tuple[Request, int]] = []
+        i = 0
+        while i < len(self.prefilling) and budget > 0:
+            req = self.prefilling[i]
+            c = min(req.known_tokens - req.computed_tokens, budget)
+            extra = blocks_for(req.computed_tokens + c, bt) - req.num_blocks
+            victim = None
+            while extra > kv.free_blocks and victim is not req:
+                victim = self._preempt_newest()
+                preempted = True
+            if victim is req:
+                break
+            kv.allocate(extra)
+            req.num_blocks += extra
+            chunks.append((req, c))
+            budget -= c
+            i += 1
+        if not preempted:
+            while self.waiting and budget > 0 and self.num_running < self.max_num_seqs:
+                req = self.waiting.peek()
+                c = min(req.known_tokens, budget)
+                nb = blocks_for(c, bt)
+                if nb > kv.free_blocks:
+                    break
+                self.waiting.pop()
+                kv.allocate(nb)
+                req.num_blocks = nb
+                req.admit_seq = self._admit_seq
+                self._admit_seq += 1
+                self.prefilling.append(req)
+                chunks.append((req, c))
+                budget -= c
+            self.waiting_mon.set(self.env.now, len(self.waiting))
+        self.running_mon.set(self.env.now, self.num_running)
+        if self.check_invariants:
+            self._check()
+        return chunks, preempted
+
+    def _extra_blocks(self, n: int, max_steps: int) -> np.ndarray:
+        """extra[s-1] = blocks the decodes need beyond those held now to run s steps (s = 1..max_steps).
+
+        After this step's allocation a sequence with c tokens holds b blocks covering c + 1; it needs another at
+        step b*B - c + 1 and every B steps after, so the demand is periodic in the step index with period B.
+        """
+        bt = self.block_tokens
+        first = self.d_blocks[:n] * bt - self.d_ctx[:n] - 1  # steps (after the first) before the next block
+        per_phase = np.bincount(first, minlength=bt)
+        cum = np.concatenate(([0], np.cumsum(per_phase)))
+        q = np.arange(max_steps, dtype=np.int64)  # steps after the first
+        return (q // bt) * n + cum[q % bt]
+
+    def _preempt_newest(self) -> Request:
+        """Preempt the most recently admitted running request by recompute: free its blocks and put it back at
+        the front of the waiting queue, keeping the output it has generated."""
+        last_prefill = self.prefilling[-1].admit_seq if self.prefilling else -1
+        j = int(np.argmax(self.d_order[: self.n_dec])) if self.n_dec else -1
+        if j >= 0 and self.d_order[j] > last_prefill:
+            req = self.d_req[j]
+            assert req is not None
+            req.generated_tokens = req.output_tokens - int(self.d_left[j])
+            self.kv.release(int(self.d_blocks[j]))
+            self._remove_decode(j)
+        else:
+            req = self.prefilling.pop()
+            self.kv.release(req.num_blocks)
+        if self.n_dec == 0 and not self.prefilling:
+            raise RuntimeError("preempted the only running request: a request larger than KV capacity was admitted")
+        req.computed_tokens = 0
+        req.num_blocks = 0
+        req.num_preemptions += 1
+        self.waiting.push_front(req)
+        self.waiting_mon.set(self.env.now, len(self.waiting))
+        return req
+
+    # ------------------------------------------------------------------------------------------ state updates
+
+    def _complete_step(self, chunks: list[tuple[Request, int]]) -> None:
+        """End of one step: every decode produced a token; every prefill chunk is in cache, and a request whose
+        known tokens are all computed samples its next token (its first, unless it was preempted)."""
+        now = self.env.now
+        n = self.n_dec
+        self.d_ctx[:n] += 1
+        self.d_left[:n] -= 1
+        self._finish_decodes()
+        for req, c in chunks:
+            req.computed_tokens += c
+            if req.computed_tokens < req.known_tokens:
+                continue
+            req.generated_tokens += 1
+            if math.isnan(req.first_token_s):
+                req.first_token_s = now
+            self.prefilling.remove(req)
+            if req.generated_tokens >= req.output_tokens:
+                self.kv.release(req.num_blocks)
+                self._done(req)
+            else:
+                j = self.n_dec
+                self.d_ctx[j] = req.computed_tokens
+                self.d_left[j] = req.output_tokens - req.generated_tokens
+                self.d_blocks[j] = req.num_blocks
+                self.d_order[j] = req.admit_seq
+                self.d_req[j] = req
+                self.n_dec = j + 1
+        self.running_mon.set(now, self.num_running)
+
+    def _advance_decodes(self, n: int, m: int, extra: np.ndarray) -> None:
+        """Apply m fast-forwarded decode steps: contexts grow by m and blocks by what they needed."""
+        if self.check_invariants:
+            assert n == self.n_dec and 1 <= m <= len(extra)
+        self.d_ctx[:n] += m
+        self.d_left[:n] -= m
+        grown = -(-self.d_ctx[:n] // self.block_tokens)
+        blocks = np.maximum(self.d_blocks[:n], grown)
+        added = int(blocks.sum() - self.d_blocks[:n].sum())
+        if self.check_invariants:
+            assert added == int(extra[m - 1]), (added, int(extra[m - 1]))
+        self.kv.allocate(added)
+        self.d_blocks[:n] = blocks
+
+    def _finish_decodes(self) -> None:
+        done = np.flatnonzero(self.d_left[: self.n_dec] == 0)
+        for j in done[::-1]:
+            req = self.d_req[j]
+            assert req is not None
+            req.generated_tokens = req.output_tokens
+            self.kv.release(int(self.d_blocks[j]))
+            self._remove_decode(int(j))
+            self._done(req)
+        if len(done):
+            self.running_mon.set(self.env.now, self.num_running)
+
+    def _remove_decode(self, j: int) -> None:
+        last = self.n_dec - 1
+        if j != last:
+            self.d_ctx[j] = self.d_ctx[last]
+            self.d_left[j] = self.d_left[last]
+            self.d_blocks[j] = self.d_blocks[last]
+            self.d_order[j] = self.d_order[last]
+            self.d_req[j] = self.d_req[last]
+        self.d_req[last] = None
+        self.n_dec = last
+
+    def _done(self, req: Request) -> None:
+        req.finish_s = self.env.now
+        req.status = "completed"
+        self.on_done(req)
+
+    def _check(self) -> None:
+        """Block conservation: the pool's used blocks are exactly those held by running requests."""
+        held = int(self.d_blocks[: self.n_dec].sum()) + sum(r.num_blocks for r in self.prefilling)
+        assert held == self.kv.used_blocks, (held, self.kv.used_blocks)
+        assert 0 <= self.kv.used_blocks <= self.kv.capacity_blocks
+        assert self.num_running <= self.max_num_seqs
+        bt = self.block_tokens
+        n = self.n_dec
+        assert np.all(self.d_blocks[:n] * bt >= self.d_ctx[:n] + 0)
+        assert all(r.num_blocks * bt >= r.computed_tokens for r in self.prefilling)
+
+
+def arrivals(env: simpy.Environment, requests: Iterator[Request], route: Callable[[Request], None],
+             counter: list[int], on_exhausted: Callable[[], None]) -> Iterator[simpy.Event]:
+    """The front end: wait for each request's arrival time and hand it to the router."""
+    for req in requests:
+        counter[0] += 1
+        yield Arrival(env, max(0.0, req.arrival_s - env.now))
+        route(req)
+    on_exhausted()

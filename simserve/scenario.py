@@ -1,0 +1,224 @@
+"""Scenarios: YAML in, frozen and validated pydantic models out. Unknown keys are errors; every error names the
+file, the field path and what was expected (ScenarioError)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from simserve.hardware import GPUS, MODELS, GpuSpec, ModelSpec, kv_capacity_blocks
+from simserve.perf import PerfSpec, RooflinePerfSpec
+from simserve.routing import ROUTERS
+from simserve.schedulers import SCHEDULERS
+from simserve.workload import WorkloadSpec, load_empirical
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class ScenarioError(Exception):
+    """A scenario that cannot be used; the message is meant for the user as it is."""
+
+
+class PoolSpec(BaseModel):
+    """A pool of identical replicas: `replicas` copies of the model, each on `tensor_parallel` GPUs."""
+
+    model_config = _FROZEN
+    name: str = "main"
+    gpu: str | GpuSpec = "h100-sxm"
+    model: str | ModelSpec | None = Field(default=None, description="defaults to the scenario's model")
+    replicas: int = Field(default=1, gt=0)
+    tensor_parallel: int = Field(default=1, gt=0)
+    max_num_seqs: int = Field(default=256, gt=0)
+    max_num_batched_tokens: int = Field(default=8192, gt=0)
+    kv_block_tokens: int = Field(default=16, gt=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    activation_reserve_bytes: float = Field(
+        default=2 * 1024**3, ge=0, description="per GPU, held back for activations and CUDA graphs")
+    num_kv_blocks: int | None = Field(default=None, gt=0, description="overrides the derived KV capacity")
+    max_model_len_tokens: int | None = Field(default=None, gt=0, description="defaults to the model's context")
+
+    @model_validator(mode="after")
+    def _limits(self) -> PoolSpec:
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
+                             f"({self.max_num_seqs}), as vLLM requires")
+        if isinstance(self.gpu, str) and self.gpu not in GPUS:
+            raise ValueError(f"unknown gpu {self.gpu!r}; presets: {', '.join(GPUS)} (or an inline spec)")
+        if isinstance(self.model, str) and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; presets: {', '.join(MODELS)} (or an inline spec)")
+        return self
+
+
+class ClusterSpec(BaseModel):
+    model_config = _FROZEN
+    pools: list[PoolSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ClusterSpec:
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        return self
+
+
+class SloSpec(BaseModel):
+    """Service-level objectives a request must all meet to count toward goodput (seconds; omit to skip one)."""
+
+    model_config = _FROZEN
+    ttft_s: float | None = Field(default=None, gt=0)
+    tpot_s: float | None = Field(default=None, gt=0)
+    e2e_s: float | None = Field(default=None, gt=0)
+
+
+class EngineSpec(BaseModel):
+    model_config = _FROZEN
+    exact_steps: bool = Field(default=False, description="one event per step instead of fast-forwarding")
+    horizon_s: float | None = Field(default=None, gt=0, description="stop here even if requests remain")
+    check_invariants: bool = Field(default=False, description="assert KV block conservation at every step")
+
+
+class Scenario(BaseModel):
+    """A complete simulation: model, cluster, step-time model, workload and SLOs."""
+
+    model_config = _FROZEN
+    name: str = "scenario"
+    description: str = ""
+    seed: int = Field(default=0, ge=0)
+    model: str | ModelSpec = "llama-3.1-8b"
+    cluster: ClusterSpec
+    perf: PerfSpec = Field(default_factory=RooflinePerfSpec)
+    workload: WorkloadSpec
+    slo: SloSpec | None = None
+    router: str = "round_robin"
+    scheduler: str = "fcfs"
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _known(self) -> Scenario:
+        if isinstance(self.model, str) and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; presets: {', '.join(MODELS)} (or an inline spec)")
+        if self.router not in ROUTERS:
+            raise ValueError(f"unknown router {self.router!r}; choose one of {', '.join(ROUTERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        return self
+
+    @property
+    def base_dir(self) -> Path | None:
+        """Folder that relative data files are read from (the scenario file's folder)."""
+        return self._base_dir
+
+    def gpu_of(self, pool: PoolSpec) -> GpuSpec:
+        return GPUS[pool.gpu] if isinstance(pool.gpu, str) else pool.gpu
+
+    def model_of(self, pool: PoolSpec) -> ModelSpec:
+        m = pool.model if pool.model is not None else self.model
+        return MODELS[m] if isinstance(m, str) else m
+
+    def to_yaml(self) -> str:
+        """The resolved scenario (defaults filled in) as YAML that loads back to an equal scenario."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid scenario ({err.error_count()} error{'s' if err.error_count() > 1 else ''})"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not a field of this section)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            ctx = e.get("ctx", {})
+            msg = f"expected {ctx.get('discriminator', 'a tag')} to be one of {ctx.get('expected_tags', '?')}"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides (value parsed as YAML; list items by index: cluster.pools.0.replicas=4)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ScenarioError(f"--set {item!r}: expected dotted.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ScenarioError(f"--set {key}: {part!r} is not an index of a list of {len(node)}")
+                if last:
+                    node[int(part)] = yaml.safe_load(raw)
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = yaml.safe_load(raw)
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ScenarioError(f"--set {key}: cannot descend into {'.'.join(parts[:i])!r} (not a section)")
+    return data
+
+
+def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+    """Validate a scenario given as plain data; raises ScenarioError naming `source` and the field path."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a mapping of scenario fields at the top level")
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as err:
+        raise ScenarioError(_format_errors(source, err)) from None
+    scenario._base_dir = base_dir
+    _check_buildable(scenario, source)
+    return scenario
+
+
+def _check_buildable(scenario: Scenario, source: str) -> None:
+    """Checks that need more than one field: data files readable, models fit in their pools' memory."""
+    for i, q in enumerate(scenario.workload.mix):
+        for key in ("prompt_tokens", "reasoning_tokens", "answer_tokens", "output_tokens", "reasoning_share"):
+            spec = getattr(q, key)
+            if spec is not None and getattr(spec, "file", None):
+                try:
+                    load_empirical(spec.file, str(scenario.base_dir or "."))
+                except ValueError as exc:
+                    raise ScenarioError(f"{source}: workload.mix.{i}.{key}.file: {exc}") from None
+    for i, pool in enumerate(scenario.cluster.pools):
+        if pool.num_kv_blocks is not None:
+            continue
+        gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
+        blocks = kv_capacity_blocks(gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization,
+                                    pool.kv_block_tokens, pool.activation_reserve_bytes)
+        if blocks <= 0:
+            raise ScenarioError(
+                f"{source}: cluster.pools.{i}: model {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) "
+                f"leaves no KV memory on {pool.tensor_parallel} x {gpu.name} at gpu_memory_utilization "
+                f"{pool.gpu_memory_utilization}; raise tensor_parallel or use a larger GPU")
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read and validate a scenario YAML file (with optional `dotted.key=value` overrides)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario file ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ScenarioError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{path}: expected a mapping of scenario fields at the top level")
+        data = apply_overrides(data, overrides)
+    return parse_scenario(data, str(path), path.parent)

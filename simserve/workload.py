@@ -1,0 +1,448 @@
+"""Requests and the workloads that make them: arrival processes, length distributions, query-type mixes.
+
+Every distribution exposes its analytic mean (tests compare samples with it). Workloads are generators: requests
+are drawn lazily in batches, so a run never holds the whole workload in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy import stats
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+BUILTIN_PREFIX = "builtin:"
+
+
+class Request:
+    """One request: what the workload asked for, plus the engine's progress on it.
+
+    Output is reasoning tokens then answer tokens. `computed_tokens` are tokens whose KV is in the cache;
+    `generated_tokens` are output tokens sampled so far (the last one is not yet in the KV cache).
+    """
+
+    __slots__ = (
+        "request_id", "user_id", "query_type", "arrival_s", "prompt_tokens", "reasoning_tokens",
+        "answer_tokens", "computed_tokens", "generated_tokens", "num_blocks", "admit_seq", "first_token_s",
+        "finish_s", "num_preemptions", "status", "reason", "pool", "replica",
+    )
+
+    def __init__(self, request_id: int, user_id: int, query_type: str, arrival_s: float,
+                 prompt_tokens: int, reasoning_tokens: int, answer_tokens: int) -> None:
+        self.request_id = request_id
+        self.user_id = user_id
+        self.query_type = query_type
+        self.arrival_s = arrival_s
+        self.prompt_tokens = prompt_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.answer_tokens = answer_tokens
+        self.computed_tokens = 0
+        self.generated_tokens = 0
+        self.num_blocks = 0
+        self.admit_seq = -1
+        self.first_token_s = math.nan
+        self.finish_s = math.nan
+        self.num_preemptions = 0
+        self.status = ""
+        self.reason = ""
+        self.pool = ""
+        self.replica = -1
+
+    @property
+    def output_tokens(self) -> int:
+        return self.reasoning_tokens + self.answer_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        """Largest KV footprint the request can reach: prompt plus all output but the last token."""
+        return self.prompt_tokens + self.output_tokens
+
+    @property
+    def known_tokens(self) -> int:
+        """Tokens the model must have in KV before it can sample the next one: prompt plus output so far."""
+        return self.prompt_tokens + self.generated_tokens
+
+    def __repr__(self) -> str:
+        return (f"Request({self.request_id}, arrival_s={self.arrival_s:.6g}, prompt={self.prompt_tokens}, "
+                f"reasoning={self.reasoning_tokens}, answer={self.answer_tokens})")
+
+
+# ----------------------------------------------------------------------------------------------- distributions
+
+
+class Constant(BaseModel):
+    """Always `value`."""
+
+    model_config = _FROZEN
+    dist: Literal["constant"] = "constant"
+    value: float = Field(ge=0)
+
+    def build(self, base_dir: Path | None = None) -> Constant:
+        return self
+
+    @property
+    def mean(self) -> float:
+        return float(self.value)
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.full(n, float(self.value))
+
+
+class Uniform(BaseModel):
+    """Integers uniform on [low, high], both included."""
+
+    model_config = _FROZEN
+    dist: Literal["uniform"] = "uniform"
+    low: int = Field(ge=0)
+    high: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+    def build(self, base_dir: Path | None = None) -> Uniform:
+        return self
+
+    @property
+    def mean(self) -> float:
+        return (self.low + self.high) / 2.0
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.integers(self.low, self.high, size=n, endpoint=True).astype(float)
+
+
+class Lognormal(BaseModel):
+    """Lognormal given by its mean and coefficient of variation, optionally capped at `max` (a token budget)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    dist: Literal["lognormal"] = "lognormal"
+    mean_value: float = Field(gt=0, alias="mean")
+    cv: float = Field(gt=0)
+    max: float | None = Field(default=None, gt=0)
+
+    @property
+    def sigma(self) -> float:
+        return math.sqrt(math.log1p(self.cv**2))
+
+    @property
+    def mu(self) -> float:
+        return math.log(self.mean_value) - self.sigma**2 / 2.0
+
+    def build(self, base_dir: Path | None = None) -> Lognormal:
+        return self
+
+    @property
+    def mean(self) -> float:
+        """E[min(X, max)]: the lognormal mean, reduced by the cap where there is one."""
+        if self.max is None:
+            return float(self.mean_value)
+        mu, s, m = self.mu, self.sigma, float(self.max)
+        z = (math.log(m) - mu) / s
+        below = math.exp(mu + s * s / 2.0) * stats.norm.cdf(z - s)
+        return float(below + m * stats.norm.sf(z))
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        x = rng.lognormal(self.mu, self.sigma, size=n)
+        return x if self.max is None else np.minimum(x, self.max)
+
+
+class Empirical(BaseModel):
+    """A discrete distribution: inline `values` (and optional `weights`), or a CSV `file` whose first column is
+    the value and optional second column the weight. `file` is relative to the scenario's folder, or
+    `builtin:NAME` for data shipped with simserve (simserve/data/NAME)."""
+
+    model_config = _FROZEN
+    dist: Literal["empirical"] = "empirical"
+    values: list[float] | None = None
+    weights: list[float] | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Empirical:
+        if (self.values is None) == (self.file is None):
+            raise ValueError("give exactly one of 'values' or 'file'")
+        if self.values is not None:
+            if not self.values:
+                raise ValueError("'values' must not be empty")
+            if self.weights is not None:
+                if len(self.weights) != len(self.values):
+                    raise ValueError("'weights' must have as many entries as 'values'")
+                if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                    raise ValueError("'weights' must be >= 0 with a positive sum")
+        elif self.weights is not None:
+            raise ValueError("'weights' goes with 'values', not with 'file'")
+        return self
+
+    def build(self, base_dir: Path | None = None) -> EmpiricalSampler:
+        if self.values is not None:
+            w = np.ones(len(self.values)) if self.weights is None else np.asarray(self.weights, float)
+            return EmpiricalSampler(np.asarray(self.values, float), w)
+        return EmpiricalSampler(*load_empirical(self.file or "", str(base_dir or ".")))
+
+
+class EmpiricalSampler:
+    """Draws from a finite set of values with given probabilities (inverse CDF on one uniform per draw)."""
+
+    def __init__(self, values: np.ndarray, weights: np.ndarray) -> None:
+        order = np.argsort(values, kind="stable")
+        self.values = values[order]
+        p = weights[order] / weights.sum()
+        self.probabilities = p
+        self._cdf = np.cumsum(p)
+        self._cdf[-1] = 1.0
+
+    @property
+    def mean(self) -> float:
+        return float(np.dot(self.values, self.probabilities))
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        idx = np.searchsorted(self._cdf, rng.random(n), side="right")
+        return self.values[np.minimum(idx, len(self.values) - 1)]
+
+
+@lru_cache(maxsize=32)
+def load_empirical(file: str, base_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read (values, weights) from a CSV (optionally gzip): column 1 values, column 2 weights if present.
+    Raises ValueError with the path on any problem, so callers can report it cleanly."""
+    if file.startswith(BUILTIN_PREFIX):
+        path = Path(str(resources.files("simserve") / "data" / file[len(BUILTIN_PREFIX):]))
+    else:
+        path = Path(file) if Path(file).is_absolute() else Path(base_dir) / file
+    if not path.is_file():
+        raise ValueError(f"empirical file not found: {path}")
+    try:
+        df = pd.read_csv(path)
+        values = pd.to_numeric(df.iloc[:, 0], errors="raise").to_numpy(float)
+        weights = (pd.to_numeric(df.iloc[:, 1], errors="raise").to_numpy(float)
+                   if df.shape[1] > 1 else np.ones(len(values)))
+    except Exception as exc:  # pandas raises many kinds; all mean "not a numeric CSV"
+        raise ValueError(f"cannot read empirical file {path}: {exc}") from None
+    if len(values) == 0 or np.any(weights < 0) or weights.sum() <= 0 or not np.all(np.isfinite(values)):
+        raise ValueError(f"empirical file {path} needs rows of finite values with weights >= 0 summing to > 0")
+    return values, weights
+
+
+Distribution = Annotated[Constant | Uniform | Lognormal | Empirical, Field(discriminator="dist")]
+
+
+def lognormal_from_range(low: float, high: float, max_value: float | None = None) -> Lognormal:
+    """A lognormal whose 5th and 95th percentiles are `low` and `high` (how we read a published range)."""
+    mu = (math.log(low) + math.log(high)) / 2.0
+    sigma = (math.log(high) - math.log(low)) / (2.0 * 1.6448536269514722)
+    mean = math.exp(mu + sigma**2 / 2.0)
+    cv = math.sqrt(math.expm1(sigma**2))
+    return Lognormal(mean=round(mean, 1), cv=round(cv, 4), max=max_value)
+
+
+# ----------------------------------------------------------------------------------------------- query types
+
+
+class QueryType(BaseModel):
+    """One entry of the workload mix: a query type, its weight and its length distributions.
+
+    Output lengths are given either as `reasoning_tokens` + `answer_tokens`, or as `output_tokens` +
+    `reasoning_share` (the fraction of output that is reasoning). Fields left out are taken from the shipped
+    defaults of a known query type (QUERY_TYPES).
+    """
+
+    model_config = _FROZEN
+    query_type: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0)
+    prompt_tokens: Distribution | None = None
+    reasoning_tokens: Distribution | None = None
+    answer_tokens: Distribution | None = None
+    output_tokens: Distribution | None = None
+    reasoning_share: Distribution | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("query_type") not in QUERY_TYPES:
+            return data
+        own = {k for k in ("reasoning_tokens", "answer_tokens", "output_tokens", "reasoning_share") if k in data}
+        merged = dict(data)
+        for key, value in QUERY_TYPES[data["query_type"]].items():
+            split_key = key != "prompt_tokens"
+            if key not in merged and not (split_key and own):
+                merged[key] = value
+        return merged
+
+    @model_validator(mode="after")
+    def _complete(self) -> QueryType:
+        if self.prompt_tokens is None:
+            raise ValueError(f"query type {self.query_type!r} needs 'prompt_tokens' (no shipped default)")
+        split = self.reasoning_tokens is not None or self.answer_tokens is not None
+        share = self.output_tokens is not None or self.reasoning_share is not None
+        if split == share or (split and (self.reasoning_tokens is None or self.answer_tokens is None)) or (
+            share and (self.output_tokens is None or self.reasoning_share is None)
+        ):
+            raise ValueError(
+                f"query type {self.query_type!r} needs either 'reasoning_tokens' and 'answer_tokens', "
+                "or 'output_tokens' and 'reasoning_share'"
+            )
+        return self
+
+
+def _q(prompt: Lognormal, reasoning: Lognormal, answer: Lognormal) -> dict[str, dict]:
+    return {k: v.model_dump(by_alias=True, exclude_none=True)
+            for k, v in (("prompt_tokens", prompt), ("reasoning_tokens", reasoning), ("answer_tokens", answer))}
+
+
+# Seed article 002, section 7 ("Token Generation by Query Type"): reasoning tokens are the reasoning model's
+# range, answer tokens the standard model's (what the visible answer costs); each range read as p5..p95 of a
+# lognormal. Prompt lengths are not in the table: our assumption, stated in docs/model.md.
+QUERY_TYPES: dict[str, dict[str, dict]] = {
+    "factual": _q(Lognormal(mean=120, cv=0.6), lognormal_from_range(200, 500), lognormal_from_range(50, 100)),
+    "coding": _q(Lognormal(mean=800, cv=0.8), lognormal_from_range(2000, 8000), lognormal_from_range(200, 500)),
+    "math_word": _q(Lognormal(mean=150, cv=0.4), lognormal_from_range(3000, 15000), lognormal_from_range(100, 200)),
+    "competition_math": _q(Lognormal(mean=250, cv=0.4), lognormal_from_range(10000, 50000, 100000),
+                           lognormal_from_range(200, 500)),
+    "proof": _q(Lognormal(mean=300, cv=0.5), lognormal_from_range(20000, 100000, 120000),
+                lognormal_from_range(500, 1000)),
+    # Alibaba ServeGen DeepSeek-R1 production mixture (simserve/data/servegen-deepseek-r1/README.md).
+    "deepseek-r1-production": {
+        "prompt_tokens": {"dist": "empirical", "file": "builtin:servegen-deepseek-r1/prompt_tokens_pmf.csv.gz"},
+        "output_tokens": {"dist": "empirical", "file": "builtin:servegen-deepseek-r1/output_tokens_pmf.csv.gz"},
+        "reasoning_share": {"dist": "empirical",
+                            "file": "builtin:servegen-deepseek-r1/reasoning_share_pmf.csv.gz"},
+    },
+}
+
+
+class LengthSampler:
+    """Draws (prompt, reasoning, answer) token counts for one query type. Prompt >= 1, answer >= 1,
+    reasoning >= 0; values are rounded to the nearest integer."""
+
+    def __init__(self, spec: QueryType, base_dir: Path | None) -> None:
+        assert spec.prompt_tokens is not None
+        self.prompt = spec.prompt_tokens.build(base_dir)
+        self.split = spec.reasoning_tokens is not None
+        if self.split:
+            assert spec.reasoning_tokens is not None and spec.answer_tokens is not None
+            self.first = spec.reasoning_tokens.build(base_dir)
+            self.second = spec.answer_tokens.build(base_dir)
+        else:
+            assert spec.output_tokens is not None and spec.reasoning_share is not None
+            self.first = spec.output_tokens.build(base_dir)
+            self.second = spec.reasoning_share.build(base_dir)
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        prompt = np.maximum(np.rint(self.prompt.sample(rng, n)), 1).astype(np.int64)
+        if self.split:
+            reasoning = np.maximum(np.rint(self.first.sample(rng, n)), 0).astype(np.int64)
+            answer = np.maximum(np.rint(self.second.sample(rng, n)), 1).astype(np.int64)
+        else:
+            output = np.maximum(np.rint(self.first.sample(rng, n)), 1).astype(np.int64)
+            share = np.clip(self.second.sample(rng, n), 0.0, 1.0)
+            answer = np.maximum(output - np.floor(output * share).astype(np.int64), 1)
+            reasoning = output - answer
+        return prompt, reasoning, answer
+
+    @property
+    def mean_output_tokens(self) -> float:
+        """Analytic mean of output tokens before rounding (split: reasoning + answer means)."""
+        return self.first.mean + (self.second.mean if self.split else 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- arrivals
+
+
+class PoissonArrivals(BaseModel):
+    """Poisson process: exponential inter-arrival gaps with mean 1 / rate_per_s."""
+
+    model_config = _FROZEN
+    process: Literal["poisson"] = "poisson"
+    rate_per_s: float = Field(gt=0)
+
+    @property
+    def mean_gap_s(self) -> float:
+        return 1.0 / self.rate_per_s
+
+    def gaps_s(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.exponential(1.0 / self.rate_per_s, size=n)
+
+
+class GammaArrivals(BaseModel):
+    """Renewal process with gamma inter-arrival gaps: mean 1 / rate_per_s, coefficient of variation `cv`
+    (cv > 1 is burstier than Poisson; ServeGen fits most DeepSeek-R1 client windows with a gamma)."""
+
+    model_config = _FROZEN
+    process: Literal["gamma"] = "gamma"
+    rate_per_s: float = Field(gt=0)
+    cv: float = Field(gt=0)
+
+    @property
+    def mean_gap_s(self) -> float:
+        return 1.0 / self.rate_per_s
+
+    def gaps_s(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        shape = 1.0 / self.cv**2
+        return rng.gamma(shape, 1.0 / (self.rate_per_s * shape), size=n)
+
+
+Arrival = Annotated[PoissonArrivals | GammaArrivals, Field(discriminator="process")]
+
+
+class WorkloadSpec(BaseModel):
+    """Synthetic workload: an arrival process and a weighted mix of query types, stopped after
+    `num_requests` arrivals or at `duration_s`, whichever comes first."""
+
+    model_config = _FROZEN
+    num_requests: int | None = Field(default=None, gt=0)
+    duration_s: float | None = Field(default=None, gt=0)
+    arrival: Arrival
+    mix: list[QueryType] = Field(min_length=1)
+    num_users: int = Field(default=1000, gt=0, description="users drawn uniformly per request")
+
+    @model_validator(mode="after")
+    def _stops(self) -> WorkloadSpec:
+        if self.num_requests is None and self.duration_s is None:
+            raise ValueError("give 'num_requests' or 'duration_s' (or both)")
+        names = [q.query_type for q in self.mix]
+        if len(set(names)) != len(names):
+            raise ValueError(f"query types in 'mix' must be unique, got {names}")
+        return self
+
+    @property
+    def expected_span_s(self) -> float:
+        """Expected time of the last arrival."""
+        span = math.inf if self.num_requests is None else self.num_requests * self.arrival.mean_gap_s
+        return min(span, self.duration_s or math.inf)
+
+
+def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
+                      base_dir: Path | None = None, batch: int = 4096) -> Iterator[Request]:
+    """Yield requests in arrival order, drawn lazily `batch` at a time from separate RNG streams
+    (`arrivals`, `mix`, `lengths`, `users`), so changing one part of the workload leaves the others' draws alone."""
+    samplers = [LengthSampler(q, base_dir) for q in spec.mix]
+    weights = np.array([q.weight for q in spec.mix], float)
+    weights /= weights.sum()
+    names = [q.query_type for q in spec.mix]
+    limit = spec.num_requests if spec.num_requests is not None else math.inf
+    horizon = spec.duration_s if spec.duration_s is not None else math.inf
+    t, count = 0.0, 0
+    while count < limit:
+        n = int(min(batch, limit - count))
+        times = t + np.cumsum(spec.arrival.gaps_s(rngs["arrivals"], n))
+        kinds = rngs["mix"].choice(len(samplers), size=n, p=weights)
+        users = rngs["users"].integers(0, spec.num_users, size=n)
+        lengths = [s.sample(rngs["lengths"], n) for s in samplers]
+        for i in range(n):
+            if times[i] >= horizon:
+                return
+            k = int(kinds[i])
+            prompt, reasoning, answer = lengths[k]
+            yield Request(count, int(users[i]), names[k], float(times[i]),
+                          int(prompt[i]), int(reasoning[i]), int(answer[i]))
+            count += 1
+        t = float(times[-1])
