@@ -4,6 +4,7 @@ Results (flat records and a summary). No file IO here."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,10 +97,13 @@ class Simulation:
         span = self.scenario.workload.expected_span_s
         return max(2.0 * span, span + 3600.0)
 
-    def run(self) -> Results:
+    def run(self, requests: Iterable[Request] | None = None) -> Results:
+        """Run to the end (all requests done) or the horizon. `requests`, in arrival order, replaces the
+        scenario's synthetic workload (replaying a list of requests made elsewhere)."""
         wall0 = time.perf_counter()
         env = self.env
-        workload = generate_requests(self.scenario.workload, self.rngs, self.base_dir)
+        workload = iter(requests) if requests is not None else generate_requests(
+            self.scenario.workload, self.rngs, self.base_dir)
         env.process(arrivals(env, workload, self._route, self._arrived, self._on_exhausted))
         for r in self.replicas:
             env.process(r.process())

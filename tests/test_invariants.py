@@ -1,0 +1,110 @@
+"""Layer (c): hypothesis invariants over random small scenarios, and fast-forward == step-by-step."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import scenario
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simserve import Simulation
+
+
+@st.composite
+def scenarios(draw):
+    block = draw(st.sampled_from([1, 2, 4, 16]))
+    max_seqs = draw(st.integers(1, 6))
+    pool = {
+        "name": "p", "gpu": "h100-sxm", "replicas": draw(st.integers(1, 3)),
+        "max_num_seqs": max_seqs, "max_num_batched_tokens": draw(st.integers(max(max_seqs, 4), 64)),
+        "kv_block_tokens": block, "num_kv_blocks": draw(st.integers(60 // block + 1, 400 // block + 2)),
+    }
+    if draw(st.booleans()):
+        perf = {"kind": "linear", "step_overhead_s": draw(st.floats(1e-3, 0.05)),
+                "per_prefill_token_s": draw(st.floats(0, 1e-3)), "per_decode_seq_s": draw(st.floats(0, 1e-2)),
+                "per_kv_token_s": draw(st.floats(0, 1e-4))}
+    else:
+        perf = {"kind": "roofline"}
+    lengths = {
+        "prompt_tokens": {"dist": "uniform", "low": 1, "high": draw(st.integers(1, 40))},
+        "reasoning_tokens": {"dist": "uniform", "low": 0, "high": draw(st.integers(0, 60))},
+        "answer_tokens": {"dist": "uniform", "low": 1, "high": draw(st.integers(1, 10))},
+    }
+    arrival = ({"process": "poisson", "rate_per_s": draw(st.floats(0.5, 50))} if draw(st.booleans())
+               else {"process": "gamma", "rate_per_s": draw(st.floats(0.5, 50)), "cv": draw(st.floats(0.3, 4))})
+    return {
+        "name": "prop", "seed": draw(st.integers(0, 2**32 - 1)), "model": "llama-3.1-8b",
+        "cluster": {"pools": [pool]}, "perf": perf, "router": draw(st.sampled_from(["round_robin",
+                                                                                      "least_outstanding"])),
+        "workload": {"num_requests": draw(st.integers(1, 40)), "arrival": arrival,
+                     "mix": [{"query_type": "q", **lengths}]},
+        "slo": {"ttft_s": 1.0},
+    }
+
+
+def check_invariants(res, num_requests):
+    req = res.requests
+    # Every request ends exactly once, with a status, and a reason unless completed.
+    assert len(req) == num_requests
+    assert req["request_id"].is_unique
+    assert set(req["status"]) <= {"completed", "rejected", "unfinished"}
+    assert (req.loc[req.status != "completed", "reason"].str.len() > 0).all()
+    done = req[req.status == "completed"]
+    assert (done["first_token_s"] >= done["arrival_s"]).all()
+    assert (done["finish_s"] >= done["first_token_s"]).all()
+    assert (done["generated_tokens"] == done["reasoning_tokens"] + done["answer_tokens"]).all()
+    # Simulated time is monotone: each replica's segments tile its timeline without going back.
+    for _, seg in res.replicas.groupby("replica"):
+        start, end = seg["start_s"].to_numpy(), seg["end_s"].to_numpy()
+        assert (end >= start).all()
+        assert (start[1:] >= end[:-1] - 1e-12).all()
+    # KV blocks are conserved at the end: everything released once nothing runs.
+    assert (res.replicas.groupby("replica")["kv_blocks_end"].last() == 0).all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_invariants_and_fast_forward_equals_exact_steps(data):
+    ff = Simulation(scenario(data, check_invariants=True)).run()
+    ex = Simulation(scenario(data, check_invariants=True, exact_steps=True)).run()
+    n = data["workload"]["num_requests"]
+    check_invariants(ff, n)
+    check_invariants(ex, n)
+    a, b = ff.requests, ex.requests
+    assert list(a["status"]) == list(b["status"])
+    assert list(a["num_preemptions"]) == list(b["num_preemptions"])
+    for col in ("first_token_s", "finish_s"):
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        assert np.array_equal(np.isnan(x), np.isnan(y))
+        ok = ~np.isnan(x)
+        assert np.allclose(x[ok], y[ok], rtol=1e-9, atol=0), col
+    assert ff.summary["num_events"] <= ex.summary["num_events"]
+    assert np.isclose(ff.summary["kv_utilization_mean"], ex.summary["kv_utilization_mean"], rtol=1e-9)
+
+
+def test_same_seed_gives_byte_identical_requests_parquet(tmp_path):
+    from simserve import load_scenario
+    from simserve.cli import write_results
+    from simserve.sim import run
+
+    paths = []
+    for k in range(2):
+        sc = load_scenario("scenarios/quickstart.yaml", ["workload.num_requests=300"])
+        out = tmp_path / f"run{k}"
+        write_results(sc, run(sc), out)
+        paths.append(out / "requests.parquet")
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    sc = load_scenario("scenarios/quickstart.yaml", ["workload.num_requests=300", "seed=2"])
+    write_results(sc, run(sc), tmp_path / "other")
+    assert (tmp_path / "other" / "requests.parquet").read_bytes() != paths[0].read_bytes()
+
+
+def test_two_simulations_in_one_process_do_not_disturb_each_other():
+    from simserve import load_scenario
+    from simserve.sim import Simulation as Sim
+
+    sc = load_scenario("scenarios/quickstart.yaml", ["workload.num_requests=100"])
+    a, b = Sim(sc), Sim(sc)
+    ra = a.run()
+    rb = b.run()
+    assert ra.requests.equals(rb.requests)
