@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from helpers import scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simserve import Simulation
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.yaml"
 
 
 @st.composite
@@ -89,12 +93,12 @@ def test_same_seed_gives_byte_identical_requests_parquet(tmp_path):
 
     paths = []
     for k in range(2):
-        sc = load_scenario("scenarios/quickstart.yaml", ["workload.num_requests=300"])
+        sc = load_scenario(QUICKSTART, ["workload.num_requests=300"])
         out = tmp_path / f"run{k}"
         write_results(sc, run(sc), out)
         paths.append(out / "requests.parquet")
     assert paths[0].read_bytes() == paths[1].read_bytes()
-    sc = load_scenario("scenarios/quickstart.yaml", ["workload.num_requests=300", "seed=2"])
+    sc = load_scenario(QUICKSTART, ["workload.num_requests=300", "seed=2"])
     write_results(sc, run(sc), tmp_path / "other")
     assert (tmp_path / "other" / "requests.parquet").read_bytes() != paths[0].read_bytes()
 
@@ -103,7 +107,7 @@ def test_two_simulations_in_one_process_do_not_disturb_each_other():
     from simserve import load_scenario
     from simserve.sim import Simulation as Sim
 
-    sc = load_scenario("scenarios/quickstart.yaml", ["workload.num_requests=100"])
+    sc = load_scenario(QUICKSTART, ["workload.num_requests=100"])
     a, b = Sim(sc), Sim(sc)
     ra = a.run()
     rb = b.run()
