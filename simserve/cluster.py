@@ -183,11 +183,10 @@ class Replica:
                     self.num_events += 1
                     yield env.timeout(bounds[m] - t)
             self._run = None
-            levels = used + extra[:m]
-            self.kv_area += float(np.dot(levels, np.diff(bounds[: m + 1])))
-            self.kv_peak = max(self.kv_peak, int(levels[-1]))
-            kv_mean = float(np.dot(levels, np.diff(bounds[: m + 1])) / (bounds[m] - now)) if bounds[m] > now \
-                else float(used)
+            area = used * float(bounds[m] - now) + float(np.dot(extra[:m], times[:m]))
+            self.kv_area += area
+            self.kv_peak = max(self.kv_peak, used + int(extra[m - 1]))
+            kv_mean = area / (bounds[m] - now) if bounds[m] > now else float(used)
             self._advance_decodes(n, m, extra)
             self._finish_decodes()
             self.recorder.segment(self.pool, self.index, now, env.now, m, n, num_waiting, kv_mean,
@@ -323,13 +322,13 @@ class Replica:
             assert n == self.n_dec and 1 <= m <= len(extra)
         self.d_ctx[:n] += m
         self.d_left[:n] -= m
-        grown = -(-self.d_ctx[:n] // self.block_tokens)
-        blocks = np.maximum(self.d_blocks[:n], grown)
-        added = int(blocks.sum() - self.d_blocks[:n].sum())
-        if self.check_invariants:
-            assert added == int(extra[m - 1]), (added, int(extra[m - 1]))
-        self.kv.allocate(added)
-        self.d_blocks[:n] = blocks
+        added = int(extra[m - 1])
+        if added:
+            grown = -(-self.d_ctx[:n] // self.block_tokens)
+            if self.check_invariants:
+                assert int(np.maximum(self.d_blocks[:n], grown).sum() - self.d_blocks[:n].sum()) == added
+            np.maximum(self.d_blocks[:n], grown, out=self.d_blocks[:n])
+            self.kv.allocate(added)
 
     def _finish_decodes(self) -> None:
         done = np.flatnonzero(self.d_left[: self.n_dec] == 0)

@@ -82,7 +82,6 @@ def test_invariants_and_fast_forward_equals_exact_steps(data):
         assert np.array_equal(np.isnan(x), np.isnan(y))
         ok = ~np.isnan(x)
         assert np.allclose(x[ok], y[ok], rtol=1e-9, atol=0), col
-    assert ff.summary["num_events"] <= ex.summary["num_events"]
     assert np.isclose(ff.summary["kv_utilization_mean"], ex.summary["kv_utilization_mean"], rtol=1e-9)
 
 
