@@ -14,7 +14,7 @@ from simserve import load_scenario, run
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
-SCENARIOS = ["quickstart"]
+SCENARIOS = ["quickstart", "reasoning-mix", "deepseek-r1-production"]
 VOLATILE = {"wall_time_s"}
 
 
