@@ -9,7 +9,7 @@ one event, in closed form, giving exactly the times that stepping one iteration 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -132,7 +132,7 @@ class Replica:
 
     # ------------------------------------------------------------------------------------------ the process
 
-    def process(self) -> Iterator[simpy.Event]:
+    def process(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         while True:
             if self.wake.triggered:
@@ -371,7 +371,7 @@ class Replica:
 
 
 def arrivals(env: simpy.Environment, requests: Iterator[Request], route: Callable[[Request], None],
-             counter: list[int], on_exhausted: Callable[[], None]) -> Iterator[simpy.Event]:
+             counter: list[int], on_exhausted: Callable[[], None]) -> Generator[simpy.Event, Any, None]:
     """The front end: wait for each request's arrival time and hand it to the router."""
     for req in requests:
         counter[0] += 1
