@@ -80,6 +80,7 @@ class Replica:
         self.waiting_mon = LevelMonitor(env.now)
         self.kv_area = 0.0  # integral of used blocks over time
         self.kv_peak = 0
+        self._cum_buf = np.zeros(kv_block_tokens + 1, np.int64)
         self._run: tuple[Any, ...] | None = None  # (boundaries, n, extra blocks per step) of the run in flight
 
     # ------------------------------------------------------------------------------------------ public surface
@@ -163,7 +164,8 @@ class Replica:
                 continue
             # Fast-forward: a decode-only batch whose membership cannot change until a sequence finishes, a
             # block runs out, or a request arrives (no admission is possible now, and free blocks only shrink).
-            extra = self._extra_blocks(n, int(self.d_left[:n].min()))
+            min_left = int(self.d_left[:n].min())
+            extra = self._extra_blocks(n, min_left)
             k = int(np.searchsorted(extra, self.kv.free_blocks, side="right"))
             times = self.perf.decode_run_times_s(ctx, k)
             bounds = np.cumsum(np.concatenate(([now], times)))
@@ -188,7 +190,8 @@ class Replica:
             self.kv_peak = max(self.kv_peak, used + int(extra[m - 1]))
             kv_mean = area / (bounds[m] - now) if bounds[m] > now else float(used)
             self._advance_decodes(n, m, extra)
-            self._finish_decodes()
+            if m == min_left:
+                self._finish_decodes()
             self.recorder.segment(self.pool, self.index, now, env.now, m, n, num_waiting, kv_mean,
                                   self.kv.used_blocks, 0, n * m)
 
@@ -257,10 +260,12 @@ class Replica:
         """
         bt = self.block_tokens
         first = self.d_blocks[:n] * bt - self.d_ctx[:n] - 1  # steps (after the first) before the next block
-        per_phase = np.bincount(first, minlength=bt)
-        cum = np.concatenate(([0], np.cumsum(per_phase)))
-        q = np.arange(max_steps, dtype=np.int64)  # steps after the first
-        return (q // bt) * n + cum[q % bt]
+        cum = self._cum_buf
+        np.cumsum(np.bincount(first, minlength=bt), out=cum[1:])
+        laps, phase = np.divmod(np.arange(max_steps, dtype=np.int64), bt)  # steps after the first
+        laps *= n
+        laps += cum[phase]
+        return laps
 
     def _preempt_newest(self) -> Request:
         """Preempt the most recently admitted running request by recompute: free its blocks and put it back at
