@@ -97,6 +97,10 @@ class Replica:
     def free_kv_blocks(self) -> int:
         return self.kv.free_blocks
 
+    def prefix_hit_tokens(self, req: Request) -> int:
+        """Prompt tokens of `req` this replica holds in its prefix cache now."""
+        return 0
+
     def enqueue(self, req: Request) -> None:
         """Accept a routed request now: queue it, or reject it at once if it could never fit."""
         req.pool, req.replica = self.pool, self.index

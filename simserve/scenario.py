@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from simserve.hardware import GPUS, MODELS, GpuSpec, ModelSpec, kv_capacity_blocks
 from simserve.perf import PerfSpec, RooflinePerfSpec
-from simserve.routing import ROUTERS
+from simserve.routing import ByQueryTypeRouterSpec, RouterSpec, SimpleRouterSpec
 from simserve.schedulers import SCHEDULERS
-from simserve.workload import WorkloadSpec, load_empirical
+from simserve.workload import BUILTIN_PREFIX, WorkloadSpec, load_empirical
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -92,17 +92,27 @@ class Scenario(BaseModel):
     perf: PerfSpec = Field(default_factory=RooflinePerfSpec)
     workload: WorkloadSpec
     slo: SloSpec | None = None
-    router: str = "round_robin"
+    router: RouterSpec = Field(default_factory=lambda: SimpleRouterSpec(kind="round_robin"))
     scheduler: str = "fcfs"
     engine: EngineSpec = Field(default_factory=EngineSpec)
     _base_dir: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _router_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("router"), str):
+            data = {**data, "router": {"kind": data["router"]}}
+        return data
 
     @model_validator(mode="after")
     def _known(self) -> Scenario:
         if isinstance(self.model, str) and self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; presets: {', '.join(MODELS)} (or an inline spec)")
-        if self.router not in ROUTERS:
-            raise ValueError(f"unknown router {self.router!r}; choose one of {', '.join(ROUTERS)}")
+        if isinstance(self.router, ByQueryTypeRouterSpec):
+            pools = {p.name for p in self.cluster.pools}
+            for target in [*self.router.table.values(), self.router.default]:
+                if target is not None and target not in pools:
+                    raise ValueError(f"router: pool {target!r} is not in cluster.pools ({', '.join(sorted(pools))})")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         return self
@@ -122,13 +132,42 @@ class Scenario(BaseModel):
     def to_yaml(self) -> str:
         """The resolved scenario (defaults filled in) as YAML that loads back to an equal scenario."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return yaml.safe_dump(data, sort_keys=False)
+        base = self.base_dir
+
+        def absolute_files(node: Any) -> Any:
+            # Relative data files are relative to the scenario's folder; the resolved copy lives elsewhere.
+            if isinstance(node, dict):
+                return {k: (str((base / v).resolve()) if k == "file" and base is not None and isinstance(v, str)
+                            and not v.startswith(BUILTIN_PREFIX) and not Path(v).is_absolute()
+                            else absolute_files(v)) for k, v in node.items()}
+            if isinstance(node, list):
+                return [absolute_files(v) for v in node]
+            return node
+
+        return yaml.safe_dump(absolute_files(data), sort_keys=False)
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid scenario ({err.error_count()} error{'s' if err.error_count() > 1 else ''})"]
+def _yaml_path(loc: tuple[Any, ...], data: Any) -> str:
+    """The error location as the user wrote it: pydantic adds union members (a `kind` tag such as 'roofline',
+    or a type name such as 'GpuSpec') to locations; keep only the segments that index into the input."""
+    parts: list[str] = []
+    node = data
+    for i, seg in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and seg in node:
+            node = node[seg]
+        elif isinstance(node, list) and isinstance(seg, int) and 0 <= seg < len(node):
+            node = node[seg]
+        elif not (last and isinstance(node, dict)):
+            continue  # a union member, not part of the input
+        parts.append(str(seg))
+    return ".".join(parts) or "(top level)"
+
+
+def _format_errors(source: str, err: ValidationError, data: Any) -> str:
+    by_path: dict[str, list[str]] = {}
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        path = _yaml_path(tuple(e["loc"]), data)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not a field of this section)"
@@ -136,8 +175,13 @@ def _format_errors(source: str, err: ValidationError) -> str:
             msg = "required field is missing"
         elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
             ctx = e.get("ctx", {})
-            msg = f"expected {ctx.get('discriminator', 'a tag')} to be one of {ctx.get('expected_tags', '?')}"
-        lines.append(f"  {path}: {msg}")
+            got = f", got {ctx['tag']!r}" if "tag" in ctx else ""
+            msg = f"expected {ctx.get('discriminator', 'a tag')} to be one of {ctx.get('expected_tags', '?')}{got}"
+        if msg not in by_path.setdefault(path, []):
+            by_path[path].append(msg)
+    n = len(by_path)
+    lines = [f"{source}: invalid scenario ({n} error{'s' if n > 1 else ''})"]
+    lines.extend(f"  {path}: {' or '.join(msgs)}" for path, msgs in by_path.items())
     return "\n".join(lines)
 
 
@@ -175,7 +219,7 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as err:
-        raise ScenarioError(_format_errors(source, err)) from None
+        raise ScenarioError(_format_errors(source, err, data)) from None
     scenario._base_dir = base_dir
     _check_buildable(scenario, source)
     return scenario
@@ -208,9 +252,11 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     """Read and validate a scenario YAML file (with optional `dotted.key=value` overrides)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read scenario file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not a UTF-8 text file (byte {exc.start}): expected a YAML scenario") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -16,7 +16,7 @@ import simpy
 from simserve.cluster import Replica, arrivals
 from simserve.hardware import kv_capacity_blocks
 from simserve.metrics import Recorder, summarize
-from simserve.routing import ROUTERS
+from simserve.routing import ROUTERS, StaleView
 from simserve.schedulers import SCHEDULERS
 from simserve.workload import Request, generate_requests
 
@@ -69,7 +69,9 @@ class Simulation:
                     max_model_len_tokens=pool.max_model_len_tokens or model.max_context_tokens,
                     scheduler=SCHEDULERS[scenario.scheduler](), recorder=self.recorder, on_done=self._done,
                     exact_steps=self.engine.exact_steps, check_invariants=self.engine.check_invariants))
-        self.router = ROUTERS[scenario.router](self.rngs["routing"])
+        self.router = ROUTERS[scenario.router.kind](scenario.router, self.rngs["routing"])
+        staleness = scenario.router.staleness_s
+        self._views: list[Any] = [StaleView(r, staleness) for r in self.replicas] if staleness > 0 else []
         self._arrived = [0]
         self._in_system = 0
         self._exhausted = False
@@ -77,7 +79,12 @@ class Simulation:
 
     def _route(self, req: Request) -> None:
         self._in_system += 1
-        self.replicas[self.router.choose(req, self.replicas)].enqueue(req)
+        if self._views:
+            for v in self._views:
+                v.refresh(self.env.now)
+            self.replicas[self.router.choose(req, self._views)].enqueue(req)
+        else:
+            self.replicas[self.router.choose(req, self.replicas)].enqueue(req)
 
     def _done(self, req: Request) -> None:
         self.recorder.request(req)
