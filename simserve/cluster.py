@@ -19,8 +19,8 @@ from simpy.core import URGENT
 from simserve.kv import KvBlockPool, blocks_for
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel
+from simserve.request import Request
 from simserve.schedulers import Fcfs
-from simserve.workload import Request
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from simserve.workload import Request
+from simserve.request import Request
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 

@@ -137,14 +137,18 @@ class Scenario(BaseModel):
         def absolute_files(node: Any) -> Any:
             # Relative data files are relative to the scenario's folder; the resolved copy lives elsewhere.
             if isinstance(node, dict):
-                return {k: (str((base / v).resolve()) if k == "file" and base is not None and isinstance(v, str)
-                            and not v.startswith(BUILTIN_PREFIX) and not Path(v).is_absolute()
+                return {k: (str((base / v).resolve()) if _is_relative_file(k, v) and base is not None
                             else absolute_files(v)) for k, v in node.items()}
             if isinstance(node, list):
                 return [absolute_files(v) for v in node]
             return node
 
         return yaml.safe_dump(absolute_files(data), sort_keys=False)
+
+
+def _is_relative_file(key: str, value: Any) -> bool:
+    return (key in ("file", "path") and isinstance(value, str) and not value.startswith(BUILTIN_PREFIX)
+            and not Path(value).is_absolute())
 
 
 def _yaml_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -227,7 +231,14 @@ def parse_scenario(data: Any, source: str = "<scenario>", base_dir: Path | None 
 
 def _check_buildable(scenario: Scenario, source: str) -> None:
     """Checks that need more than one field: data files readable, models fit in their pools' memory."""
-    for i, q in enumerate(scenario.workload.mix):
+    trace = scenario.workload.trace
+    if trace is not None:
+        from simserve.traces import resolve_path
+
+        path = resolve_path(trace.path, scenario.base_dir)
+        if not path.is_file():
+            raise ScenarioError(f"{source}: workload.trace.path: trace file not found: {path}")
+    for i, q in enumerate(scenario.workload.mix or []):
         for key in ("prompt_tokens", "reasoning_tokens", "answer_tokens", "output_tokens", "reasoning_share"):
             spec = getattr(q, key)
             if spec is not None and getattr(spec, "file", None):

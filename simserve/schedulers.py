@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from simserve.workload import Request
+from simserve.request import Request
 
 
 class Fcfs:

@@ -18,61 +18,10 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
+from simserve.request import BUILTIN_PREFIX, Request
+from simserve.traces import TraceSpec, replay
+
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
-BUILTIN_PREFIX = "builtin:"
-
-
-class Request:
-    """One request: what the workload asked for, plus the engine's progress on it.
-
-    Output is reasoning tokens then answer tokens. `computed_tokens` are tokens whose KV is in the cache;
-    `generated_tokens` are output tokens sampled so far (the last one is not yet in the KV cache).
-    """
-
-    __slots__ = (
-        "request_id", "user_id", "query_type", "arrival_s", "prompt_tokens", "reasoning_tokens",
-        "answer_tokens", "computed_tokens", "generated_tokens", "num_blocks", "admit_seq", "first_token_s",
-        "finish_s", "num_preemptions", "status", "reason", "pool", "replica",
-    )
-
-    def __init__(self, request_id: int, user_id: int, query_type: str, arrival_s: float,
-                 prompt_tokens: int, reasoning_tokens: int, answer_tokens: int) -> None:
-        self.request_id = request_id
-        self.user_id = user_id
-        self.query_type = query_type
-        self.arrival_s = arrival_s
-        self.prompt_tokens = prompt_tokens
-        self.reasoning_tokens = reasoning_tokens
-        self.answer_tokens = answer_tokens
-        self.computed_tokens = 0
-        self.generated_tokens = 0
-        self.num_blocks = 0
-        self.admit_seq = -1
-        self.first_token_s = math.nan
-        self.finish_s = math.nan
-        self.num_preemptions = 0
-        self.status = ""
-        self.reason = ""
-        self.pool = ""
-        self.replica = -1
-
-    @property
-    def output_tokens(self) -> int:
-        return self.reasoning_tokens + self.answer_tokens
-
-    @property
-    def total_tokens(self) -> int:
-        """Largest KV footprint the request can reach: prompt plus all output but the last token."""
-        return self.prompt_tokens + self.output_tokens
-
-    @property
-    def known_tokens(self) -> int:
-        """Tokens the model must have in KV before it can sample the next one: prompt plus output so far."""
-        return self.prompt_tokens + self.generated_tokens
-
-    def __repr__(self) -> str:
-        return (f"Request({self.request_id}, arrival_s={self.arrival_s:.6g}, prompt={self.prompt_tokens}, "
-                f"reasoning={self.reasoning_tokens}, answer={self.answer_tokens})")
 
 
 # ----------------------------------------------------------------------------------------------- distributions
@@ -400,12 +349,19 @@ class WorkloadSpec(BaseModel):
     model_config = _FROZEN
     num_requests: int | None = Field(default=None, gt=0)
     duration_s: float | None = Field(default=None, gt=0)
-    arrival: Arrival
-    mix: list[QueryType] = Field(min_length=1)
+    arrival: Arrival | None = None
+    mix: list[QueryType] | None = Field(default=None, min_length=1)
     num_users: int = Field(default=1000, gt=0, description="users drawn uniformly per request")
+    trace: TraceSpec | None = Field(default=None, description="replay a trace instead of arrival and mix")
 
     @model_validator(mode="after")
     def _stops(self) -> WorkloadSpec:
+        if self.trace is not None:
+            if self.arrival is not None or self.mix is not None:
+                raise ValueError("give either 'trace' or 'arrival' and 'mix', not both")
+            return self
+        if self.arrival is None or self.mix is None:
+            raise ValueError("give 'arrival' and 'mix' (a synthetic workload) or 'trace' (a replay)")
         if self.num_requests is None and self.duration_s is None:
             raise ValueError("give 'num_requests' or 'duration_s' (or both)")
         names = [q.query_type for q in self.mix]
@@ -415,7 +371,12 @@ class WorkloadSpec(BaseModel):
 
     @property
     def expected_span_s(self) -> float:
-        """Expected time of the last arrival."""
+        """Expected time of the last arrival (for a trace: its window, or an hour if open-ended)."""
+        if self.trace is not None:
+            t = self.trace
+            window = (t.end_s - t.start_s) if t.end_s is not None else 3600.0
+            return min(window / t.rate_scale, self.duration_s or math.inf)
+        assert self.arrival is not None
         span = math.inf if self.num_requests is None else self.num_requests * self.arrival.mean_gap_s
         return min(span, self.duration_s or math.inf)
 
@@ -423,7 +384,12 @@ class WorkloadSpec(BaseModel):
 def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
                       base_dir: Path | None = None, batch: int = 4096) -> Iterator[Request]:
     """Yield requests in arrival order, drawn lazily `batch` at a time from separate RNG streams
-    (`arrivals`, `mix`, `lengths`, `users`), so changing one part of the workload leaves the others' draws alone."""
+    (`arrivals`, `mix`, `lengths`, `users`), so changing one part of the workload leaves the others' draws alone.
+    A trace workload replays the trace instead, cut at `num_requests` and `duration_s` too."""
+    if spec.trace is not None:
+        yield from _cut(replay(spec.trace, base_dir), spec.num_requests, spec.duration_s)
+        return
+    assert spec.arrival is not None and spec.mix is not None
     samplers = [LengthSampler(q, base_dir) for q in spec.mix]
     weights = np.array([q.weight for q in spec.mix], float)
     weights /= weights.sum()
@@ -446,3 +412,10 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
                           int(prompt[i]), int(reasoning[i]), int(answer[i]))
             count += 1
         t = float(times[-1])
+
+
+def _cut(requests: Iterator[Request], num_requests: int | None, duration_s: float | None) -> Iterator[Request]:
+    for i, req in enumerate(requests):
+        if (num_requests is not None and i >= num_requests) or (duration_s is not None and req.arrival_s >= duration_s):
+            return
+        yield req

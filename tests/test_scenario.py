@@ -176,8 +176,6 @@ def test_wrong_types(override, expected):
         (lambda d: d.pop("workload"), "workload"),
         (lambda d: d.pop("cluster"), "cluster"),
         (lambda d: d["workload"]["arrival"].pop("rate_per_s"), "rate_per_s"),
-        (lambda d: d["workload"].pop("arrival"), "workload.arrival"),
-        (lambda d: d["workload"].pop("mix"), "workload.mix"),
         (lambda d: d["workload"]["mix"][0]["prompt_tokens"].pop("cv"), "cv"),
     ],
 )
@@ -188,6 +186,14 @@ def test_missing_required_fields(tmp_path, delete, field_path):
     msg = error_of(path)
     assert str(path) in msg
     assert field_path in msg and "required field is missing" in msg
+
+
+@pytest.mark.parametrize("key", ["arrival", "mix"])
+def test_synthetic_workload_needs_arrival_and_mix(tmp_path, key):
+    d = quick()
+    d["workload"].pop(key)
+    msg = error_of(write(tmp_path, d))
+    assert "workload: give 'arrival' and 'mix'" in msg and "'trace'" in msg
 
 
 def test_missing_stop_and_lengths(tmp_path):
