@@ -49,12 +49,12 @@ class Replica:
                  kv_capacity_blocks: int, kv_block_tokens: int, max_num_seqs: int,
                  max_num_batched_tokens: int, max_model_len_tokens: int, scheduler: Fcfs,
                  recorder: Recorder, on_done: Callable[[Request], None], exact_steps: bool = False,
-                 check_invariants: bool = False) -> None:
+                 check_invariants: bool = False, prefix_caching: bool = False) -> None:
         self.env = env
         self.pool = pool
         self.index = index
         self.perf = perf
-        self.kv = KvBlockPool(kv_capacity_blocks, kv_block_tokens)
+        self.kv = KvBlockPool(kv_capacity_blocks, kv_block_tokens, prefix_caching)
         self.block_tokens = kv_block_tokens
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -81,7 +81,8 @@ class Replica:
         self.kv_area = 0.0  # integral of used blocks over time
         self.kv_peak = 0
         self._cum_buf = np.zeros(kv_block_tokens + 1, np.int64)
-        self._run: tuple[Any, ...] | None = None  # (boundaries, n, extra blocks per step) of the run in flight
+        # The fast-forwarded run in flight: [boundaries, n, extra blocks per step, steps k, blocks allocated so far]
+        self._run: list[Any] | None = None
 
     # ------------------------------------------------------------------------------------------ public surface
 
@@ -95,11 +96,14 @@ class Replica:
 
     @property
     def free_kv_blocks(self) -> int:
-        return self.kv.free_blocks
+        """Blocks a new request could get now: free plus evictable cached blocks."""
+        self._sync_run()
+        return self.kv.available_blocks
 
     def prefix_hit_tokens(self, req: Request) -> int:
-        """Prompt tokens of `req` this replica holds in its prefix cache now."""
-        return 0
+        """Prompt tokens of `req` that would be served from this replica's prefix cache now."""
+        self._sync_run()
+        return self._prefix_hit_units(req) * req.prefix_unit_tokens
 
     def enqueue(self, req: Request) -> None:
         """Accept a routed request now: queue it, or reject it at once if it could never fit."""
@@ -129,11 +133,24 @@ class Replica:
         """Account for the decode steps of a fast-forwarded run completed by `now` (the run's horizon)."""
         if self._run is None:
             return
-        bounds, n, extra = self._run
-        m = int(np.searchsorted(bounds[1:], now, side="right"))
+        bounds, n, extra, k, _ = self._run
+        m = min(int(np.searchsorted(bounds[1:], now, side="right")), k)
         if m > 0:
             self._advance_decodes(n, m, extra)
         self._run = None
+
+    def _sync_run(self) -> None:
+        """Bring KV allocation up to now inside a fast-forwarded run: blocks for every step started by now (and
+        the evictions they force), exactly as stepping one iteration at a time would have allocated them."""
+        run = self._run
+        if run is None:
+            return
+        bounds, _, extra, k, applied = run
+        started = int(np.searchsorted(bounds[1:], self.env.now, side="left"))  # steps before the one in flight
+        target = int(extra[min(started, k - 1)])
+        if target > applied:
+            self.kv.allocate(target - applied)
+            run[4] = target
 
     # ------------------------------------------------------------------------------------------ the process
 
@@ -170,10 +187,10 @@ class Replica:
             # block runs out, or a request arrives (no admission is possible now, and free blocks only shrink).
             min_left = int(self.d_left[:n].min())
             extra = self._extra_blocks(n, min_left)
-            k = int(np.searchsorted(extra, self.kv.free_blocks, side="right"))
+            k = int(np.searchsorted(extra, self.kv.available_blocks, side="right"))
             times = self.perf.decode_run_times_s(ctx, k)
             bounds = np.cumsum(np.concatenate(([now], times)))
-            self._run = (bounds, n, extra)
+            self._run = [bounds, n, extra, k, 0]
             end = env.timeout(bounds[k] - now)
             self.num_events += 1
             yield end | self.wake
@@ -188,12 +205,12 @@ class Replica:
                     m = j + 1  # let the step in flight finish
                     self.num_events += 1
                     yield env.timeout(bounds[m] - t)
+            self._advance_decodes(n, m, extra)
             self._run = None
             area = used * float(bounds[m] - now) + float(np.dot(extra[:m], times[:m]))
             self.kv_area += area
             self.kv_peak = max(self.kv_peak, used + int(extra[m - 1]))
             kv_mean = area / (bounds[m] - now) if bounds[m] > now else float(used)
-            self._advance_decodes(n, m, extra)
             if m == min_left:
                 self._finish_decodes()
             self.recorder.segment(self.pool, self.index, now, env.now, m, n, num_waiting, kv_mean,
@@ -210,7 +227,7 @@ class Replica:
             n = self.n_dec
             need = self.d_ctx[:n] >= self.d_blocks[:n] * bt
             k = int(np.count_nonzero(need))
-            if k <= kv.free_blocks:
+            if k <= kv.available_blocks:
                 break
             self._preempt_newest()
             preempted = True
@@ -225,7 +242,7 @@ class Replica:
             c = min(req.known_tokens - req.computed_tokens, budget)
             extra = blocks_for(req.computed_tokens + c, bt) - req.num_blocks
             victim = None
-            while extra > kv.free_blocks and victim is not req:
+            while extra > kv.available_blocks and victim is not req:
                 victim = self._preempt_newest()
                 preempted = True
             if victim is req:
@@ -238,13 +255,24 @@ class Replica:
         if not preempted:
             while self.waiting and budget > 0 and self.num_running < self.max_num_seqs:
                 req = self.waiting.peek()
-                c = min(req.known_tokens, budget)
-                nb = blocks_for(c, bt)
-                if nb > kv.free_blocks:
+                hit = self._prefix_hit_units(req)
+                keys = req.prefix_keys[:hit] if hit and req.prefix_keys else ()
+                hit_tokens = hit * req.prefix_unit_tokens
+                c = min(req.known_tokens - hit_tokens, budget)
+                shared = hit_tokens // bt
+                nb = blocks_for(hit_tokens + c, bt) - shared
+                if nb + (kv.unheld_blocks(keys) if keys else 0) > kv.available_blocks:
                     break
                 self.waiting.pop()
+                if keys:
+                    kv.acquire(keys)
+                    req.held_units = list(keys)
                 kv.allocate(nb)
-                req.num_blocks = nb
+                req.shared_blocks = shared
+                req.num_blocks = shared + nb
+                req.computed_tokens = hit_tokens
+                if req.num_preemptions == 0:
+                    req.prefix_hit_tokens = hit_tokens
                 req.admit_seq = self._admit_seq
                 self._admit_seq += 1
                 self.prefilling.append(req)
@@ -280,11 +308,11 @@ class Replica:
             req = self.d_req[j]
             assert req is not None
             req.generated_tokens = req.output_tokens - int(self.d_left[j])
-            self.kv.release(int(self.d_blocks[j]))
+            self._release(req, int(self.d_blocks[j]))
             self._remove_decode(j)
         else:
             req = self.prefilling.pop()
-            self.kv.release(req.num_blocks)
+            self._release(req, req.num_blocks)
         if self.n_dec == 0 and not self.prefilling:
             raise RuntimeError("preempted the only running request: a request larger than KV capacity was admitted")
         req.computed_tokens = 0
@@ -312,8 +340,10 @@ class Replica:
             if math.isnan(req.first_token_s):
                 req.first_token_s = now
             self.prefilling.remove(req)
+            if req.prefix_keys and self.kv.prefix_caching:
+                self._cache_prompt(req)
             if req.generated_tokens >= req.output_tokens:
-                self.kv.release(req.num_blocks)
+                self._release(req, req.num_blocks)
                 self._done(req)
             else:
                 j = self.n_dec
@@ -331,13 +361,15 @@ class Replica:
             assert n == self.n_dec and 1 <= m <= len(extra)
         self.d_ctx[:n] += m
         self.d_left[:n] -= m
-        added = int(extra[m - 1])
-        if added:
+        applied = self._run[4] if self._run is not None else 0
+        added = int(extra[m - 1]) - applied
+        if int(extra[m - 1]):
             grown = -(-self.d_ctx[:n] // self.block_tokens)
             if self.check_invariants:
-                assert int(np.maximum(self.d_blocks[:n], grown).sum() - self.d_blocks[:n].sum()) == added
+                assert int(np.maximum(self.d_blocks[:n], grown).sum() - self.d_blocks[:n].sum()) == extra[m - 1]
             np.maximum(self.d_blocks[:n], grown, out=self.d_blocks[:n])
-            self.kv.allocate(added)
+            if added:
+                self.kv.allocate(added)
 
     def _finish_decodes(self) -> None:
         done = np.flatnonzero(self.d_left[: self.n_dec] == 0)
@@ -345,7 +377,7 @@ class Replica:
             req = self.d_req[j]
             assert req is not None
             req.generated_tokens = req.output_tokens
-            self.kv.release(int(self.d_blocks[j]))
+            self._release(req, int(self.d_blocks[j]))
             self._remove_decode(int(j))
             self._done(req)
         if len(done):
@@ -367,11 +399,46 @@ class Replica:
         req.status = "completed"
         self.on_done(req)
 
+    def _prefix_hit_units(self, req: Request) -> int:
+        """Leading prompt units of `req` in this replica's cache, leaving at least one token to compute (the
+        step that samples the next token needs one), as vLLM recomputes the last block of a fully cached prompt."""
+        keys = req.prefix_keys
+        if not keys or not self.kv.prefix_caching or req.prefix_unit_tokens % self.block_tokens:
+            return 0
+        hit = self.kv.cached_units(keys)
+        if hit * req.prefix_unit_tokens >= req.known_tokens:
+            hit = (req.known_tokens - 1) // req.prefix_unit_tokens
+        return hit
+
+    def _cache_prompt(self, req: Request) -> None:
+        """The prompt is computed: its full units become cached units this request holds."""
+        assert req.prefix_keys is not None
+        unit = req.prefix_unit_tokens
+        if unit % self.block_tokens:
+            return
+        per_unit = unit // self.block_tokens
+        held = set(req.held_units)
+        for key in req.prefix_keys[: req.prompt_tokens // unit]:
+            if key not in held and self.kv.insert(key, per_unit):
+                req.held_units.append(key)
+                req.shared_blocks += per_unit
+
+    def _release(self, req: Request, total_blocks: int) -> None:
+        """Free a request's private blocks and drop its holds on cached units."""
+        self.kv.release(total_blocks - req.shared_blocks)
+        if req.held_units:
+            self.kv.release_units(req.held_units[::-1])
+            req.held_units = []
+        req.shared_blocks = 0
+
     def _check(self) -> None:
-        """Block conservation: the pool's used blocks are exactly those held by running requests."""
-        held = int(self.d_blocks[: self.n_dec].sum()) + sum(r.num_blocks for r in self.prefilling)
-        assert held == self.kv.used_blocks, (held, self.kv.used_blocks)
-        assert 0 <= self.kv.used_blocks <= self.kv.capacity_blocks
+        """Block conservation: used blocks are the running requests' private blocks plus the held cached units."""
+        n = self.n_dec
+        shared = [r.shared_blocks for r in self.d_req[:n] if r is not None]
+        private = int(self.d_blocks[:n].sum()) - sum(shared)
+        private += sum(r.num_blocks - r.shared_blocks for r in self.prefilling)
+        assert private + self.kv.held_unit_blocks() == self.kv.used_blocks, (private, self.kv.used_blocks)
+        self.kv.check()
         assert self.num_running <= self.max_num_seqs
         bt = self.block_tokens
         n = self.n_dec

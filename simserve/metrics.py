@@ -12,7 +12,8 @@ import pandas as pd
 
 REQUEST_COLUMNS = (
     "request_id", "user_id", "query_type", "pool", "replica", "arrival_s", "first_token_s", "finish_s",
-    "prompt_tokens", "reasoning_tokens", "answer_tokens", "generated_tokens", "num_preemptions", "status",
+    "prompt_tokens", "prefix_hit_tokens", "reasoning_tokens", "answer_tokens", "generated_tokens",
+    "num_preemptions", "status",
     "reason", "ttft_s", "tpot_s", "e2e_s",
 )
 SEGMENT_COLUMNS = (
@@ -52,7 +53,8 @@ class Recorder:
         self._req: dict[str, Any] = {
             "request_id": array("q"), "user_id": array("q"), "query_type": [], "pool": [],
             "replica": array("q"), "arrival_s": array("d"), "first_token_s": array("d"), "finish_s": array("d"),
-            "prompt_tokens": array("q"), "reasoning_tokens": array("q"), "answer_tokens": array("q"),
+            "prompt_tokens": array("q"), "prefix_hit_tokens": array("q"), "reasoning_tokens": array("q"),
+            "answer_tokens": array("q"),
             "generated_tokens": array("q"), "num_preemptions": array("q"), "status": [], "reason": [],
         }
         self._seg: dict[str, Any] = {
@@ -75,6 +77,7 @@ class Recorder:
         c["first_token_s"].append(r.first_token_s)
         c["finish_s"].append(r.finish_s)
         c["prompt_tokens"].append(r.prompt_tokens)
+        c["prefix_hit_tokens"].append(r.prefix_hit_tokens)
         c["reasoning_tokens"].append(r.reasoning_tokens)
         c["answer_tokens"].append(r.answer_tokens)
         c["generated_tokens"].append(r.generated_tokens)
@@ -160,6 +163,8 @@ def summarize(requests: pd.DataFrame, *, makespan_s: float, slo: dict[str, float
         "kv_utilization_mean": kv_utilization_mean,
         "kv_utilization_max": kv_utilization_max,
         "num_preemptions": int(requests["num_preemptions"].sum()),
+        "prefix_cache_hit_ratio": (float(completed["prefix_hit_tokens"].sum() / completed["prompt_tokens"].sum())
+                                   if len(completed) else math.nan),
         "goodput": float(ok.sum() / n) if n else math.nan,
         "goodput_requests_per_s": float(ok.sum()) / span,
         "gpu_hours": gpu_hours,

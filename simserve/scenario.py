@@ -39,6 +39,7 @@ class PoolSpec(BaseModel):
         default=2 * 1024**3, ge=0, description="per GPU, held back for activations and CUDA graphs")
     num_kv_blocks: int | None = Field(default=None, gt=0, description="overrides the derived KV capacity")
     max_model_len_tokens: int | None = Field(default=None, gt=0, description="defaults to the model's context")
+    prefix_caching: bool = Field(default=True, description="automatic prefix caching (vLLM V1 default: on)")
 
     @model_validator(mode="after")
     def _limits(self) -> PoolSpec:

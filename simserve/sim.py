@@ -68,7 +68,8 @@ class Simulation:
                     max_num_batched_tokens=pool.max_num_batched_tokens,
                     max_model_len_tokens=pool.max_model_len_tokens or model.max_context_tokens,
                     scheduler=SCHEDULERS[scenario.scheduler](), recorder=self.recorder, on_done=self._done,
-                    exact_steps=self.engine.exact_steps, check_invariants=self.engine.check_invariants))
+                    exact_steps=self.engine.exact_steps, check_invariants=self.engine.check_invariants,
+                    prefix_caching=pool.prefix_caching))
         self.router = ROUTERS[scenario.router.kind](scenario.router, self.rngs["routing"])
         staleness = scenario.router.staleness_s
         self._views: list[Any] = [StaleView(r, staleness) for r in self.replicas] if staleness > 0 else []
