@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,19 +14,19 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from simserve.cluster import Replica, arrivals
+from simserve.cluster import Arrival, Replica, arrivals
 from simserve.hardware import kv_capacity_blocks
 from simserve.metrics import Recorder, summarize
 from simserve.routing import ROUTERS, StaleView
 from simserve.schedulers import SCHEDULERS
-from simserve.workload import Request, generate_requests
+from simserve.workload import Request, build_sessions, generate_requests
 
 if TYPE_CHECKING:
     from simserve.scenario import Scenario
 
 # One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
 # the draws of the others.
-STREAMS = ("arrivals", "mix", "lengths", "users", "routing")
+STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions")
 
 
 @dataclass
@@ -74,11 +75,16 @@ class Simulation:
         staleness = scenario.router.staleness_s
         self._views: list[Any] = [StaleView(r, staleness) for r in self.replicas] if staleness > 0 else []
         self._arrived = [0]
+        self._next_id = 0
+        self._pending = 0  # follow-up turns scheduled but not yet arrived
+        self.sessions = build_sessions(scenario.workload, self.rngs, base_dir)
         self._in_system = 0
         self._exhausted = False
         self._all_done = self.env.event()
 
     def _route(self, req: Request) -> None:
+        req.request_id = self._next_id  # ids in arrival order, follow-up turns included
+        self._next_id += 1
         self._in_system += 1
         if self._views:
             for v in self._views:
@@ -90,12 +96,23 @@ class Simulation:
     def _done(self, req: Request) -> None:
         self.recorder.request(req)
         self._in_system -= 1
-        if self._exhausted and self._in_system == 0 and not self._all_done.triggered:
+        if self.sessions is not None:
+            follow = self.sessions.next_turn(req)
+            if follow is not None:
+                self._pending += 1
+                self._arrived[0] += 1
+                think_s, turn = follow
+                Arrival(self.env, think_s).callbacks.append(partial(self._follow_up, turn))
+        if self._exhausted and self._in_system == 0 and self._pending == 0 and not self._all_done.triggered:
             self._all_done.succeed()
+
+    def _follow_up(self, req: Request, _event: object) -> None:
+        self._pending -= 1
+        self._route(req)
 
     def _on_exhausted(self) -> None:
         self._exhausted = True
-        if self._in_system == 0 and not self._all_done.triggered:
+        if self._in_system == 0 and self._pending == 0 and not self._all_done.triggered:
             self._all_done.succeed()
 
     def horizon_s(self) -> float:
@@ -111,7 +128,7 @@ class Simulation:
         wall0 = time.perf_counter()
         env = self.env
         workload = iter(requests) if requests is not None else generate_requests(
-            self.scenario.workload, self.rngs, self.base_dir)
+            self.scenario.workload, self.rngs, self.base_dir, sessions=self.sessions)
         env.process(arrivals(env, workload, self._route, self._arrived, self._on_exhausted))
         for r in self.replicas:
             env.process(r.process())

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
 from simserve.request import BUILTIN_PREFIX, Request
+from simserve.sessions import Sessions
 from simserve.traces import TraceSpec, replay
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -212,6 +213,8 @@ class QueryType(BaseModel):
     answer_tokens: Distribution | None = None
     output_tokens: Distribution | None = None
     reasoning_share: Distribution | None = None
+    system_prompt_tokens: int = Field(default=0, ge=0, description="shared by every request of this type; "
+                                      "prompt_tokens is the user message after it")
 
     @model_validator(mode="before")
     @classmethod
@@ -342,6 +345,15 @@ class GammaArrivals(BaseModel):
 Arrival = Annotated[PoissonArrivals | GammaArrivals, Field(discriminator="process")]
 
 
+class SessionSpec(BaseModel):
+    """Multi-turn sessions: each arrival opens a session of `turns` turns; a turn arrives `think_time_s` after
+    the previous one finishes, its prompt the previous prompt and answer plus a new message (`prompt_tokens`)."""
+
+    model_config = _FROZEN
+    turns: Distribution
+    think_time_s: Distribution
+
+
 class WorkloadSpec(BaseModel):
     """Synthetic workload: an arrival process and a weighted mix of query types, stopped after
     `num_requests` arrivals or at `duration_s`, whichever comes first."""
@@ -353,12 +365,15 @@ class WorkloadSpec(BaseModel):
     mix: list[QueryType] | None = Field(default=None, min_length=1)
     num_users: int = Field(default=1000, gt=0, description="users drawn uniformly per request")
     trace: TraceSpec | None = Field(default=None, description="replay a trace instead of arrival and mix")
+    sessions: SessionSpec | None = None
+    prefix_unit_tokens: int = Field(default=64, gt=0, description="granularity of synthetic prefix keys; a "
+                                    "multiple of the pools' kv_block_tokens for the prefix cache to use them")
 
     @model_validator(mode="after")
     def _stops(self) -> WorkloadSpec:
         if self.trace is not None:
-            if self.arrival is not None or self.mix is not None:
-                raise ValueError("give either 'trace' or 'arrival' and 'mix', not both")
+            if self.arrival is not None or self.mix is not None or self.sessions is not None:
+                raise ValueError("give either 'trace' or 'arrival' and 'mix' (and 'sessions'), not both")
             return self
         if self.arrival is None or self.mix is None:
             raise ValueError("give 'arrival' and 'mix' (a synthetic workload) or 'trace' (a replay)")
@@ -381,8 +396,21 @@ class WorkloadSpec(BaseModel):
         return min(span, self.duration_s or math.inf)
 
 
+def build_sessions(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
+                   base_dir: Path | None = None) -> Sessions | None:
+    """The session source of a synthetic workload, or None if its requests share no prefixes."""
+    if spec.mix is None:
+        return None
+    sessions = Sessions(
+        [LengthSampler(q, base_dir) for q in spec.mix], [q.system_prompt_tokens for q in spec.mix],
+        spec.prefix_unit_tokens, spec.sessions.turns.build(base_dir) if spec.sessions else None,
+        spec.sessions.think_time_s.build(base_dir) if spec.sessions else None, rngs["sessions"])
+    return sessions if sessions.active else None
+
+
 def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
-                      base_dir: Path | None = None, batch: int = 4096) -> Iterator[Request]:
+                      base_dir: Path | None = None, batch: int = 4096,
+                      sessions: Sessions | None = None) -> Iterator[Request]:
     """Yield requests in arrival order, drawn lazily `batch` at a time from separate RNG streams
     (`arrivals`, `mix`, `lengths`, `users`), so changing one part of the workload leaves the others' draws alone.
     A trace workload replays the trace instead, cut at `num_requests` and `duration_s` too."""
@@ -391,6 +419,7 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
         return
     assert spec.arrival is not None and spec.mix is not None
     samplers = [LengthSampler(q, base_dir) for q in spec.mix]
+    system = [q.system_prompt_tokens for q in spec.mix]
     weights = np.array([q.weight for q in spec.mix], float)
     weights /= weights.sum()
     names = [q.query_type for q in spec.mix]
@@ -408,8 +437,11 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
                 return
             k = int(kinds[i])
             prompt, reasoning, answer = lengths[k]
-            yield Request(count, int(users[i]), names[k], float(times[i]),
-                          int(prompt[i]), int(reasoning[i]), int(answer[i]))
+            req = Request(count, int(users[i]), names[k], float(times[i]),
+                          system[k] + int(prompt[i]), int(reasoning[i]), int(answer[i]))
+            if sessions is not None:
+                sessions.start(req, k)
+            yield req
             count += 1
         t = float(times[-1])
 
