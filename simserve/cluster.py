@@ -49,7 +49,8 @@ class Replica:
                  kv_capacity_blocks: int, kv_block_tokens: int, max_num_seqs: int,
                  max_num_batched_tokens: int, max_model_len_tokens: int, scheduler: Fcfs,
                  recorder: Recorder, on_done: Callable[[Request], None], exact_steps: bool = False,
-                 check_invariants: bool = False, prefix_caching: bool = False) -> None:
+                 check_invariants: bool = False, prefix_caching: bool = False,
+                 on_prefilled: Callable[[Replica, Request], None] | None = None) -> None:
         self.env = env
         self.pool = pool
         self.index = index
@@ -63,6 +64,9 @@ class Replica:
         self.recorder = recorder
         self.on_done = on_done
         self.exact_steps = exact_steps
+        # Prefill/decode disaggregation: a prefill replica hands a request over once its first token is out.
+        self.on_prefilled = on_prefilled
+        self.transferring: dict[int, tuple[Request, int]] = {}  # request id -> (request, blocks still held)
         self.check_invariants = check_invariants
         # Decoding sequences, struct of arrays; slots [0, n_dec) are live.
         cap = max_num_seqs
@@ -123,6 +127,7 @@ class Replica:
         """Requests still queued or running (at the end of a run that hit its horizon)."""
         yield from self.waiting
         yield from self.prefilling
+        yield from (r for r, _ in self.transferring.values())
         for j in range(self.n_dec):
             req = self.d_req[j]
             assert req is not None
@@ -223,6 +228,19 @@ class Replica:
         request was preempted. Decodes are the live slots of the arrays."""
         kv, bt = self.kv, self.block_tokens
         preempted = False
+        # KV that arrived from a prefill replica: the request joins the decodes at once, no compute needed.
+        while self.waiting and self.waiting.peek().kv_ready and self.num_running < self.max_num_seqs:
+            req = self.waiting.peek()
+            nb = blocks_for(req.computed_tokens, bt)
+            if nb > kv.available_blocks:
+                break
+            self.waiting.pop()
+            kv.allocate(nb)
+            req.num_blocks = nb
+            req.kv_ready = False
+            req.admit_seq = self._admit_seq
+            self._admit_seq += 1
+            self._add_decode(req)
         while True:
             n = self.n_dec
             need = self.d_ctx[:n] >= self.d_blocks[:n] * bt
@@ -255,6 +273,8 @@ class Replica:
         if not preempted:
             while self.waiting and budget > 0 and self.num_running < self.max_num_seqs:
                 req = self.waiting.peek()
+                if req.kv_ready:
+                    break  # admitted at the start of the next step, with the decodes
                 hit = self._prefix_hit_units(req)
                 keys = req.prefix_keys[:hit] if hit and req.prefix_keys else ()
                 hit_tokens = hit * req.prefix_unit_tokens
@@ -345,15 +365,30 @@ class Replica:
             if req.generated_tokens >= req.output_tokens:
                 self._release(req, req.num_blocks)
                 self._done(req)
+            elif self.on_prefilled is not None:
+                self.transferring[req.request_id] = (req, req.num_blocks)
+                self.on_prefilled(self, req)
             else:
-                j = self.n_dec
-                self.d_ctx[j] = req.computed_tokens
-                self.d_left[j] = req.output_tokens - req.generated_tokens
-                self.d_blocks[j] = req.num_blocks
-                self.d_order[j] = req.admit_seq
-                self.d_req[j] = req
-                self.n_dec = j + 1
+                self._add_decode(req)
         self.running_mon.set(now, self.num_running)
+
+    def transfer_done(self, req: Request) -> None:
+        """The request's KV has left for a decode replica: free its blocks here (which may let a waiting request
+        in, so wake the loop as an arrival would)."""
+        held_req, blocks = self.transferring.pop(req.request_id)
+        self._release(held_req, blocks)
+        if not self.wake.triggered:
+            self.wake.succeed()
+
+    def _add_decode(self, req: Request) -> None:
+        """Move a request whose known tokens are all in cache into the decoding arrays."""
+        j = self.n_dec
+        self.d_ctx[j] = req.computed_tokens
+        self.d_left[j] = req.output_tokens - req.generated_tokens
+        self.d_blocks[j] = req.num_blocks
+        self.d_order[j] = req.admit_seq
+        self.d_req[j] = req
+        self.n_dec = j + 1
 
     def _advance_decodes(self, n: int, m: int, extra: np.ndarray) -> None:
         """Apply m fast-forwarded decode steps: contexts grow by m and blocks by what they needed."""
@@ -437,6 +472,7 @@ class Replica:
         shared = [r.shared_blocks for r in self.d_req[:n] if r is not None]
         private = int(self.d_blocks[:n].sum()) - sum(shared)
         private += sum(r.num_blocks - r.shared_blocks for r in self.prefilling)
+        private += sum(blocks - r.shared_blocks for r, blocks in self.transferring.values())
         assert private + self.kv.held_unit_blocks() == self.kv.used_blocks, (private, self.kv.used_blocks)
         self.kv.check()
         assert self.num_running <= self.max_num_seqs

@@ -19,7 +19,7 @@ class Request:
         "request_id", "user_id", "query_type", "arrival_s", "prompt_tokens", "reasoning_tokens",
         "answer_tokens", "computed_tokens", "generated_tokens", "num_blocks", "admit_seq", "first_token_s",
         "finish_s", "num_preemptions", "status", "reason", "pool", "replica", "prefix_keys",
-        "prefix_unit_tokens", "held_units", "shared_blocks", "prefix_hit_tokens", "session",
+        "prefix_unit_tokens", "held_units", "shared_blocks", "prefix_hit_tokens", "session", "kv_ready",
     )
 
     def __init__(self, request_id: int, user_id: int, query_type: str, arrival_s: float,
@@ -50,6 +50,7 @@ class Request:
         self.shared_blocks = 0
         self.prefix_hit_tokens = 0
         self.session: Any = None  # multi-turn session state, owned by the workload
+        self.kv_ready = False  # its KV was transferred in (prefill/decode disaggregation)
 
     @property
     def output_tokens(self) -> int:

@@ -4,7 +4,7 @@ file, the field path and what was expected (ScenarioError)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -40,6 +40,8 @@ class PoolSpec(BaseModel):
     num_kv_blocks: int | None = Field(default=None, gt=0, description="overrides the derived KV capacity")
     max_model_len_tokens: int | None = Field(default=None, gt=0, description="defaults to the model's context")
     prefix_caching: bool = Field(default=True, description="automatic prefix caching (vLLM V1 default: on)")
+    role: Literal["both", "prefill", "decode"] = Field(
+        default="both", description="prefill/decode disaggregation: prefill pools hand requests to decode pools")
 
     @model_validator(mode="after")
     def _limits(self) -> PoolSpec:
@@ -53,15 +55,28 @@ class PoolSpec(BaseModel):
         return self
 
 
+class KvTransferSpec(BaseModel):
+    """The link that carries a request's KV from a prefill replica to a decode replica: time = latency + KV bytes
+    / bandwidth (defaults: one 400 Gb/s RDMA NIC per replica, 1 ms of setup)."""
+
+    model_config = _FROZEN
+    bandwidth_bytes_per_s: float = Field(default=50e9, gt=0)
+    latency_s: float = Field(default=0.001, ge=0)
+
+
 class ClusterSpec(BaseModel):
     model_config = _FROZEN
     pools: list[PoolSpec] = Field(min_length=1)
+    kv_transfer: KvTransferSpec = Field(default_factory=KvTransferSpec)
 
     @model_validator(mode="after")
     def _unique(self) -> ClusterSpec:
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique, got {names}")
+        roles = {p.role for p in self.pools}
+        if ("prefill" in roles) != ("decode" in roles):
+            raise ValueError("a pool with role 'prefill' needs a pool with role 'decode', and the other way round")
         return self
 
 

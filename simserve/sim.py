@@ -52,6 +52,8 @@ class Simulation:
         self.recorder = Recorder()
         self.engine = scenario.engine
         self.replicas: list[Replica] = []
+        self._roles: list[str] = []
+        self._kv_bytes_per_token: list[float] = []
         self.pools: list[dict[str, Any]] = []
         for pool in scenario.cluster.pools:
             gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
@@ -62,6 +64,7 @@ class Simulation:
             self.pools.append({"pool": pool.name, "gpu": gpu.name, "model": model.name,
                                "replicas": pool.replicas, "tensor_parallel": pool.tensor_parallel,
                                "kv_capacity_blocks": blocks, "usd_per_gpu_hour": gpu.usd_per_hour})
+            handoff = self._handoff if pool.role == "prefill" else None
             for _i in range(pool.replicas):
                 self.replicas.append(Replica(
                     self.env, pool=pool.name, index=len(self.replicas), perf=perf, kv_capacity_blocks=blocks,
@@ -70,10 +73,16 @@ class Simulation:
                     max_model_len_tokens=pool.max_model_len_tokens or model.max_context_tokens,
                     scheduler=SCHEDULERS[scenario.scheduler](), recorder=self.recorder, on_done=self._done,
                     exact_steps=self.engine.exact_steps, check_invariants=self.engine.check_invariants,
-                    prefix_caching=pool.prefix_caching))
+                    prefix_caching=pool.prefix_caching, on_prefilled=handoff))
+                self._roles.append(pool.role)
+                self._kv_bytes_per_token.append(model.kv_bytes_per_token)
         self.router = ROUTERS[scenario.router.kind](scenario.router, self.rngs["routing"])
         staleness = scenario.router.staleness_s
-        self._views: list[Any] = [StaleView(r, staleness) for r in self.replicas] if staleness > 0 else []
+        # The router sees the replicas that take new requests; decode-only replicas get them from prefill ones.
+        self.entry = [r for r, role in zip(self.replicas, self._roles, strict=True) if role != "decode"]
+        self.decoders = [r for r, role in zip(self.replicas, self._roles, strict=True) if role == "decode"]
+        self._views: list[Any] = [StaleView(r, staleness) for r in self.entry] if staleness > 0 else []
+        self._transfer = scenario.cluster.kv_transfer
         self._arrived = [0]
         self._next_id = 0
         self._pending = 0  # follow-up turns scheduled but not yet arrived
@@ -89,9 +98,24 @@ class Simulation:
         if self._views:
             for v in self._views:
                 v.refresh(self.env.now)
-            self.replicas[self.router.choose(req, self._views)].enqueue(req)
+            self.entry[self.router.choose(req, self._views)].enqueue(req)
         else:
-            self.replicas[self.router.choose(req, self.replicas)].enqueue(req)
+            self.entry[self.router.choose(req, self.entry)].enqueue(req)
+
+    def _handoff(self, source: Replica, req: Request) -> None:
+        """A prefill replica finished a request's prompt: send its KV over the link, then queue it for decoding
+        at the decode replica with the fewest outstanding requests (chosen when the KV lands)."""
+        tokens = req.computed_tokens
+        delay = self._transfer.latency_s + tokens * self._kv_bytes_per_token[source.index] / (
+            self._transfer.bandwidth_bytes_per_s)
+        self._arrived[0] += 1
+        Arrival(self.env, delay).callbacks.append(partial(self._kv_landed, source, req))
+
+    def _kv_landed(self, source: Replica, req: Request, _event: object) -> None:
+        source.transfer_done(req)
+        req.kv_ready = True
+        target = min(self.decoders, key=lambda r: r.num_outstanding)
+        target.enqueue(req)
 
     def _done(self, req: Request) -> None:
         self.recorder.request(req)
@@ -150,8 +174,11 @@ class Simulation:
         span = max(end_s, 1e-12)
         util = [r.kv_area / span / r.kv.capacity_blocks for r in self.replicas]
         peak = [r.kv_peak / r.kv.capacity_blocks for r in self.replicas]
-        gpu_hours = sum(p["replicas"] * p["tensor_parallel"] for p in self.pools) * end_s / 3600.0
-        cost = sum(p["replicas"] * p["tensor_parallel"] * p["usd_per_gpu_hour"] for p in self.pools) * end_s / 3600
+        for p in self.pools:
+            p["gpu_hours"] = p["replicas"] * p["tensor_parallel"] * end_s / 3600.0
+            p["cost_usd"] = p["gpu_hours"] * p["usd_per_gpu_hour"]
+        gpu_hours = sum(p["gpu_hours"] for p in self.pools)
+        cost = sum(p["cost_usd"] for p in self.pools)
         num_events = self._arrived[0] + sum(r.num_events for r in self.replicas)
         extra = {
             "queue_len_mean": sum(r.waiting_mon.integral(end_s) for r in self.replicas) / span,
@@ -162,6 +189,10 @@ class Simulation:
             "horizon_s": self.horizon_s(),
             "exact_steps": self.engine.exact_steps,
         }
+        if len(self.pools) > 1:
+            for p in self.pools:
+                extra[f"gpu_hours_{p['pool']}"] = p["gpu_hours"]
+                extra[f"cost_usd_{p['pool']}"] = p["cost_usd"]
         slo = self.scenario.slo.model_dump() if self.scenario.slo else {}
         return summarize(requests, makespan_s=end_s, slo=slo,
                          kv_utilization_mean=float(np.mean(util)), kv_utilization_max=float(np.max(peak)),
