@@ -36,10 +36,19 @@ def scenarios(draw):
     }
     arrival = ({"process": "poisson", "rate_per_s": draw(st.floats(0.5, 50))} if draw(st.booleans())
                else {"process": "gamma", "rate_per_s": draw(st.floats(0.5, 50)), "cv": draw(st.floats(0.3, 4))})
+    layout = draw(st.sampled_from(["one", "two", "disaggregated"]))
+    pools = [pool]
+    if layout == "two":
+        pools = [pool, {**pool, "name": "q", "gpu": "a100-80gb", "replicas": 1}]
+    elif layout == "disaggregated":
+        pools = [{**pool, "role": "prefill"}, {**pool, "name": "q", "role": "decode",
+                                               "replicas": draw(st.integers(1, 2))}]
     return {
         "name": "prop", "seed": draw(st.integers(0, 2**32 - 1)), "model": "llama-3.1-8b",
-        "cluster": {"pools": [pool]}, "perf": perf, "router": draw(st.sampled_from(["round_robin",
-                                                                                      "least_outstanding"])),
+        "cluster": {"pools": pools, "kv_transfer": {"bandwidth_bytes_per_s": draw(st.sampled_from([1e9, 50e9])),
+                                                    "latency_s": draw(st.sampled_from([0.0, 0.002]))}},
+        "perf": perf,
+        "router": draw(st.sampled_from(["round_robin", "least_outstanding", "least_kv", "power_of_two", "random"])),
         "workload": {"num_requests": draw(st.integers(1, 40)), "arrival": arrival,
                      "mix": [{"query_type": "q", **lengths}]},
         "slo": {"ttft_s": 1.0},
