@@ -43,9 +43,12 @@ def format_summary(scenario: Scenario, results: Results) -> str:
         ("output tokens/s", s["throughput_output_tokens_per_s"]), ("requests/s", s["requests_per_s"]),
         ("goodput (share in SLO)", s["goodput"]), ("KV utilisation mean", s["kv_utilization_mean"]),
         ("KV utilisation max", s["kv_utilization_max"]), ("preemptions", s["num_preemptions"]),
+        ("prefix cache hit ratio", s["prefix_cache_hit_ratio"]),
         ("mean batch size", s["batch_size_mean"]), ("mean queue length", s["queue_len_mean"]),
         ("GPU-hours", s["gpu_hours"]), ("cost USD", s["cost_usd"]),
     ]
+    if len(results.pools) > 1:
+        rows.extend((f"  pool {p['pool']} cost USD", p["cost_usd"]) for p in results.pools)
     lines.extend(f"  {name:<24}{_fmt(v):>14}" for name, v in rows)
     if s["saturated"]:
         lines.append("")

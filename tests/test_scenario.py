@@ -4,7 +4,6 @@ path, `--set` overrides, the YAML round trip, shipped query-type defaults, and t
 from __future__ import annotations
 
 import copy
-import shutil
 import types
 from pathlib import Path
 from typing import Any
@@ -430,12 +429,13 @@ def test_to_yaml_fills_in_defaults():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
 def test_to_yaml_round_trips_through_a_file(tmp_path, path):
-    shutil.copy(path, tmp_path / "orig.yaml")
-    s = load_scenario(tmp_path / "orig.yaml")
+    # The resolved copy lives elsewhere (results/), so relative data paths in it are made absolute.
+    s = load_scenario(path)
     (tmp_path / "again.yaml").write_text(s.to_yaml())
     again = load_scenario(tmp_path / "again.yaml")
-    assert again == s
-    assert again.model_dump() == load_scenario(path).model_dump()
+    assert again.to_yaml() == s.to_yaml()
+    if s.workload.trace is None:
+        assert again.model_dump() == s.model_dump()
 
 
 # ----------------------------------------------------------------------------------------------- shipped defaults
