@@ -36,6 +36,22 @@ class Arrival(simpy.Event):
         env.schedule(self, URGENT, delay_s)
 
 
+LATE = 2  # after URGENT (0, arrivals) and NORMAL (1, step ends): a replica plans once its instant has settled
+
+
+class Settle(simpy.Event):
+    """Resume at the current instant, after every arrival and step end scheduled for it. A plan at time t must
+    see every request that arrives at t, including a follow-up turn created by another replica's step ending at
+    the same t; without this, the order of same-time events (which differs between fast-forward and
+    step-by-step) would decide."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, LATE, 0)  # type: ignore[arg-type]  # a third priority, below NORMAL
+
+
 class Replica:
     """One model instance on `tensor_parallel` GPUs: a waiting queue, a running batch and a KV block pool.
 
@@ -162,6 +178,9 @@ class Replica:
     def process(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         while True:
+            if env.peek() == env.now:
+                self.num_events += 1
+                yield Settle(env)
             if self.wake.triggered:
                 self.wake = env.event()
             if self.num_running == 0 and not self.waiting:
@@ -192,7 +211,7 @@ class Replica:
             # block runs out, or a request arrives (no admission is possible now, and free blocks only shrink).
             min_left = int(self.d_left[:n].min())
             extra = self._extra_blocks(n, min_left)
-            k = int(np.searchsorted(extra, self.kv.available_blocks, side="right"))
+            k = int(np.searchsorted(extra, self._run_block_limit(), side="right"))
             times = self.perf.decode_run_times_s(ctx, k)
             bounds = np.cumsum(np.concatenate(([now], times)))
             self._run = [bounds, n, extra, k, 0]
@@ -303,6 +322,18 @@ class Replica:
         if self.check_invariants:
             self._check()
         return chunks, preempted
+
+    def _run_block_limit(self) -> int:
+        """Blocks a fast-forwarded run may take. Normally all available ones: a waiting request that cannot be
+        admitted now cannot be later in the run, as blocks only shrink. But if the head of the queue would hit
+        cached units nobody holds, evicting one of them makes its admission cheaper by a whole unit; so the run
+        then stops before any eviction, and those steps are taken one plan at a time."""
+        if self.waiting:
+            head = self.waiting.peek()
+            hit = 0 if head.kv_ready else self._prefix_hit_units(head)
+            if hit and head.prefix_keys and self.kv.unheld_blocks(head.prefix_keys[:hit]):
+                return self.kv.free_blocks
+        return self.kv.available_blocks
 
     def _extra_blocks(self, n: int, max_steps: int) -> np.ndarray:
         """extra[s-1] = blocks the decodes need beyond those held now to run s steps (s = 1..max_steps).
