@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from simserve.calibrate_cli import ERRORS as CALIBRATION_ERRORS
+from simserve.calibrate_cli import add_commands
 from simserve.scenario import Scenario, ScenarioError, load_scenario
 from simserve.sim import Results, run
 
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_check)
     s = sub.add_parser("schema", help="print the scenario JSON Schema")
     s.set_defaults(func=_cmd_schema)
+    add_commands(sub)
     return parser
 
 
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ScenarioError as exc:
+    except (ScenarioError, *CALIBRATION_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -7,6 +7,7 @@ docs/model.md. Prices are scenario defaults (public on-demand list prices, 2024-
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +29,30 @@ class GpuSpec(BaseModel):
     usd_per_hour: float = Field(ge=0, description="price of one GPU-hour")
 
 
+class MoeSpec(BaseModel):
+    """Mixture of experts: each token's FFN runs on `experts_per_token` of `num_experts` routed experts (plus any
+    shared experts); the first `num_dense_layers` layers keep a dense FFN of the model's intermediate_size."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    num_experts: int = Field(gt=0)
+    experts_per_token: int = Field(gt=0)
+    expert_intermediate_size: int = Field(gt=0)
+    num_shared_experts: int = Field(default=0, ge=0)
+    num_dense_layers: int = Field(default=0, ge=0)
+
+
+class MlaSpec(BaseModel):
+    """Multi-head latent attention (DeepSeek-V2/V3/R1): K and V are cached as one compressed latent of
+    kv_lora_rank values plus a shared rotary key of qk_rope_head_dim values, per token and layer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kv_lora_rank: int = Field(default=512, gt=0)
+    qk_rope_head_dim: int = Field(default=64, gt=0)
+    qk_nope_head_dim: int = Field(default=128, gt=0)
+    v_head_dim: int = Field(default=128, gt=0)
+    q_lora_rank: int | None = Field(default=1536, gt=0)
+
+
 class ModelSpec(BaseModel):
     """A decoder-only transformer's size and attention shape (what step time and KV memory follow from)."""
 
@@ -43,8 +68,15 @@ class ModelSpec(BaseModel):
     num_attention_heads: int = Field(gt=0)
     num_kv_heads: int = Field(gt=0)
     head_dim: int = Field(gt=0)
-    bytes_per_value: float = Field(default=2.0, gt=0, description="bytes per weight and per KV value (BF16: 2)")
+    bytes_per_value: float = Field(default=2.0, gt=0, description="bytes per weight (BF16: 2, FP8: 1)")
+    kv_bytes_per_value: float | None = Field(default=None, gt=0, description="bytes per KV value; defaults to "
+                                             "bytes_per_value")
     max_context_tokens: int = Field(default=131072, gt=0)
+    intermediate_size: int | None = Field(default=None, gt=0, description="dense FFN width; derived from "
+                                          "num_params when not given")
+    vocab_size: int = Field(default=128256, gt=0)
+    moe: MoeSpec | None = None
+    mla: MlaSpec | None = None
 
     @property
     def active_params(self) -> float:
@@ -56,9 +88,44 @@ class ModelSpec(BaseModel):
         return self.num_params * self.bytes_per_value
 
     @property
+    def kv_value_bytes(self) -> float:
+        return self.kv_bytes_per_value if self.kv_bytes_per_value is not None else self.bytes_per_value
+
+    @property
+    def kv_values_per_token_layer(self) -> int:
+        """Values cached per token and layer: K and V of every KV head, or MLA's latent plus rotary key."""
+        if self.mla is not None:
+            return self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
+        return 2 * self.num_kv_heads * self.head_dim
+
+    @property
     def kv_bytes_per_token(self) -> float:
-        """KV cache bytes per token over all layers: 2 (K and V) x layers x kv_heads x head_dim x bytes."""
-        return 2.0 * self.num_layers * self.num_kv_heads * self.head_dim * self.bytes_per_value
+        """KV cache bytes per token over all layers: 2 (K and V) x layers x kv_heads x head_dim x bytes (GQA), or
+        layers x (kv_lora_rank + qk_rope_head_dim) x bytes (MLA)."""
+        return float(self.num_layers * self.kv_values_per_token_layer * self.kv_value_bytes)
+
+    def weight_bytes_read(self, tokens: float) -> float:
+        """Weight bytes one step of `tokens` tokens reads: every dense weight, and of a mixture of experts only
+        the routed experts the tokens touch (expected E (1 - (1 - k/E)^tokens) per layer, uniform routing)."""
+        if self.moe is None:
+            return self.weight_bytes
+        moe = self.moe
+        expert_params = 3.0 * self.hidden_size * moe.expert_intermediate_size
+        moe_layers = self.num_layers - moe.num_dense_layers
+        routed_params = moe.num_experts * expert_params * moe_layers
+        dense_params = max(self.num_params - routed_params, 0.0)
+        touched = moe.num_experts * (1.0 - (1.0 - moe.experts_per_token / moe.num_experts) ** max(tokens, 0.0))
+        return (dense_params + touched * expert_params * moe_layers) * self.bytes_per_value
+
+    @property
+    def ffn_size(self) -> int:
+        """Dense FFN width: given, or what the parameter count leaves after embeddings and attention."""
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        h = self.hidden_size
+        attn = h * self.head_dim * (2 * self.num_attention_heads + 2 * self.num_kv_heads)
+        per_layer = (self.num_params - 2 * self.vocab_size * h) / self.num_layers - attn
+        return max(1, int(per_layer / (3 * h)))
 
 
 GPUS: dict[str, GpuSpec] = {
@@ -100,22 +167,54 @@ MODELS: dict[str, ModelSpec] = {
     "llama-3.1-8b": ModelSpec(
         name="llama-3.1-8b", num_params=8.03e9, num_layers=32, hidden_size=4096,
         num_attention_heads=32, num_kv_heads=8, head_dim=128, max_context_tokens=131072,
+        intermediate_size=14336, vocab_size=128256,
     ),
     "llama-3.1-70b": ModelSpec(
         name="llama-3.1-70b", num_params=70.6e9, num_layers=80, hidden_size=8192,
         num_attention_heads=64, num_kv_heads=8, head_dim=128, max_context_tokens=131072,
+        intermediate_size=28672, vocab_size=128256,
     ),
     "qwen2.5-32b": ModelSpec(
         name="qwen2.5-32b", num_params=32.8e9, num_layers=64, hidden_size=5120,
         num_attention_heads=40, num_kv_heads=8, head_dim=128, max_context_tokens=32768,
+        intermediate_size=27648, vocab_size=152064,
     ),
     "r1-distill-qwen-7b": ModelSpec(
         name="r1-distill-qwen-7b", num_params=7.62e9, num_layers=28, hidden_size=3584,
         num_attention_heads=28, num_kv_heads=4, head_dim=128, max_context_tokens=131072,
+        intermediate_size=18944, vocab_size=152064,
     ),
     "r1-distill-qwen-32b": ModelSpec(
         name="r1-distill-qwen-32b", num_params=32.8e9, num_layers=64, hidden_size=5120,
         num_attention_heads=40, num_kv_heads=8, head_dim=128, max_context_tokens=131072,
+        intermediate_size=27648, vocab_size=152064,
+    ),
+    # Mixtures of experts (public config.json of each model). DeepSeek-R1 ships FP8 weights and caches MLA's
+    # 512 + 64 values per token and layer in BF16.
+    "deepseek-r1": ModelSpec(
+        name="deepseek-r1", num_params=671e9, num_active_params=37e9, num_layers=61, hidden_size=7168,
+        num_attention_heads=128, num_kv_heads=128, head_dim=128, bytes_per_value=1.0, kv_bytes_per_value=2.0,
+        max_context_tokens=163840, intermediate_size=18432, vocab_size=129280,
+        moe=MoeSpec(num_experts=256, experts_per_token=8, expert_intermediate_size=2048, num_shared_experts=1,
+                    num_dense_layers=3),
+        mla=MlaSpec(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=1536),
+    ),
+    "qwen3-30b-a3b": ModelSpec(
+        name="qwen3-30b-a3b", num_params=30.5e9, num_active_params=3.3e9, num_layers=48, hidden_size=2048,
+        num_attention_heads=32, num_kv_heads=4, head_dim=128, max_context_tokens=40960, intermediate_size=6144,
+        vocab_size=151936, moe=MoeSpec(num_experts=128, experts_per_token=8, expert_intermediate_size=768),
+    ),
+    "qwen3-235b-a22b": ModelSpec(
+        name="qwen3-235b-a22b", num_params=235e9, num_active_params=22e9, num_layers=94, hidden_size=4096,
+        num_attention_heads=64, num_kv_heads=4, head_dim=128, max_context_tokens=40960, intermediate_size=12288,
+        vocab_size=151936, moe=MoeSpec(num_experts=128, experts_per_token=8, expert_intermediate_size=1536),
+    ),
+    # gpt-oss-120b: MXFP4 expert weights (about 4.25 bits), BF16 attention and KV; 64 query heads of dim 64.
+    "gpt-oss-120b": ModelSpec(
+        name="gpt-oss-120b", num_params=116.8e9, num_active_params=5.1e9, num_layers=36, hidden_size=2880,
+        num_attention_heads=64, num_kv_heads=8, head_dim=64, bytes_per_value=0.55, kv_bytes_per_value=2.0,
+        max_context_tokens=131072, intermediate_size=2880, vocab_size=201088,
+        moe=MoeSpec(num_experts=128, experts_per_token=4, expert_intermediate_size=2880),
     ),
 }
 
@@ -132,8 +231,53 @@ def kv_capacity_blocks(
 
     (memory x utilisation x GPUs - weights - activation reserve x GPUs) / bytes per block. Weights and KV heads
     are sharded over the tensor-parallel GPUs, so the bytes of one block summed over the GPUs equal
-    block_tokens x kv_bytes_per_token. May be <= 0: the caller reports that the model does not fit.
+    block_tokens x kv_bytes_per_token (times kv_replication when KV cannot be split). May be <= 0: the caller
+    reports that the model does not fit.
     """
     usable = tensor_parallel * (gpu.memory_bytes * gpu_memory_utilization - activation_reserve_bytes)
     free = usable - model.weight_bytes
-    return math.floor(free / (kv_block_tokens * model.kv_bytes_per_token))
+    return math.floor(free / (kv_block_tokens * model.kv_bytes_per_token * kv_replication(model, tensor_parallel)))
+
+
+def activation_reserve_estimate(model: ModelSpec, max_num_batched_tokens: int) -> float:
+    """Per-GPU memory vLLM keeps out of the KV cache, estimated: 1 GiB (CUDA context, CUDA graphs, non-torch
+    allocations) plus 32 bytes x max_num_batched_tokens x hidden_size (the activations of its profiling run).
+    Reproduces the KV capacity vLLM logged in the two H100 runs of e2e-ground-truth within 3% (docs/calibration.md)."""
+    return float(GIB + 32.0 * max_num_batched_tokens * model.hidden_size)
+
+
+def kv_replication(model: ModelSpec, tensor_parallel: int) -> float:
+    """How many copies of each token's KV a tensor-parallel group holds: MLA's single latent is replicated on
+    every GPU; KV heads are replicated once the group has more GPUs than KV heads."""
+    if model.mla is not None:
+        return float(tensor_parallel)
+    return max(1.0, tensor_parallel / model.num_kv_heads)
+
+
+def model_from_architecture(arch: dict[str, Any], name: str = "custom") -> ModelSpec:
+    """A ModelSpec from a `model_architecture` block (the e2e experiments' experiment.json, profile metadata):
+    num_layers, hidden_size, num_attention_heads, num_kv_heads, head_dim, intermediate_size, vocab_size,
+    num_params, bytes_per_param, and for a mixture of experts active_params and moe {num_experts,
+    experts_per_token, expert_intermediate_size}. Raises ValueError naming a missing field."""
+    required = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "num_params")
+    missing = [k for k in required if arch.get(k) is None]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
+    head_dim = arch.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"]
+    moe = None
+    if arch.get("moe"):
+        m = arch["moe"]
+        moe = MoeSpec(num_experts=m["num_experts"], experts_per_token=m["experts_per_token"],
+                      expert_intermediate_size=m.get("expert_intermediate_size") or m["intermediate_size"],
+                      num_shared_experts=m.get("num_shared_experts", 0),
+                      num_dense_layers=m.get("num_dense_layers", 0))
+    mla = MlaSpec(**arch["mla"]) if arch.get("mla") else None
+    return ModelSpec(
+        name=arch.get("name") or name, num_params=float(arch["num_params"]),
+        num_active_params=float(arch["active_params"]) if arch.get("active_params") else None,
+        num_layers=int(arch["num_layers"]), hidden_size=int(arch["hidden_size"]),
+        num_attention_heads=int(arch["num_attention_heads"]), num_kv_heads=int(arch["num_kv_heads"]),
+        head_dim=int(head_dim), bytes_per_value=float(arch.get("bytes_per_param", 2)),
+        intermediate_size=int(arch["intermediate_size"]) if arch.get("intermediate_size") else None,
+        vocab_size=int(arch.get("vocab_size") or 128256),
+        max_context_tokens=int(arch.get("max_position_embeddings") or 131072), moe=moe, mla=mla)

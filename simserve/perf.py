@@ -8,7 +8,8 @@ vectorised over the run so the engine can fast-forward exactly with any model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Protocol
+from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,7 +60,8 @@ class LinearPerfSpec(BaseModel):
     per_decode_seq_s: float = Field(default=0.0, ge=0)
     per_kv_token_s: float = Field(default=0.0, ge=0)
 
-    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int) -> LinearPerf:
+    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int,
+              base_dir: Path | None = None) -> LinearPerf:
         return LinearPerf(self)
 
 
@@ -99,7 +101,8 @@ class RooflinePerfSpec(BaseModel):
     step_overhead_s: float = Field(default=0.002, ge=0, description="scheduler, sampling and launch overhead")
     allreduce_latency_s: float = Field(default=30e-6, ge=0, description="per all-reduce call (NCCL floor)")
 
-    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int) -> RooflinePerf:
+    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int,
+              base_dir: Path | None = None) -> RooflinePerf:
         return RooflinePerf(self, gpu, model, tensor_parallel)
 
 
@@ -110,6 +113,8 @@ class RooflinePerf:
         bw = gpu.hbm_bandwidth_bytes_per_s * spec.memory_efficiency
         flops = gpu.peak_flops_per_s * spec.compute_efficiency
         # Per GPU: everything below is sharded evenly over the tensor-parallel group.
+        self.model = model
+        self.bw_per_gpu = bw * tp
         self.weight_s = model.weight_bytes / tp / bw
         self.kv_s_per_token = model.kv_bytes_per_token / tp / bw
         self.linear_s_per_token = 2.0 * model.active_params / tp / flops
@@ -124,6 +129,11 @@ class RooflinePerf:
             self.comm_fixed_s = 0.0
             self.comm_s_per_token = 0.0
 
+    def _weight_s(self, tokens: float) -> float:
+        if self.model.moe is None:
+            return self.weight_s
+        return self.model.weight_bytes_read(tokens) / self.bw_per_gpu
+
     def step_time_s(self, batch: Batch) -> float:
         new = batch.prefill_new_tokens.astype(float)
         cached = batch.prefill_cached_tokens.astype(float)
@@ -132,16 +142,41 @@ class RooflinePerf:
         tokens = n + float(new.sum())
         kv_tokens = decode_ctx + float((cached + new).sum()) + tokens  # read by attention + written
         pairs = decode_ctx + float((new * (cached + (new + 1.0) / 2.0)).sum())
-        mem = self.weight_s + self.kv_s_per_token * kv_tokens
+        mem = self._weight_s(tokens) + self.kv_s_per_token * kv_tokens
         compute = self.linear_s_per_token * tokens + self.attn_s_per_pair * pairs
         return self.overhead_s + max(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * tokens
 
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         n = len(decode_context_tokens)
         ctx = float(decode_context_tokens.sum()) + n * np.arange(num_steps, dtype=float)
-        mem = self.weight_s + self.kv_s_per_token * (ctx + n)
+        mem = self._weight_s(n) + self.kv_s_per_token * (ctx + n)
         compute = self.linear_s_per_token * n + self.attn_s_per_pair * ctx
         return self.overhead_s + np.maximum(mem, compute) + (self.comm_fixed_s + self.comm_s_per_token * n)
 
 
-PerfSpec = Annotated[RooflinePerfSpec | LinearPerfSpec, Field(discriminator="kind")]
+
+@dataclass(frozen=True, slots=True)
+class StepQuantities:
+    """A step's roofline quantities (what a steps profile is fitted on)."""
+
+    num_seqs: float
+    weight_bytes: float
+    linear_flops: float
+    kv_bytes: float
+    attention_flops: float
+
+
+def step_quantities(model: ModelSpec, decode_context_tokens: np.ndarray, prefill_new_tokens: np.ndarray,
+                    prefill_cached_tokens: np.ndarray) -> StepQuantities:
+    """Weight bytes read, linear FLOPs (2 x active params per token), KV bytes read and written, and attention
+    FLOPs (4 x layers x heads x head_dim per query-key pair, causal within a chunk) of one step."""
+    dec = decode_context_tokens.astype(float)
+    new = prefill_new_tokens.astype(float)
+    cached = prefill_cached_tokens.astype(float)
+    tokens = len(dec) + float(new.sum())
+    kv_tokens = float(dec.sum()) + float((cached + new).sum()) + tokens
+    pairs = float(dec.sum()) + float((new * (cached + (new + 1.0) / 2.0)).sum())
+    per_pair = 4.0 * model.num_layers * model.num_attention_heads * model.head_dim
+    return StepQuantities(num_seqs=float(len(dec) + len(new)), weight_bytes=model.weight_bytes_read(tokens),
+                          linear_flops=2.0 * model.active_params * tokens,
+                          kv_bytes=kv_tokens * model.kv_bytes_per_token, attention_flops=per_pair * pairs)

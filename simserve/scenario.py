@@ -9,8 +9,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from simserve.hardware import GPUS, MODELS, GpuSpec, ModelSpec, kv_capacity_blocks
-from simserve.perf import PerfSpec, RooflinePerfSpec
+from simserve.hardware import GPUS, MODELS, GpuSpec, ModelSpec, activation_reserve_estimate, kv_capacity_blocks
+from simserve.oplevel import CalibratedPerfSpec, PerfSpec
+from simserve.perf import RooflinePerfSpec
 from simserve.routing import ByQueryTypeRouterSpec, RouterSpec, SimpleRouterSpec
 from simserve.schedulers import SCHEDULERS
 from simserve.workload import BUILTIN_PREFIX, WorkloadSpec, load_empirical
@@ -35,8 +36,9 @@ class PoolSpec(BaseModel):
     max_num_batched_tokens: int = Field(default=8192, gt=0)
     kv_block_tokens: int = Field(default=16, gt=0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    activation_reserve_bytes: float = Field(
-        default=2 * 1024**3, ge=0, description="per GPU, held back for activations and CUDA graphs")
+    activation_reserve_bytes: float | None = Field(
+        default=None, ge=0, description="per GPU, held back for activations, CUDA graphs and the CUDA context; "
+        "default: estimated from the model and max_num_batched_tokens (hardware.activation_reserve_estimate)")
     num_kv_blocks: int | None = Field(default=None, gt=0, description="overrides the derived KV capacity")
     max_model_len_tokens: int | None = Field(default=None, gt=0, description="defaults to the model's context")
     prefix_caching: bool = Field(default=True, description="automatic prefix caching (vLLM V1 default: on)")
@@ -145,6 +147,11 @@ class Scenario(BaseModel):
         m = pool.model if pool.model is not None else self.model
         return MODELS[m] if isinstance(m, str) else m
 
+    def reserve_bytes_of(self, pool: PoolSpec) -> float:
+        if pool.activation_reserve_bytes is not None:
+            return pool.activation_reserve_bytes
+        return activation_reserve_estimate(self.model_of(pool), pool.max_num_batched_tokens)
+
     def to_yaml(self) -> str:
         """The resolved scenario (defaults filled in) as YAML that loads back to an equal scenario."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -163,7 +170,7 @@ class Scenario(BaseModel):
 
 
 def _is_relative_file(key: str, value: Any) -> bool:
-    return (key in ("file", "path") and isinstance(value, str) and not value.startswith(BUILTIN_PREFIX)
+    return (key in ("file", "path", "fit") and isinstance(value, str) and not value.startswith(BUILTIN_PREFIX)
             and not Path(value).is_absolute())
 
 
@@ -262,12 +269,20 @@ def _check_buildable(scenario: Scenario, source: str) -> None:
                     load_empirical(spec.file, str(scenario.base_dir or "."))
                 except ValueError as exc:
                     raise ScenarioError(f"{source}: workload.mix.{i}.{key}.file: {exc}") from None
+    if isinstance(scenario.perf, CalibratedPerfSpec):
+        from simserve.fit import FitError
+
+        for pool in scenario.cluster.pools:
+            try:
+                scenario.perf.load(scenario.gpu_of(pool), scenario.base_dir)
+            except FitError as exc:
+                raise ScenarioError(f"{source}: perf.fit: {exc}") from None
     for i, pool in enumerate(scenario.cluster.pools):
         if pool.num_kv_blocks is not None:
             continue
         gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
         blocks = kv_capacity_blocks(gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization,
-                                    pool.kv_block_tokens, pool.activation_reserve_bytes)
+                                    pool.kv_block_tokens, scenario.reserve_bytes_of(pool))
         if blocks <= 0:
             raise ScenarioError(
                 f"{source}: cluster.pools.{i}: model {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) "

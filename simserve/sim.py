@@ -59,8 +59,8 @@ class Simulation:
             gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
             blocks = pool.num_kv_blocks or kv_capacity_blocks(
                 gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization, pool.kv_block_tokens,
-                pool.activation_reserve_bytes)
-            perf = scenario.perf.build(gpu, model, pool.tensor_parallel)
+                scenario.reserve_bytes_of(pool))
+            perf = scenario.perf.build(gpu, model, pool.tensor_parallel, base_dir)
             self.pools.append({"pool": pool.name, "gpu": gpu.name, "model": model.name,
                                "replicas": pool.replicas, "tensor_parallel": pool.tensor_parallel,
                                "kv_capacity_blocks": blocks, "usd_per_gpu_hour": gpu.usd_per_hour})

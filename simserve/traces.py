@@ -2,6 +2,9 @@
 
 Formats:
 - `azure`: the Azure LLM inference trace 2023 CSV (Splitwise; columns TIMESTAMP, ContextTokens, GeneratedTokens).
+- `requests`: a CSV of one request per row (arrival_s, input_tokens, output_tokens), the layout of the real
+  vLLM runs in e2e-ground-truth (`engine_arrival_s`, when present, is used as the arrival: it is where those runs
+  measure latency from).
 - `mooncake`: the Mooncake FAST'25 JSONL (timestamp in ms, input_length, output_length, hash_ids of 512-token
   prompt blocks, prefix-chained: equal ids at the same position are the same KV prefix). The hash ids drive the
   replicas' prefix caches.
@@ -32,7 +35,7 @@ class TraceSpec(BaseModel):
     """A trace file to replay instead of a synthetic arrival process and mix."""
 
     model_config = _FROZEN
-    format: Literal["azure", "mooncake"]
+    format: Literal["azure", "mooncake", "requests"]
     path: str = Field(description="file, relative to the scenario's folder (or builtin:NAME)")
     rate_scale: float = Field(default=1.0, gt=0, description="2 replays the trace twice as fast")
     start_s: float = Field(default=0.0, ge=0, description="window start, trace seconds from its first request")
@@ -41,6 +44,8 @@ class TraceSpec(BaseModel):
     query_type: str = Field(default="trace", min_length=1)
     reasoning_share: float = Field(default=0.0, ge=0, le=1, description="share of output counted as reasoning")
     prefix_block_tokens: int = Field(default=512, gt=0, description="tokens per mooncake hash id")
+    shared_prefix_tokens: int = Field(default=0, ge=0, description="every prompt starts with the same prefix of "
+                                      "this many tokens (a shared system prompt; guidellm's prefix_tokens)")
 
     @model_validator(mode="after")
     def _window(self) -> TraceSpec:
@@ -93,13 +98,26 @@ def _raw_mooncake(path: Path) -> Iterator[tuple[float, int, int, tuple[int, ...]
                 raise ValueError(f"{path}:{line_no}: not a Mooncake trace line ({exc!s})") from None
 
 
+def _raw_requests(path: Path) -> Iterator[tuple[float, int, int, None]]:
+    df = pd.read_csv(path)
+    missing = {"arrival_s", "input_tokens", "output_tokens"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: not a requests CSV, missing columns {sorted(missing)}")
+    t = df["engine_arrival_s"] if "engine_arrival_s" in df.columns else df["arrival_s"]
+    order = np.argsort(t.to_numpy(float), kind="stable")
+    t0 = float(t.min())
+    for i in order:
+        yield float(t.iloc[i]) - t0, int(df["input_tokens"].iloc[i]), int(df["output_tokens"].iloc[i]), None
+
+
 def replay(spec: TraceSpec, base_dir: Path | None = None) -> Iterator[Request]:
     """Requests of the trace window in file order, arrival times shifted to the window start and divided by
     `rate_scale`; lengths exactly as recorded (outputs of 0 become 1 token)."""
     path = resolve_path(spec.path, base_dir)
     if not path.is_file():
         raise ValueError(f"trace file not found: {path}")
-    rows = _raw_azure(path) if spec.format == "azure" else _raw_mooncake(path)
+    readers = {"azure": _raw_azure, "mooncake": _raw_mooncake, "requests": _raw_requests}
+    rows = readers[spec.format](path)
     end = math.inf if spec.end_s is None else spec.end_s
     count = 0
     for t, prompt, output, keys in rows:
@@ -112,6 +130,9 @@ def replay(spec: TraceSpec, base_dir: Path | None = None) -> Iterator[Request]:
                       reasoning, answer)
         if keys is not None:
             req.prefix_keys = keys
+            req.prefix_unit_tokens = spec.prefix_block_tokens
+        elif spec.shared_prefix_tokens:
+            req.prefix_keys = tuple(range(1, spec.shared_prefix_tokens // spec.prefix_block_tokens + 1))
             req.prefix_unit_tokens = spec.prefix_block_tokens
         count += 1
         yield req

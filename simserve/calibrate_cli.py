@@ -1,0 +1,166 @@
+"""`simserve calibrate import|fit|validate` and `simserve validate`: the calibration commands (file I/O here)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from simserve.fit import Fit, FitError, _cols, fit_profile, split_tables, validate_fit
+from simserve.hardware import GPUS
+from simserve.importers import FORMATS, IMPORTERS
+from simserve.oplevel import datasheet_of, load_fit_cached
+from simserve.profiles import ProfileError, load_profile, write_profile
+from simserve.validate import METRICS, STATS, ExperimentError, comparison_chart, fit_step_overhead, validate_experiment
+
+ERRORS = (ProfileError, FitError, ExperimentError)
+
+
+def _json_safe(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _json_safe(v) for k, v in d.items()}
+    if isinstance(d, float) and math.isnan(d):
+        return None
+    return d
+
+
+def _error_table(report: dict[str, Any]) -> str:
+    lines = [f"  {'table':<22}{'n':>8}{'MAPE':>9}{'p90 APE':>9}"]
+    for name, r in report.items():
+        if isinstance(r, dict) and "mape" in r:
+            lines.append(f"  {name:<22}{r['n']:>8,}{r['mape']:>9.1%}{r['p90_ape']:>9.1%}")
+    return "\n".join(lines)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    meta, tables = IMPORTERS[args.format](args.src, args.gpu)
+    out = write_profile(args.out, meta, tables, compress=not args.no_compress)
+    counts = ", ".join(f"{k} {len(v):,}" for k, v in tables.items())
+    print(f"imported {args.format} {args.src} -> {out}: {counts} rows")
+    return 0
+
+
+def _fit_chart(fit: Fit, profile_dir: str, path: Path) -> Path | None:
+    try:
+        import altair as alt
+    except ImportError:
+        return None
+    profile = load_profile(profile_dir)
+    frames = []
+    rng = np.random.default_rng(0)
+    for name, df in split_tables(profile).items():
+        if name not in fit.tables:
+            continue
+        sub = df.iloc[rng.permutation(len(df))[:1500]].reset_index(drop=True)
+        pred = fit.tables[name].predict_s(_cols(sub), fit.gpu)
+        frames.append(pd.DataFrame({"table": name, "measured_s": sub.latency_s, "predicted_s": pred}))
+    data = pd.concat(frames, ignore_index=True)
+    chart = alt.Chart(data).mark_circle(size=10, opacity=0.5).encode(
+        x=alt.X("measured_s:Q", scale=alt.Scale(type="log")), y=alt.Y("predicted_s:Q", scale=alt.Scale(type="log")),
+        color="table:N", tooltip=["table", "measured_s", "predicted_s"]).properties(
+        width=420, height=420, title=f"predicted vs measured ({fit.gpu.name}; up to 1,500 rows per table)")
+    chart.save(str(path))
+    return path
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    profile = load_profile(args.profile)
+    fit = fit_profile(profile, heldout_fraction=args.heldout, seed=args.seed, residual=not args.no_residual)
+    if args.step_overhead_s is not None:
+        fit.step_overhead_s = args.step_overhead_s
+        fit.source["step_overhead"] = "given on the command line"
+    out = Path(args.out)
+    fit.save(out)
+    if args.overhead_from:
+        fit.step_overhead_s = fit_step_overhead(args.overhead_from, str(out))
+        fit.source["step_overhead"] = f"mean TPOT of {Path(args.overhead_from).name}"
+        fit.save(out)
+    print(f"fitted {args.profile} -> {out}  (step overhead {fit.step_overhead_s * 1e3:.3f} ms)")
+    held = {k: v.stats["heldout"] for k, v in fit.tables.items() if v.stats["heldout"].get("n")}
+    if "heldout_overall" in fit.source:
+        held["overall (op tables)"] = fit.source["heldout_overall"]
+    print(f"held-out error ({args.heldout:.0%} of rows, fit on the rest):")
+    print(_error_table(held))
+    chart = _fit_chart(fit, args.profile, Path(args.plot) if args.plot else out.with_suffix(".html"))
+    if chart:
+        print(f"  plot: {chart}")
+    return 0
+
+
+def _cmd_validate_fit(args: argparse.Namespace) -> int:
+    fit = load_fit_cached(args.fit)
+    if args.gpu:
+        if args.gpu not in GPUS:
+            raise FitError(f"--gpu: unknown GPU preset {args.gpu!r}; presets: {', '.join(GPUS)}")
+        fit = fit.ported_to(datasheet_of(GPUS[args.gpu]))
+    profile = load_profile(args.profiles)
+    report = validate_fit(fit, profile)
+    report = {"fit": str(args.fit), "gpu": fit.gpu.name, "profiles": str(args.profiles), **report}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    print(f"{args.fit} on {args.profiles} (as {fit.gpu.name}):")
+    print(_error_table(report))
+    print(f"  wrote {out}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    report, table, results = validate_experiment(args.experiment, args.perf, args.step_overhead_s, args.fit)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    table.to_csv(out / "per_request.csv", index=False)
+    chart = comparison_chart(table, f"{report['experiment']}: simulated vs measured ({args.perf})")
+    if chart is not None:
+        chart.save(str(out / "chart.html"))
+    print(f"{report['experiment']} ({args.perf}): {report['num_requests_real']} requests replayed, "
+          f"{report['num_completed_sim']} completed in simulation")
+    print(f"  {'metric':<8}{'stat':<6}{'real':>11}{'sim':>11}{'error':>8}")
+    for m in METRICS:
+        for st in STATS:
+            print(f"  {m:<8}{st:<6}{report[f'{m}_{st}_real']:>11.4g}{report[f'{m}_{st}_sim']:>11.4g}"
+                  f"{report[f'{m}_{st}_rel_error']:>8.1%}")
+    print(f"  wrote {out}/validation.json, per_request.csv" + (", chart.html" if chart is not None else ""))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    cal = sub.add_parser("calibrate", help="import profiles, fit step-time models, validate fits")
+    csub = cal.add_subparsers(dest="calibrate_command", required=True)
+    imp = csub.add_parser("import", help="convert published op-level measurements to a profile folder")
+    imp.add_argument("src", help="source folder (aiconfigurator system folder, or a Vidur compute folder)")
+    imp.add_argument("--format", required=True, choices=FORMATS)
+    imp.add_argument("--out", required=True, help="profile folder to write")
+    imp.add_argument("--gpu", help="GPU preset the data was measured on (guessed from the path)")
+    imp.add_argument("--no-compress", action="store_true", help="write .csv instead of .csv.gz")
+    imp.set_defaults(func=_cmd_import)
+    f = csub.add_parser("fit", help="fit a profile folder (NNLS on roofline terms + measured corrections)")
+    f.add_argument("profile", help="profile folder")
+    f.add_argument("--out", required=True, help="fit file to write (YAML)")
+    f.add_argument("--heldout", type=float, default=0.2, help="share of rows held out to measure error")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--no-residual", action="store_true", help="roofline terms only, no correction grid")
+    f.add_argument("--step-overhead-s", type=float, help="per-step host overhead to store in the fit")
+    f.add_argument("--overhead-from", metavar="EXPERIMENT_DIR",
+                   help="fit the per-step overhead on a real run's mean TPOT (e2e-ground-truth layout)")
+    f.add_argument("--plot", help="predicted-vs-measured chart (HTML; default next to --out)")
+    f.set_defaults(func=_cmd_fit)
+    v = csub.add_parser("validate", help="predict every row of a profile folder with a fit")
+    v.add_argument("fit", help="fit file")
+    v.add_argument("--profiles", required=True, help="profile folder with measurements the fit did not see")
+    v.add_argument("--gpu", help="port the fit to this GPU preset's datasheet first")
+    v.add_argument("--out", required=True, help="report JSON")
+    v.set_defaults(func=_cmd_validate_fit)
+    e = sub.add_parser("validate", help="replay a real serving run and compare TTFT, TPOT and e2e")
+    e.add_argument("experiment", help="experiment folder (experiment.json + requests.csv)")
+    e.add_argument("--perf", choices=["calibrated", "roofline"], default="calibrated")
+    e.add_argument("--fit", help="fit file (default: the GPU's shipped fit, or the nearest one ported)")
+    e.add_argument("--step-overhead-s", type=float, help="override the per-step overhead")
+    e.add_argument("--out", required=True, help="output folder")
+    e.set_defaults(func=_cmd_validate)

@@ -1,0 +1,327 @@
+"""The calibrated step-time model: one step composed from fitted operations (simserve.fit), layer by layer.
+
+Per layer, on one GPU of a tensor-parallel group of `tp`:
+- GEMMs of the projections and FFN at m = tokens in the step (QKV, O, gate+up, down; MLA's q/kv low-rank pairs;
+  a mixture of experts' routed experts as one grouped GEMM over the experts the step's tokens touch);
+- attention: each prefill chunk (new tokens after its cached prefix) and the decode batch. A decode batch with
+  mixed context lengths is timed as max(T(b, mean context), T(1, longest context)): the kernel's work follows the
+  total KV read, but no batch finishes before its longest sequence;
+- memory-bound kernels (two RMSNorms with the residual add fused, rotary embedding, SiLU-and-multiply);
+- two all-reduces of m x hidden activations when tp > 1.
+Then the LM head for the sampled sequences and a per-step overhead (scheduling, sampling, launch gaps) that kernel
+profiles cannot see: from the fit (a steps table measures it) or the scenario.
+
+Every operation goes through the fit's tables, so a fit of another GPU, or a datasheet port, changes the whole
+step consistently. Decode runs are vectorised: the token-dependent part is constant over a run and the attention
+part is interpolated along a per-batch-size table of context lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from simserve.fit import BYTES, Fit, FitError, OpFit, load_fit
+from simserve.hardware import GpuSpec, ModelSpec
+from simserve.perf import Batch, LinearPerfSpec, RooflinePerfSpec
+from simserve.profiles import GpuDatasheet
+
+FITS_DIR = Path(__file__).parent / "data" / "fits"
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def datasheet_of(gpu: GpuSpec) -> GpuDatasheet:
+    return GpuDatasheet(name=gpu.name, preset=gpu.name, memory_bytes=gpu.memory_bytes,
+                        hbm_bandwidth_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s,
+                        peak_flops_per_s=gpu.peak_flops_per_s,
+                        interconnect_bandwidth_bytes_per_s=gpu.interconnect_bandwidth_bytes_per_s)
+
+
+def shipped_fits() -> dict[str, Path]:
+    """GPU preset name -> the fit shipped for it."""
+    return {p.stem: p for p in sorted(FITS_DIR.glob("*.yaml"))}
+
+
+@lru_cache(maxsize=16)
+def _load_cached(path: str, mtime: float) -> Fit:
+    return load_fit(path)
+
+
+def load_fit_cached(path: str | Path) -> Fit:
+    p = Path(path)
+    if not p.exists():
+        raise FitError(f"{p}: no such fit file")
+    return _load_cached(str(p.resolve()), p.stat().st_mtime)
+
+
+def fit_for_gpu(gpu: GpuSpec | GpuDatasheet) -> Fit:
+    """The shipped fit of this GPU, or the nearest shipped fit (by bandwidth and peak FLOP/s, in log space)
+    ported to this GPU's datasheet."""
+    sheet = gpu if isinstance(gpu, GpuDatasheet) else datasheet_of(gpu)
+    fits = shipped_fits()
+    if not fits:
+        raise FitError(f"no shipped fits in {FITS_DIR}")
+    if sheet.name in fits:
+        return load_fit_cached(fits[sheet.name])
+    return nearest_fit(sheet, [load_fit_cached(p) for p in fits.values()]).ported_to(sheet)
+
+
+def nearest_fit(sheet: GpuDatasheet, fits: list[Fit]) -> Fit:
+    def distance(f: Fit) -> float:
+        return math.hypot(math.log(f.gpu.hbm_bandwidth_bytes_per_s / sheet.hbm_bandwidth_bytes_per_s),
+                          math.log(f.gpu.peak_flops_per_s / sheet.peak_flops_per_s))
+
+    return min(fits, key=distance)
+
+
+class CalibratedPerfSpec(BaseModel):
+    """Step time composed from operations fitted on measured profiles. Without `fit`, each pool uses the fit
+    shipped for its GPU (a100-80gb, h100-sxm), or the nearest one ported by datasheet."""
+
+    model_config = _FROZEN
+    kind: Literal["calibrated"] = "calibrated"
+    fit: str | None = Field(default=None, description="a fit file (simserve calibrate fit); relative to the scenario")
+    step_overhead_s: float | None = Field(default=None, ge=0, description="per-step CPU overhead; defaults to the "
+                                          "fit's")
+    expert_parallel: bool = Field(default=False, description="MoE: experts split over the tensor-parallel GPUs "
+                                  "(with all-to-all dispatch) instead of each expert sharded")
+
+    def load(self, gpu: GpuSpec, base_dir: Path | None = None) -> Fit:
+        if self.fit is None:
+            return fit_for_gpu(gpu)
+        path = Path(self.fit)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        fit = load_fit_cached(path)
+        sheet = datasheet_of(gpu)
+        if fit.gpu.name != sheet.name and fit.gpu.preset != sheet.name:
+            fit = fit.ported_to(sheet)
+        return fit
+
+    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int,
+              base_dir: Path | None = None) -> CalibratedPerf:
+        fit = self.load(gpu, base_dir)
+        overhead = self.step_overhead_s if self.step_overhead_s is not None else fit.step_overhead_s
+        return CalibratedPerf(fit, model, tensor_parallel, overhead, self.expert_parallel)
+
+
+PerfSpec = Annotated[RooflinePerfSpec | LinearPerfSpec | CalibratedPerfSpec, Field(discriminator="kind")]
+
+_KV_GRID = np.unique(np.round(np.geomspace(1, 1 << 20, 160))).astype(float)
+
+
+class CalibratedPerf:
+    def __init__(self, fit: Fit, model: ModelSpec, tensor_parallel: int, overhead_s: float,
+                 expert_parallel: bool = False) -> None:
+        self.fit = fit
+        self.gpu = fit.gpu
+        self.model = model
+        self.tp = tp = tensor_parallel
+        self.overhead_s = overhead_s
+        self.expert_parallel = expert_parallel
+        missing = [t for t in ("gemm", "context_attention", "generation_attention") if t not in fit.tables]
+        if missing:
+            raise FitError(f"fit {fit.path or ''}: the calibrated model needs tables {', '.join(missing)}")
+        if tp > 1 and "allreduce" not in fit.tables:
+            raise FitError(f"fit {fit.path or ''}: tensor_parallel {tp} needs an allreduce table")
+        self.heads = max(1, model.num_attention_heads // tp)
+        self.kv_heads = max(1, model.num_kv_heads // tp)
+        self._token_cost: dict[int, float] = {}
+        self._decode_rows: dict[int, np.ndarray] = {}
+        self._layers_moe = 0 if model.moe is None else model.num_layers - model.moe.num_dense_layers
+        self._layers_dense = model.num_layers - self._layers_moe
+
+    # -- operations ---------------------------------------------------------------------------------------
+    def gemm_s(self, m: np.ndarray, n: float, k: float, weight_bytes_per_value: float | None = None) -> np.ndarray:
+        """Dense GEMMs of m tokens with an (n x k) weight; weights of another width (FP8 1 byte) change the
+        weight-streaming bytes and keep the measured correction."""
+        g = self.fit.tables["gemm"]
+        m = np.asarray(m, dtype=float)
+        cols = {"m": m, "n": np.full_like(m, n), "k": np.full_like(m, k)}
+        wb = self.model.bytes_per_value if weight_bytes_per_value is None else weight_bytes_per_value
+        bw, peak = self.gpu.hbm_bandwidth_bytes_per_s, self.gpu.peak_flops_per_s
+        x = np.column_stack([np.ones_like(m), 2 * m * n * k / peak,
+                             (BYTES * (m * k + m * n) + wb * n * k) / bw])
+        return (x @ g.coef) * g.correction(cols)
+
+    def grouped_gemm_s(self, m_routed: np.ndarray, experts: np.ndarray, n: float, k: float) -> np.ndarray:
+        """One grouped (fused-MoE) GEMM: `experts` weight matrices (n x k) read once each, m_routed token rows
+        in all: the fitted GEMM roofline terms, one launch, no per-shape correction."""
+        g = self.fit.tables["gemm"]
+        bw, peak = self.gpu.hbm_bandwidth_bytes_per_s, self.gpu.peak_flops_per_s
+        flops = 2 * m_routed * n * k
+        nbytes = BYTES * m_routed * (n + k) + self.model.bytes_per_value * experts * n * k
+        return g.coef[0] + g.coef[1] * flops / peak + g.coef[2] * nbytes / bw
+
+    def elementwise_s(self, op: str, m: np.ndarray, width: float) -> np.ndarray:
+        t = self.fit.tables.get(f"elementwise/{op}")
+        m = np.asarray(m, dtype=float)
+        if t is not None:
+            return t.predict_s({"num_tokens": m, "width": np.full_like(m, width)}, self.gpu)
+        g = self.fit.tables["gemm"]  # fallback: a memory-bound kernel at the GEMMs' launch floor and bandwidth
+        return g.coef[0] + g.coef[2] * 2 * BYTES * m * width / self.gpu.hbm_bandwidth_bytes_per_s
+
+    def allreduce_s(self, nbytes: np.ndarray) -> np.ndarray:
+        nbytes = np.asarray(nbytes, dtype=float)
+        return self.fit.tables["allreduce"].predict_s(
+            {"num_gpus": np.full_like(nbytes, self.tp), "message_bytes": nbytes}, self.gpu)
+
+    def experts_touched(self, tokens: np.ndarray) -> np.ndarray:
+        """Expected distinct routed experts the step's tokens use: E (1 - (1 - k/E)^tokens), uniform routing."""
+        moe = self.model.moe
+        assert moe is not None
+        e, k = moe.num_experts, moe.experts_per_token
+        return e * (1.0 - (1.0 - k / e) ** np.asarray(tokens, dtype=float))
+
+    def token_costs_s(self, m: np.ndarray) -> np.ndarray:
+        """Everything in a step that depends only on its token count m (all layers, not attention)."""
+        md = self.model
+        tp = self.tp
+        h, d = md.hidden_size, md.head_dim
+        hg, kvg = self.heads, self.kv_heads
+        m = np.asarray(m, dtype=float)
+        # attention projections
+        if md.mla is None:
+            attn = self.gemm_s(m, (hg + 2 * kvg) * d, h) + self.gemm_s(m, h, hg * d)
+            rope_width = (hg + kvg) * d
+        else:
+            a = md.mla
+            q_in = a.q_lora_rank or h
+            attn = (self.gemm_s(m, a.kv_lora_rank + a.qk_rope_head_dim, h)
+                    + self.gemm_s(m, hg * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
+                    + self.gemm_s(m, hg * (a.qk_nope_head_dim + a.qk_rope_head_dim), q_in)
+                    + self.gemm_s(m, h, hg * a.v_head_dim))
+            if a.q_lora_rank:
+                attn = attn + self.gemm_s(m, a.q_lora_rank, h)
+            rope_width = (hg + 1) * a.qk_rope_head_dim
+        norms = 2 * self.elementwise_s("rmsnorm", m, h) + self.elementwise_s("rope", m, rope_width)
+        comm = 2 * self.allreduce_s(m * h * BYTES) if tp > 1 else np.zeros_like(m)
+        inter = md.ffn_size / tp
+        dense_ffn = (self.gemm_s(m, 2 * inter, h) + self.gemm_s(m, h, inter)
+                     + self.elementwise_s("silu_mul", m, inter))
+        total = self._layers_dense * (attn + norms + comm + dense_ffn)
+        if self._layers_moe:
+            moe = md.moe
+            assert moe is not None
+            ie = moe.expert_intermediate_size
+            routed = m * moe.experts_per_token
+            touched = self.experts_touched(m)
+            width: float
+            if self.expert_parallel and tp > 1:
+                experts, width, rows = touched / tp, float(ie), routed / tp
+                moe_comm = 2 * self.allreduce_s(routed * h * BYTES / 2)  # dispatch + combine all-to-all
+            else:
+                experts, width, rows = touched, ie / tp, routed
+                moe_comm = comm
+            ffn = (self.grouped_gemm_s(rows, experts, 2 * width, h) + self.grouped_gemm_s(rows, experts, h, width)
+                   + self.gemm_s(m, moe.num_experts, h)  # router
+                   + self.elementwise_s("silu_mul", rows, width))
+            if moe.num_shared_experts:
+                shared = moe.num_shared_experts * ie / tp
+                ffn = ffn + self.gemm_s(m, 2 * shared, h) + self.gemm_s(m, h, shared)
+            attn_comm = self.allreduce_s(m * h * BYTES) if tp > 1 else np.zeros_like(m)
+            total = total + self._layers_moe * (attn + norms + attn_comm + ffn + moe_comm)
+        return np.asarray(total, dtype=float)
+
+    def lm_head_s(self, r: np.ndarray) -> np.ndarray:
+        r = np.asarray(r, dtype=float)
+        return self.gemm_s(r, self.model.vocab_size / self.tp, self.model.hidden_size) + self.elementwise_s(
+            "rmsnorm", r, self.model.hidden_size)
+
+    def _tokens_s(self, m: int, r: int) -> float:
+        key = m * 65536 + r
+        v = self._token_cost.get(key)
+        if v is None:
+            v = float(self.token_costs_s(np.array([m]))[0] + self.lm_head_s(np.array([r]))[0])
+            self._token_cost[key] = v
+        return v
+
+    # -- attention ------------------------------------------------------------------------------------------
+    def _attention_cols(self, b: np.ndarray, kv: np.ndarray) -> dict[str, np.ndarray]:
+        return {"batch_size": b, "kv_tokens": kv, "num_heads": np.full_like(b, self.heads),
+                "num_kv_heads": np.full_like(b, self.kv_heads), "head_dim": np.full_like(b, self.model.head_dim)}
+
+    def decode_attention_s(self, b: np.ndarray, kv: np.ndarray) -> np.ndarray:
+        """One layer's decode attention for batches of b sequences of kv context tokens (uniform)."""
+        t: OpFit = self.fit.tables["generation_attention"]
+        b = np.asarray(b, dtype=float)
+        kv = np.asarray(kv, dtype=float)
+        cols = self._attention_cols(b, kv)
+        md = self.model
+        if md.mla is None and md.kv_value_bytes == BYTES:
+            return t.predict_s(cols, self.gpu)
+        if md.mla is not None:
+            a = md.mla
+            latent = a.kv_lora_rank + a.qk_rope_head_dim
+            flops = 2 * b * self.heads * kv * (latent + a.kv_lora_rank)
+            nbytes = md.kv_value_bytes * b * kv * latent
+        else:
+            flops = 4 * b * self.heads * md.head_dim * kv
+            nbytes = md.kv_value_bytes * b * kv * 2 * self.kv_heads * md.head_dim
+        x = np.column_stack([np.ones_like(b), b, flops / self.gpu.peak_flops_per_s,
+                             nbytes / self.gpu.hbm_bandwidth_bytes_per_s])
+        return (x @ t.coef) * t.correction(cols)
+
+    def _decode_row(self, b: int) -> np.ndarray:
+        row = self._decode_rows.get(b)
+        if row is None:
+            row = np.log(self.decode_attention_s(np.full_like(_KV_GRID, b), _KV_GRID))
+            self._decode_rows[b] = row
+        return row
+
+    def _decode_attn_s(self, b: int, mean_kv: np.ndarray, max_kv: np.ndarray) -> np.ndarray:
+        lg = np.log(_KV_GRID)
+        uniform = np.exp(np.interp(np.log(mean_kv), lg, self._decode_row(b)))
+        longest = np.exp(np.interp(np.log(max_kv), lg, self._decode_row(1)))
+        return np.maximum(uniform, longest)
+
+    def prefill_attention_s(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
+        """One layer's prefill attention, one call per chunk (new tokens after `cached` tokens)."""
+        t: OpFit = self.fit.tables["context_attention"]
+        new = np.asarray(new, dtype=float)
+        cached = np.asarray(cached, dtype=float)
+        ones = np.ones_like(new)
+        md = self.model
+        cols = {"batch_size": ones, "new_tokens": new, "cached_tokens": cached, "num_heads": ones * self.heads,
+                "num_kv_heads": ones * self.kv_heads, "head_dim": ones * md.head_dim}
+        if md.mla is None and md.kv_value_bytes == BYTES:
+            return t.predict_s(cols, self.gpu)
+        pairs = new * (cached + (new + 1) / 2)
+        if md.mla is not None:
+            a = md.mla
+            qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+            flops = 2 * self.heads * pairs * (qk + a.v_head_dim)
+            nbytes = BYTES * self.heads * (new * (qk + a.v_head_dim) + (new + cached) * (qk + a.v_head_dim))
+        else:
+            flops = 4 * self.heads * md.head_dim * pairs
+            nbytes = md.kv_value_bytes * md.head_dim * (2 * new * self.heads + 4 * (new + cached) * self.kv_heads)
+        x = np.column_stack([ones, ones, flops / self.gpu.peak_flops_per_s,
+                             nbytes / self.gpu.hbm_bandwidth_bytes_per_s])
+        return (x @ t.coef) * t.correction(cols)
+
+    # -- the PerfModel protocol -----------------------------------------------------------------------------
+    def step_time_s(self, batch: Batch) -> float:
+        dec = batch.decode_context_tokens
+        new = batch.prefill_new_tokens
+        n_dec = len(dec)
+        m = n_dec + int(new.sum())
+        r = n_dec + len(new)
+        attn = 0.0
+        if n_dec:
+            kv = dec.astype(float)
+            attn += float(self._decode_attn_s(n_dec, np.array([kv.mean()]), np.array([kv.max()]))[0])
+        if len(new):
+            attn += float(self.prefill_attention_s(new, batch.prefill_cached_tokens).sum())
+        return self.overhead_s + self._tokens_s(m, r) + self.model.num_layers * attn
+
+    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
+        n = len(decode_context_tokens)
+        kv = decode_context_tokens.astype(float)
+        s = np.arange(num_steps, dtype=float)
+        attn = self._decode_attn_s(n, kv.mean() + s, kv.max() + s)
+        return self.overhead_s + self._tokens_s(n, n) + self.model.num_layers * attn

@@ -1,0 +1,240 @@
+"""End-to-end validation: replay a real serving run (an experiment folder in the e2e-ground-truth layout) and
+compare simulated with measured TTFT, TPOT and e2e.
+
+An experiment folder holds `experiment.json` (engine config, `model_architecture`, `gpu_datasheet`, workload) and
+`requests.csv` (arrival_s, input_tokens, output_tokens and each request's measured ttft_s, tpot_s, e2e_s). The
+server is rebuilt from the folder alone, so a model or GPU with no preset works: the model from its architecture
+block, the GPU from its datasheet block (its step times from the shipped fit of that GPU, or the nearest fit
+ported by datasheet).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from simserve.hardware import model_from_architecture
+from simserve.oplevel import shipped_fits
+from simserve.scenario import Scenario, parse_scenario
+from simserve.sim import Results, run
+
+METRICS = ("ttft_s", "tpot_s", "e2e_s")
+STATS = ("mean", "p50", "p90", "p99")
+
+
+class ExperimentError(Exception):
+    """An experiment folder that cannot be replayed; the message names the file and field."""
+
+
+@dataclass
+class Experiment:
+    path: Path
+    meta: dict[str, Any]
+    requests: pd.DataFrame
+
+
+def _get(meta: dict[str, Any], dotted: str, where: Path, required: bool = True) -> Any:
+    node: Any = meta
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or node.get(part) is None:
+            if required:
+                raise ExperimentError(f"{where}: {dotted}: missing (needed to rebuild the server)")
+            return None
+        node = node[part]
+    return node
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    folder = Path(path)
+    meta_path = folder / "experiment.json"
+    req_path = folder / "requests.csv"
+    if not meta_path.exists():
+        raise ExperimentError(f"{meta_path}: missing (an experiment folder has experiment.json and requests.csv)")
+    if not req_path.exists():
+        raise ExperimentError(f"{req_path}: missing (an experiment folder has experiment.json and requests.csv)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExperimentError(f"{meta_path}: not valid JSON: {exc}") from None
+    try:
+        df = pd.read_csv(req_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ExperimentError(f"{req_path}: cannot be read as CSV: {exc}") from None
+    needed = ["arrival_s", "input_tokens", "output_tokens", *METRICS]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ExperimentError(f"{req_path}: missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise ExperimentError(f"{req_path}: no requests")
+    for key in ("model_architecture", "gpu_datasheet", "engine.max_num_seqs", "engine.max_num_batched_tokens",
+                "gpu_datasheet.memory_bytes", "gpu_datasheet.hbm_bandwidth_bytes_per_s",
+                "gpu_datasheet.bf16_dense_flops_per_s"):
+        _get(meta, key, meta_path)
+    try:
+        model_from_architecture(meta["model_architecture"])
+    except ValueError as exc:
+        raise ExperimentError(f"{meta_path}: model_architecture: {exc}") from None
+    return Experiment(path=folder, meta=meta, requests=df)
+
+
+def _gpu_preset_name(name: str) -> str:
+    """Datasheet name -> a shipped fit's name when it is that GPU (so its own fit is used, not a port)."""
+    low = name.lower().replace(" ", "")
+    if "h100" in low and "pcie" not in low and "h100-sxm" in shipped_fits():
+        return "h100-sxm"
+    if "a100" in low and "a100-80gb" in shipped_fits():
+        return "a100-80gb"
+    return name
+
+
+def _shared_prefix_tokens(meta: dict[str, Any]) -> int:
+    text = (meta.get("workload") or {}).get("profile_yaml")
+    if not text:
+        return 0
+    try:
+        prof = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        return 0
+    return int((prof.get("data") or {}).get("prefix_tokens") or 0)
+
+
+def experiment_scenario(exp: Experiment, perf: str = "calibrated", step_overhead_s: float | None = None,
+                        fit: str | None = None) -> Scenario:
+    """The scenario that rebuilds the experiment's server and replays its requests."""
+    meta = exp.meta
+    eng = meta.get("engine") or {}
+    sheet = meta["gpu_datasheet"]
+    gpu_name = _gpu_preset_name(str(sheet.get("name", "gpu")))
+    pcie = any(s in str(sheet.get("name", "")).lower() for s in ("rtx", "pcie", "geforce"))
+    memory = float(sheet["memory_bytes"])
+    if memory % 1e9 == 0:  # "80 GB" on a datasheet is 80 GiB of device memory (torch reports 79.2 GiB usable)
+        memory = memory / 1e9 * 2**30
+    gpu = {"name": gpu_name, "memory_bytes": memory,
+           "hbm_bandwidth_bytes_per_s": float(sheet["hbm_bandwidth_bytes_per_s"]),
+           "peak_flops_per_s": float(sheet["bf16_dense_flops_per_s"]),
+           "interconnect_bandwidth_bytes_per_s": float(sheet.get("interconnect_bandwidth_bytes_per_s")
+                                                       or (64e9 if pcie else 900e9)),
+           "usd_per_hour": 0.0}
+    model = model_from_architecture(meta["model_architecture"], name=str(eng.get("model", "model")))
+    block = int(eng.get("block_size") or 16)
+    pool: dict[str, Any] = {
+        "name": "server", "gpu": gpu, "model": model.model_dump(exclude_none=True),
+        "replicas": int(eng.get("data_parallel_size") or 1), "tensor_parallel": int(eng.get("tensor_parallel_size")
+                                                                                     or 1),
+        "max_num_seqs": int(eng["max_num_seqs"]), "max_num_batched_tokens": int(eng["max_num_batched_tokens"]),
+        "kv_block_tokens": block, "gpu_memory_utilization": float(eng.get("gpu_memory_utilization") or 0.9),
+        "prefix_caching": bool(eng.get("prefix_caching", True)),
+    }
+    if eng.get("kv_cache_capacity_tokens"):
+        pool["num_kv_blocks"] = int(eng["kv_cache_capacity_tokens"]) // block
+    if eng.get("max_model_len"):
+        pool["max_model_len_tokens"] = int(eng["max_model_len"])
+    perf_spec: dict[str, Any] = {"kind": perf}
+    if step_overhead_s is not None and perf in ("calibrated", "roofline"):
+        perf_spec["step_overhead_s"] = step_overhead_s
+    if fit is not None and perf == "calibrated":
+        perf_spec["fit"] = str(Path(fit).resolve())
+    data = {
+        "name": f"validate-{exp.path.name}", "seed": 1, "model": pool["model"],
+        "cluster": {"pools": [pool]}, "perf": perf_spec, "router": "least_outstanding",
+        "workload": {"trace": {"format": "requests", "path": str((exp.path / "requests.csv").resolve()),
+                               "shared_prefix_tokens": _shared_prefix_tokens(meta), "prefix_block_tokens": block}},
+    }
+    return parse_scenario(data, f"{exp.path}/experiment.json", exp.path)
+
+
+def _stats(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return dict.fromkeys(STATS, math.nan)
+    return {"mean": float(x.mean()), "p50": float(np.percentile(x, 50)), "p90": float(np.percentile(x, 90)),
+            "p99": float(np.percentile(x, 99))}
+
+
+def compare(real: pd.DataFrame, sim: pd.DataFrame) -> dict[str, float]:
+    """`<metric>_<stat>_real`, `_sim` and `_rel_error` (|sim - real| / real) for TTFT, TPOT and e2e."""
+    out: dict[str, float] = {}
+    done = sim[sim.status == "completed"]
+    for m in METRICS:
+        r, s = _stats(real[m].to_numpy(float)), _stats(done[m].to_numpy(float))
+        for st in STATS:
+            out[f"{m}_{st}_real"] = r[st]
+            out[f"{m}_{st}_sim"] = s[st]
+            out[f"{m}_{st}_rel_error"] = abs(s[st] - r[st]) / r[st] if r[st] > 0 else math.nan
+    return out
+
+
+def per_request(exp: Experiment, results: Results) -> pd.DataFrame:
+    """Measured and simulated latencies side by side, in arrival order (the replay keeps the file's order)."""
+    real = exp.requests
+    t = real["engine_arrival_s"] if "engine_arrival_s" in real.columns else real["arrival_s"]
+    real = real.iloc[np.argsort(t.to_numpy(float), kind="stable")].reset_index(drop=True)
+    sim = results.requests.sort_values("request_id").reset_index(drop=True)
+    out = pd.DataFrame({"request_id": real["request_id"] if "request_id" in real.columns else real.index,
+                        "input_tokens": real.input_tokens, "output_tokens": real.output_tokens})
+    for m in METRICS:
+        out[f"{m}_real"] = real[m].to_numpy(float)
+        out[f"{m}_sim"] = sim[m].to_numpy(float) if len(sim) == len(real) else np.nan
+    return out
+
+
+def validate_experiment(path: str | Path, perf: str = "calibrated", step_overhead_s: float | None = None,
+                        fit: str | None = None) -> tuple[dict[str, Any], pd.DataFrame, Results]:
+    exp = load_experiment(path)
+    scenario = experiment_scenario(exp, perf, step_overhead_s, fit)
+    results = run(scenario)
+    report: dict[str, Any] = {"experiment": exp.path.name, "perf": perf,
+                              "num_requests_real": int(len(exp.requests)),
+                              "num_completed_sim": int(results.summary["num_completed"]),
+                              "saturated_sim": bool(results.summary["saturated"]),
+                              "kv_capacity_blocks": int(results.pools[0]["kv_capacity_blocks"]),
+                              "gpu": scenario.cluster.pools[0].gpu if isinstance(scenario.cluster.pools[0].gpu, str)
+                              else scenario.cluster.pools[0].gpu.name,
+                              **compare(exp.requests, results.requests)}
+    return report, per_request(exp, results), results
+
+
+def fit_step_overhead(path: str | Path, fit: str | None = None, lo_s: float = 0.0, hi_s: float = 0.01,
+                      iterations: int = 14) -> float:
+    """The per-step overhead (host-side scheduling, sampling, launch gaps: what kernel profiles cannot see) that
+    makes the replay's mean TPOT equal the measured one, by bisection (mean TPOT grows with the overhead)."""
+    exp = load_experiment(path)
+    target = float(exp.requests["tpot_s"].mean())
+
+    def mean_tpot(overhead: float) -> float:
+        scen = experiment_scenario(exp, "calibrated", overhead, fit)
+        return float(run(scen).requests["tpot_s"].mean())
+
+    if mean_tpot(lo_s) >= target:
+        return lo_s
+    for _ in range(iterations):
+        mid = (lo_s + hi_s) / 2
+        if mean_tpot(mid) < target:
+            lo_s = mid
+        else:
+            hi_s = mid
+    return (lo_s + hi_s) / 2
+
+
+def comparison_chart(table: pd.DataFrame, title: str) -> Any:
+    """Simulated vs measured per request (one panel per metric), an Altair chart; None without altair."""
+    try:
+        import altair as alt
+    except ImportError:
+        return None
+    long = pd.concat([pd.DataFrame({"metric": m, "measured_s": table[f"{m}_real"], "simulated_s": table[f"{m}_sim"]})
+                      for m in METRICS], ignore_index=True).dropna()
+    base = alt.Chart(long).mark_circle(size=18, opacity=0.6).encode(
+        x=alt.X("measured_s:Q", scale=alt.Scale(type="log")), y=alt.Y("simulated_s:Q", scale=alt.Scale(type="log")),
+        tooltip=["metric", "measured_s", "simulated_s"])
+    diag = alt.Chart(long).mark_line(color="gray").encode(x="measured_s:Q", y="measured_s:Q")
+    chart = (base + diag).properties(width=260, height=260).facet(column="metric:N").resolve_scale(
+        x="independent", y="independent").properties(title=title)
+    return chart
