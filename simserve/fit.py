@@ -360,14 +360,42 @@ def fit_profile(profile: Profile, heldout_fraction: float = 0.2, seed: int = 0, 
         fit = fit_table(name, df, gpu, residual)
         fit.stats["heldout"] = heldout
         fits[name] = fit
+    fit_out = Fit(gpu=gpu, tables=fits, step_overhead_s=0.0)
     overhead = 0.0
-    if "steps" in fits:
-        overhead = float(fits["steps"].coef[0])
+    if "steps" in profile.tables:
+        overhead, composed = composed_step_overhead(fit_out, profile)
+        if composed:
+            fits["steps"].stats["composed"] = composed
     source: dict[str, Any] = {"profile": str(profile.path.name) if profile.path else None, **{
         k: v for k, v in profile.metadata.source.items() if isinstance(v, str | int | float)}}
     if all_ape:
         source["heldout_overall"] = _ape_summary(np.concatenate(all_ape))
+    if "steps" in profile.tables:
+        source["step_overhead"] = "steps table: median of measured step minus composed operations"
     return Fit(gpu=gpu, tables=fits, source=source, step_overhead_s=overhead)
+
+
+def composed_step_overhead(fit: Fit, profile: Profile) -> tuple[float, dict[str, Any]]:
+    """What whole measured steps take beyond the sum of their fitted operations (framework and launch
+    overhead), as the median difference (>= 0), and the composed model's error on the steps with it."""
+    if not all(t in fit.tables for t in ("gemm", "context_attention", "generation_attention")):
+        return float(fit.tables["steps"].coef[0]), {}
+    from simserve.hardware import model_from_architecture
+    from simserve.oplevel import CalibratedPerf
+    from simserve.perf import Batch
+
+    assert profile.metadata.model is not None
+    model = model_from_architecture(profile.metadata.model)
+    perf = CalibratedPerf(fit, model, 1, 0.0)
+    df = profile.tables["steps"]
+    pred = []
+    for _, r in df.iterrows():
+        dec, new, cached = steps_row_batch(r)
+        pred.append(perf.step_time_s(Batch(dec, new, cached)))
+    meas = df.latency_s.to_numpy(dtype=float)
+    pred_arr = np.asarray(pred)
+    overhead = max(0.0, float(np.median(meas - pred_arr)))
+    return overhead, ape_stats(pred_arr + overhead, meas)
 
 
 class FitError(Exception):

@@ -144,8 +144,35 @@ def test_metadata(profile_dir: Path) -> None:
 
 
 def test_simserve_loads_the_profile(profile_dir: Path) -> None:
-    profiles = pytest.importorskip("simserve.profiles")
-    profiles.load_profile(profile_dir)
+    from simserve.profiles import load_profile
+
+    load_profile(profile_dir)
+
+
+def test_the_profile_fits_and_the_fit_drives_a_scenario(profile_dir: Path, tmp_path: Path) -> None:
+    """Harness -> fit -> calibrated step model of the profiled (tiny) model: the one path of issue 6."""
+    import numpy as np
+
+    from simserve.fit import fit_profile
+    from simserve.hardware import model_from_architecture
+    from simserve.oplevel import CalibratedPerf
+    from simserve.perf import Batch
+    from simserve.profiles import load_profile
+
+    profile = load_profile(profile_dir)
+    fit = fit_profile(profile)
+    assert {"gemm", "context_attention", "generation_attention", "steps"} <= set(fit.tables)
+    assert fit.step_overhead_s >= 0 and fit.tables["steps"].stats["composed"]["n"] == len(profile["steps"])
+    assert fit.source["step_overhead"].startswith("steps table")
+    path = fit.save(tmp_path / "tiny.yaml")
+    model = model_from_architecture(profile.metadata.model or {})
+    perf = CalibratedPerf(fit, model, 1, fit.step_overhead_s)
+    empty = np.zeros(0, np.int64)
+    assert perf.step_time_s(Batch(np.array([64, 128]), empty, empty)) > 0
+    out = subprocess.run([sys.executable, "-m", "simserve.cli", "calibrate", "fit", str(profile_dir), "--out",
+                          str(tmp_path / "cli.yaml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert path.exists() and (tmp_path / "cli.yaml").exists()
 
 
 def test_layer_slicing_and_tensor_parallel_shrink_the_model() -> None:
