@@ -40,8 +40,10 @@ BASE_MEAN_OUTPUT = 4000  # the rate given by --rate is for this mean output leng
 
 
 def scenario_dict(num_requests: int, rate_per_s: float, mean_output: float = BASE_MEAN_OUTPUT, *,
-                  exact_steps: bool = False, seed: int = 1, replicas: int = 8) -> dict[str, Any]:
-    """The benchmark scenario: a reasoning workload on `replicas` x llama-3.1-8b / h100-sxm, roofline perf."""
+                  exact_steps: bool = False, seed: int = 1, replicas: int = 8,
+                  perf: str = "roofline") -> dict[str, Any]:
+    """The benchmark scenario: a reasoning workload on `replicas` x llama-3.1-8b / h100-sxm (roofline perf, or
+    the calibrated op-level model with --perf calibrated)."""
     reasoning_mean = mean_output - ANSWER_TOKENS
     if reasoning_mean <= 0:
         raise ValueError(f"mean output {mean_output} must exceed the {ANSWER_TOKENS}-token answer")
@@ -53,7 +55,7 @@ def scenario_dict(num_requests: int, rate_per_s: float, mean_output: float = BAS
             "name": "main", "gpu": "h100-sxm", "replicas": replicas, "tensor_parallel": 1,
             "max_num_seqs": 256, "max_num_batched_tokens": 8192,
         }]},
-        "perf": {"kind": "roofline"},
+        "perf": {"kind": perf},
         "workload": {
             "num_requests": num_requests,
             "arrival": {"process": "poisson", "rate_per_s": rate_per_s},
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         "and KV footprint per token grow with context)")
     p.add_argument("--repeat", type=int, default=1, help="time each fast-forward size this many times (best kept)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--perf", choices=["roofline", "calibrated"], default="roofline", help="step-time model")
     p.add_argument("--cpu", type=int, default=0, help="core to pin to (default 0)")
     p.add_argument("--no-pin", action="store_true", help="do not pin the process to one core")
     p.add_argument("--target-s", type=float, default=20.0, help="wall-time target (default 20 s) ...")
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# rate {args.rate}/s at {BASE_MEAN_OUTPUT} mean output tokens, seed {args.seed}")
     report: dict[str, Any] = {"machine": info, "argv": sys.argv if argv is None else argv,
                               "rate_per_s": args.rate, "seed": args.seed,
-                              "scenario": scenario_dict(1, args.rate, seed=args.seed),
+                              "scenario": scenario_dict(1, args.rate, seed=args.seed, perf=args.perf),
                               "fast_forward": [], "exact_steps": [], "length_sweep": []}
     report["scenario"]["workload"]["num_requests"] = "varies"
     print(HEADER, flush=True)
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         best: dict[str, Any] | None = None
         walls = []
         for _ in range(max(1, args.repeat)):
-            wall, res = timed_run(scenario_dict(n, args.rate, seed=args.seed))
+            wall, res = timed_run(scenario_dict(n, args.rate, seed=args.seed, perf=args.perf))
             f = figures(wall, res)
             walls.append(wall)
             if best is None or wall < best["wall_s"]:
@@ -228,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if exact_sizes is None:
         exact_sizes = [n for n in args.requests if n <= args.exact_steps_up_to]
     for n in exact_sizes:
-        wall_f, res_f = timed_run(scenario_dict(n, args.rate, seed=args.seed))
-        wall_e, res_e = timed_run(scenario_dict(n, args.rate, seed=args.seed, exact_steps=True))
+        wall_f, res_f = timed_run(scenario_dict(n, args.rate, seed=args.seed, perf=args.perf))
+        wall_e, res_e = timed_run(scenario_dict(n, args.rate, seed=args.seed, exact_steps=True, perf=args.perf))
         ff, fe = figures(wall_f, res_f), figures(wall_e, res_e)
         cmp = compare(res_f, res_e)
         entry = {"num_requests": n, "fast_forward": ff, "exact": fe, "agreement": cmp,
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.length_requests > 0:
         for i, mean in enumerate(args.length_means):
             rate = args.length_rates[i] if args.length_rates is not None else args.rate * BASE_MEAN_OUTPUT / mean
-            wall, res = timed_run(scenario_dict(args.length_requests, rate, mean, seed=args.seed))
+            wall, res = timed_run(scenario_dict(args.length_requests, rate, mean, seed=args.seed, perf=args.perf))
             f = figures(wall, res)
             f["mean_output_target"] = mean
             f["rate_per_s"] = rate
