@@ -19,6 +19,7 @@ part is interpolated along a per-batch-size table of context lengths.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -113,6 +114,25 @@ class CalibratedPerfSpec(BaseModel):
 PerfSpec = Annotated[RooflinePerfSpec | LinearPerfSpec | CalibratedPerfSpec, Field(discriminator="kind")]
 
 _KV_GRID = np.unique(np.round(np.geomspace(1, 1 << 20, 160))).astype(float)
+_NEW_GRID = np.unique(np.round(np.geomspace(1, 1 << 17, 120))).astype(float)
+_CACHED_GRID = np.concatenate([[0.0], np.unique(np.round(np.geomspace(1, 1 << 20, 120)))]).astype(float)
+_LOG_KV = np.log(_KV_GRID)
+_LOG_KV_LIST = _LOG_KV.tolist()
+_LOG_NEW = np.log(_NEW_GRID)
+_LOG_CACHED = np.log1p(_CACHED_GRID)
+_NEW_LIST, _CACHED_LIST = _NEW_GRID.tolist(), _CACHED_GRID.tolist()
+_LOG_NEW_LIST, _LOG_CACHED_LIST = _LOG_NEW.tolist(), _LOG_CACHED.tolist()
+
+
+def _interp1(xs: list[float], ys: list[float], x: float) -> float:
+    """np.interp for one point (clamped at the ends)."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    i = bisect_right(xs, x) - 1
+    w = (x - xs[i]) / (xs[i + 1] - xs[i])
+    return ys[i] + w * (ys[i + 1] - ys[i])
 
 
 class CalibratedPerf:
@@ -131,8 +151,12 @@ class CalibratedPerf:
             raise FitError(f"fit {fit.path or ''}: tensor_parallel {tp} needs an allreduce table")
         self.heads = max(1, model.num_attention_heads // tp)
         self.kv_heads = max(1, model.num_kv_heads // tp)
-        self._token_cost: dict[int, float] = {}
+        self._token_table = np.zeros(0)
+        self._lm_table = np.zeros(0)
         self._decode_rows: dict[int, np.ndarray] = {}
+        self._decode_lists: dict[int, list[float]] = {}
+        self._prefill_table: np.ndarray | None = None
+        self._prefill_rows: list[list[float]] | None = None
         self._layers_moe = 0 if model.moe is None else model.num_layers - model.moe.num_dense_layers
         self._layers_dense = model.num_layers - self._layers_moe
 
@@ -234,12 +258,14 @@ class CalibratedPerf:
             "rmsnorm", r, self.model.hidden_size)
 
     def _tokens_s(self, m: int, r: int) -> float:
-        key = m * 65536 + r
-        v = self._token_cost.get(key)
-        if v is None:
-            v = float(self.token_costs_s(np.array([m]))[0] + self.lm_head_s(np.array([r]))[0])
-            self._token_cost[key] = v
-        return v
+        """token_costs_s(m) + lm_head_s(r), from tables built vectorised for every count up to a power of 2."""
+        if m >= len(self._token_table):
+            size = 1 << max(12, int(m).bit_length())
+            self._token_table = np.concatenate([[0.0], self.token_costs_s(np.arange(1, size, dtype=float))])
+        if r >= len(self._lm_table):
+            size = 1 << max(10, int(r).bit_length())
+            self._lm_table = np.concatenate([[0.0], self.lm_head_s(np.arange(1, size, dtype=float))])
+        return float(self._token_table[m] + self._lm_table[r])
 
     # -- attention ------------------------------------------------------------------------------------------
     def _attention_cols(self, b: np.ndarray, kv: np.ndarray) -> dict[str, np.ndarray]:
@@ -275,10 +301,21 @@ class CalibratedPerf:
         return row
 
     def _decode_attn_s(self, b: int, mean_kv: np.ndarray, max_kv: np.ndarray) -> np.ndarray:
-        lg = np.log(_KV_GRID)
-        uniform = np.exp(np.interp(np.log(mean_kv), lg, self._decode_row(b)))
-        longest = np.exp(np.interp(np.log(max_kv), lg, self._decode_row(1)))
+        uniform = np.exp(np.interp(np.log(mean_kv), _LOG_KV, self._decode_row(b)))
+        longest = np.exp(np.interp(np.log(max_kv), _LOG_KV, self._decode_row(1)))
         return np.maximum(uniform, longest)
+
+    def _decode_attn_one_s(self, b: int, mean_kv: float, max_kv: float) -> float:
+        """_decode_attn_s for one step, in plain Python (a single step is too small for numpy to pay)."""
+        return max(math.exp(_interp1(_LOG_KV_LIST, self._decode_row_list(b), math.log(mean_kv))),
+                   math.exp(_interp1(_LOG_KV_LIST, self._decode_row_list(1), math.log(max_kv))))
+
+    def _decode_row_list(self, b: int) -> list[float]:
+        row = self._decode_lists.get(b)
+        if row is None:
+            row = self._decode_row(b).tolist()
+            self._decode_lists[b] = row
+        return row
 
     def prefill_attention_s(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
         """One layer's prefill attention, one call per chunk (new tokens after `cached` tokens)."""
@@ -304,6 +341,40 @@ class CalibratedPerf:
                              nbytes / self.gpu.hbm_bandwidth_bytes_per_s])
         return (x @ t.coef) * t.correction(cols)
 
+    def _prefill_attn_s(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
+        """prefill_attention_s interpolated (bilinear in log new tokens, log 1 + cached tokens) on a table built
+        once per replica: the per-step cost stays a few numpy calls."""
+        if self._prefill_table is None:
+            nn, cc = np.meshgrid(_NEW_GRID, _CACHED_GRID, indexing="ij")
+            self._prefill_table = np.log(self.prefill_attention_s(nn.ravel(), cc.ravel())).reshape(nn.shape)
+        x = np.log(np.clip(new.astype(float), 1.0, _NEW_GRID[-1]))
+        y = np.log1p(np.clip(cached.astype(float), 0.0, _CACHED_GRID[-1]))
+        i = np.clip(np.searchsorted(_LOG_NEW, x, side="right") - 1, 0, len(_LOG_NEW) - 2)
+        j = np.clip(np.searchsorted(_LOG_CACHED, y, side="right") - 1, 0, len(_LOG_CACHED) - 2)
+        wx = (x - _LOG_NEW[i]) / (_LOG_NEW[i + 1] - _LOG_NEW[i])
+        wy = (y - _LOG_CACHED[j]) / (_LOG_CACHED[j + 1] - _LOG_CACHED[j])
+        t = self._prefill_table
+        v = ((1 - wx) * (1 - wy) * t[i, j] + wx * (1 - wy) * t[i + 1, j] + (1 - wx) * wy * t[i, j + 1]
+             + wx * wy * t[i + 1, j + 1])
+        return np.exp(v)
+
+    def _prefill_attn_one_s(self, new: float, cached: float) -> float:
+        """_prefill_attn_s for one chunk, in plain Python."""
+        if self._prefill_table is None:
+            self._prefill_attn_s(np.ones(1), np.zeros(1))
+        assert self._prefill_table is not None
+        if self._prefill_rows is None:
+            self._prefill_rows = self._prefill_table.tolist()
+        x = math.log(min(max(new, 1.0), _NEW_LIST[-1]))
+        y = math.log1p(min(max(cached, 0.0), _CACHED_LIST[-1]))
+        i = min(max(bisect_right(_LOG_NEW_LIST, x) - 1, 0), len(_LOG_NEW_LIST) - 2)
+        j = min(max(bisect_right(_LOG_CACHED_LIST, y) - 1, 0), len(_LOG_CACHED_LIST) - 2)
+        wx = (x - _LOG_NEW_LIST[i]) / (_LOG_NEW_LIST[i + 1] - _LOG_NEW_LIST[i])
+        wy = (y - _LOG_CACHED_LIST[j]) / (_LOG_CACHED_LIST[j + 1] - _LOG_CACHED_LIST[j])
+        t = self._prefill_rows
+        return math.exp((1 - wx) * (1 - wy) * t[i][j] + wx * (1 - wy) * t[i + 1][j] + (1 - wx) * wy * t[i][j + 1]
+                        + wx * wy * t[i + 1][j + 1])
+
     # -- the PerfModel protocol -----------------------------------------------------------------------------
     def step_time_s(self, batch: Batch) -> float:
         dec = batch.decode_context_tokens
@@ -313,15 +384,16 @@ class CalibratedPerf:
         r = n_dec + len(new)
         attn = 0.0
         if n_dec:
-            kv = dec.astype(float)
-            attn += float(self._decode_attn_s(n_dec, np.array([kv.mean()]), np.array([kv.max()]))[0])
-        if len(new):
-            attn += float(self.prefill_attention_s(new, batch.prefill_cached_tokens).sum())
+            attn += self._decode_attn_one_s(n_dec, float(dec.sum()) / n_dec, float(dec.max()))
+        if len(new) == 1:
+            attn += self._prefill_attn_one_s(float(new[0]), float(batch.prefill_cached_tokens[0]))
+        elif len(new):
+            attn += float(self._prefill_attn_s(new, batch.prefill_cached_tokens).sum())
         return self.overhead_s + self._tokens_s(m, r) + self.model.num_layers * attn
 
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         n = len(decode_context_tokens)
-        kv = decode_context_tokens.astype(float)
         s = np.arange(num_steps, dtype=float)
-        attn = self._decode_attn_s(n, kv.mean() + s, kv.max() + s)
+        mean, longest = float(decode_context_tokens.sum()) / n, float(decode_context_tokens.max())
+        attn = self._decode_attn_s(n, mean + s, longest + s)
         return self.overhead_s + self._tokens_s(n, n) + self.model.num_layers * attn

@@ -23,12 +23,13 @@ def scenarios(draw):
         "max_num_seqs": max_seqs, "max_num_batched_tokens": draw(st.integers(max(max_seqs, 4), 64)),
         "kv_block_tokens": block, "num_kv_blocks": draw(st.integers(60 // block + 1, 400 // block + 2)),
     }
-    if draw(st.booleans()):
+    kind = draw(st.sampled_from(["linear", "roofline", "calibrated"]))
+    if kind == "linear":
         perf = {"kind": "linear", "step_overhead_s": draw(st.floats(1e-3, 0.05)),
                 "per_prefill_token_s": draw(st.floats(0, 1e-3)), "per_decode_seq_s": draw(st.floats(0, 1e-2)),
                 "per_kv_token_s": draw(st.floats(0, 1e-4))}
     else:
-        perf = {"kind": "roofline"}
+        perf = {"kind": kind}
     lengths = {
         "prompt_tokens": {"dist": "uniform", "low": 1, "high": draw(st.integers(1, 40))},
         "reasoning_tokens": {"dist": "uniform", "low": 0, "high": draw(st.integers(0, 60))},
