@@ -120,24 +120,35 @@ def _axis_transform(values: np.ndarray) -> np.ndarray:
 
 
 def _fill_missing(grid: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
-    """Fill NaN cells with the mean of linear interpolations along each axis (lines with data); 0 where none."""
+    """Fill NaN cells from the measured cells around them: along each axis, the linear interpolation between the
+    nearest measured neighbours (or the nearest one, past an end), weighted by the inverse square of the span
+    between those neighbours (extrapolation counts 4x its distance), so the closest evidence dominates; 0 (the base
+    model alone) where an axis line has nothing measured."""
     total = np.zeros_like(grid)
-    count = np.zeros_like(grid)
+    weight = np.zeros_like(grid)
     for ax, x in enumerate(axes):
         moved = np.moveaxis(grid, ax, -1)
         flat = moved.reshape(-1, moved.shape[-1])
         est = np.full_like(flat, np.nan)
+        span = np.full_like(flat, np.nan)
         for i, line in enumerate(flat):
             ok = ~np.isnan(line)
-            if ok.all():
+            if ok.all() or not ok.any():
                 continue
-            if ok.sum() >= 1:
-                est[i] = np.interp(x, x[ok], line[ok])
-        est_grid = np.moveaxis(est.reshape(moved.shape), -1, ax)
-        good = ~np.isnan(est_grid)
-        total[good] += est_grid[good]
-        count[good] += 1
-    filled = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+            xo = x[ok]
+            est[i] = np.interp(x, xo, line[ok])
+            j = np.searchsorted(xo, x)
+            below = np.where(j > 0, x - xo[np.clip(j - 1, 0, len(xo) - 1)], np.inf)
+            above = np.where(j < len(xo), xo[np.clip(j, 0, len(xo) - 1)] - x, np.inf)
+            inside = np.isfinite(below) & np.isfinite(above)
+            span[i] = np.where(inside, below + above, 4 * np.minimum(below, above))
+        e = np.moveaxis(est.reshape(moved.shape), -1, ax)
+        g = np.moveaxis(span.reshape(moved.shape), -1, ax)
+        good = ~np.isnan(e)
+        w = np.where(good, 1.0 / np.maximum(np.nan_to_num(g, nan=1.0), 1e-9) ** 2, 0.0)
+        total += np.where(good, e, 0.0) * w
+        weight += w
+    filled = np.where(weight > 0, total / np.maximum(weight, 1e-300), 0.0)
     return np.where(np.isnan(grid), filled, grid)
 
 
