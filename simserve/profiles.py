@@ -175,6 +175,8 @@ def steps_row_batch(row: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def load_profile(path: str | Path) -> Profile:
     """Read and check a profile folder; ProfileError names the file and field of anything wrong."""
     folder = Path(path)
+    if folder.is_file() and (folder.parent / "metadata.yaml").exists():
+        folder = folder.parent  # a table of a profile folder (PROFILE/steps.csv): the folder it belongs to
     if not folder.is_dir():
         raise ProfileError(f"{folder}: not a profile folder (expected a directory with metadata.yaml)")
     meta_path = folder / "metadata.yaml"
