@@ -226,6 +226,7 @@ def kv_capacity_blocks(
     gpu_memory_utilization: float,
     kv_block_tokens: int,
     activation_reserve_bytes: float,
+    data_parallel_attention: bool = False,
 ) -> int:
     """Number of KV blocks a replica holds, as vLLM sizes its cache at start-up.
 
@@ -236,7 +237,8 @@ def kv_capacity_blocks(
     """
     usable = tensor_parallel * (gpu.memory_bytes * gpu_memory_utilization - activation_reserve_bytes)
     free = usable - model.weight_bytes
-    return math.floor(free / (kv_block_tokens * model.kv_bytes_per_token * kv_replication(model, tensor_parallel)))
+    replication = kv_replication(model, tensor_parallel, data_parallel_attention)
+    return math.floor(free / (kv_block_tokens * model.kv_bytes_per_token * replication))
 
 
 def activation_reserve_estimate(model: ModelSpec, max_num_batched_tokens: int) -> float:
@@ -246,9 +248,12 @@ def activation_reserve_estimate(model: ModelSpec, max_num_batched_tokens: int) -
     return float(GIB + 32.0 * max_num_batched_tokens * model.hidden_size)
 
 
-def kv_replication(model: ModelSpec, tensor_parallel: int) -> float:
+def kv_replication(model: ModelSpec, tensor_parallel: int, data_parallel_attention: bool = False) -> float:
     """How many copies of each token's KV a tensor-parallel group holds: MLA's single latent is replicated on
-    every GPU; KV heads are replicated once the group has more GPUs than KV heads."""
+    every GPU; KV heads are replicated once the group has more GPUs than KV heads. With data-parallel attention
+    each sequence's KV lives on one GPU only."""
+    if data_parallel_attention:
+        return 1.0
     if model.mla is not None:
         return float(tensor_parallel)
     return max(1.0, tensor_parallel / model.num_kv_heads)

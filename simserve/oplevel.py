@@ -89,8 +89,6 @@ class CalibratedPerfSpec(BaseModel):
     fit: str | None = Field(default=None, description="a fit file (simserve calibrate fit); relative to the scenario")
     step_overhead_s: float | None = Field(default=None, ge=0, description="per-step CPU overhead; defaults to the "
                                           "fit's")
-    expert_parallel: bool = Field(default=False, description="MoE: experts split over the tensor-parallel GPUs "
-                                  "(with all-to-all dispatch) instead of each expert sharded")
 
     def load(self, gpu: GpuSpec, base_dir: Path | None = None) -> Fit:
         if self.fit is None:
@@ -104,11 +102,11 @@ class CalibratedPerfSpec(BaseModel):
             fit = fit.ported_to(sheet)
         return fit
 
-    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int,
-              base_dir: Path | None = None) -> CalibratedPerf:
+    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int, base_dir: Path | None = None,
+              expert_parallel: bool = False, data_parallel_attention: bool = False) -> CalibratedPerf:
         fit = self.load(gpu, base_dir)
         overhead = self.step_overhead_s if self.step_overhead_s is not None else fit.step_overhead_s
-        return CalibratedPerf(fit, model, tensor_parallel, overhead, self.expert_parallel)
+        return CalibratedPerf(fit, model, tensor_parallel, overhead, expert_parallel, data_parallel_attention)
 
 
 PerfSpec = Annotated[RooflinePerfSpec | LinearPerfSpec | CalibratedPerfSpec, Field(discriminator="kind")]
@@ -137,7 +135,7 @@ def _interp1(xs: list[float], ys: list[float], x: float) -> float:
 
 class CalibratedPerf:
     def __init__(self, fit: Fit, model: ModelSpec, tensor_parallel: int, overhead_s: float,
-                 expert_parallel: bool = False) -> None:
+                 expert_parallel: bool = False, data_parallel_attention: bool = False) -> None:
         self.fit = fit
         self.gpu = fit.gpu
         self.model = model
@@ -149,8 +147,10 @@ class CalibratedPerf:
             raise FitError(f"fit {fit.path or ''}: the calibrated model needs tables {', '.join(missing)}")
         if tp > 1 and "allreduce" not in fit.tables:
             raise FitError(f"fit {fit.path or ''}: tensor_parallel {tp} needs an allreduce table")
-        self.heads = max(1, model.num_attention_heads // tp)
-        self.kv_heads = max(1, model.num_kv_heads // tp)
+        self.data_parallel_attention = data_parallel_attention
+        dp = data_parallel_attention and tp > 1
+        self.heads = model.num_attention_heads if dp else max(1, model.num_attention_heads // tp)
+        self.kv_heads = model.num_kv_heads if dp else max(1, model.num_kv_heads // tp)
         self._token_table = np.zeros(0)
         self._lm_table = np.zeros(0)
         self._decode_rows: dict[int, np.ndarray] = {}
@@ -203,32 +203,39 @@ class CalibratedPerf:
         return e * (1.0 - (1.0 - k / e) ** np.asarray(tokens, dtype=float))
 
     def token_costs_s(self, m: np.ndarray) -> np.ndarray:
-        """Everything in a step that depends only on its token count m (all layers, not attention)."""
+        """Everything in a step that depends only on its token count m (all layers, not attention).
+
+        Tensor parallelism shards heads and FFN widths over the group (two all-reduces a layer). Data-parallel
+        attention gives each GPU m/tp of the tokens with every head and dense weights replicated (no all-reduce),
+        and makes MoE layers expert-parallel. Expert parallelism splits whole experts over the GPUs, with a
+        dispatch and a combine all-to-all in place of the MLP all-reduce."""
         md = self.model
         tp = self.tp
         h, d = md.hidden_size, md.head_dim
         hg, kvg = self.heads, self.kv_heads
         m = np.asarray(m, dtype=float)
-        # attention projections
+        dp = self.data_parallel_attention and tp > 1
+        ma = m / tp if dp else m  # tokens one GPU's attention (and dense layers) computes
+        shard = 1 if dp else tp  # how the dense weights are split
         if md.mla is None:
-            attn = self.gemm_s(m, (hg + 2 * kvg) * d, h) + self.gemm_s(m, h, hg * d)
+            attn = self.gemm_s(ma, (hg + 2 * kvg) * d, h) + self.gemm_s(ma, h, hg * d)
             rope_width = (hg + kvg) * d
         else:
             a = md.mla
             q_in = a.q_lora_rank or h
-            attn = (self.gemm_s(m, a.kv_lora_rank + a.qk_rope_head_dim, h)
-                    + self.gemm_s(m, hg * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
-                    + self.gemm_s(m, hg * (a.qk_nope_head_dim + a.qk_rope_head_dim), q_in)
-                    + self.gemm_s(m, h, hg * a.v_head_dim))
+            attn = (self.gemm_s(ma, a.kv_lora_rank + a.qk_rope_head_dim, h)
+                    + self.gemm_s(ma, hg * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
+                    + self.gemm_s(ma, hg * (a.qk_nope_head_dim + a.qk_rope_head_dim), q_in)
+                    + self.gemm_s(ma, h, hg * a.v_head_dim))
             if a.q_lora_rank:
-                attn = attn + self.gemm_s(m, a.q_lora_rank, h)
+                attn = attn + self.gemm_s(ma, a.q_lora_rank, h)
             rope_width = (hg + 1) * a.qk_rope_head_dim
-        norms = 2 * self.elementwise_s("rmsnorm", m, h) + self.elementwise_s("rope", m, rope_width)
-        comm = 2 * self.allreduce_s(m * h * BYTES) if tp > 1 else np.zeros_like(m)
-        inter = md.ffn_size / tp
-        dense_ffn = (self.gemm_s(m, 2 * inter, h) + self.gemm_s(m, h, inter)
-                     + self.elementwise_s("silu_mul", m, inter))
-        total = self._layers_dense * (attn + norms + comm + dense_ffn)
+        norms = 2 * self.elementwise_s("rmsnorm", ma, h) + self.elementwise_s("rope", ma, rope_width)
+        one_ar = self.allreduce_s(m * h * BYTES) if tp > 1 and not dp else np.zeros_like(m)
+        inter = md.ffn_size / shard
+        dense_ffn = (self.gemm_s(ma, 2 * inter, h) + self.gemm_s(ma, h, inter)
+                     + self.elementwise_s("silu_mul", ma, inter))
+        total = self._layers_dense * (attn + norms + 2 * one_ar + dense_ffn)
         if self._layers_moe:
             moe = md.moe
             assert moe is not None
@@ -236,26 +243,33 @@ class CalibratedPerf:
             routed = m * moe.experts_per_token
             touched = self.experts_touched(m)
             width: float
-            if self.expert_parallel and tp > 1:
+            if (self.expert_parallel or dp) and tp > 1:
                 experts, width, rows = touched / tp, float(ie), routed / tp
-                moe_comm = 2 * self.allreduce_s(routed * h * BYTES / 2)  # dispatch + combine all-to-all
+                # dispatch + combine all-to-all of this GPU's routed tokens, as an all-reduce of half the bytes
+                moe_comm = 2 * self.allreduce_s(routed / tp * h * BYTES / 2)
             else:
                 experts, width, rows = touched, ie / tp, routed
-                moe_comm = comm
+                moe_comm = one_ar
             ffn = (self.grouped_gemm_s(rows, experts, 2 * width, h) + self.grouped_gemm_s(rows, experts, h, width)
-                   + self.gemm_s(m, moe.num_experts, h)  # router
+                   + self.gemm_s(ma, moe.num_experts, h)  # router
                    + self.elementwise_s("silu_mul", rows, width))
             if moe.num_shared_experts:
-                shared = moe.num_shared_experts * ie / tp
-                ffn = ffn + self.gemm_s(m, 2 * shared, h) + self.gemm_s(m, h, shared)
-            attn_comm = self.allreduce_s(m * h * BYTES) if tp > 1 else np.zeros_like(m)
-            total = total + self._layers_moe * (attn + norms + attn_comm + ffn + moe_comm)
+                shared = moe.num_shared_experts * ie / shard
+                ffn = ffn + self.gemm_s(ma, 2 * shared, h) + self.gemm_s(ma, h, shared)
+            total = total + self._layers_moe * (attn + norms + one_ar + ffn + moe_comm)
         return np.asarray(total, dtype=float)
 
     def lm_head_s(self, r: np.ndarray) -> np.ndarray:
         r = np.asarray(r, dtype=float)
-        return self.gemm_s(r, self.model.vocab_size / self.tp, self.model.hidden_size) + self.elementwise_s(
-            "rmsnorm", r, self.model.hidden_size)
+        if self.data_parallel_attention and self.tp > 1:
+            r, vocab = r / self.tp, float(self.model.vocab_size)
+        else:
+            vocab = self.model.vocab_size / self.tp
+        return self.gemm_s(r, vocab, self.model.hidden_size) + self.elementwise_s("rmsnorm", r, self.model.hidden_size)
+
+    def _rank_batch(self, b: int) -> int:
+        """Decode sequences one GPU's attention serves: all of them, or its share under data-parallel attention."""
+        return -(-b // self.tp) if self.data_parallel_attention else b
 
     def _tokens_s(self, m: int, r: int) -> float:
         """token_costs_s(m) + lm_head_s(r), from tables built vectorised for every count up to a power of 2."""
@@ -384,16 +398,20 @@ class CalibratedPerf:
         r = n_dec + len(new)
         attn = 0.0
         if n_dec:
-            attn += self._decode_attn_one_s(n_dec, float(dec.sum()) / n_dec, float(dec.max()))
+            attn += self._decode_attn_one_s(self._rank_batch(n_dec), float(dec.sum()) / n_dec, float(dec.max()))
         if len(new) == 1:
             attn += self._prefill_attn_one_s(float(new[0]), float(batch.prefill_cached_tokens[0]))
         elif len(new):
-            attn += float(self._prefill_attn_s(new, batch.prefill_cached_tokens).sum())
+            chunks = self._prefill_attn_s(new, batch.prefill_cached_tokens)
+            if self.data_parallel_attention and self.tp > 1:  # chunks spread over the GPUs, none split
+                attn += max(float(chunks.max()), float(chunks.sum()) / self.tp)
+            else:
+                attn += float(chunks.sum())
         return self.overhead_s + self._tokens_s(m, r) + self.model.num_layers * attn
 
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         n = len(decode_context_tokens)
         s = np.arange(num_steps, dtype=float)
         mean, longest = float(decode_context_tokens.sum()) / n, float(decode_context_tokens.max())
-        attn = self._decode_attn_s(n, mean + s, longest + s)
+        attn = self._decode_attn_s(self._rank_batch(n), mean + s, longest + s)
         return self.overhead_s + self._tokens_s(n, n) + self.model.num_layers * attn

@@ -42,6 +42,11 @@ class PoolSpec(BaseModel):
     num_kv_blocks: int | None = Field(default=None, gt=0, description="overrides the derived KV capacity")
     max_model_len_tokens: int | None = Field(default=None, gt=0, description="defaults to the model's context")
     prefix_caching: bool = Field(default=True, description="automatic prefix caching (vLLM V1 default: on)")
+    expert_parallel: bool = Field(default=False, description="MoE: whole experts split over the replica's GPUs "
+                                  "(all-to-all dispatch) instead of every expert sharded (calibrated perf)")
+    data_parallel_attention: bool = Field(
+        default=False, description="attention data-parallel over the replica's GPUs: every head on each GPU for its "
+        "share of the sequences, KV not replicated (MLA); MoE layers expert-parallel (calibrated perf)")
     role: Literal["both", "prefill", "decode"] = Field(
         default="both", description="prefill/decode disaggregation: prefill pools hand requests to decode pools")
 
@@ -282,7 +287,8 @@ def _check_buildable(scenario: Scenario, source: str) -> None:
             continue
         gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
         blocks = kv_capacity_blocks(gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization,
-                                    pool.kv_block_tokens, scenario.reserve_bytes_of(pool))
+                                    pool.kv_block_tokens, scenario.reserve_bytes_of(pool),
+                                    pool.data_parallel_attention)
         if blocks <= 0:
             raise ScenarioError(
                 f"{source}: cluster.pools.{i}: model {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) "

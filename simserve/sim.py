@@ -15,14 +15,16 @@ import pandas as pd
 import simpy
 
 from simserve.cluster import Arrival, Replica, arrivals
-from simserve.hardware import kv_capacity_blocks
+from simserve.hardware import GpuSpec, ModelSpec, kv_capacity_blocks
 from simserve.metrics import Recorder, summarize
+from simserve.oplevel import CalibratedPerfSpec, PerfSpec
+from simserve.perf import PerfModel
 from simserve.routing import ROUTERS, StaleView
 from simserve.schedulers import SCHEDULERS
 from simserve.workload import Request, build_sessions, generate_requests
 
 if TYPE_CHECKING:
-    from simserve.scenario import Scenario
+    from simserve.scenario import PoolSpec, Scenario
 
 # One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
 # the draws of the others.
@@ -59,8 +61,8 @@ class Simulation:
             gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
             blocks = pool.num_kv_blocks or kv_capacity_blocks(
                 gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization, pool.kv_block_tokens,
-                scenario.reserve_bytes_of(pool))
-            perf = scenario.perf.build(gpu, model, pool.tensor_parallel, base_dir)
+                scenario.reserve_bytes_of(pool), pool.data_parallel_attention)
+            perf = build_perf(scenario.perf, gpu, model, pool, base_dir)
             self.pools.append({"pool": pool.name, "gpu": gpu.name, "model": model.name,
                                "replicas": pool.replicas, "tensor_parallel": pool.tensor_parallel,
                                "kv_capacity_blocks": blocks, "usd_per_gpu_hour": gpu.usd_per_hour})
@@ -197,6 +199,14 @@ class Simulation:
         return summarize(requests, makespan_s=end_s, slo=slo,
                          kv_utilization_mean=float(np.mean(util)), kv_utilization_max=float(np.max(peak)),
                          gpu_hours=gpu_hours, cost_usd=cost, extra=extra)
+
+
+def build_perf(spec: PerfSpec, gpu: GpuSpec, model: ModelSpec, pool: PoolSpec, base_dir: Path | None) -> PerfModel:
+    """A pool's step-time model; only the calibrated model knows expert and data-parallel attention layouts."""
+    if isinstance(spec, CalibratedPerfSpec):
+        return spec.build(gpu, model, pool.tensor_parallel, base_dir, pool.expert_parallel,
+                          pool.data_parallel_attention)
+    return spec.build(gpu, model, pool.tensor_parallel, base_dir)
 
 
 def run(scenario: Scenario, base_dir: Path | None = None) -> Results:

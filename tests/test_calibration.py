@@ -233,7 +233,7 @@ def test_moe_reads_fewer_weight_bytes_at_batch_1_than_256():
     perf = CalibratedPerfSpec().build(GPUS["h100-sxm"], m, 1)
     costs = perf.token_costs_s(np.array([1.0, 256.0]))
     assert costs[0] < costs[1] / 3  # batch 1 touches 8 experts a layer, batch 256 nearly all 128
-    ep = CalibratedPerfSpec(expert_parallel=True).build(GPUS["h100-sxm"], MODELS["qwen3-235b-a22b"], 8)
+    ep = CalibratedPerfSpec().build(GPUS["h100-sxm"], MODELS["qwen3-235b-a22b"], 8, expert_parallel=True)
     assert ep.token_costs_s(np.array([64.0]))[0] > 0
 
 
@@ -325,3 +325,39 @@ def test_model_from_architecture_block():
     meta = json.loads((E2E / "h100-codellama34b-tp1-prefixheavy" / "experiment.json").read_text())
     m = model_from_architecture(meta["model_architecture"])
     assert (m.num_layers, m.hidden_size, m.num_kv_heads, m.ffn_size, m.vocab_size) == (48, 8192, 8, 22016, 32000)
+
+
+def test_data_parallel_attention_for_mla():
+    """DeepSeek-R1 on 8 x H200: TP attention replicates MLA's latent on every GPU; data-parallel attention keeps
+    one copy per sequence (8x the KV capacity) and reads 8x less KV per GPU at decode."""
+    from simserve.hardware import kv_capacity_blocks
+
+    gpu, model = GPUS["h200"], MODELS["deepseek-r1"]
+    tp_blocks = kv_capacity_blocks(gpu, model, 8, 0.9, 16, 4e9)
+    dp_blocks = kv_capacity_blocks(gpu, model, 8, 0.9, 16, 4e9, data_parallel_attention=True)
+    assert tp_blocks > 0 and dp_blocks // 8 == tp_blocks
+    spec = CalibratedPerfSpec()
+    tp = spec.build(gpu, model, 8)
+    dp = spec.build(gpu, model, 8, data_parallel_attention=True)
+    ctx = np.full(256, 20000)
+    empty = np.zeros(0, np.int64)
+    assert dp.step_time_s(Batch(ctx, empty, empty)) < tp.step_time_s(Batch(ctx, empty, empty))
+    runs = dp.decode_run_times_s(ctx, 20)
+    single = [dp.step_time_s(Batch(ctx + s, empty, empty)) for s in range(20)]
+    np.testing.assert_allclose(runs, single, rtol=1e-9)
+
+
+def test_pool_parallelism_options_reach_the_step_model(tmp_path):
+    from simserve import parse_scenario
+    from simserve.sim import Simulation
+
+    scen = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())
+    scen["model"] = "deepseek-r1"
+    scen["cluster"]["pools"][0].update(gpu="h200", tensor_parallel=8, data_parallel_attention=True,
+                                       expert_parallel=True, replicas=1)
+    scen["workload"]["num_requests"] = 20
+    sim = Simulation(parse_scenario(scen))
+    perf = sim.replicas[0].perf
+    assert isinstance(perf, CalibratedPerf) and perf.data_parallel_attention and perf.expert_parallel
+    res = sim.run()
+    assert res.summary["num_completed"] == 20

@@ -422,7 +422,7 @@ def test_to_yaml_round_trips(make):
 def test_to_yaml_fills_in_defaults():
     data = yaml.safe_load(parse_scenario(quick()).to_yaml())
     assert data["router"] == {"kind": "round_robin", "staleness_s": 0.0} and data["scheduler"] == "fcfs"
-    assert data["perf"]["kind"] == "calibrated" and data["perf"]["expert_parallel"] is False
+    assert data["perf"]["kind"] == "calibrated" and data["cluster"]["pools"][0]["expert_parallel"] is False
     assert "activation_reserve_bytes" not in data["cluster"]["pools"][0]  # None: estimated from the model
     assert data["workload"]["mix"][0]["prompt_tokens"] == {"dist": "lognormal", "mean": 300.0, "cv": 0.5}
 
