@@ -359,10 +359,12 @@ class Replica:
             req = self.d_req[j]
             assert req is not None
             req.generated_tokens = req.output_tokens - int(self.d_left[j])
+            self._keep_for_resume(req, int(self.d_ctx[j]))
             self._release(req, int(self.d_blocks[j]))
             self._remove_decode(j)
         else:
             req = self.prefilling.pop()
+            self._keep_for_resume(req, req.computed_tokens)
             self._release(req, req.num_blocks)
         if self.n_dec == 0 and not self.prefilling:
             raise RuntimeError("preempted the only running request: a request larger than KV capacity was admitted")
@@ -488,6 +490,28 @@ class Replica:
             if key not in held and self.kv.insert(key, per_unit):
                 req.held_units.append(key)
                 req.shared_blocks += per_unit
+
+    def _keep_for_resume(self, req: Request, kv_tokens: int) -> None:
+        """With prefix caching, a preempted request's full units stay in the cache (freed tail first) under keys
+        of its own, as vLLM hashes every full block: if they survive until it is readmitted, it recomputes only
+        what was evicted."""
+        if not self.kv.prefix_caching:
+            return
+        unit = req.prefix_unit_tokens if req.prefix_keys else self.block_tokens
+        if unit % self.block_tokens:
+            return
+        n_units = kv_tokens // unit
+        keys = list(req.prefix_keys[: req.prompt_tokens // unit]) if req.prefix_keys else []
+        own = -((req.request_id + 1) << 24)
+        keys.extend(own - i for i in range(len(keys), n_units))
+        per_unit = unit // self.block_tokens
+        held = set(req.held_units)
+        for key in keys[:n_units]:
+            if key not in held and self.kv.insert(key, per_unit):
+                req.held_units.append(key)
+                req.shared_blocks += per_unit
+        req.prefix_keys = tuple(keys)
+        req.prefix_unit_tokens = unit
 
     def _release(self, req: Request, total_blocks: int) -> None:
         """Free a request's private blocks and drop its holds on cached units."""
