@@ -16,7 +16,15 @@ from simserve.hardware import GPUS
 from simserve.importers import FORMATS, IMPORTERS
 from simserve.oplevel import datasheet_of, load_fit_cached
 from simserve.profiles import ProfileError, load_profile, write_profile
-from simserve.validate import METRICS, STATS, ExperimentError, comparison_chart, fit_step_overhead, validate_experiment
+from simserve.validate import (
+    METRICS,
+    STATS,
+    ExperimentError,
+    comparison_chart,
+    fit_compute_scale,
+    fit_step_overhead,
+    validate_experiment,
+)
 
 ERRORS = (ProfileError, FitError, ExperimentError)
 
@@ -77,10 +85,24 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     fit.save(out)
     if args.overhead_from:
-        fit.step_overhead_s = fit_step_overhead(args.overhead_from, str(out))
-        fit.source["step_overhead"] = f"mean TPOT of {Path(args.overhead_from).name}"
+        # Two numbers kernel profiles cannot see, from one real run: the FLOPs factor from its in-engine prefill
+        # times, then the per-step overhead from its mean TPOT (then the factor once more with that overhead).
+        name = Path(args.overhead_from).name
+        for _ in range(2):
+            scale = fit_compute_scale(args.overhead_from, str(out), fit.step_overhead_s)
+            if scale is not None:
+                fit.compute_scale = scale
+                fit.source["compute_scale"] = f"median in-engine prefill time of {name}"
+                fit.save(out)
+            fit.step_overhead_s = fit_step_overhead(args.overhead_from, str(out))
+            fit.source["step_overhead"] = f"mean TPOT of {name}"
+            fit.save(out)
+    if args.compute_scale is not None:
+        fit.compute_scale = args.compute_scale
+        fit.source["compute_scale"] = "given on the command line"
         fit.save(out)
-    print(f"fitted {args.profile} -> {out}  (step overhead {fit.step_overhead_s * 1e3:.3f} ms)")
+    print(f"fitted {args.profile} -> {out}  (step overhead {fit.step_overhead_s * 1e3:.3f} ms, "
+          f"compute scale {fit.compute_scale:.3f})")
     held = {k: v.stats["heldout"] for k, v in fit.tables.items() if v.stats["heldout"].get("n")}
     if "heldout_overall" in fit.source:
         held["overall (op tables)"] = fit.source["heldout_overall"]
@@ -148,7 +170,9 @@ def add_commands(sub: Any) -> None:
     f.add_argument("--no-residual", action="store_true", help="roofline terms only, no correction grid")
     f.add_argument("--step-overhead-s", type=float, help="per-step host overhead to store in the fit")
     f.add_argument("--overhead-from", metavar="EXPERIMENT_DIR",
-                   help="fit the per-step overhead on a real run's mean TPOT (e2e-ground-truth layout)")
+                   help="fit the per-step overhead (mean TPOT) and the sustained FLOPs factor (in-engine prefill "
+                   "times) on one real run (e2e-ground-truth layout)")
+    f.add_argument("--compute-scale", type=float, help="sustained-load factor on FLOPs terms to store in the fit")
     f.add_argument("--plot", help="predicted-vs-measured chart (HTML; default next to --out)")
     f.set_defaults(func=_cmd_fit)
     v = csub.add_parser("validate", help="predict every row of a profile folder with a fit")

@@ -327,16 +327,25 @@ class Fit:
     tables: dict[str, OpFit]
     source: dict[str, Any] = field(default_factory=dict)
     step_overhead_s: float = 0.0
+    compute_scale: float = 1.0  # sustained-load factor on every FLOPs term (1: the kernels' own speed)
     path: Path | None = None
+
+    @property
+    def effective_gpu(self) -> GpuDatasheet:
+        """The datasheet the step model computes features from: peak FLOP/s divided by compute_scale."""
+        if self.compute_scale == 1.0:
+            return self.gpu
+        return self.gpu.model_copy(update={"peak_flops_per_s": self.gpu.peak_flops_per_s / self.compute_scale})
 
     def ported_to(self, gpu: GpuDatasheet) -> Fit:
         """The same efficiencies and corrections on another GPU's datasheet (features are recomputed)."""
         src = dict(self.source, ported_from=self.gpu.name)
-        return Fit(gpu=gpu, tables=self.tables, source=src, step_overhead_s=self.step_overhead_s, path=self.path)
+        return Fit(gpu=gpu, tables=self.tables, source=src, step_overhead_s=self.step_overhead_s,
+                   compute_scale=self.compute_scale, path=self.path)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": FIT_SCHEMA, "gpu": self.gpu.model_dump(exclude_none=True), "source": self.source,
-                "step_overhead_s": self.step_overhead_s,
+                "step_overhead_s": self.step_overhead_s, "compute_scale": self.compute_scale,
                 "tables": {k: v.to_dict() for k, v in self.tables.items()}}
 
     def save(self, path: str | Path) -> Path:
@@ -429,7 +438,8 @@ def load_fit(path: str | Path) -> Fit:
     except (KeyError, ValueError, TypeError) as exc:
         raise FitError(f"{p}: {exc}") from None
     return Fit(gpu=gpu, tables=tables, source=raw.get("source", {}),
-               step_overhead_s=float(raw.get("step_overhead_s", 0.0)), path=p)
+               step_overhead_s=float(raw.get("step_overhead_s", 0.0)),
+               compute_scale=float(raw.get("compute_scale", 1.0)), path=p)
 
 
 def validate_fit(fit: Fit, profile: Profile) -> dict[str, Any]:

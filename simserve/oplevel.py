@@ -137,7 +137,7 @@ class CalibratedPerf:
     def __init__(self, fit: Fit, model: ModelSpec, tensor_parallel: int, overhead_s: float,
                  expert_parallel: bool = False, data_parallel_attention: bool = False) -> None:
         self.fit = fit
-        self.gpu = fit.gpu
+        self.gpu = fit.effective_gpu
         self.model = model
         self.tp = tp = tensor_parallel
         self.overhead_s = overhead_s

@@ -201,6 +201,19 @@ def validate_experiment(path: str | Path, perf: str = "calibrated", step_overhea
     return report, per_request(exp, results), results
 
 
+def _bisect(f: Any, target: float, lo: float, hi: float, iterations: int) -> float:
+    """x in [lo, hi] with f(x) = target, f increasing."""
+    if f(lo) >= target:
+        return lo
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if f(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 def fit_step_overhead(path: str | Path, fit: str | None = None, lo_s: float = 0.0, hi_s: float = 0.01,
                       iterations: int = 14) -> float:
     """The per-step overhead (host-side scheduling, sampling, launch gaps: what kernel profiles cannot see) that
@@ -212,15 +225,37 @@ def fit_step_overhead(path: str | Path, fit: str | None = None, lo_s: float = 0.
         scen = experiment_scenario(exp, "calibrated", overhead, fit)
         return float(run(scen).requests["tpot_s"].mean())
 
-    if mean_tpot(lo_s) >= target:
-        return lo_s
-    for _ in range(iterations):
-        mid = (lo_s + hi_s) / 2
-        if mean_tpot(mid) < target:
-            lo_s = mid
-        else:
-            hi_s = mid
-    return (lo_s + hi_s) / 2
+    return _bisect(mean_tpot, target, lo_s, hi_s, iterations)
+
+
+def fit_compute_scale(path: str | Path, fit: str, overhead_s: float | None = None, lo: float = 0.8,
+                      hi: float = 1.5, iterations: int = 12) -> float | None:
+    """The factor on FLOPs (sustained clocks under load, framework work in large steps) that makes the median
+    in-engine prefill time of requests that did not queue (`queue_s + prefill_s` in the run) equal the simulated
+    time to first token; None when the run does not record prefill_s."""
+    from simserve.fit import load_fit
+
+    exp = load_experiment(path)
+    real = exp.requests
+    if "prefill_s" not in real.columns or "queue_s" not in real.columns:
+        return None
+    base = load_fit(fit)
+    quiet = (real["queue_s"] < 1e-3).to_numpy() & real["prefill_s"].notna().to_numpy()
+    if quiet.sum() < 10:
+        return None
+    measured = (real["queue_s"] + real["prefill_s"]).to_numpy(float)
+
+    def median_ratio(scale: float) -> float:
+        import tempfile
+
+        base.compute_scale = scale
+        with tempfile.TemporaryDirectory() as tmp:
+            path_tmp = base.save(Path(tmp) / "fit.yaml")
+            _, table, _ = validate_experiment(exp.path, "calibrated", overhead_s, str(path_tmp))
+        return float(np.median(table["ttft_s_sim"].to_numpy(float)[quiet] / measured[quiet]))
+
+    return _bisect(median_ratio, 1.0, lo, hi, iterations)
+
 
 
 def comparison_chart(table: pd.DataFrame, title: str) -> Any:

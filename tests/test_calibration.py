@@ -361,3 +361,18 @@ def test_pool_parallelism_options_reach_the_step_model(tmp_path):
     assert isinstance(perf, CalibratedPerf) and perf.data_parallel_attention and perf.expert_parallel
     res = sim.run()
     assert res.summary["num_completed"] == 20
+
+
+def test_compute_scale_slows_compute_bound_steps_only(tmp_path):
+    fit = load_fit(ROOT / "calibration" / "fits" / "h100-sxm.yaml")
+    assert 1.0 <= fit.compute_scale < 1.3 and "prefill" in fit.source["compute_scale"]
+    empty = np.zeros(0, np.int64)
+    prefill, decode = Batch(empty, np.array([4096]), np.array([0])), Batch(np.full(8, 2000), empty, empty)
+    times = {}
+    for scale in (1.0, 1.2):
+        fit.compute_scale = scale
+        path = fit.save(tmp_path / f"f{scale}.yaml")
+        perf = CalibratedPerf(load_fit(path), MODELS["llama-3.1-8b"], 1, 0.0)
+        times[scale] = (perf.step_time_s(prefill), perf.step_time_s(decode))
+    assert times[1.2][0] > 1.1 * times[1.0][0]  # compute bound: nearly the full factor
+    assert times[1.2][1] < 1.02 * times[1.0][1]  # weight streaming: barely
