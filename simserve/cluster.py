@@ -497,7 +497,9 @@ class Replica:
         what was evicted."""
         if not self.kv.prefix_caching:
             return
-        unit = req.prefix_unit_tokens if req.prefix_keys else self.block_tokens
+        # Requests without prefix keys get units of about 256 tokens: a partial unit is recomputed, but the cache
+        # checks a queue head makes at every plan stay short.
+        unit = req.prefix_unit_tokens if req.prefix_keys else self.block_tokens * max(1, 256 // self.block_tokens)
         if unit % self.block_tokens:
             return
         n_units = kv_tokens // unit

@@ -142,14 +142,14 @@ class RooflinePerf:
         tokens = n + float(new.sum())
         kv_tokens = decode_ctx + float((cached + new).sum()) + tokens  # read by attention + written
         pairs = decode_ctx + float((new * (cached + (new + 1.0) / 2.0)).sum())
-        mem = self._weight_s(tokens) + self.kv_s_per_token * kv_tokens
+        mem = (self.weight_s if self.model.moe is None else self._weight_s(tokens)) + self.kv_s_per_token * kv_tokens
         compute = self.linear_s_per_token * tokens + self.attn_s_per_pair * pairs
         return self.overhead_s + max(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * tokens
 
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
         n = len(decode_context_tokens)
         ctx = float(decode_context_tokens.sum()) + n * np.arange(num_steps, dtype=float)
-        mem = self._weight_s(n) + self.kv_s_per_token * (ctx + n)
+        mem = (self.weight_s if self.model.moe is None else self._weight_s(n)) + self.kv_s_per_token * (ctx + n)
         compute = self.linear_s_per_token * n + self.attn_s_per_pair * ctx
         return self.overhead_s + np.maximum(mem, compute) + (self.comm_fixed_s + self.comm_s_per_token * n)
 
