@@ -347,20 +347,20 @@ def test_mooncake_smaller_caches_hit_less(mooncake_unbounded):
 @pytest.mark.parametrize("exact", [False, True])
 def test_preempted_request_keeps_its_computed_blocks_cached(exact):
     """vLLM hashes every full block, so a preempted request's blocks stay cached (tail evicted first) and a quick
-    readmission recomputes only what was evicted. 8 requests of 64-token prompts and 40-100 output tokens on 40
-    blocks of 16 tokens: preemptions happen; with the cache on, less is recomputed than with it off, never less
-    than the prompts, and no request records a prefix hit from its own earlier admission."""
+    readmission recomputes only what was evicted (here in 256-token units, as for any request without prefix keys).
+    8 requests of 300-token prompts and 300-600 output tokens on 180 blocks of 16 tokens: preemptions happen;
+    with the cache on, less is recomputed than with it off, never less than the prompts, and no request records a
+    prefix hit from its own earlier admission."""
     rng = np.random.default_rng(5)
-    reqs = lambda: [req(i, 0.002 * i, 64, int(rng_i), 1) for i, rng_i in enumerate(rng_out)]  # noqa: E731
-    rng_out = rng.integers(40, 100, 8)
+    outputs = rng.integers(300, 600, 8)
     runs = {}
     for caching in (True, False):
-        pool = {"num_kv_blocks": 40, "prefix_caching": caching, "max_num_seqs": 8}
+        pool = {"num_kv_blocks": 180, "prefix_caching": caching, "max_num_seqs": 8, "max_num_batched_tokens": 512}
         sc = scenario(tiny(pool=pool, perf=LINEAR), exact_steps=exact, check_invariants=True)
-        runs[caching] = Simulation(sc).run(reqs())
+        runs[caching] = Simulation(sc).run([req(i, 0.002 * i, 300, int(o), 1) for i, o in enumerate(outputs)])
     on, off = runs[True], runs[False]
     assert on.summary["num_preemptions"] > 0 and off.summary["num_preemptions"] > 0
-    prompts = 8 * 64
+    prompts = 8 * 300
     assert prompts <= on.replicas["prefill_tokens"].sum() < off.replicas["prefill_tokens"].sum()
     assert (on.requests["prefix_hit_tokens"] == 0).all()
     assert (on.requests["status"] == "completed").all()
