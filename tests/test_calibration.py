@@ -376,3 +376,30 @@ def test_compute_scale_slows_compute_bound_steps_only(tmp_path):
         times[scale] = (perf.step_time_s(prefill), perf.step_time_s(decode))
     assert times[1.2][0] > 1.1 * times[1.0][0]  # compute bound: nearly the full factor
     assert times[1.2][1] < 1.02 * times[1.0][1]  # weight streaming: barely
+
+
+@needs_shared
+def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
+    """The two numbers kernel profiles cannot see, fitted on the H100 llama2-7b run (bisection, fewer steps than
+    the shipped fit used): close to the shipped values, and the fitted overhead brings mean TPOT to the real one."""
+    from simserve.validate import fit_compute_scale, fit_step_overhead
+
+    exp = E2E / "h100-llama2-7b-tp1-mixed"
+    fit = str(ROOT / "calibration" / "fits" / "h100-sxm.yaml")
+    scale = fit_compute_scale(exp, fit, 0.00076, iterations=6)
+    assert scale is not None and 1.0 < scale < 1.2
+    overhead = fit_step_overhead(exp, fit, iterations=8)
+    assert 0.0005 < overhead < 0.001
+    report, _, _ = validate_experiment_for_test(exp, overhead)
+    assert report["tpot_s_mean_rel_error"] < 0.01
+
+
+def validate_experiment_for_test(exp: Path, overhead: float):
+    from simserve.validate import validate_experiment
+
+    return validate_experiment(exp, "calibrated", overhead)
+
+
+def test_shipped_a100_fit_meets_the_in_gpu_heldout_error():
+    a100 = load_fit(ROOT / "calibration" / "fits" / "a100-80gb.yaml")
+    assert a100.source["heldout_overall"]["mape"] <= 0.05
