@@ -52,6 +52,10 @@ class Settle(simpy.Event):
         env.schedule(self, LATE, 0)  # type: ignore[arg-type]  # a third priority, below NORMAL
 
 
+class _Stall(Exception):
+    """A plan would preempt the last running request while KV transfers hold blocks: wait for them instead."""
+
+
 class Replica:
     """One model instance on `tensor_parallel` GPUs: a waiting queue, a running batch and a KV block pool.
 
@@ -83,6 +87,7 @@ class Replica:
         # Prefill/decode disaggregation: a prefill replica hands a request over once its first token is out.
         self.on_prefilled = on_prefilled
         self.transferring: dict[int, tuple[Request, int]] = {}  # request id -> (request, blocks still held)
+        self._stalled = False
         self.check_invariants = check_invariants
         # Decoding sequences, struct of arrays; slots [0, n_dec) are live.
         cap = max_num_seqs
@@ -196,6 +201,16 @@ class Replica:
             ctx = self.d_ctx[:n] + 1
             used = self.kv.used_blocks
             self.kv_peak = max(self.kv_peak, used)
+            if self._stalled or (n == 0 and not chunks and not preempted):
+                # Nothing can run: what is waiting (or a decode's next block) needs blocks still held by KV
+                # transfers to decode replicas. Wait, as when idle, for a transfer or an arrival to wake the loop.
+                self._stalled = False
+                start = env.now
+                self.num_events += 1
+                yield self.wake
+                self.recorder.segment(self.pool, self.index, start, env.now, 0, 0, num_waiting, float(used),
+                                      self.kv.used_blocks, 0, 0)
+                continue
             if chunks or preempted or self.exact_steps:
                 batch = Batch(ctx, np.array([c for _, c in chunks], np.int64) if chunks else _EMPTY,
                               np.array([r.computed_tokens for r, _ in chunks], np.int64) if chunks else _EMPTY)
@@ -244,7 +259,17 @@ class Replica:
 
     def _schedule(self) -> tuple[list[tuple[Request, int]], bool]:
         """Plan one step; allocate its blocks. Returns the prefill chunks (request, new tokens) and whether a
-        request was preempted. Decodes are the live slots of the arrays."""
+        request was preempted. Decodes are the live slots of the arrays. If the step would have to preempt the
+        last running request while KV transfers hold blocks, it plans nothing and the replica waits for them
+        (`_stalled`); blocks it already took stay with their requests and count at the next plan."""
+        try:
+            return self._plan()
+        except _Stall:
+            self._stalled = True
+            self.running_mon.set(self.env.now, self.num_running)
+            return [], False
+
+    def _plan(self) -> tuple[list[tuple[Request, int]], bool]:
         kv, bt = self.kv, self.block_tokens
         preempted = False
         # KV that arrived from a prefill replica: the request joins the decodes at once, no compute needed.
@@ -353,6 +378,8 @@ class Replica:
     def _preempt_newest(self) -> Request:
         """Preempt the most recently admitted running request by recompute: free its blocks and put it back at
         the front of the waiting queue, keeping the output it has generated."""
+        if self.num_running <= 1 and self.transferring:
+            raise _Stall
         last_prefill = self.prefilling[-1].admit_seq if self.prefilling else -1
         j = int(np.argmax(self.d_order[: self.n_dec])) if self.n_dec else -1
         if j >= 0 and self.d_order[j] > last_prefill:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from helpers import scenario
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from simserve import Simulation
@@ -76,8 +76,28 @@ def check_invariants(res, num_requests):
     assert (res.replicas.groupby("replica")["kv_blocks_end"].last() == 0).all()
 
 
+def _pd_case(max_num_seqs: int, max_tokens: int, prompt_high: int, cv: float) -> dict:
+    """Disaggregated cases hypothesis found: a prefill replica whose blocks are held by KV transfers in flight
+    (nothing runnable, or only preempting its last request would free blocks) must wait for them."""
+    pool = {"gpu": "h100-sxm", "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_tokens,
+            "kv_block_tokens": 1, "num_kv_blocks": 61}
+    return {"name": "prop", "seed": 2535, "model": "llama-3.1-8b",
+            "cluster": {"pools": [{**pool, "name": "p", "replicas": 2, "role": "prefill"},
+                                  {**pool, "name": "q", "replicas": 1, "role": "decode"}],
+                        "kv_transfer": {"bandwidth_bytes_per_s": 1e9, "latency_s": 0.0}},
+            "perf": {"kind": "roofline"}, "router": "round_robin",
+            "workload": {"num_requests": 7, "arrival": {"process": "gamma", "rate_per_s": 1.0, "cv": cv},
+                         "mix": [{"query_type": "q", "prompt_tokens": {"dist": "uniform", "low": 1,
+                                                                       "high": prompt_high},
+                                  "reasoning_tokens": {"dist": "uniform", "low": 0, "high": 0},
+                                  "answer_tokens": {"dist": "uniform", "low": 1, "high": 2}}]},
+            "slo": {"ttft_s": 1.0}}
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
+@example(_pd_case(2, 21, 32, 4.0))
+@example(_pd_case(1, 22, 40, 3.0))
 def test_invariants_and_fast_forward_equals_exact_steps(data):
     ff = Simulation(scenario(data, check_invariants=True)).run()
     ex = Simulation(scenario(data, check_invariants=True, exact_steps=True)).run()
