@@ -9,7 +9,7 @@ one event, in closed form, giving exactly the times that stepping one iteration 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -180,6 +180,16 @@ class Replica:
 
     # ------------------------------------------------------------------------------------------ the process
 
+    def _wait_for_wake(self, num_waiting: int, kv_mean: float,
+                       kv_end: int | None) -> Generator[simpy.Event, Any, None]:
+        """Idle until an arrival or a finished KV transfer wakes the loop; record the gap as one segment (its
+        final KV blocks as read on waking when kv_end is None)."""
+        start = self.env.now
+        self.num_events += 1
+        yield self.wake
+        end = self.kv.used_blocks if kv_end is None else kv_end
+        self.recorder.segment(self.pool, self.index, start, self.env.now, 0, 0, num_waiting, kv_mean, end, 0, 0)
+
     def process(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         while True:
@@ -189,10 +199,7 @@ class Replica:
             if self.wake.triggered:
                 self.wake = env.event()
             if self.num_running == 0 and not self.waiting:
-                start = env.now
-                self.num_events += 1
-                yield self.wake
-                self.recorder.segment(self.pool, self.index, start, env.now, 0, 0, 0, 0.0, 0, 0, 0)
+                yield from self._wait_for_wake(0, 0.0, 0)
                 continue
             now = env.now
             num_waiting = len(self.waiting)
@@ -205,11 +212,7 @@ class Replica:
                 # Nothing can run: what is waiting (or a decode's next block) needs blocks still held by KV
                 # transfers to decode replicas. Wait, as when idle, for a transfer or an arrival to wake the loop.
                 self._stalled = False
-                start = env.now
-                self.num_events += 1
-                yield self.wake
-                self.recorder.segment(self.pool, self.index, start, env.now, 0, 0, num_waiting, float(used),
-                                      self.kv.used_blocks, 0, 0)
+                yield from self._wait_for_wake(num_waiting, float(used), None)
                 continue
             if chunks or preempted or self.exact_steps:
                 batch = Batch(ctx, np.array([c for _, c in chunks], np.int64) if chunks else _EMPTY,
@@ -511,9 +514,13 @@ class Replica:
         unit = req.prefix_unit_tokens
         if unit % self.block_tokens:
             return
-        per_unit = unit // self.block_tokens
+        self._hold_units(req, req.prefix_keys[: req.prompt_tokens // unit], unit // self.block_tokens)
+
+    def _hold_units(self, req: Request, keys: Sequence[int], per_unit: int) -> None:
+        """Turn the request's private blocks under these units into cached units it holds (units already cached,
+        or already held by it, stay as they are)."""
         held = set(req.held_units)
-        for key in req.prefix_keys[: req.prompt_tokens // unit]:
+        for key in keys:
             if key not in held and self.kv.insert(key, per_unit):
                 req.held_units.append(key)
                 req.shared_blocks += per_unit
@@ -533,12 +540,7 @@ class Replica:
         keys = list(req.prefix_keys[: req.prompt_tokens // unit]) if req.prefix_keys else []
         own = -((req.request_id + 1) << 24)
         keys.extend(own - i for i in range(len(keys), n_units))
-        per_unit = unit // self.block_tokens
-        held = set(req.held_units)
-        for key in keys[:n_units]:
-            if key not in held and self.kv.insert(key, per_unit):
-                req.held_units.append(key)
-                req.shared_blocks += per_unit
+        self._hold_units(req, keys[:n_units], unit // self.block_tokens)
         req.prefix_keys = tuple(keys)
         req.prefix_unit_tokens = unit
 
