@@ -219,6 +219,19 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def preset_for_name(name: str) -> str | None:
+    """The GPU preset a device or folder name refers to ('NVIDIA H100 80GB HBM3', 'h100_sxm'), if any. An H100
+    PCIe is not the SXM part."""
+    low = name.lower()
+    if "h100" in low and "pcie" not in low:
+        return "h100-sxm"
+    if "a100" in low:
+        return "a100-80gb"
+    if "h200" in low:
+        return "h200"
+    return None
+
+
 def kv_capacity_blocks(
     gpu: GpuSpec,
     model: ModelSpec,

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simserve.hardware import GPUS
-from simserve.profiles import ProfileError
+from simserve.hardware import GPUS, preset_for_name
+from simserve.profiles import ProfileError, datasheet_of
 
 FORMATS = ("aiconfigurator", "vidur")
 
@@ -37,22 +37,14 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
 def _datasheet(gpu: str) -> dict[str, Any]:
     if gpu not in GPUS:
         raise ProfileError(f"--gpu: unknown GPU preset {gpu!r}; presets: {', '.join(GPUS)}")
-    g = GPUS[gpu]
-    return {"name": gpu, "preset": gpu, "memory_bytes": g.memory_bytes,
-            "hbm_bandwidth_bytes_per_s": g.hbm_bandwidth_bytes_per_s, "peak_flops_per_s": g.peak_flops_per_s,
-            "interconnect_bandwidth_bytes_per_s": g.interconnect_bandwidth_bytes_per_s,
-            "datasheet_note": "simserve preset datasheet figures; the latencies are measured"}
+    return datasheet_of(GPUS[gpu], "simserve preset datasheet figures; the latencies are measured").model_dump()
 
 
 def guess_gpu(src: Path) -> str:
-    name = str(src).lower()
-    if "h100" in name:
-        return "h100-sxm"
-    if "a100" in name:
-        return "a100-80gb"
-    if "h200" in name:
-        return "h200"
-    raise ProfileError(f"{src}: cannot tell which GPU this is; pass --gpu with one of {', '.join(GPUS)}")
+    preset = preset_for_name(str(src))
+    if preset is None:
+        raise ProfileError(f"{src}: cannot tell which GPU this is; pass --gpu with one of {', '.join(GPUS)}")
+    return preset
 
 
 def import_aiconfigurator(src: str | Path, gpu: str | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:

@@ -30,17 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from simserve.fit import BYTES, Fit, FitError, OpFit, load_fit
 from simserve.hardware import GpuSpec, ModelSpec
 from simserve.perf import Batch, LinearPerfSpec, RooflinePerfSpec
-from simserve.profiles import GpuDatasheet
+from simserve.profiles import GpuDatasheet, datasheet_of
 
 FITS_DIR = Path(__file__).parent / "data" / "fits"
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
-
-
-def datasheet_of(gpu: GpuSpec) -> GpuDatasheet:
-    return GpuDatasheet(name=gpu.name, preset=gpu.name, memory_bytes=gpu.memory_bytes,
-                        hbm_bandwidth_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s,
-                        peak_flops_per_s=gpu.peak_flops_per_s,
-                        interconnect_bandwidth_bytes_per_s=gpu.interconnect_bandwidth_bytes_per_s)
 
 
 def shipped_fits() -> dict[str, Path]:

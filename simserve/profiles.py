@@ -30,6 +30,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from simserve.hardware import GpuSpec
+
 SCHEMA = "simserve-profile/1"
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -59,6 +61,15 @@ class GpuDatasheet(BaseModel):
     peak_flops_per_s: float = Field(gt=0)
     interconnect_bandwidth_bytes_per_s: float = Field(default=900e9, gt=0)
     datasheet_note: str | None = None
+
+
+def datasheet_of(gpu: GpuSpec, note: str | None = None) -> GpuDatasheet:
+    """A GPU spec's datasheet figures, as the fit's features use them."""
+    return GpuDatasheet(name=gpu.name, preset=gpu.name, memory_bytes=gpu.memory_bytes,
+                        hbm_bandwidth_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s,
+                        peak_flops_per_s=gpu.peak_flops_per_s,
+                        interconnect_bandwidth_bytes_per_s=gpu.interconnect_bandwidth_bytes_per_s,
+                        datasheet_note=note)
 
 
 class ProfileMetadata(BaseModel):

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from simserve.hardware import model_from_architecture
+from simserve.hardware import model_from_architecture, preset_for_name
 from simserve.oplevel import shipped_fits
 from simserve.scenario import Scenario, parse_scenario
 from simserve.sim import Results, run
@@ -86,12 +86,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def _gpu_preset_name(name: str) -> str:
     """Datasheet name -> a shipped fit's name when it is that GPU (so its own fit is used, not a port)."""
-    low = name.lower().replace(" ", "")
-    if "h100" in low and "pcie" not in low and "h100-sxm" in shipped_fits():
-        return "h100-sxm"
-    if "a100" in low and "a100-80gb" in shipped_fits():
-        return "a100-80gb"
-    return name
+    preset = preset_for_name(name)
+    return preset if preset is not None and preset in shipped_fits() else name
 
 
 def _shared_prefix_tokens(meta: dict[str, Any]) -> int:
