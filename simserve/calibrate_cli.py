@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simserve.fit import Fit, FitError, _cols, fit_profile, split_tables, validate_fit
+from simserve.fit import Fit, FitError, columns_of, fit_profile, split_tables, validate_fit
 from simserve.hardware import GPUS
 from simserve.importers import FORMATS, IMPORTERS
 from simserve.oplevel import datasheet_of, load_fit_cached
@@ -29,9 +29,10 @@ from simserve.validate import (
 ERRORS = (ProfileError, FitError, ExperimentError)
 
 
-def _json_safe(d: Any) -> Any:
+def json_safe(d: Any) -> Any:
+    """NaN (an undefined statistic) as JSON null, in nested dicts."""
     if isinstance(d, dict):
-        return {k: _json_safe(v) for k, v in d.items()}
+        return {k: json_safe(v) for k, v in d.items()}
     if isinstance(d, float) and math.isnan(d):
         return None
     return d
@@ -65,7 +66,7 @@ def _fit_chart(fit: Fit, profile_dir: str, path: Path) -> Path | None:
         if name not in fit.tables:
             continue
         sub = df.iloc[rng.permutation(len(df))[:1500]].reset_index(drop=True)
-        pred = fit.tables[name].predict_s(_cols(sub), fit.gpu)
+        pred = fit.tables[name].predict_s(columns_of(sub), fit.gpu)
         frames.append(pd.DataFrame({"table": name, "measured_s": sub.latency_s, "predicted_s": pred}))
     data = pd.concat(frames, ignore_index=True)
     chart = alt.Chart(data).mark_circle(size=10, opacity=0.5).encode(
@@ -125,7 +126,7 @@ def _cmd_validate_fit(args: argparse.Namespace) -> int:
     report = {"fit": str(args.fit), "gpu": fit.gpu.name, "profiles": str(args.profiles), **report}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    out.write_text(json.dumps(json_safe(report), indent=2) + "\n")
     print(f"{args.fit} on {args.profiles} (as {fit.gpu.name}):")
     print(_error_table(report))
     print(f"  wrote {out}")
@@ -136,7 +137,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     report, table, results = validate_experiment(args.experiment, args.perf, args.step_overhead_s, args.fit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "validation.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    (out / "validation.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     table.to_csv(out / "per_request.csv", index=False)
     chart = comparison_chart(table, f"{report['experiment']}: simulated vs measured ({args.perf})")
     if chart is not None:

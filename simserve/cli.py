@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from simserve.calibrate_cli import ERRORS as CALIBRATION_ERRORS
-from simserve.calibrate_cli import add_commands
+from simserve.calibrate_cli import add_commands, json_safe
 from simserve.scenario import Scenario, ScenarioError, load_scenario
 from simserve.sim import Results, run
 
@@ -64,8 +64,7 @@ def write_results(scenario: Scenario, results: Results, out: Path) -> None:
     results.requests.to_parquet(out / "requests.parquet", index=False)
     results.replicas.to_parquet(out / "replicas.parquet", index=False)
     (out / "scenario.yaml").write_text(scenario.to_yaml())
-    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in results.summary.items()}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(json_safe(results.summary), indent=2) + "\n")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

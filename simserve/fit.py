@@ -240,7 +240,8 @@ def _interp_grid(axes: list[np.ndarray], values: np.ndarray, pts: list[np.ndarra
     return out
 
 
-def _cols(df: pd.DataFrame) -> Cols:
+def columns_of(df: pd.DataFrame) -> Cols:
+    """A table's numeric columns as float arrays, what the feature functions and corrections take."""
     return {c: df[c].to_numpy(dtype=float) for c in df.columns if c not in ("op", "latency_s") and
             df[c].dtype != object}
 
@@ -259,7 +260,7 @@ def _ape_summary(ape: np.ndarray) -> dict[str, Any]:
 def fit_table(table: str, df: pd.DataFrame, gpu: GpuDatasheet, residual: bool = True) -> OpFit:
     """Fit one table: relative-weighted NNLS on its roofline features, then the log-residual grid."""
     kind = TABLES[table.split("/")[0]]
-    cols = _cols(df)
+    cols = columns_of(df)
     t = df["latency_s"].to_numpy(dtype=float)
     x = kind.features(cols, gpu)
     scale = np.where(x.max(axis=0) > 0, x.max(axis=0) / t.max(), 1.0)  # conditioning only
@@ -373,7 +374,7 @@ def fit_profile(profile: Profile, heldout_fraction: float = 0.2, seed: int = 0, 
                 part = fit_table(name, df[~test].reset_index(drop=True), gpu, residual)
                 tdf = df[test].reset_index(drop=True)
                 meas = tdf.latency_s.to_numpy(dtype=float)
-                ape = np.abs(part.predict_s(_cols(tdf), gpu) - meas) / meas
+                ape = np.abs(part.predict_s(columns_of(tdf), gpu) - meas) / meas
                 heldout = _ape_summary(ape)
                 if name != "steps":
                     all_ape.append(ape)
@@ -449,7 +450,7 @@ def validate_fit(fit: Fit, profile: Profile) -> dict[str, Any]:
     for name, df in split_tables(profile).items():
         if name not in fit.tables:
             continue
-        pred = fit.tables[name].predict_s(_cols(df), fit.gpu)
+        pred = fit.tables[name].predict_s(columns_of(df), fit.gpu)
         meas = df.latency_s.to_numpy(dtype=float)
         top = name.split("/")[0]
         report.setdefault(top, {"pred": [], "meas": []})

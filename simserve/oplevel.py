@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -82,6 +83,8 @@ class CalibratedPerfSpec(BaseModel):
     fit: str | None = Field(default=None, description="a fit file (simserve calibrate fit); relative to the scenario")
     step_overhead_s: float | None = Field(default=None, ge=0, description="per-step CPU overhead; defaults to the "
                                           "fit's")
+    compute_scale: float | None = Field(default=None, gt=0, description="sustained-load factor on every FLOPs "
+                                        "term; defaults to the fit's")
 
     def load(self, gpu: GpuSpec, base_dir: Path | None = None) -> Fit:
         if self.fit is None:
@@ -98,6 +101,8 @@ class CalibratedPerfSpec(BaseModel):
     def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int, base_dir: Path | None = None,
               expert_parallel: bool = False, data_parallel_attention: bool = False) -> CalibratedPerf:
         fit = self.load(gpu, base_dir)
+        if self.compute_scale is not None:
+            fit = replace(fit, compute_scale=self.compute_scale)
         overhead = self.step_overhead_s if self.step_overhead_s is not None else fit.step_overhead_s
         return CalibratedPerf(fit, model, tensor_parallel, overhead, expert_parallel, data_parallel_attention)
 

@@ -102,7 +102,7 @@ def _shared_prefix_tokens(meta: dict[str, Any]) -> int:
 
 
 def experiment_scenario(exp: Experiment, perf: str = "calibrated", step_overhead_s: float | None = None,
-                        fit: str | None = None) -> Scenario:
+                        fit: str | None = None, compute_scale: float | None = None) -> Scenario:
     """The scenario that rebuilds the experiment's server and replays its requests."""
     meta = exp.meta
     eng = meta.get("engine") or {}
@@ -137,6 +137,8 @@ def experiment_scenario(exp: Experiment, perf: str = "calibrated", step_overhead
         perf_spec["step_overhead_s"] = step_overhead_s
     if fit is not None and perf == "calibrated":
         perf_spec["fit"] = str(Path(fit).resolve())
+    if compute_scale is not None and perf == "calibrated":
+        perf_spec["compute_scale"] = compute_scale
     data = {
         "name": f"validate-{exp.path.name}", "seed": 1, "model": pool["model"],
         "cluster": {"pools": [pool]}, "perf": perf_spec, "router": "least_outstanding",
@@ -182,9 +184,10 @@ def per_request(exp: Experiment, results: Results) -> pd.DataFrame:
 
 
 def validate_experiment(path: str | Path, perf: str = "calibrated", step_overhead_s: float | None = None,
-                        fit: str | None = None) -> tuple[dict[str, Any], pd.DataFrame, Results]:
+                        fit: str | None = None,
+                        compute_scale: float | None = None) -> tuple[dict[str, Any], pd.DataFrame, Results]:
     exp = load_experiment(path)
-    scenario = experiment_scenario(exp, perf, step_overhead_s, fit)
+    scenario = experiment_scenario(exp, perf, step_overhead_s, fit, compute_scale)
     results = run(scenario)
     report: dict[str, Any] = {"experiment": exp.path.name, "perf": perf,
                               "num_requests_real": int(len(exp.requests)),
@@ -229,25 +232,17 @@ def fit_compute_scale(path: str | Path, fit: str, overhead_s: float | None = Non
     """The factor on FLOPs (sustained clocks under load, framework work in large steps) that makes the median
     in-engine prefill time of requests that did not queue (`queue_s + prefill_s` in the run) equal the simulated
     time to first token; None when the run does not record prefill_s."""
-    from simserve.fit import load_fit
-
     exp = load_experiment(path)
     real = exp.requests
     if "prefill_s" not in real.columns or "queue_s" not in real.columns:
         return None
-    base = load_fit(fit)
     quiet = (real["queue_s"] < 1e-3).to_numpy() & real["prefill_s"].notna().to_numpy()
     if quiet.sum() < 10:
         return None
     measured = (real["queue_s"] + real["prefill_s"]).to_numpy(float)
 
     def median_ratio(scale: float) -> float:
-        import tempfile
-
-        base.compute_scale = scale
-        with tempfile.TemporaryDirectory() as tmp:
-            path_tmp = base.save(Path(tmp) / "fit.yaml")
-            _, table, _ = validate_experiment(exp.path, "calibrated", overhead_s, str(path_tmp))
+        _, table, _ = validate_experiment(exp.path, "calibrated", overhead_s, fit, scale)
         return float(np.median(table["ttft_s_sim"].to_numpy(float)[quiet] / measured[quiet]))
 
     return _bisect(median_ratio, 1.0, lo, hi, iterations)

@@ -382,7 +382,7 @@ def test_compute_scale_slows_compute_bound_steps_only(tmp_path):
 def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
     """The two numbers kernel profiles cannot see, fitted on the H100 llama2-7b run (bisection, fewer steps than
     the shipped fit used): close to the shipped values, and the fitted overhead brings mean TPOT to the real one."""
-    from simserve.validate import fit_compute_scale, fit_step_overhead
+    from simserve.validate import fit_compute_scale, fit_step_overhead, validate_experiment
 
     exp = E2E / "h100-llama2-7b-tp1-mixed"
     fit = str(ROOT / "calibration" / "fits" / "h100-sxm.yaml")
@@ -390,14 +390,8 @@ def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
     assert scale is not None and 1.0 < scale < 1.2
     overhead = fit_step_overhead(exp, fit, iterations=8)
     assert 0.0005 < overhead < 0.001
-    report, _, _ = validate_experiment_for_test(exp, overhead)
+    report, _, _ = validate_experiment(exp, "calibrated", overhead)
     assert report["tpot_s_mean_rel_error"] < 0.01
-
-
-def validate_experiment_for_test(exp: Path, overhead: float):
-    from simserve.validate import validate_experiment
-
-    return validate_experiment(exp, "calibrated", overhead)
 
 
 def test_shipped_a100_fit_meets_the_in_gpu_heldout_error():
