@@ -55,10 +55,14 @@ def context_attention_quantities(c: Cols) -> tuple[np.ndarray, np.ndarray]:
     return flops, nbytes
 
 
+def attention_features(b: np.ndarray, flops: np.ndarray, nbytes: np.ndarray, gpu: GpuDatasheet) -> np.ndarray:
+    """[1, sequences, FLOPs / peak, bytes / bandwidth] of attention calls (prefill or decode, any layout)."""
+    return np.column_stack([np.ones_like(b), b, flops / gpu.peak_flops_per_s, nbytes / gpu.hbm_bandwidth_bytes_per_s])
+
+
 def context_attention_features(c: Cols, gpu: GpuDatasheet) -> np.ndarray:
     flops, nbytes = context_attention_quantities(c)
-    b = c["batch_size"]
-    return np.column_stack([np.ones_like(b), b, flops / gpu.peak_flops_per_s, nbytes / gpu.hbm_bandwidth_bytes_per_s])
+    return attention_features(c["batch_size"], flops, nbytes, gpu)
 
 
 def generation_attention_quantities(c: Cols) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +74,7 @@ def generation_attention_quantities(c: Cols) -> tuple[np.ndarray, np.ndarray]:
 
 def generation_attention_features(c: Cols, gpu: GpuDatasheet) -> np.ndarray:
     flops, nbytes = generation_attention_quantities(c)
-    b = c["batch_size"]
-    return np.column_stack([np.ones_like(b), b, flops / gpu.peak_flops_per_s, nbytes / gpu.hbm_bandwidth_bytes_per_s])
+    return attention_features(c["batch_size"], flops, nbytes, gpu)
 
 
 def allreduce_features(c: Cols, gpu: GpuDatasheet) -> np.ndarray:
@@ -166,9 +169,6 @@ class OpFit:
     def kind(self) -> TableKind:
         return TABLES[self.table.split("/")[0]]
 
-    def base_s(self, cols: Cols, gpu: GpuDatasheet) -> np.ndarray:
-        return self.kind.features(cols, gpu) @ self.coef
-
     def correction(self, cols: Cols) -> np.ndarray:
         n = len(next(iter(cols.values())))
         if self.residual is None or not self.axes:
@@ -180,7 +180,12 @@ class OpFit:
         return np.exp(_interp_grid([_axis_transform(g) for g in self.axes.values()], self.residual, pts))
 
     def predict_s(self, cols: Cols, gpu: GpuDatasheet) -> np.ndarray:
-        return self.base_s(cols, gpu) * self.correction(cols)
+        return self.predict_from_features(self.kind.features(cols, gpu), cols)
+
+    def predict_from_features(self, x: np.ndarray, cols: Cols) -> np.ndarray:
+        """Latency from features computed by the caller (another weight width, MLA attention), with the table's
+        correction at `cols`."""
+        return (x @ self.coef) * self.correction(cols)
 
     # -- serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from simserve.fit import BYTES, Fit, FitError, OpFit, load_fit
+from simserve.fit import BYTES, Fit, FitError, OpFit, attention_features, load_fit
 from simserve.hardware import GpuSpec, ModelSpec
 from simserve.perf import Batch, LinearPerfSpec, RooflinePerfSpec
 from simserve.profiles import GpuDatasheet, datasheet_of
@@ -169,7 +169,7 @@ class CalibratedPerf:
         bw, peak = self.gpu.hbm_bandwidth_bytes_per_s, self.gpu.peak_flops_per_s
         x = np.column_stack([np.ones_like(m), 2 * m * n * k / peak,
                              (BYTES * (m * k + m * n) + wb * n * k) / bw])
-        return (x @ g.coef) * g.correction(cols)
+        return g.predict_from_features(x, cols)
 
     def grouped_gemm_s(self, m_routed: np.ndarray, experts: np.ndarray, n: float, k: float) -> np.ndarray:
         """One grouped (fused-MoE) GEMM: `experts` weight matrices (n x k) read once each, m_routed token rows
@@ -301,9 +301,7 @@ class CalibratedPerf:
         else:
             flops = 4 * b * self.heads * md.head_dim * kv
             nbytes = md.kv_value_bytes * b * kv * 2 * self.kv_heads * md.head_dim
-        x = np.column_stack([np.ones_like(b), b, flops / self.gpu.peak_flops_per_s,
-                             nbytes / self.gpu.hbm_bandwidth_bytes_per_s])
-        return (x @ t.coef) * t.correction(cols)
+        return t.predict_from_features(attention_features(b, flops, nbytes, self.gpu), cols)
 
     def _decode_row(self, b: int) -> np.ndarray:
         row = self._decode_rows.get(b)
@@ -349,9 +347,7 @@ class CalibratedPerf:
         else:
             flops = 4 * self.heads * md.head_dim * pairs
             nbytes = md.kv_value_bytes * md.head_dim * (2 * new * self.heads + 4 * (new + cached) * self.kv_heads)
-        x = np.column_stack([ones, ones, flops / self.gpu.peak_flops_per_s,
-                             nbytes / self.gpu.hbm_bandwidth_bytes_per_s])
-        return (x @ t.coef) * t.correction(cols)
+        return t.predict_from_features(attention_features(ones, flops, nbytes, self.gpu), cols)
 
     def _prefill_attn_s(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
         """prefill_attention_s interpolated (bilinear in log new tokens, log 1 + cached tokens) on a table built
