@@ -42,7 +42,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
-SCHEMA = "simserve-profile/1"
+from simserve.hardware import GPUS  # noqa: E402
+from simserve.profiles import COLUMNS as PROFILE_COLUMNS  # noqa: E402
+from simserve.profiles import SCHEMA  # noqa: E402
 
 # Public config.json values of the built-in models: (HF config class, kwargs).
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -66,23 +68,11 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
                                           max_position_embeddings=131072, rope_theta=1000000.0, rms_norm_eps=1e-5)),
 }
 
-# Datasheet figures per simserve GPU preset: (HBM bytes/s, dense bf16 FLOP/s, interconnect bytes/s).
-DATASHEETS: dict[str, tuple[float, float, float]] = {
-    "a100-80gb": (2.039e12, 312e12, 600e9),
-    "h100-sxm": (3.35e12, 989e12, 900e9),
-    "h200": (4.8e12, 989e12, 900e9),
-}
+# Placeholder datasheet of a device with no simserve preset: (HBM bytes/s, dense bf16 FLOP/s, interconnect bytes/s).
 NOMINAL = (5.0e10, 1.0e12, 32e9)
 
-COLUMNS: dict[str, list[str]] = {
-    "gemm": ["m", "n", "k", "latency_s", "status"],
-    "context_attention": ["batch_size", "new_tokens", "cached_tokens", "num_heads", "num_kv_heads", "head_dim",
-                          "latency_s", "status"],
-    "generation_attention": ["batch_size", "kv_tokens", "num_heads", "num_kv_heads", "head_dim", "latency_s",
-                             "status"],
-    "elementwise": ["op", "num_tokens", "width", "latency_s", "status"],
-    "steps": ["decode_context_tokens", "prefill_new_tokens", "prefill_cached_tokens", "latency_s", "status"],
-}
+# The profile schema's columns (simserve.profiles), each table with its latency and status.
+COLUMNS: dict[str, list[str]] = {name: [*cols, "latency_s", "status"] for name, cols in PROFILE_COLUMNS.items()}
 
 Row = dict[str, Any]
 
@@ -620,7 +610,9 @@ def gpu_metadata(device: torch.device) -> dict[str, Any]:
     """The device, its simserve preset and datasheet figures (nominal where unknown)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     preset = gpu_preset(name) if device.type == "cuda" else None
-    hbm, flops, link = DATASHEETS.get(preset or "", NOMINAL)
+    sheet = GPUS.get(preset or "")
+    hbm, flops, link = ((sheet.hbm_bandwidth_bytes_per_s, sheet.peak_flops_per_s,
+                         sheet.interconnect_bandwidth_bytes_per_s) if sheet else NOMINAL)
     note = (f"datasheet figures of preset {preset} (dense bf16 peak; the H100 figures are for the SXM part)"
             if preset else "bandwidth, peak FLOP/s and interconnect are nominal placeholders, not measured")
     return {"name": name, "preset": preset, "memory_bytes": memory_bytes(device), "hbm_bandwidth_bytes_per_s": hbm,
