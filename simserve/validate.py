@@ -183,10 +183,11 @@ def per_request(exp: Experiment, results: Results) -> pd.DataFrame:
     return out
 
 
-def validate_experiment(path: str | Path, perf: str = "calibrated", step_overhead_s: float | None = None,
+def validate_experiment(path: str | Path | Experiment, perf: str = "calibrated", step_overhead_s: float | None = None,
                         fit: str | None = None,
                         compute_scale: float | None = None) -> tuple[dict[str, Any], pd.DataFrame, Results]:
-    exp = load_experiment(path)
+    """Replay an experiment (a folder, or one already loaded) and compare; also returns the per-request table."""
+    exp = path if isinstance(path, Experiment) else load_experiment(path)
     scenario = experiment_scenario(exp, perf, step_overhead_s, fit, compute_scale)
     results = run(scenario)
     report: dict[str, Any] = {"experiment": exp.path.name, "perf": perf,
@@ -242,7 +243,7 @@ def fit_compute_scale(path: str | Path, fit: str, overhead_s: float | None = Non
     measured = (real["queue_s"] + real["prefill_s"]).to_numpy(float)
 
     def median_ratio(scale: float) -> float:
-        _, table, _ = validate_experiment(exp.path, "calibrated", overhead_s, fit, scale)
+        _, table, _ = validate_experiment(exp, "calibrated", overhead_s, fit, scale)
         return float(np.median(table["ttft_s_sim"].to_numpy(float)[quiet] / measured[quiet]))
 
     return _bisect(median_ratio, 1.0, lo, hi, iterations)
