@@ -15,7 +15,7 @@ from simserve.fit import Fit, FitError, columns_of, fit_profile, split_tables, v
 from simserve.hardware import GPUS
 from simserve.importers import FORMATS, IMPORTERS
 from simserve.oplevel import datasheet_of, load_fit_cached
-from simserve.profiles import ProfileError, load_profile, write_profile
+from simserve.profiles import Profile, ProfileError, load_profile, write_profile
 from simserve.validate import (
     METRICS,
     STATS,
@@ -54,12 +54,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_chart(fit: Fit, profile_dir: str, path: Path) -> Path | None:
+def _fit_chart(fit: Fit, profile: Profile, path: Path) -> Path | None:
     try:
         import altair as alt
     except ImportError:
         return None
-    profile = load_profile(profile_dir)
     frames = []
     rng = np.random.default_rng(0)
     for name, df in split_tables(profile).items():
@@ -84,24 +83,23 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         fit.step_overhead_s = args.step_overhead_s
         fit.source["step_overhead"] = "given on the command line"
     out = Path(args.out)
-    fit.save(out)
     if args.overhead_from:
         # Two numbers kernel profiles cannot see, from one real run: the FLOPs factor from its in-engine prefill
         # times, then the per-step overhead from its mean TPOT (then the factor once more with that overhead).
+        # The replays read the fit's tables from the file; both numbers are passed as overrides.
+        fit.save(out)
         name = Path(args.overhead_from).name
         for _ in range(2):
             scale = fit_compute_scale(args.overhead_from, str(out), fit.step_overhead_s)
             if scale is not None:
                 fit.compute_scale = scale
                 fit.source["compute_scale"] = f"median in-engine prefill time of {name}"
-                fit.save(out)
-            fit.step_overhead_s = fit_step_overhead(args.overhead_from, str(out))
+            fit.step_overhead_s = fit_step_overhead(args.overhead_from, str(out), compute_scale=fit.compute_scale)
             fit.source["step_overhead"] = f"mean TPOT of {name}"
-            fit.save(out)
     if args.compute_scale is not None:
         fit.compute_scale = args.compute_scale
         fit.source["compute_scale"] = "given on the command line"
-        fit.save(out)
+    fit.save(out)
     print(f"fitted {args.profile} -> {out}  (step overhead {fit.step_overhead_s * 1e3:.3f} ms, "
           f"compute scale {fit.compute_scale:.3f})")
     held = {k: v.stats["heldout"] for k, v in fit.tables.items() if v.stats["heldout"].get("n")}
@@ -109,7 +107,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         held["overall (op tables)"] = fit.source["heldout_overall"]
     print(f"held-out error ({args.heldout:.0%} of rows, fit on the rest):")
     print(_error_table(held))
-    chart = _fit_chart(fit, args.profile, Path(args.plot) if args.plot else out.with_suffix(".html"))
+    chart = _fit_chart(fit, profile, Path(args.plot) if args.plot else out.with_suffix(".html"))
     if chart:
         print(f"  plot: {chart}")
     return 0

@@ -215,14 +215,14 @@ def _bisect(f: Any, target: float, lo: float, hi: float, iterations: int) -> flo
 
 
 def fit_step_overhead(path: str | Path, fit: str | None = None, lo_s: float = 0.0, hi_s: float = 0.01,
-                      iterations: int = 14) -> float:
+                      iterations: int = 14, compute_scale: float | None = None) -> float:
     """The per-step overhead (host-side scheduling, sampling, launch gaps: what kernel profiles cannot see) that
     makes the replay's mean TPOT equal the measured one, by bisection (mean TPOT grows with the overhead)."""
     exp = load_experiment(path)
     target = float(exp.requests["tpot_s"].mean())
 
     def mean_tpot(overhead: float) -> float:
-        scen = experiment_scenario(exp, "calibrated", overhead, fit)
+        scen = experiment_scenario(exp, "calibrated", overhead, fit, compute_scale)
         return float(run(scen).requests["tpot_s"].mean())
 
     return _bisect(mean_tpot, target, lo_s, hi_s, iterations)
