@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from simserve.hardware import GPUS, MODELS, GpuSpec, ModelSpec, activation_reserve_estimate, kv_capacity_blocks
 from simserve.oplevel import CalibratedPerfSpec, PerfSpec
 from simserve.perf import RooflinePerfSpec
+from simserve.request import BUILTIN_PREFIX
 from simserve.routing import ByQueryTypeRouterSpec, RouterSpec, SimpleRouterSpec
 from simserve.schedulers import SCHEDULERS
-from simserve.workload import BUILTIN_PREFIX, WorkloadSpec, load_empirical
+from simserve.workload import WorkloadSpec, load_empirical, resolve_path
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -261,8 +262,6 @@ def _check_buildable(scenario: Scenario, source: str) -> None:
     """Checks that need more than one field: data files readable, models fit in their pools' memory."""
     trace = scenario.workload.trace
     if trace is not None:
-        from simserve.traces import resolve_path
-
         path = resolve_path(trace.path, scenario.base_dir)
         if not path.is_file():
             raise ScenarioError(f"{source}: workload.trace.path: trace file not found: {path}")

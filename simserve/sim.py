@@ -19,9 +19,10 @@ from simserve.hardware import GpuSpec, ModelSpec, kv_capacity_blocks
 from simserve.metrics import Recorder, summarize
 from simserve.oplevel import CalibratedPerfSpec, PerfSpec
 from simserve.perf import PerfModel
+from simserve.request import Request
 from simserve.routing import ROUTERS, StaleView
 from simserve.schedulers import SCHEDULERS
-from simserve.workload import Request, build_sessions, generate_requests
+from simserve.workload import build_sessions, generate_requests
 
 if TYPE_CHECKING:
     from simserve.scenario import PoolSpec, Scenario

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from simserve import Scenario, parse_scenario
-from simserve.workload import Request
+from simserve.request import Request
 
 
 def tiny(pool: dict[str, Any] | None = None, perf: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:

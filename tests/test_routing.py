@@ -10,6 +10,7 @@ import pytest
 from helpers import req, scenario, tiny
 
 from simserve import ScenarioError, Simulation
+from simserve.request import Request
 from simserve.routing import (
     ROUTERS,
     ByQueryTypeRouterSpec,
@@ -17,7 +18,6 @@ from simserve.routing import (
     SimpleRouterSpec,
     StaleView,
 )
-from simserve.workload import Request
 
 ALL_KINDS = ("round_robin", "random", "least_outstanding", "least_kv", "power_of_two", "prefix_affinity",
              "by_query_type")

@@ -7,8 +7,8 @@ import pytest
 from helpers import scenario, tiny
 
 from simserve import Simulation
-from simserve.sessions import prompt_keys
 from simserve.sim import Simulation as Sim
+from simserve.workload.sessions import prompt_keys
 
 LINEAR = {"kind": "linear", "step_overhead_s": 0.01, "per_prefill_token_s": 0.001, "per_decode_seq_s": 0.002}
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from simserve import ScenarioError, load_scenario, parse_scenario
-from simserve.traces import TraceSpec, replay
+from simserve.workload.traces import TraceSpec, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
