@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 
 REQUEST_COLUMNS = (
-    "request_id", "user_id", "query_type", "pool", "replica", "arrival_s", "first_token_s", "finish_s",
-    "prompt_tokens", "prefix_hit_tokens", "reasoning_tokens", "answer_tokens", "generated_tokens",
-    "num_preemptions", "status",
-    "reason", "ttft_s", "tpot_s", "e2e_s",
+    "request_id", "user_id", "query_type", "pool", "replica", "arrival_s", "first_token_s", "reasoning_end_s",
+    "finish_s", "prompt_tokens", "prefix_hit_tokens", "reasoning_tokens", "answer_tokens", "generated_tokens",
+    "num_preemptions", "status", "reason", "ttft_s", "time_to_answer_s", "tpot_s", "e2e_s",
 )
 SEGMENT_COLUMNS = (
     "pool", "replica", "start_s", "end_s", "num_steps", "batch_size", "num_waiting", "kv_blocks_mean",
@@ -52,7 +51,8 @@ class Recorder:
     def __init__(self) -> None:
         self._req: dict[str, Any] = {
             "request_id": array("q"), "user_id": array("q"), "query_type": [], "pool": [],
-            "replica": array("q"), "arrival_s": array("d"), "first_token_s": array("d"), "finish_s": array("d"),
+            "replica": array("q"), "arrival_s": array("d"), "first_token_s": array("d"),
+            "reasoning_end_s": array("d"), "finish_s": array("d"),
             "prompt_tokens": array("q"), "prefix_hit_tokens": array("q"), "reasoning_tokens": array("q"),
             "answer_tokens": array("q"),
             "generated_tokens": array("q"), "num_preemptions": array("q"), "status": [], "reason": [],
@@ -75,6 +75,7 @@ class Recorder:
         c["replica"].append(r.replica)
         c["arrival_s"].append(r.arrival_s)
         c["first_token_s"].append(r.first_token_s)
+        c["reasoning_end_s"].append(r.reasoning_end_s)
         c["finish_s"].append(r.finish_s)
         c["prompt_tokens"].append(r.prompt_tokens)
         c["prefix_hit_tokens"].append(r.prefix_hit_tokens)
@@ -86,7 +87,7 @@ class Recorder:
         c["reason"].append(r.reason)
         self.num_recorded += 1
 
-    def segment(self, pool: str, replica: int, start_s: float, end_s: float, num_steps: int, batch_size: int,
+    def segment(self, *, pool: str, replica: int, start_s: float, end_s: float, num_steps: int, batch_size: int,
                 num_waiting: int, kv_blocks_mean: float, kv_blocks_end: int, prefill_tokens: int,
                 decode_tokens: int) -> None:
         """Record one stretch of a replica's time: a step, a fast-forwarded run of steps, or an idle gap."""
@@ -107,6 +108,7 @@ class Recorder:
         df = pd.DataFrame({k: np.asarray(v) if isinstance(v, array) else v for k, v in self._req.items()})
         df = df.sort_values("request_id", kind="stable").reset_index(drop=True)
         df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
+        df["time_to_answer_s"] = df["reasoning_end_s"] - df["arrival_s"]
         df["e2e_s"] = np.where(df["status"] == "completed", df["finish_s"] - df["arrival_s"], np.nan)
         output = df["reasoning_tokens"] + df["answer_tokens"]
         decode_span = df["finish_s"] - df["first_token_s"]
@@ -150,6 +152,7 @@ def summarize(requests: pd.DataFrame, *, makespan_s: float, slo: dict[str, float
         "num_completed": int(len(completed)),
         "num_rejected": int((status == "rejected").sum()),
         "num_unfinished": int((status == "unfinished").sum()),
+        "num_not_arrived": int((status == "not_arrived").sum()),
         "saturated": bool((status == "unfinished").any()),
         "makespan_s": float(makespan_s),
         "output_tokens": output_tokens,
@@ -157,6 +160,7 @@ def summarize(requests: pd.DataFrame, *, makespan_s: float, slo: dict[str, float
         "requests_per_s": len(completed) / span,
     }
     summary.update(_stats("ttft_s", completed["ttft_s"]))
+    summary.update(_stats("time_to_answer_s", completed["time_to_answer_s"]))
     summary.update(_stats("tpot_s", completed["tpot_s"]))
     summary.update(_stats("e2e_s", completed["e2e_s"]))
     summary.update({

@@ -17,9 +17,9 @@ class Request:
 
     __slots__ = (
         "request_id", "user_id", "query_type", "arrival_s", "prompt_tokens", "reasoning_tokens",
-        "answer_tokens", "computed_tokens", "generated_tokens", "num_blocks", "admit_seq", "first_token_s",
-        "finish_s", "num_preemptions", "status", "reason", "pool", "replica", "prefix_keys",
-        "prefix_unit_tokens", "held_units", "shared_blocks", "prefix_hit_tokens", "session", "kv_ready",
+        "answer_tokens", "computed_tokens", "generated_tokens", "seq", "slot", "kv", "first_token_s",
+        "reasoning_end_s", "finish_s", "num_preemptions", "status", "reason", "pool", "replica", "prefix_keys",
+        "prefix_unit_tokens", "prefix_hit_tokens", "session",
     )
 
     def __init__(self, request_id: int, user_id: int, query_type: str, arrival_s: float,
@@ -33,9 +33,11 @@ class Request:
         self.answer_tokens = answer_tokens
         self.computed_tokens = 0
         self.generated_tokens = 0
-        self.num_blocks = 0
-        self.admit_seq = -1
+        self.seq = -1  # running order on its replica (admission order; -1: never admitted)
+        self.slot = -1  # its slot in the replica's decode arrays (-1: not decoding)
+        self.kv: Any = None  # its KV hold on its replica (simserve.engine.kv.KvHold)
         self.first_token_s = math.nan
+        self.reasoning_end_s = math.nan  # when its last reasoning token was sampled
         self.finish_s = math.nan
         self.num_preemptions = 0
         self.status = ""
@@ -43,14 +45,11 @@ class Request:
         self.pool = ""
         self.replica = -1
         # Prefix caching: keys of the prompt's cacheable units (prefix-chained: equal keys at equal positions
-        # are equal KV), each `prefix_unit_tokens` long; units this request holds in a cache, and their blocks.
+        # are equal KV), each `prefix_unit_tokens` long.
         self.prefix_keys: tuple[int, ...] | None = None
         self.prefix_unit_tokens = 0
-        self.held_units: list[int] = []
-        self.shared_blocks = 0
         self.prefix_hit_tokens = 0
         self.session: Any = None  # multi-turn session state, owned by the workload
-        self.kv_ready = False  # its KV was transferred in (prefill/decode disaggregation)
 
     @property
     def output_tokens(self) -> int:
@@ -63,7 +62,8 @@ class Request:
 
     @property
     def known_tokens(self) -> int:
-        """Tokens the model must have in KV before it can sample the next one: prompt plus output so far."""
+        """Tokens the model must have in KV before it can sample the next one: prompt plus output so far
+        (vLLM's num_tokens, with tokens sampled in a step still in flight counted)."""
         return self.prompt_tokens + self.generated_tokens
 
     def __repr__(self) -> str:

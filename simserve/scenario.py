@@ -14,7 +14,7 @@ from simserve.oplevel import CalibratedPerfSpec, PerfSpec
 from simserve.perf import RooflinePerfSpec
 from simserve.request import BUILTIN_PREFIX
 from simserve.routing import ByQueryTypeRouterSpec, RouterSpec, SimpleRouterSpec
-from simserve.schedulers import SCHEDULERS
+from simserve.schedulers import FcfsSchedulerSpec, SchedulerSpec
 from simserve.workload import WorkloadSpec, load_empirical, resolve_path
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -50,6 +50,14 @@ class PoolSpec(BaseModel):
         "share of the sequences, KV not replicated (MLA); MoE layers expert-parallel (calibrated perf)")
     role: Literal["both", "prefill", "decode"] = Field(
         default="both", description="prefill/decode disaggregation: prefill pools hand requests to decode pools")
+    chunked_prefill: bool = Field(default=True, description="split long prompts over steps (vLLM V1 default: on); "
+                                  "off, a prompt is scheduled whole or waits")
+    long_prefill_token_threshold: int = Field(
+        default=0, ge=0, description="cap on one request's prefill chunk per step when more than one request is "
+        "running or waiting (vLLM's; 0: no cap)")
+    async_scheduling: bool = Field(
+        default=False, description="plan step s+1 before step s's outputs are applied (vLLM's two-deep batch "
+        "queue): a finished request frees its slot and blocks one step later")
 
     @model_validator(mode="after")
     def _limits(self) -> PoolSpec:
@@ -117,15 +125,18 @@ class Scenario(BaseModel):
     workload: WorkloadSpec
     slo: SloSpec | None = None
     router: RouterSpec = Field(default_factory=lambda: SimpleRouterSpec(kind="round_robin"))
-    scheduler: str = "fcfs"
+    scheduler: SchedulerSpec = Field(default_factory=FcfsSchedulerSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     _base_dir: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
-    def _router_shorthand(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("router"), str):
-            data = {**data, "router": {"kind": data["router"]}}
+    def _policy_shorthand(cls, data: Any) -> Any:
+        """`router: least_kv` and `scheduler: fcfs` stand for mappings with only a kind."""
+        if isinstance(data, dict):
+            for key in ("router", "scheduler"):
+                if isinstance(data.get(key), str):
+                    data = {**data, key: {"kind": data[key]}}
         return data
 
     @model_validator(mode="after")
@@ -137,8 +148,6 @@ class Scenario(BaseModel):
             for target in [*self.router.table.values(), self.router.default]:
                 if target is not None and target not in pools:
                     raise ValueError(f"router: pool {target!r} is not in cluster.pools ({', '.join(sorted(pools))})")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         return self
 
     @property
@@ -282,6 +291,12 @@ def _check_buildable(scenario: Scenario, source: str) -> None:
             except FitError as exc:
                 raise ScenarioError(f"{source}: perf.fit: {exc}") from None
     for i, pool in enumerate(scenario.cluster.pools):
+        model_len = pool.max_model_len_tokens or scenario.model_of(pool).max_context_tokens
+        if not pool.chunked_prefill and pool.max_num_batched_tokens < model_len:
+            raise ScenarioError(
+                f"{source}: cluster.pools.{i}.max_num_batched_tokens: with chunked_prefill off it must be >= the "
+                f"max model length ({model_len} tokens; set max_model_len_tokens lower or raise it), as vLLM "
+                "requires")
         if pool.num_kv_blocks is not None:
             continue
         gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)

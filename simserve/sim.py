@@ -1,10 +1,10 @@
-"""One simulated world: `Simulation(scenario)` owns the clock, the RNG tree and the replicas; `run()` returns
-Results (flat records and a summary). No file IO here."""
+"""One simulated world: `Simulation(scenario)` owns the clock, the RNG tree, the replicas and the lifecycle hooks;
+`run()` returns Results (flat records and a summary). No file IO here."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from simserve.cluster import Arrival, Replica, arrivals
+from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
 from simserve.hardware import GpuSpec, ModelSpec, kv_capacity_blocks
 from simserve.metrics import Recorder, summarize
 from simserve.oplevel import CalibratedPerfSpec, PerfSpec
@@ -22,7 +22,7 @@ from simserve.perf import PerfModel
 from simserve.request import Request
 from simserve.routing import ROUTERS, StaleView
 from simserve.schedulers import SCHEDULERS
-from simserve.workload import build_sessions, generate_requests
+from simserve.workload import Sessions, build_sessions, generate_requests
 
 if TYPE_CHECKING:
     from simserve.scenario import PoolSpec, Scenario
@@ -43,10 +43,75 @@ class Results:
     pools: list[dict[str, Any]] = field(default_factory=list)
 
 
-class Simulation:
-    """Build the cluster of a scenario and run its workload through it."""
+class _Record(Hooks):
+    """Records out: every request that ends (completed or rejected) becomes one row."""
 
-    def __init__(self, scenario: Scenario, base_dir: Path | None = None) -> None:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def finished(self, req: Request) -> None:
+        self.recorder.request(req)
+
+
+class _FollowUps(Hooks):
+    """Multi-turn sessions: a completed turn schedules the session's next turn, a think time later."""
+
+    def __init__(self, sim: Simulation, sessions: Sessions) -> None:
+        self.sim = sim
+        self.sessions = sessions
+
+    def finished(self, req: Request) -> None:
+        follow = self.sessions.next_turn(req)
+        if follow is not None:
+            think_s, turn = follow
+            self.sim.arrive_later(turn, think_s)
+
+
+class _HandOff(Hooks):
+    """Prefill/decode disaggregation: a prefill replica's request whose prompt is done sends its KV over the link
+    and is queued, when it lands, at the decode replica with the fewest outstanding requests."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def prompt_done(self, req: Request, replica: Replica) -> None:
+        if not replica.planner.config.hand_off_after_prompt or req.generated_tokens >= req.output_tokens:
+            return
+        if not replica.planner.hand_off(req):
+            return
+        sim = self.sim
+        link = sim.scenario.cluster.kv_transfer
+        delay = link.latency_s + req.computed_tokens * sim.kv_bytes_per_token[replica.index] / (
+            link.bandwidth_bytes_per_s)
+        sim.num_scheduled_events += 1
+        Arrival(sim.env, delay).callbacks.append(partial(self._landed, replica, req))
+
+    def _landed(self, source: Replica, req: Request, _event: object) -> None:
+        source.transfer_done(req)
+        target = min(self.sim.decoders, key=lambda r: r.num_outstanding)
+        target.enqueue(req)
+
+
+class _Accounting(Hooks):
+    """Requests in the system, and the end of the run once the workload is exhausted and everything is out."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def arrived(self, req: Request) -> None:
+        self.sim.in_system += 1
+
+    def finished(self, req: Request) -> None:
+        sim = self.sim
+        sim.in_system -= 1
+        sim.check_done()
+
+
+class Simulation:
+    """Build the cluster of a scenario and run its workload through it. `hooks` add features' lifecycle hooks
+    (simserve.engine.hooks) after the built-in ones (recording, sessions, hand-off)."""
+
+    def __init__(self, scenario: Scenario, base_dir: Path | None = None, hooks: Sequence[Hooks] = ()) -> None:
         self.scenario = scenario
         self.base_dir = base_dir
         self.env = simpy.Environment()
@@ -54,50 +119,85 @@ class Simulation:
         self.rngs = {name: np.random.default_rng(s) for name, s in zip(STREAMS, seeds, strict=True)}
         self.recorder = Recorder()
         self.engine = scenario.engine
+        self.sessions = build_sessions(scenario.workload, self.rngs, base_dir)
+        chain: list[Hooks] = [_Record(self.recorder)]
+        if self.sessions is not None:
+            chain.append(_FollowUps(self, self.sessions))
+        roles = [p.role for p in scenario.cluster.pools]
+        if "prefill" in roles:
+            chain.append(_HandOff(self))
+        chain.extend(hooks)
+        chain.append(_Accounting(self))
+        self.hooks = HookChain(chain)
         self.replicas: list[Replica] = []
-        self._roles: list[str] = []
-        self._kv_bytes_per_token: list[float] = []
+        self.kv_bytes_per_token: list[float] = []
         self.pools: list[dict[str, Any]] = []
+        entry: list[Replica] = []
+        self.decoders: list[Replica] = []
         for pool in scenario.cluster.pools:
-            gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
-            blocks = pool.num_kv_blocks or kv_capacity_blocks(
-                gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization, pool.kv_block_tokens,
-                scenario.reserve_bytes_of(pool), pool.data_parallel_attention)
-            perf = build_perf(scenario.perf, gpu, model, pool, base_dir)
-            self.pools.append({"pool": pool.name, "gpu": gpu.name, "model": model.name,
-                               "replicas": pool.replicas, "tensor_parallel": pool.tensor_parallel,
-                               "kv_capacity_blocks": blocks, "usd_per_gpu_hour": gpu.usd_per_hour})
-            handoff = self._handoff if pool.role == "prefill" else None
-            for _i in range(pool.replicas):
-                self.replicas.append(Replica(
-                    self.env, pool=pool.name, index=len(self.replicas), perf=perf, kv_capacity_blocks=blocks,
-                    kv_block_tokens=pool.kv_block_tokens, max_num_seqs=pool.max_num_seqs,
-                    max_num_batched_tokens=pool.max_num_batched_tokens,
-                    max_model_len_tokens=pool.max_model_len_tokens or model.max_context_tokens,
-                    scheduler=SCHEDULERS[scenario.scheduler](), recorder=self.recorder, on_done=self._done,
-                    exact_steps=self.engine.exact_steps, check_invariants=self.engine.check_invariants,
-                    prefix_caching=pool.prefix_caching, on_prefilled=handoff))
-                self._roles.append(pool.role)
-                self._kv_bytes_per_token.append(model.kv_bytes_per_token)
+            self._build_pool(pool, entry)
         self.router = ROUTERS[scenario.router.kind](scenario.router, self.rngs["routing"])
         staleness = scenario.router.staleness_s
         # The router sees the replicas that take new requests; decode-only replicas get them from prefill ones.
-        self.entry = [r for r, role in zip(self.replicas, self._roles, strict=True) if role != "decode"]
-        self.decoders = [r for r, role in zip(self.replicas, self._roles, strict=True) if role == "decode"]
-        self._views: list[Any] = [StaleView(r, staleness) for r in self.entry] if staleness > 0 else []
-        self._transfer = scenario.cluster.kv_transfer
-        self._arrived = [0]
+        self.entry = entry
+        self._views: list[Any] = [StaleView(r, staleness) for r in entry] if staleness > 0 else []
+        self._decode_max_tokens = max((r.max_tokens for r in self.decoders), default=0)
+        self.num_arrived = 0
+        self.num_scheduled_events = 0  # arrivals, follow-up turns and KV transfers
+        self.in_system = 0
+        self._pending: dict[int, Request] = {}  # follow-up turns scheduled but not arrived, by id(request)
         self._next_id = 0
-        self._pending = 0  # follow-up turns scheduled but not yet arrived
-        self.sessions = build_sessions(scenario.workload, self.rngs, base_dir)
-        self._in_system = 0
         self._exhausted = False
         self._all_done = self.env.event()
+        self._backlog: list[tuple[float, int]] = []  # (time, requests waiting cluster-wide) at sampled arrivals
+        self._backlog_every = 1
 
-    def _route(self, req: Request) -> None:
+    def _build_pool(self, pool: PoolSpec, entry: list[Replica]) -> None:
+        scenario = self.scenario
+        gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
+        blocks = pool.num_kv_blocks or kv_capacity_blocks(
+            gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization, pool.kv_block_tokens,
+            scenario.reserve_bytes_of(pool), pool.data_parallel_attention)
+        perf = build_perf(scenario.perf, gpu, model, pool, self.base_dir)
+        self.pools.append({"pool": pool.name, "gpu": gpu.name, "model": model.name,
+                           "replicas": pool.replicas, "tensor_parallel": pool.tensor_parallel,
+                           "kv_capacity_blocks": blocks, "usd_per_gpu_hour": gpu.usd_per_hour})
+        config = PlannerConfig(
+            max_num_seqs=pool.max_num_seqs, max_num_batched_tokens=pool.max_num_batched_tokens,
+            block_tokens=pool.kv_block_tokens, chunked_prefill=pool.chunked_prefill,
+            long_prefill_token_threshold=pool.long_prefill_token_threshold,
+            async_scheduling=pool.async_scheduling, hand_off_after_prompt=pool.role == "prefill")
+        scheduler = SCHEDULERS[scenario.scheduler.kind]
+        for _ in range(pool.replicas):
+            planner = Planner(config, KvBlockPool(blocks, pool.kv_block_tokens, pool.prefix_caching),
+                              scheduler(scenario.scheduler))
+            replica = Replica(
+                self.env, pool=pool.name, index=len(self.replicas), perf=perf, planner=planner,
+                max_model_len_tokens=pool.max_model_len_tokens or model.max_context_tokens,
+                recorder=self.recorder, hooks=self.hooks, exact_steps=self.engine.exact_steps,
+                check_invariants=self.engine.check_invariants,
+                stop_at_reasoning_end=self.hooks.wants("reasoning_done"))
+            self.replicas.append(replica)
+            self.kv_bytes_per_token.append(model.kv_bytes_per_token)
+            (self.decoders if pool.role == "decode" else entry).append(replica)
+
+    # ------------------------------------------------------------------------------------------ arrivals
+
+    def arrive(self, req: Request) -> None:
+        """The one chokepoint every request passes on entering the system: number it, tell the hooks, route it
+        (or reject it at once if no replica that must serve it can ever hold it)."""
         req.request_id = self._next_id  # ids in arrival order, follow-up turns included
         self._next_id += 1
-        self._in_system += 1
+        self.num_arrived += 1
+        self.hooks.arrived(req)
+        if self.num_arrived % self._backlog_every == 0:
+            self._sample_backlog()
+        if self.decoders and req.total_tokens > self._decode_max_tokens:
+            req.status = "rejected"
+            req.reason = (f"needs {req.total_tokens} tokens of KV; decode replicas hold at most "
+                          f"{self._decode_max_tokens}")
+            self.hooks.finished(req)
+            return
         if self._views:
             for v in self._views:
                 v.refresh(self.env.now)
@@ -105,42 +205,31 @@ class Simulation:
         else:
             self.entry[self.router.choose(req, self.entry)].enqueue(req)
 
-    def _handoff(self, source: Replica, req: Request) -> None:
-        """A prefill replica finished a request's prompt: send its KV over the link, then queue it for decoding
-        at the decode replica with the fewest outstanding requests (chosen when the KV lands)."""
-        tokens = req.computed_tokens
-        delay = self._transfer.latency_s + tokens * self._kv_bytes_per_token[source.index] / (
-            self._transfer.bandwidth_bytes_per_s)
-        self._arrived[0] += 1
-        Arrival(self.env, delay).callbacks.append(partial(self._kv_landed, source, req))
+    def arrive_later(self, req: Request, delay_s: float) -> None:
+        """Schedule a request made during the run (a follow-up turn) to arrive `delay_s` from now."""
+        self.num_scheduled_events += 1
+        self._pending[id(req)] = req
+        Arrival(self.env, delay_s).callbacks.append(partial(self._arrive_pending, req))
 
-    def _kv_landed(self, source: Replica, req: Request, _event: object) -> None:
-        source.transfer_done(req)
-        req.kv_ready = True
-        target = min(self.decoders, key=lambda r: r.num_outstanding)
-        target.enqueue(req)
+    def _arrive_pending(self, req: Request, _event: object) -> None:
+        del self._pending[id(req)]
+        self.arrive(req)
 
-    def _done(self, req: Request) -> None:
-        self.recorder.request(req)
-        self._in_system -= 1
-        if self.sessions is not None:
-            follow = self.sessions.next_turn(req)
-            if follow is not None:
-                self._pending += 1
-                self._arrived[0] += 1
-                think_s, turn = follow
-                Arrival(self.env, think_s).callbacks.append(partial(self._follow_up, turn))
-        if self._exhausted and self._in_system == 0 and self._pending == 0 and not self._all_done.triggered:
+    def _sample_backlog(self) -> None:
+        """Keep about 512 samples of the cluster-wide waiting queue at arrivals (for the saturation test)."""
+        self._backlog.append((self.env.now, sum(len(r.waiting) for r in self.replicas)))
+        if len(self._backlog) >= 1024:
+            self._backlog = self._backlog[1::2]
+            self._backlog_every *= 2
+
+    def check_done(self) -> None:
+        if self._exhausted and self.in_system == 0 and not self._pending and not self._all_done.triggered:
             self._all_done.succeed()
-
-    def _follow_up(self, req: Request, _event: object) -> None:
-        self._pending -= 1
-        self._route(req)
 
     def _on_exhausted(self) -> None:
         self._exhausted = True
-        if self._in_system == 0 and self._pending == 0 and not self._all_done.triggered:
-            self._all_done.succeed()
+        self._sample_backlog()
+        self.check_done()
 
     def horizon_s(self) -> float:
         """Simulated time at which the run stops even if requests remain (they are reported unfinished)."""
@@ -149,31 +238,60 @@ class Simulation:
         span = self.scenario.workload.expected_span_s
         return max(2.0 * span, span + 3600.0)
 
+    # ------------------------------------------------------------------------------------------ the run
+
     def run(self, requests: Iterable[Request] | None = None) -> Results:
         """Run to the end (all requests done) or the horizon. `requests`, in arrival order, replaces the
         scenario's synthetic workload (replaying a list of requests made elsewhere)."""
         wall0 = time.perf_counter()
         env = self.env
-        workload = iter(requests) if requests is not None else generate_requests(
+        workload: Iterator[Request] = iter(requests) if requests is not None else generate_requests(
             self.scenario.workload, self.rngs, self.base_dir, sessions=self.sessions)
-        env.process(arrivals(env, workload, self._route, self._arrived, self._on_exhausted))
+        counted = _Counted(workload)
+        env.process(arrivals(env, counted, self.arrive, self._on_exhausted))
         for r in self.replicas:
             env.process(r.process())
         horizon = self.horizon_s()
         env.run(until=self._all_done | env.timeout(horizon))
         end_s = env.now
+        stopped = not self._all_done.triggered
         for r in self.replicas:
             r.settle(end_s)
             for req in r.unfinished():
                 req.status = "unfinished"
-                req.reason = f"still {'running' if req.admit_seq >= 0 else 'waiting'} at the horizon ({horizon:g} s)"
+                req.reason = f"still {'running' if req.seq >= 0 else 'waiting'} at the horizon ({horizon:g} s)"
                 self.recorder.request(req)
-        requests = self.recorder.requests_frame()
-        replicas = self.recorder.segments_frame()
-        summary = self._summary(requests, end_s, time.perf_counter() - wall0)
-        return Results(requests, replicas, summary, self.pools)
+        not_arrived = 0
+        if stopped:
+            for req in [*self._pending.values(), *counted.rest()]:
+                req.request_id = self._next_id
+                self._next_id += 1
+                req.status = "not_arrived"
+                req.reason = f"arrives after the horizon ({horizon:g} s)"
+                self.recorder.request(req)
+                not_arrived += 1
+        requests_df = self.recorder.requests_frame()
+        replicas_df = self.recorder.segments_frame()
+        summary = self._summary(requests_df, end_s, time.perf_counter() - wall0, stopped)
+        return Results(requests_df, replicas_df, summary, self.pools)
 
-    def _summary(self, requests: pd.DataFrame, end_s: float, wall_s: float) -> dict[str, Any]:
+    def _saturation(self, stopped: bool) -> tuple[bool, float]:
+        """Saturated: the run stopped at its horizon with work left, or the cluster-wide waiting queue grew over
+        the second half of the arrivals by more than 2.5% of them (the offered load exceeds what it serves).
+        Returns the verdict and the queue's growth rate over that half (requests per second)."""
+        samples = self._backlog
+        growth = 0.0
+        grew = False
+        if len(samples) >= 2:
+            t0, t1 = samples[0][0], samples[-1][0]
+            mid = next(q for t, q in samples if t >= (t0 + t1) / 2.0)
+            end = samples[-1][1]
+            if t1 > t0:
+                growth = (end - mid) / ((t1 - t0) / 2.0)
+            grew = end - mid > max(8.0, 0.025 * self.num_arrived)
+        return stopped or grew, growth
+
+    def _summary(self, requests: pd.DataFrame, end_s: float, wall_s: float, stopped: bool) -> dict[str, Any]:
         span = max(end_s, 1e-12)
         util = [r.kv_area / span / r.kv.capacity_blocks for r in self.replicas]
         peak = [r.kv_peak / r.kv.capacity_blocks for r in self.replicas]
@@ -182,8 +300,11 @@ class Simulation:
             p["cost_usd"] = p["gpu_hours"] * p["usd_per_gpu_hour"]
         gpu_hours = sum(p["gpu_hours"] for p in self.pools)
         cost = sum(p["cost_usd"] for p in self.pools)
-        num_events = self._arrived[0] + sum(r.num_events for r in self.replicas)
+        num_events = self.num_arrived + self.num_scheduled_events + sum(r.num_events for r in self.replicas)
+        saturated, growth = self._saturation(stopped)
         extra = {
+            "stopped_at_horizon": stopped,
+            "queue_growth_requests_per_s": growth,
             "queue_len_mean": sum(r.waiting_mon.integral(end_s) for r in self.replicas) / span,
             "batch_size_mean": sum(r.running_mon.integral(end_s) for r in self.replicas) / span / len(self.replicas),
             "num_events": num_events,
@@ -197,9 +318,34 @@ class Simulation:
                 extra[f"gpu_hours_{p['pool']}"] = p["gpu_hours"]
                 extra[f"cost_usd_{p['pool']}"] = p["cost_usd"]
         slo = self.scenario.slo.model_dump() if self.scenario.slo else {}
-        return summarize(requests, makespan_s=end_s, slo=slo,
-                         kv_utilization_mean=float(np.mean(util)), kv_utilization_max=float(np.max(peak)),
-                         gpu_hours=gpu_hours, cost_usd=cost, extra=extra)
+        summary = summarize(requests, makespan_s=end_s, slo=slo,
+                            kv_utilization_mean=float(np.mean(util)), kv_utilization_max=float(np.max(peak)),
+                            gpu_hours=gpu_hours, cost_usd=cost, extra=extra)
+        summary["saturated"] = saturated
+        return summary
+
+
+class _Counted:
+    """The workload's requests, lazily; what the arrivals process did not take can be drained at the end."""
+
+    def __init__(self, requests: Iterator[Request]) -> None:
+        self._it = requests
+        self._held: Request | None = None
+
+    def __iter__(self) -> Iterator[Request]:
+        return self
+
+    def __next__(self) -> Request:
+        req = next(self._it)
+        self._held = req
+        return req
+
+    def rest(self) -> Iterator[Request]:
+        """Requests not yet routed: the one the arrivals process holds (waiting for its time), then the rest."""
+        held = self._held
+        if held is not None and held.pool == "" and held.status == "":
+            yield held
+        yield from self._it
 
 
 def build_perf(spec: PerfSpec, gpu: GpuSpec, model: ModelSpec, pool: PoolSpec, base_dir: Path | None) -> PerfModel:
@@ -213,6 +359,4 @@ def build_perf(spec: PerfSpec, gpu: GpuSpec, model: ModelSpec, pool: PoolSpec, b
 def run(scenario: Scenario, base_dir: Path | None = None) -> Results:
     """Simulate `scenario` once. `base_dir` resolves relative data files (defaults to the scenario's folder)."""
     return Simulation(scenario, base_dir if base_dir is not None else scenario.base_dir).run()
-
-
 

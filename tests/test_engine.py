@@ -106,4 +106,6 @@ def test_overload_ends_at_the_horizon_and_says_so():
     assert s["makespan_s"] == pytest.approx(2.0)
     unfinished = res.requests[res.requests.status == "unfinished"]
     assert unfinished["reason"].str.contains("horizon").all()
-    assert s["num_completed"] + s["num_unfinished"] + s["num_rejected"] == s["num_requests"]
+    assert s["num_completed"] + s["num_unfinished"] + s["num_rejected"] + s["num_not_arrived"] == 200
+    assert s["num_requests"] == 200  # every request of the workload is recorded, arrived or not
+    assert s["num_not_arrived"] > 0 and s["stopped_at_horizon"] is True

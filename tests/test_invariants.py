@@ -18,11 +18,16 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.
 def scenarios(draw):
     block = draw(st.sampled_from([1, 2, 4, 16]))
     max_seqs = draw(st.integers(1, 6))
+    budget = draw(st.integers(max(max_seqs, 4), 64))
     pool = {
         "name": "p", "gpu": "h100-sxm", "replicas": draw(st.integers(1, 3)),
-        "max_num_seqs": max_seqs, "max_num_batched_tokens": draw(st.integers(max(max_seqs, 4), 64)),
+        "max_num_seqs": max_seqs, "max_num_batched_tokens": budget,
         "kv_block_tokens": block, "num_kv_blocks": draw(st.integers(60 // block + 1, 400 // block + 2)),
+        "prefix_caching": draw(st.booleans()), "async_scheduling": draw(st.booleans()),
+        "long_prefill_token_threshold": draw(st.sampled_from([0, 0, 3, 16])),
     }
+    if not draw(st.booleans()):  # chunked prefill off: vLLM needs max_model_len <= max_num_batched_tokens
+        pool.update(chunked_prefill=False, max_model_len_tokens=budget)
     kind = draw(st.sampled_from(["linear", "roofline", "calibrated"]))
     if kind == "linear":
         perf = {"kind": "linear", "step_overhead_s": draw(st.floats(1e-3, 0.05)),
@@ -34,6 +39,7 @@ def scenarios(draw):
         "prompt_tokens": {"dist": "uniform", "low": 1, "high": draw(st.integers(1, 40))},
         "reasoning_tokens": {"dist": "uniform", "low": 0, "high": draw(st.integers(0, 60))},
         "answer_tokens": {"dist": "uniform", "low": 1, "high": draw(st.integers(1, 10))},
+        "system_prompt_tokens": draw(st.sampled_from([0, 0, 16, 32])),  # a shared prefix for the prefix cache
     }
     arrival = ({"process": "poisson", "rate_per_s": draw(st.floats(0.5, 50))} if draw(st.booleans())
                else {"process": "gamma", "rate_per_s": draw(st.floats(0.5, 50)), "cv": draw(st.floats(0.3, 4))})
@@ -50,18 +56,19 @@ def scenarios(draw):
                                                     "latency_s": draw(st.sampled_from([0.0, 0.002]))}},
         "perf": perf,
         "router": draw(st.sampled_from(["round_robin", "least_outstanding", "least_kv", "power_of_two", "random"])),
-        "workload": {"num_requests": draw(st.integers(1, 40)), "arrival": arrival,
+        "workload": {"num_requests": draw(st.integers(1, 40)), "arrival": arrival, "prefix_unit_tokens": 16,
                      "mix": [{"query_type": "q", **lengths}]},
         "slo": {"ttft_s": 1.0},
+        "engine": {"horizon_s": draw(st.sampled_from([1e6, 1e6, 0.5, 3.0]))},
     }
 
 
-def check_invariants(res, num_requests):
+def check_invariants(sim, res, num_requests):
     req = res.requests
-    # Every request ends exactly once, with a status, and a reason unless completed.
+    # Every request of the workload is recorded exactly once, with a status, and a reason unless completed.
     assert len(req) == num_requests
     assert req["request_id"].is_unique
-    assert set(req["status"]) <= {"completed", "rejected", "unfinished"}
+    assert set(req["status"]) <= {"completed", "rejected", "unfinished", "not_arrived"}
     assert (req.loc[req.status != "completed", "reason"].str.len() > 0).all()
     done = req[req.status == "completed"]
     assert (done["first_token_s"] >= done["arrival_s"]).all()
@@ -72,8 +79,13 @@ def check_invariants(res, num_requests):
         start, end = seg["start_s"].to_numpy(), seg["end_s"].to_numpy()
         assert (end >= start).all()
         assert (start[1:] >= end[:-1] - 1e-12).all()
-    # KV blocks are conserved at the end: everything released once nothing runs.
-    assert (res.replicas.groupby("replica")["kv_blocks_end"].last() == 0).all()
+    # KV blocks are conserved (checked at every step with check_invariants) and all released once nothing runs.
+    if not res.summary["stopped_at_horizon"]:
+        assert all(r.kv.used_blocks == 0 for r in sim.replicas)
+        assert set(req["status"]) <= {"completed", "rejected"}
+    done = req[req.status == "completed"]
+    assert (done["reasoning_end_s"] >= done["first_token_s"]).all()
+    assert (done["reasoning_end_s"] <= done["finish_s"]).all()
 
 
 def _pd_case(max_num_seqs: int, max_tokens: int, prompt_high: int, cv: float) -> dict:
@@ -99,20 +111,26 @@ def _pd_case(max_num_seqs: int, max_tokens: int, prompt_high: int, cv: float) ->
 @example(_pd_case(2, 21, 32, 4.0))
 @example(_pd_case(1, 22, 40, 3.0))
 def test_invariants_and_fast_forward_equals_exact_steps(data):
-    ff = Simulation(scenario(data, check_invariants=True)).run()
-    ex = Simulation(scenario(data, check_invariants=True, exact_steps=True)).run()
+    sim_ff = Simulation(scenario(data, check_invariants=True))
+    sim_ex = Simulation(scenario(data, check_invariants=True, exact_steps=True))
+    ff, ex = sim_ff.run(), sim_ex.run()
     n = data["workload"]["num_requests"]
-    check_invariants(ff, n)
-    check_invariants(ex, n)
+    check_invariants(sim_ff, ff, n)
+    check_invariants(sim_ex, ex, n)
     a, b = ff.requests, ex.requests
     assert list(a["status"]) == list(b["status"])
     assert list(a["num_preemptions"]) == list(b["num_preemptions"])
-    for col in ("first_token_s", "finish_s"):
+    assert list(a["generated_tokens"]) == list(b["generated_tokens"])
+    for col in ("first_token_s", "reasoning_end_s", "finish_s"):
         x, y = a[col].to_numpy(), b[col].to_numpy()
         assert np.array_equal(np.isnan(x), np.isnan(y))
         ok = ~np.isnan(x)
         assert np.allclose(x[ok], y[ok], rtol=1e-9, atol=0), col
-    assert np.isclose(ff.summary["kv_utilization_mean"], ex.summary["kv_utilization_mean"], rtol=1e-9)
+    for key in ("kv_utilization_mean", "kv_utilization_max", "output_tokens"):
+        assert np.isclose(ff.summary[key], ex.summary[key], rtol=1e-9), key
+    # The replica timelines cover the same steps and tokens, fast-forwarded runs merged into one segment.
+    for col in ("num_steps", "decode_tokens", "prefill_tokens"):
+        assert ff.replicas.groupby("replica")[col].sum().equals(ex.replicas.groupby("replica")[col].sum()), col
 
 
 def test_same_seed_gives_byte_identical_requests_parquet(tmp_path):

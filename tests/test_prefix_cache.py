@@ -59,14 +59,15 @@ def test_prefix_hit_timeline(exact):
     assert (res.replicas.groupby("replica")["kv_blocks_end"].last() == 0).all()
 
 
-def test_a_request_arriving_while_the_prefix_is_still_being_computed_does_not_hit():
-    # Units are cached when the prompt is done, not before: B arrives at 0.03, mid-prefill of A (done at 0.058),
-    # and is admitted at 0.058 after A's prompt is cached, so it hits; E, admitted with A at 0, does not.
+def test_blocks_are_cached_when_scheduled_so_a_request_admitted_later_in_the_same_step_hits():
+    # vLLM caches a block's hash when the block is scheduled full, not when it is computed: E, admitted right
+    # after A in the same step at 0, already hits A's units 1 and 2 (the batch computes them before attention
+    # reads them); B, arriving mid-step at 0.03, hits them too.
     sc = scenario(tiny(perf=LINEAR), check_invariants=True)
     res = Simulation(sc).run([keyed(0, 0.0, 48, (1, 2, 3)), keyed(1, 0.0, 48, (1, 2, 4)),
                               keyed(2, 0.03, 48, (1, 2, 5))])
     r = rows(res)
-    assert [r[i].prefix_hit_tokens for i in range(3)] == [0, 0, 32]
+    assert [r[i].prefix_hit_tokens for i in range(3)] == [0, 32, 32]
 
 
 def test_without_prefix_caching_nothing_hits():
@@ -188,23 +189,24 @@ def test_recompute_after_preemption_hits_its_own_prefix_but_records_the_first_ad
 
 
 @pytest.mark.parametrize("exact", [False, True])
-def test_waiting_request_admitted_once_decode_growth_evicts_its_hit_units(exact):
+def test_cached_blocks_a_request_would_hit_count_against_free_blocks_and_a_partly_evicted_unit_hits_its_head(exact):
     # 12 blocks of 16 tokens, 32-token units, at most 16 tokens a step. A (96 tokens) caches units 1 2 3 (6
-    # blocks, evictable tail first). B (prompt 16, 82 output tokens) decodes from 1.026, a step per 0.012 s, a
-    # block every 16 tokens: 6 blocks over steps 64-79 (1.794-1.986), when the pool is full (6 cached + 6).
-    # C (100 tokens, keys 1 2 3 4) arrives at 1.85: with all 3 units hit it needs 6 unheld + 1 new block for its
-    # 4 remaining tokens = 7 > 6 available, so it waits. At step 80 (1.986) B's 7th block evicts unit 3; C's hit
-    # is now 64 tokens and its first chunk of 15 tokens needs 4 unheld + 1 = 5 = 12 - 7 available: admitted with
-    # B's last decode: 0.01 + 15 x 0.001 + 0.002 -> 2.013 (B finishes), then chunks of 16 and 5: 2.039, 2.054.
+    # blocks); when it finishes they go to the back of the free queue, tail first, behind 6 never-used blocks.
+    # B (prompt 16, 82 output tokens) decodes from 1.026, a step per 0.012 s, taking never-used blocks until its
+    # 7th block (step 80, 1.986) pops the last block of unit 3. C (100 tokens, keys 1 2 3 4) arrives at 1.85:
+    # vLLM admits a request only if its whole sequence fits in free blocks, counting the cached blocks it would
+    # hit that nobody holds (they leave the free queue): 7 blocks > 12 - B's blocks, so C waits until B finishes
+    # (1.998). Unit 3 kept its first block, so C hits 5 blocks (80 tokens) and computes 20 tokens in chunks of
+    # 16 and 4: first token 1.998 + (0.01 + 0.016) + (0.01 + 0.004) = 2.038.
     pool = {"num_kv_blocks": 12, "max_num_batched_tokens": 16}
     sc = scenario(tiny(pool=pool, perf=LINEAR), exact_steps=exact, check_invariants=True)
     b = req(1, 1.0, 16, 0, 82)
     res = Simulation(sc).run([keyed(0, 0.0, 96, (1, 2, 3), unit=32), b, keyed(2, 1.85, 100, (1, 2, 3, 4), unit=32)])
     r = rows(res)
-    assert [r[i].prefix_hit_tokens for i in range(3)] == [0, 0, 64]
+    assert [r[i].prefix_hit_tokens for i in range(3)] == [0, 0, 80]
     assert r[0].finish_s == pytest.approx(6 * (C0 + 16 * CP), abs=1e-9)
-    assert r[1].finish_s == pytest.approx(1.986 + C0 + 15 * CP + CD, abs=1e-9)
-    assert r[2].first_token_s == pytest.approx(2.013 + (C0 + 16 * CP) + (C0 + 5 * CP), abs=1e-9)
+    assert r[1].finish_s == pytest.approx(1.026 + 81 * (C0 + CD), abs=1e-9)
+    assert r[2].first_token_s == pytest.approx(r[1].finish_s + (C0 + 16 * CP) + (C0 + 4 * CP), abs=1e-9)
     assert res.requests["num_preemptions"].sum() == 0
 
 

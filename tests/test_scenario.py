@@ -215,7 +215,7 @@ def test_missing_stop_and_lengths(tmp_path):
         ("model=gpt-5", ["unknown model 'gpt-5'", "llama-3.1-8b"]),
         ("cluster.pools.0.model=gpt-5", ["cluster.pools.0", "unknown model 'gpt-5'", "qwen2.5-32b"]),
         ("router=fastest", ["router", "'fastest'", "round_robin", "least_outstanding", "prefix_affinity"]),
-        ("scheduler=lifo", ["unknown scheduler 'lifo'", "fcfs"]),
+        ("scheduler=lifo", ["scheduler", "'lifo'", "fcfs"]),
         ("workload.arrival.process=weibull", ["workload.arrival", "process", "poisson", "gamma"]),
         ("workload.mix.0.prompt_tokens.dist=normal", ["workload.mix.0.prompt_tokens", "dist", "lognormal"]),
         ("perf.kind=magic", ["perf", "kind", "roofline", "linear"]),
@@ -421,7 +421,7 @@ def test_to_yaml_round_trips(make):
 
 def test_to_yaml_fills_in_defaults():
     data = yaml.safe_load(parse_scenario(quick()).to_yaml())
-    assert data["router"] == {"kind": "round_robin", "staleness_s": 0.0} and data["scheduler"] == "fcfs"
+    assert data["router"] == {"kind": "round_robin", "staleness_s": 0.0} and data["scheduler"] == {"kind": "fcfs"}
     assert data["perf"]["kind"] == "calibrated" and data["cluster"]["pools"][0]["expert_parallel"] is False
     assert "activation_reserve_bytes" not in data["cluster"]["pools"][0]  # None: estimated from the model
     assert data["workload"]["mix"][0]["prompt_tokens"] == {"dist": "lognormal", "mean": 300.0, "cv": 0.5}

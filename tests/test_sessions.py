@@ -7,6 +7,7 @@ import pytest
 from helpers import scenario, tiny
 
 from simserve import Simulation
+from simserve.engine import Hooks
 from simserve.sim import Simulation as Sim
 from simserve.workload.sessions import prompt_keys
 
@@ -35,18 +36,23 @@ def run(pool=None, perf=LINEAR, **engine_and_top):
     return Simulation(scenario(tiny(pool=pool, perf=perf, **engine_and_top), check_invariants=True, **engine)).run()
 
 
-class Recording(Sim):
-    """A simulation that remembers each finished request's session and turn (not in the results frame)."""
+class TurnLog(Hooks):
+    """A lifecycle hook that remembers each finished request's session and turn (not in the results frame)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self):
         self.turns = {}
 
-    def _done(self, req):
+    def finished(self, req):
         s = req.session
         if s is not None:
             self.turns[req.request_id] = (s.session_id, len(s.turns))
-        super()._done(req)
+
+
+def Recording(sc):  # noqa: N802  (reads like the class it stands for)
+    log = TurnLog()
+    sim = Sim(sc, hooks=[log])
+    sim.turns = log.turns
+    return sim
 
 
 # ----------------------------------------------------------------------------------------------- turns

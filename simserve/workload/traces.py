@@ -4,7 +4,10 @@ Formats:
 - `azure`: the Azure LLM inference trace 2023 CSV (Splitwise; columns TIMESTAMP, ContextTokens, GeneratedTokens).
 - `requests`: a CSV of one request per row (arrival_s, input_tokens, output_tokens), the layout of the real
   vLLM runs in e2e-ground-truth (`engine_arrival_s`, when present, is used as the arrival: it is where those runs
-  measure latency from).
+  measure latency from). An optional `prefix_block_hashes` column gives each prompt's leading blocks as
+  space-separated integers, one per `prefix_block_tokens` tokens, prefix-chained as vLLM hashes them (equal
+  leading runs are shared KV); set `prefix_block_tokens` to the pools' `kv_block_tokens` for vLLM's per-block
+  hashes.
 - `mooncake`: the Mooncake FAST'25 JSONL (timestamp in ms, input_length, output_length, hash_ids of 512-token
   prompt blocks, prefix-chained: equal ids at the same position are the same KV prefix). The hash ids drive the
   replicas' prefix caches.
@@ -98,16 +101,24 @@ def _raw_mooncake(path: Path) -> Iterator[tuple[float, int, int, tuple[int, ...]
                 raise ValueError(f"{path}:{line_no}: not a Mooncake trace line ({exc!s})") from None
 
 
-def _raw_requests(path: Path) -> Iterator[tuple[float, int, int, None]]:
-    df = pd.read_csv(path)
+def _raw_requests(path: Path) -> Iterator[tuple[float, int, int, tuple[int, ...] | None]]:
+    df = pd.read_csv(path, dtype={"prefix_block_hashes": "string"})
     missing = {"arrival_s", "input_tokens", "output_tokens"} - set(df.columns)
     if missing:
         raise ValueError(f"{path}: not a requests CSV, missing columns {sorted(missing)}")
     t = df["engine_arrival_s"] if "engine_arrival_s" in df.columns else df["arrival_s"]
     order = np.argsort(t.to_numpy(float), kind="stable")
     t0 = float(t.min())
+    hashes = df["prefix_block_hashes"] if "prefix_block_hashes" in df.columns else None
     for i in order:
-        yield float(t.iloc[i]) - t0, int(df["input_tokens"].iloc[i]), int(df["output_tokens"].iloc[i]), None
+        keys = None
+        if hashes is not None and not pd.isna(hashes.iloc[i]):
+            try:
+                keys = tuple(int(h) for h in str(hashes.iloc[i]).split()) or None
+            except ValueError:
+                raise ValueError(f"{path}: row {int(i) + 2}: prefix_block_hashes: expected space-separated "
+                                 f"integers, got {hashes.iloc[i]!r}") from None
+        yield float(t.iloc[i]) - t0, int(df["input_tokens"].iloc[i]), int(df["output_tokens"].iloc[i]), keys
 
 
 def replay(spec: TraceSpec, base_dir: Path | None = None) -> Iterator[Request]:

@@ -1,0 +1,49 @@
+"""The engine's SimPy events and the arrivals process. One tie-break orders same-time events: SimPy's
+(time, priority, sequence) heap entry, with three priorities: arrivals (URGENT), step ends (NORMAL), plans (LATE)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import simpy
+from simpy.core import URGENT
+
+from simserve.request import Request
+
+
+class Arrival(simpy.Event):
+    """A timeout with URGENT priority: an arrival at the same instant as a step boundary is processed first, so
+    the scheduling decision at that boundary sees it, in fast-forward and step-by-step modes alike."""
+
+    def __init__(self, env: simpy.Environment, delay_s: float) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, URGENT, delay_s)
+
+
+LATE = 2  # after URGENT (0, arrivals) and NORMAL (1, step ends): a replica plans once its instant has settled
+
+
+class Settle(simpy.Event):
+    """Resume at the current instant, after every arrival and step end scheduled for it. A plan at time t must
+    see every request that arrives at t, including a follow-up turn created by another replica's step ending at
+    the same t; without this, the order of same-time events (which differs between fast-forward and
+    step-by-step) would decide."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, LATE, 0)  # type: ignore[arg-type]  # a third priority, below NORMAL
+
+
+def arrivals(env: simpy.Environment, requests: Iterator[Request], arrive: Callable[[Request], None],
+             on_exhausted: Callable[[], None]) -> Generator[simpy.Event, Any, None]:
+    """The front end: wait for each request's arrival time and hand it to `arrive` (the Simulation's one
+    chokepoint for every arrival)."""
+    for req in requests:
+        yield Arrival(env, max(0.0, req.arrival_s - env.now))
+        arrive(req)
+    on_exhausted()

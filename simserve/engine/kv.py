@@ -1,0 +1,293 @@
+"""Paged KV memory of one replica: the block pool, its free queue and prefix cache, and every KV hold a request has.
+
+It follows vLLM V1's block pool (vllm/v1/core/block_pool.py, kv_cache_manager.py) block for block:
+
+- Free blocks wait in one queue. An allocation pops from its front. A freed request's blocks that are cached
+  (full blocks whose hash was computed) are appended at its back, last block first, so the tail of a sequence is
+  evicted before its head and older sequences before newer ones; its uncached blocks (a partial last block; every
+  block when prefix caching is off) go to the front, to be reused first (vLLM 0.33's BlockPool.free_blocks). A
+  popped block that was cached loses its cache entry then: eviction is lazy, in queue order.
+- Cached blocks are found by a key chained over the sequence (vLLM hashes each full block with its parent's
+  hash): a lookup takes the leading run of a request's chain that is cached, and a hit on a block nobody holds
+  takes it out of the queue. A request's full blocks are cached as they are scheduled; two requests computing the
+  same block keep two copies, and a lookup takes the oldest.
+
+For speed, blocks are counted, not named. A run of blocks that share a fate is one `Extent`: a cached unit (a key
+covering `size` blocks: one block under a vLLM-style per-block chain, a 512-token unit of a Mooncake trace, or the
+blocks a preempted request kept), or a run of uncached free blocks. Popping part of a cached unit removes its last
+blocks (they were freed first) and leaves a shorter unit whose head still hits. A request's blocks are a `KvHold`:
+the cached units it holds, in chain order, then private blocks.
+
+Invariant: free_blocks + blocks of units held by at least one request + private blocks of every hold = capacity.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+
+def blocks_for(tokens: int, block_tokens: int) -> int:
+    """Blocks needed to hold `tokens` tokens (ceiling division)."""
+    return -(-tokens // block_tokens)
+
+
+class Extent:
+    """A run of blocks in the free queue or in a hold: a cached unit (`key` set: the first `size` of the unit's
+    blocks; `refs` requests hold it) or, with `key` None, uncached free blocks."""
+
+    __slots__ = ("key", "size", "refs")
+
+    def __init__(self, key: int | None, size: int, refs: int = 0) -> None:
+        self.key = key
+        self.size = size
+        self.refs = refs
+
+
+class KvHold:
+    """One request's KV on one replica.
+
+    `chain` lists the cacheable units of its sequence in order, as (key, blocks): prompt units whose keys other
+    requests may share, then units of its own kept when it was preempted. `units` are the cached units it holds (a
+    leading run of the chain; the last may be shorter than its chain entry if it was hit after a partial
+    eviction), covering its first `unit_blocks` blocks; `private_blocks` follow them.
+    """
+
+    __slots__ = ("chain", "ends", "units", "unit_blocks", "private_blocks")
+
+    def __init__(self, chain: list[tuple[int, int]] | None = None) -> None:
+        self.chain: list[tuple[int, int]] = chain or []
+        self.ends: list[int] = []  # cumulative blocks at the end of each chain unit
+        total = 0
+        for _, blocks in self.chain:
+            total += blocks
+            self.ends.append(total)
+        self.units: list[Extent] = []
+        self.unit_blocks = 0
+        self.private_blocks = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return self.unit_blocks + self.private_blocks
+
+    def append_chain(self, key: int, blocks: int) -> None:
+        self.chain.append((key, blocks))
+        self.ends.append((self.ends[-1] if self.ends else 0) + blocks)
+
+
+class KvBlockPool:
+    """Block accounting for one replica: the free queue, the prefix cache and allocation."""
+
+    __slots__ = ("capacity_blocks", "block_tokens", "prefix_caching", "free_blocks", "evictable_blocks",
+                 "_queue", "_cache", "_next_own_key", "num_evicted_units")
+
+    def __init__(self, capacity_blocks: int, block_tokens: int, prefix_caching: bool = False) -> None:
+        if capacity_blocks <= 0:
+            raise ValueError(f"capacity_blocks must be > 0, got {capacity_blocks}")
+        if block_tokens <= 0:
+            raise ValueError(f"block_tokens must be > 0, got {block_tokens}")
+        self.capacity_blocks = capacity_blocks
+        self.block_tokens = block_tokens
+        self.prefix_caching = prefix_caching
+        self.free_blocks = capacity_blocks  # the queue's length, cached blocks nobody holds included
+        self.evictable_blocks = 0  # cached blocks in the queue
+        self._queue: OrderedDict[Extent, None] = OrderedDict({Extent(None, capacity_blocks): None})
+        self._cache: dict[int, list[Extent]] = {}  # key -> copies, oldest first
+        self._next_own_key = -1
+        self.num_evicted_units = 0
+
+    # ------------------------------------------------------------------------------------------ counts
+
+    @property
+    def used_blocks(self) -> int:
+        """Blocks held by running requests (private blocks and held cached units)."""
+        return self.capacity_blocks - self.free_blocks
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.capacity_blocks * self.block_tokens
+
+    # ------------------------------------------------------------------------------------------ the free queue
+
+    def allocate(self, num_blocks: int) -> None:
+        """Pop `num_blocks` blocks from the front of the free queue (evicting cached blocks popped); the caller
+        has checked `free_blocks`."""
+        if num_blocks <= 0:
+            if num_blocks < 0:
+                raise RuntimeError(f"cannot allocate {num_blocks} blocks")
+            return
+        if num_blocks > self.free_blocks:
+            raise RuntimeError(f"cannot allocate {num_blocks} blocks with {self.free_blocks} free")
+        self.free_blocks -= num_blocks
+        queue = self._queue
+        while num_blocks:
+            ext = next(iter(queue))
+            if ext.size > num_blocks:
+                ext.size -= num_blocks  # a cached unit loses its last blocks; its head stays cached
+                if ext.key is not None:
+                    self.evictable_blocks -= num_blocks
+                return
+            num_blocks -= ext.size
+            queue.popitem(last=False)
+            if ext.key is not None:
+                self.evictable_blocks -= ext.size
+                self._uncache(ext)
+            ext.size = 0
+
+    def _uncache(self, ext: Extent) -> None:
+        assert ext.key is not None
+        copies = self._cache[ext.key]
+        copies.remove(ext)
+        if not copies:
+            del self._cache[ext.key]
+        self.num_evicted_units += 1
+
+    def _push_free(self, num_blocks: int, front: bool) -> None:
+        """Put blocks no lookup will find in the free queue: uncached ones at the front (reused first), or, at the
+        back, full blocks cached under a finished request's own keys (evicted in turn, never hit)."""
+        if num_blocks <= 0:
+            return
+        self.free_blocks += num_blocks
+        queue = self._queue
+        if queue:
+            end = next(iter(queue)) if front else next(reversed(queue))
+            if end.key is None:
+                end.size += num_blocks
+                return
+        ext = Extent(None, num_blocks)
+        queue[ext] = None
+        if front:
+            queue.move_to_end(ext, last=False)
+
+    def _push_unit(self, ext: Extent) -> None:
+        self.free_blocks += ext.size
+        self.evictable_blocks += ext.size
+        self._queue[ext] = None
+
+    # ------------------------------------------------------------------------------------------ holds
+
+    def lookup(self, hold: KvHold, max_blocks: int) -> tuple[list[Extent], int, int]:
+        """The leading cached run of the hold's chain, at most `max_blocks` blocks (vLLM leaves the last token of a
+        sequence to compute: max_blocks = (tokens - 1) // block_tokens). Returns (units, blocks hit, blocks hit
+        that nobody holds: acquiring them takes them out of the free queue)."""
+        if not self.prefix_caching or not hold.chain:
+            return [], 0, 0
+        units: list[Extent] = []
+        hit = evictable = 0
+        cache = self._cache
+        for key, blocks in hold.chain:
+            copies = cache.get(key)
+            if not copies:
+                break
+            ext = copies[0]
+            if hit + ext.size > max_blocks:
+                break
+            units.append(ext)
+            hit += ext.size
+            if ext.refs == 0:
+                evictable += ext.size
+            if ext.size < blocks:
+                break  # the unit lost its tail: the chain stops here
+        return units, hit, evictable
+
+    def acquire(self, hold: KvHold, units: Sequence[Extent]) -> None:
+        """The hold takes these cached units (a prefix hit found by `lookup`)."""
+        queue = self._queue
+        for ext in units:
+            if ext.refs == 0:
+                del queue[ext]
+                self.free_blocks -= ext.size
+                self.evictable_blocks -= ext.size
+            ext.refs += 1
+            hold.units.append(ext)
+            hold.unit_blocks += ext.size
+
+    def grow(self, hold: KvHold, num_blocks: int) -> None:
+        """Allocate `num_blocks` private blocks to the hold."""
+        self.allocate(num_blocks)
+        hold.private_blocks += num_blocks
+
+    def cache_computed(self, hold: KvHold, computed_blocks: int) -> None:
+        """Cache the hold's chain units that its first `computed_blocks` blocks now cover (vLLM caches a block's
+        hash when the block is scheduled full): the hold's private blocks under them become cached units it holds.
+        A unit hit short (its tail evicted) grows back when this request, its only holder, recomputes the tail."""
+        if not self.prefix_caching:
+            return
+        i = len(hold.units)
+        chain, ends = hold.chain, hold.ends
+        if i and hold.unit_blocks < ends[i - 1]:
+            last = hold.units[-1]
+            if computed_blocks < ends[i - 1] or last.refs != 1 or last.key is None:
+                return
+            grow = ends[i - 1] - hold.unit_blocks
+            last.size += grow
+            hold.unit_blocks += grow
+            hold.private_blocks -= grow
+        cache = self._cache
+        while i < len(chain) and ends[i] <= computed_blocks:
+            key, blocks = chain[i]
+            ext = Extent(key, blocks, 1)
+            cache.setdefault(key, []).append(ext)
+            hold.units.append(ext)
+            hold.unit_blocks += blocks
+            hold.private_blocks -= blocks
+            i += 1
+
+    def keep(self, hold: KvHold, cached_tokens: int) -> None:
+        """Before a preempted request frees its KV: its full blocks whose hash was computed (`cached_tokens`)
+        stay cached, under keys of its own after its prompt units, so that readmitting it recomputes only what was
+        evicted meanwhile."""
+        if not self.prefix_caching:
+            return
+        full = cached_tokens // self.block_tokens
+        self.cache_computed(hold, full)
+        i = len(hold.units)
+        if i and hold.unit_blocks < hold.ends[i - 1]:
+            return  # a unit short of its chain entry: what follows cannot be found by a lookup
+        own = full - hold.unit_blocks
+        if own <= 0 or len(hold.chain) > i:
+            return
+        key = self._next_own_key
+        self._next_own_key -= 1
+        hold.append_chain(key, own)
+        self.cache_computed(hold, full)
+
+    def release(self, hold: KvHold, cached_tokens: int = 0) -> None:
+        """Free all of the hold's blocks, last first. Its first `cached_tokens` tokens' full blocks were cached:
+        private ones among them (under keys of its own) go to the back of the free queue, the rest of its private
+        blocks to the front; then its units, each to the back, still cached, when its last holder lets go."""
+        own = 0
+        if self.prefix_caching:
+            own = min(max(cached_tokens // self.block_tokens - hold.unit_blocks, 0), hold.private_blocks)
+        self._push_free(hold.private_blocks - own, front=True)
+        self._push_free(own, front=False)
+        for ext in reversed(hold.units):
+            ext.refs -= 1
+            if ext.refs == 0:
+                if ext.size:
+                    self._push_unit(ext)
+                else:
+                    self._uncache(ext)
+        hold.units = []
+        hold.unit_blocks = 0
+        hold.private_blocks = 0
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    def held_unit_blocks(self) -> int:
+        """Blocks of cached units held by at least one request."""
+        return sum(e.size for copies in self._cache.values() for e in copies if e.refs > 0)
+
+    def cached_blocks(self, key: int) -> int:
+        """Blocks of the oldest cached copy of a unit (0 if not cached)."""
+        copies = self._cache.get(key)
+        return copies[0].size if copies else 0
+
+    def check(self) -> None:
+        queued = sum(e.size for e in self._queue)
+        assert queued == self.free_blocks, (queued, self.free_blocks)
+        assert self.evictable_blocks == sum(e.size for e in self._queue if e.key is not None)
+        assert all(e.refs == 0 for e in self._queue)
+        assert 0 <= self.free_blocks <= self.capacity_blocks
+        for key, copies in self._cache.items():
+            assert copies and all(e.key == key for e in copies)

@@ -1,0 +1,407 @@
+"""The step plan of one replica, as plain code on plain state (no SimPy): vLLM V1's `Scheduler.schedule()`.
+
+Shaped like vLLM 0.33 (vllm/v1/core/sched/scheduler.py) and checked step for step against it
+(tests/test_vllm_conformance.py):
+
+1. Running requests first, in running order (admission order; a resumed request joins at the end). Each asks for
+   the tokens it still has to compute (a decode 1, a prefill chunk the rest of its known tokens, capped by
+   `long_prefill_token_threshold` when more than one request is running or waiting), within the step's token
+   budget (`max_num_batched_tokens`). If its KV blocks cannot be allocated, the newest running request is
+   preempted (recompute: its blocks freed, put back at the front of the waiting queue), until the allocation
+   fits or the request preempted itself; then the running pass stops.
+2. Then, only if nothing was preempted, waiting requests in scheduler order while budget and `max_num_seqs` allow:
+   a prefix-cache lookup (leaving the last token to compute), a chunk of the rest (or, with chunked prefill off,
+   the whole rest or stop), and admission only if the blocks of the whole known sequence fit in free blocks
+   (vLLM's `scheduler_reserve_full_isl`), counting cached blocks it hits that nobody holds.
+
+Computed-token counts advance when a step is planned (vLLM's `_update_after_schedule`); sampled tokens are
+delivered, and finished requests freed, when the step's outputs are applied (`finish`). Under async scheduling
+(vLLM's two-deep batch queue) the next step is planned before the previous step's outputs are applied: a request
+whose last token is in flight is skipped, but still holds its blocks and its running slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simserve.engine.decodes import Decodes
+from simserve.engine.kv import Extent, KvBlockPool, KvHold, blocks_for
+from simserve.request import Request
+from simserve.schedulers import Scheduler
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    """A replica's scheduler limits (vLLM's SchedulerConfig names)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_tokens: int
+    chunked_prefill: bool = True
+    long_prefill_token_threshold: int = 0
+    async_scheduling: bool = False
+    hand_off_after_prompt: bool = False  # a prefill replica of a disaggregated cluster
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """What one planned step computes and what it will deliver."""
+
+    decode_context_tokens: np.ndarray = field(default_factory=lambda: _EMPTY)  # per scheduled decode, new token incl.
+    chunks: list[tuple[Request, int, int]] = field(default_factory=list)  # (request, new tokens, cached before)
+    preempted: list[Request] = field(default_factory=list)
+    admitted: list[Request] = field(default_factory=list)
+    sampled: list[Request] = field(default_factory=list)  # chunks that complete their known tokens: sample a token
+    reasoning_done: list[Request] = field(default_factory=list)  # sample their last reasoning token in this step
+    finishing: list[Request] = field(default_factory=list)  # sample their last token in this step
+    all_decodes: bool = False  # every running request is a decode and was scheduled, and nothing else
+
+    @property
+    def num_decodes(self) -> int:
+        return len(self.decode_context_tokens)
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(c for _, c, _ in self.chunks)
+
+    @property
+    def empty(self) -> bool:
+        return not self.chunks and not len(self.decode_context_tokens)
+
+    @property
+    def decode_only(self) -> bool:
+        """A step whose next steps can be fast-forwarded: decodes only, all of them, nothing admitted or
+        preempted, and no request's last token in it."""
+        return self.all_decodes and not self.finishing
+
+
+class Planner:
+    """A replica's scheduling state: the waiting queue, the running requests and the KV pool."""
+
+    def __init__(self, config: PlannerConfig, kv: KvBlockPool, waiting: Scheduler) -> None:
+        self.config = config
+        self.kv = kv
+        self.waiting = waiting
+        self.decodes = Decodes(config.max_num_seqs)
+        self.prefilling: list[Request] = []  # running, known tokens not all computed, in running order
+        self.handing_off: list[Request] = []  # prefill role: prompt done, first token in flight
+        self.transferring: dict[int, Request] = {}  # prefill role: KV on its way to a decode replica
+        self._next_seq = 0
+        self.block_buffer = np.zeros(config.block_tokens + 1, np.int64)  # scratch for Decodes.extra_blocks
+
+    # ------------------------------------------------------------------------------------------ counts
+
+    @property
+    def num_running(self) -> int:
+        return self.decodes.n + len(self.prefilling) + len(self.handing_off)
+
+    def hold_of(self, req: Request) -> KvHold:
+        """The request's KV hold on this replica (made on first use: its prompt units become its chain)."""
+        hold = req.kv
+        if hold is None:
+            hold = KvHold(self._prompt_chain(req))
+            req.kv = hold
+        return hold
+
+    def _prompt_chain(self, req: Request) -> list[tuple[int, int]]:
+        keys, unit = req.prefix_keys, req.prefix_unit_tokens
+        bt = self.config.block_tokens
+        if not keys or not self.kv.prefix_caching or unit % bt:
+            return []
+        per_unit = unit // bt
+        return [(k, per_unit) for k in keys[: req.prompt_tokens // unit]]
+
+    def prefix_hit_tokens(self, req: Request) -> int:
+        """Prompt tokens of `req` the prefix cache would serve now."""
+        if not self.kv.prefix_caching or not req.prefix_keys:
+            return 0
+        hold = req.kv if req.kv is not None else KvHold(self._prompt_chain(req))
+        _, hit, _ = self.kv.lookup(hold, (req.known_tokens - 1) // self.config.block_tokens)
+        return hit * self.config.block_tokens
+
+    # ------------------------------------------------------------------------------------------ the plan
+
+    def schedule(self) -> StepPlan:
+        """Plan one step: allocate its KV blocks, preempt and admit as vLLM would, and advance the computed
+        tokens of everything scheduled."""
+        plan = StepPlan()
+        cfg = self.config
+        budget = cfg.max_num_batched_tokens
+        eligible = self.num_running + len(self.waiting)
+        threshold = cfg.long_prefill_token_threshold if eligible > 1 else 0
+        dec = self.decodes
+        if not self.prefilling and not self.handing_off:
+            budget = self._schedule_decodes_fast(plan, budget)
+        else:
+            budget = -1
+        if budget < 0:
+            budget = self._schedule_running(plan, cfg.max_num_batched_tokens, threshold)
+        if not plan.preempted:
+            self._schedule_waiting(plan, budget, threshold)
+        plan.all_decodes = (not plan.chunks and not plan.preempted and not self.prefilling
+                            and not self.handing_off and len(plan.decode_context_tokens) == dec.n)
+        return plan
+
+    def _schedule_decodes_fast(self, plan: StepPlan, budget: int) -> int:
+        """Every running request is a decode: schedule them all at once if their blocks fit (returns the budget
+        left, or -1 to take the general path)."""
+        dec, kv = self.decodes, self.kv
+        n = dec.n
+        if n == 0:
+            return budget
+        bt = self.config.block_tokens
+        left = dec.left[:n]
+        active = left > 0
+        if self.config.async_scheduling and not active.all():
+            return -1
+        needs = dec.ctx[:n] >= dec.blocks[:n] * bt
+        need = int(np.count_nonzero(needs))
+        if need > kv.free_blocks or n > budget:
+            return -1
+        if need:
+            kv.allocate(need)
+            dec.blocks[:n] += needs
+        dec.ctx[:n] += 1
+        left -= 1
+        plan.decode_context_tokens = dec.ctx[:n].copy()
+        self._decode_events(plan, np.arange(n))
+        return budget - n
+
+    def _decode_events(self, plan: StepPlan, slots: np.ndarray) -> None:
+        """Decodes (by slot) just scheduled: which sample their last reasoning token, or their last token."""
+        dec = self.decodes
+        left = dec.left[slots]
+        for j in slots[left == 0]:
+            plan.finishing.append(dec.sync(int(j)))
+        for j in slots[left == dec.answer[slots]]:
+            req = dec.req[int(j)]
+            assert req is not None
+            plan.reasoning_done.append(req)
+
+    def _running_order(self) -> list[tuple[int, int, Request | None]]:
+        """Running requests in running order as (seq, slot or -1, prefill request or None)."""
+        dec = self.decodes
+        n = dec.n
+        order: list[tuple[int, int, Request | None]] = [(int(s), j, None) for j, s in enumerate(dec.seq[:n])]
+        order.extend((r.seq, -1, r) for r in self.prefilling)
+        order.extend((r.seq, -2, r) for r in self.handing_off)
+        order.sort(key=lambda e: e[0])
+        return order
+
+    def _schedule_running(self, plan: StepPlan, budget: int, threshold: int) -> int:
+        """The general running pass, request by request in running order (prefills present, or preemption)."""
+        dec, kv = self.decodes, self.kv
+        bt = self.config.block_tokens
+        order = self._running_order()
+        tail = len(order)  # entries from `tail` on were preempted in this step
+        sched_slots: list[int] = []
+        gone_slots: list[int] = []
+        i = 0
+        while i < tail and budget > 0:
+            _, slot, req = order[i]
+            if slot == -2 or (slot >= 0 and dec.left[slot] == 0):
+                i += 1  # its last token is in flight (async): nothing to compute
+                continue
+            if slot >= 0:
+                new, have, computed = 1, int(dec.blocks[slot]), int(dec.ctx[slot])
+            else:
+                assert req is not None
+                new = req.known_tokens - req.computed_tokens
+                if 0 < threshold < new:
+                    new = threshold
+                new = min(new, budget)
+                hold = req.kv
+                assert hold is not None
+                have, computed = hold.num_blocks, req.computed_tokens
+            need = max(blocks_for(computed + new, bt) - have, 0)
+            scheduled = True
+            while need > kv.free_blocks:
+                tail -= 1
+                self._preempt(order[tail], plan, gone_slots)
+                if tail == i:
+                    scheduled = False
+                    break
+            if not scheduled:
+                break
+            kv.allocate(need)
+            if slot >= 0:
+                dec.blocks[slot] += need
+                dec.ctx[slot] += 1
+                dec.left[slot] -= 1
+                sched_slots.append(slot)
+            else:
+                assert req is not None and req.kv is not None
+                req.kv.private_blocks += need
+                self._advance_prefill(plan, req, new)
+            budget -= new
+            i += 1
+        if sched_slots:
+            slots = np.array(sched_slots, np.int64)
+            plan.decode_context_tokens = dec.ctx[slots]
+            self._decode_events(plan, slots)
+        for j in sorted(gone_slots, reverse=True):
+            dec.remove(j)
+        if self.prefilling:
+            self.prefilling = [r for r in self.prefilling if r.slot != -3]
+        return budget
+
+    def _preempt(self, entry: tuple[int, int, Request | None], plan: StepPlan, gone_slots: list[int]) -> None:
+        """Preempt a running request by recompute: keep its full blocks cached (prefix caching), free its KV,
+        put it back at the front of the waiting queue with the tokens it has generated."""
+        _, slot, req = entry
+        dec = self.decodes
+        if slot >= 0:
+            req = dec.sync(slot)
+            assert req.kv is not None
+            req.kv.private_blocks = int(dec.blocks[slot]) - req.kv.unit_blocks
+            cached = self._cached_tokens(slot)
+            gone_slots.append(slot)
+        else:
+            assert req is not None
+            if slot == -2:
+                self.handing_off.remove(req)
+            else:
+                req.slot = -3  # leaves `prefilling` at the end of the pass
+            cached = req.computed_tokens
+        hold = req.kv
+        assert hold is not None
+        self.kv.keep(hold, cached)
+        self.kv.release(hold, cached)
+        req.computed_tokens = 0
+        req.num_preemptions += 1
+        self.waiting.push_front(req)
+        plan.preempted.append(req)
+
+    def _advance_prefill(self, plan: StepPlan, req: Request, new: int) -> None:
+        """A prefill chunk of `new` tokens was scheduled: advance, cache the blocks it fills, and sample a token
+        if it completes the known tokens."""
+        plan.chunks.append((req, new, req.computed_tokens))
+        req.computed_tokens += new
+        hold = req.kv
+        assert hold is not None
+        self.kv.cache_computed(hold, req.computed_tokens // self.config.block_tokens)
+        if req.computed_tokens < req.known_tokens:
+            return
+        if req.slot == -1 and req in self.prefilling:
+            self.prefilling.remove(req)
+        req.generated_tokens += 1
+        plan.sampled.append(req)
+        if req.generated_tokens == max(req.reasoning_tokens, 1):
+            plan.reasoning_done.append(req)
+        if req.generated_tokens >= req.output_tokens:
+            plan.finishing.append(req)
+            self.handing_off.append(req)  # holds its blocks and slot until the step's outputs are applied
+        elif self.config.hand_off_after_prompt:
+            self.handing_off.append(req)
+        else:
+            self.decodes.add(req, hold.num_blocks)
+
+    def _schedule_waiting(self, plan: StepPlan, budget: int, threshold: int) -> None:
+        cfg, kv = self.config, self.kv
+        bt = cfg.block_tokens
+        waiting = self.waiting
+        while budget > 0 and waiting:
+            if self.num_running >= cfg.max_num_seqs:
+                break
+            req = waiting.peek()
+            hold = self.hold_of(req)
+            tokens = req.known_tokens
+            units: list[Extent] = []
+            if req.computed_tokens:  # its KV arrived from a prefill replica (disaggregation)
+                hit = evictable = 0
+                hit_tokens = req.computed_tokens
+            else:
+                units, hit, evictable = kv.lookup(hold, (tokens - 1) // bt)
+                hit_tokens = hit * bt
+            new = tokens - hit_tokens
+            if 0 < threshold < new:
+                new = threshold
+            if not cfg.chunked_prefill and new > budget:
+                break
+            new = min(new, budget)
+            if blocks_for(tokens, bt) - hit + evictable > kv.free_blocks:
+                break
+            waiting.pop()
+            kv.acquire(hold, units)
+            if req.computed_tokens:
+                kv.grow(hold, blocks_for(tokens, bt))
+            else:
+                kv.grow(hold, blocks_for(hit_tokens + new, bt) - hit)
+                if req.num_preemptions == 0:
+                    req.prefix_hit_tokens = hit_tokens
+            req.computed_tokens = hit_tokens
+            req.seq = self._next_seq
+            self._next_seq += 1
+            req.slot = -1
+            plan.admitted.append(req)
+            self.prefilling.append(req)
+            self._advance_prefill(plan, req, new)
+            budget -= new
+
+    # ------------------------------------------------------------------------------------------ outputs
+
+    def _cached_tokens(self, slot: int) -> int:
+        """Tokens of a decoding request whose full blocks were cached when scheduled: vLLM caches up to the
+        tokens known then, so under async scheduling a decode step's own input token (sampled by the step before,
+        still in flight) is not among them."""
+        dec = self.decodes
+        ctx = int(dec.ctx[slot])
+        if self.config.async_scheduling and ctx > dec.ctx0[slot]:
+            return ctx - 1
+        return ctx
+
+    def finish(self, req: Request) -> None:
+        """The step that sampled the request's last token has delivered it: free its KV."""
+        if req.slot >= 0:
+            dec = self.decodes
+            hold = req.kv
+            assert hold is not None
+            hold.private_blocks = int(dec.blocks[req.slot]) - hold.unit_blocks
+            cached = self._cached_tokens(req.slot)
+            dec.remove(req.slot)
+        elif req in self.handing_off:
+            self.handing_off.remove(req)
+            cached = req.computed_tokens
+        else:
+            self.waiting.remove(req)  # preempted after its last token was scheduled (async): already freed
+            return
+        req.generated_tokens = req.output_tokens
+        assert req.kv is not None
+        self.kv.release(req.kv, cached)
+
+    def hand_off(self, req: Request) -> bool:
+        """A prefill replica's request leaves for a decode replica: it stops running here; its blocks stay held
+        until `transfer_done`. False if it was preempted meanwhile (it stays here)."""
+        if req not in self.handing_off:
+            return False
+        self.handing_off.remove(req)
+        self.transferring[req.request_id] = req
+        return True
+
+    def transfer_done(self, req: Request) -> None:
+        del self.transferring[req.request_id]
+        assert req.kv is not None
+        self.kv.release(req.kv, req.computed_tokens)
+        req.kv = None
+
+    def check(self) -> None:
+        """Block conservation: free + held units + every hold's private blocks = capacity."""
+        dec, kv = self.decodes, self.kv
+        private = 0
+        for j in range(dec.n):
+            req = dec.req[j]
+            assert req is not None and req.kv is not None and req.slot == j
+            private += int(dec.blocks[j]) - req.kv.unit_blocks
+            assert dec.blocks[j] * self.config.block_tokens >= dec.ctx[j]
+        for req in [*self.prefilling, *self.handing_off, *self.transferring.values()]:
+            assert req.kv is not None
+            private += req.kv.private_blocks
+            assert req.kv.num_blocks * self.config.block_tokens >= req.computed_tokens
+        assert private + kv.held_unit_blocks() + kv.free_blocks == kv.capacity_blocks, (
+            private, kv.held_unit_blocks(), kv.free_blocks, kv.capacity_blocks)
+        kv.check()
+        assert self.num_running <= self.config.max_num_seqs

@@ -1,0 +1,344 @@
+"""A replica's SimPy process: plan -> timeout | wake -> apply outputs -> record. Time lives here; every decision
+is the planner's (simserve.engine.planner), every step time the perf model's.
+
+A run of decode steps whose batch cannot change (no request can be admitted or preempted, none finishes before
+its end) is advanced in one event, in closed form (simserve.engine.decodes.FastForwardRun), giving exactly the
+times that stepping one iteration at a time gives (`engine.exact_steps` turns it off).
+
+Sync scheduling plans step s+1 after step s's outputs are applied; async scheduling (vLLM's two-deep batch
+queue) plans step s+1 first and applies step s's outputs after it, at the same instant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import numpy as np
+import simpy
+
+from simserve.engine.decodes import FastForwardRun
+from simserve.engine.events import Settle
+from simserve.engine.hooks import Hooks
+from simserve.engine.planner import Planner, StepPlan
+from simserve.metrics import LevelMonitor, Recorder
+from simserve.perf import Batch, PerfModel
+from simserve.request import Request
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class Replica:
+    """One model instance on `tensor_parallel` GPUs, driven by its planner, timed by its perf model."""
+
+    def __init__(self, env: simpy.Environment, *, pool: str, index: int, perf: PerfModel, planner: Planner,
+                 max_model_len_tokens: int, recorder: Recorder, hooks: Hooks, exact_steps: bool = False,
+                 check_invariants: bool = False, stop_at_reasoning_end: bool = False) -> None:
+        self.env = env
+        self.pool = pool
+        self.index = index
+        self.perf = perf
+        self.planner = planner
+        self.kv = planner.kv
+        self.block_tokens = planner.config.block_tokens
+        self.async_scheduling = planner.config.async_scheduling
+        self.max_tokens = min(max_model_len_tokens, self.kv.capacity_tokens)
+        self.recorder = recorder
+        self.hooks = hooks
+        self.exact_steps = exact_steps
+        self.check_invariants = check_invariants
+        self.stop_at_reasoning_end = stop_at_reasoning_end
+        self.wake = env.event()
+        self.num_events = 0
+        self.running_mon = LevelMonitor(env.now)
+        self.waiting_mon = LevelMonitor(env.now)
+        self.kv_area = 0.0  # integral of used blocks over time
+        self.kv_peak = 0
+        self._run: FastForwardRun | None = None  # the fast-forwarded run in flight
+        self._run_start_s = 0.0
+        self._run_waiting = 0
+
+    # ------------------------------------------------------------------------------------------ public surface
+
+    @property
+    def waiting(self) -> Any:
+        return self.planner.waiting
+
+    @property
+    def num_running(self) -> int:
+        return self.planner.num_running
+
+    @property
+    def num_outstanding(self) -> int:
+        return self.planner.num_running + len(self.planner.waiting)
+
+    @property
+    def free_kv_blocks(self) -> int:
+        """Blocks a new request could get now: free plus cached blocks nobody holds."""
+        self._sync_run()
+        return self.kv.free_blocks
+
+    def prefix_hit_tokens(self, req: Request) -> int:
+        """Prompt tokens of `req` that would be served from this replica's prefix cache now."""
+        self._sync_run()
+        return self.planner.prefix_hit_tokens(req)
+
+    def fits(self, req: Request) -> bool:
+        """Whether the request's whole sequence can ever be held here."""
+        return req.total_tokens <= self.max_tokens
+
+    def enqueue(self, req: Request) -> None:
+        """Accept a routed request now: queue it, or reject it at once if it could never fit."""
+        req.pool, req.replica = self.pool, self.index
+        if not self.fits(req):
+            req.status = "rejected"
+            req.reason = (f"needs {req.total_tokens} tokens of KV; replica holds at most {self.max_tokens} "
+                          f"(KV capacity {self.kv.capacity_tokens}, max_model_len)")
+            self.hooks.finished(req)
+            return
+        self.planner.waiting.push(req)
+        self.waiting_mon.set(self.env.now, len(self.planner.waiting))
+        if not self.wake.triggered:
+            self.wake.succeed()
+
+    def transfer_done(self, req: Request) -> None:
+        """The request's KV has left for a decode replica: free its blocks here (which may let a waiting request
+        in, so wake the loop as an arrival would)."""
+        self._sync_run()
+        self.planner.transfer_done(req)
+        if not self.wake.triggered:
+            self.wake.succeed()
+
+    def unfinished(self) -> Iterator[Request]:
+        """Requests still queued or running (at the end of a run that stopped at its horizon)."""
+        p = self.planner
+        yield from p.waiting
+        yield from p.prefilling
+        yield from p.handing_off
+        yield from p.transferring.values()
+        for j in range(p.decodes.n):
+            yield p.decodes.sync(j)
+
+    def settle(self, now: float) -> None:
+        """At the horizon: account for a fast-forwarded run in flight as stepping one at a time would have: the
+        steps completed before `now` (their KV over time and a segment) and the step in flight (planned: its
+        tokens scheduled and blocks taken)."""
+        run = self._run
+        if run is None:
+            return
+        done = min(int(np.searchsorted(run.bounds[1:], now, side="left")), run.num_steps)
+        self._sync_run()
+        self._finish_run(run, min(done + 1, run.num_steps), done, at_horizon=True)
+        self._record_run(run, done)
+        self._run = None
+
+    # ------------------------------------------------------------------------------------------ the process
+
+    def process(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        planner = self.planner
+        inflight: StepPlan | None = None  # async: the step whose outputs are not applied yet
+        while True:
+            if env.peek() == env.now:
+                self.num_events += 1
+                yield Settle(env)
+            if self.wake.triggered:
+                self.wake = env.event()
+            running = planner.num_running
+            if inflight is None and running == 0 and not planner.waiting:
+                yield from self._idle(0, 0.0, 0)
+                continue
+            now = env.now
+            num_waiting = len(planner.waiting)
+            plan = planner.schedule() if running or planner.waiting else StepPlan()
+            self.kv_peak = max(self.kv_peak, self.kv.used_blocks)
+            calm = True  # the outputs applied now changed nothing the next plan would see
+            if inflight is not None:
+                calm = not inflight.finishing and not (self.stop_at_reasoning_end and inflight.reasoning_done)
+                self._apply(inflight)
+                inflight = None
+            self._after_plan(plan)
+            if plan.empty and not (self.async_scheduling and running):
+                # Nothing can run: what waits needs blocks held by KV transfers in flight. Wait, as when idle,
+                # for a transfer or an arrival to wake the loop.
+                yield from self._idle(num_waiting, float(self.kv.used_blocks), None)
+                continue
+            used = self.kv.used_blocks
+            if plan.decode_only and calm and not self.exact_steps:
+                k, extra = self._run_length(plan)
+                if k > 1:
+                    inflight = yield from self._fast_forward(plan, k, extra, now, used, num_waiting)
+                    continue
+            chunks = plan.chunks
+            batch = Batch(plan.decode_context_tokens,
+                          np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
+                          np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY)
+            dt = self.perf.step_time_s(batch)
+            self.num_events += 1
+            yield env.timeout(dt)
+            self.kv_area += used * dt
+            if self.async_scheduling:
+                inflight = plan
+            else:
+                self._apply(plan)
+            self.recorder.segment(pool=self.pool, replica=self.index, start_s=now, end_s=env.now, num_steps=1,
+                                  batch_size=plan.num_decodes + len(chunks), num_waiting=num_waiting,
+                                  kv_blocks_mean=float(used), kv_blocks_end=self.kv.used_blocks,
+                                  prefill_tokens=plan.prefill_tokens, decode_tokens=plan.num_decodes)
+
+    def _idle(self, num_waiting: int, kv_mean: float, kv_end: int | None) -> Generator[simpy.Event, Any, None]:
+        """Wait until an arrival or a finished KV transfer wakes the loop; record the gap as one segment (its
+        final KV blocks as read on waking when kv_end is None)."""
+        start = self.env.now
+        self.num_events += 1
+        yield self.wake
+        end = self.kv.used_blocks if kv_end is None else kv_end
+        self.recorder.segment(pool=self.pool, replica=self.index, start_s=start, end_s=self.env.now, num_steps=0,
+                              batch_size=0, num_waiting=num_waiting, kv_blocks_mean=kv_mean, kv_blocks_end=end,
+                              prefill_tokens=0, decode_tokens=0)
+
+    def _after_plan(self, plan: StepPlan) -> None:
+        now = self.env.now
+        for req in plan.admitted:
+            self.hooks.admitted(req, self)
+        if plan.admitted or plan.preempted:
+            self.waiting_mon.set(now, len(self.planner.waiting))
+        self.running_mon.set(now, self.planner.num_running)
+        if self.check_invariants:
+            self.planner.check()
+
+    def _apply(self, plan: StepPlan, reasoning_done: bool = True) -> None:
+        """A step's outputs arrive: first tokens, reasoning ends, hand-offs and finished requests."""
+        now = self.env.now
+        hooks = self.hooks
+        for req in plan.sampled:
+            if math.isnan(req.first_token_s):
+                req.first_token_s = now
+            hooks.prompt_done(req, self)
+        if reasoning_done:
+            for req in plan.reasoning_done:
+                self._reasoning_done(req, now)
+        for req in plan.finishing:
+            self.planner.finish(req)
+            req.finish_s = now
+            req.status = "completed"
+            hooks.finished(req)
+        if plan.finishing:
+            self.running_mon.set(now, self.planner.num_running)
+            self.waiting_mon.set(now, len(self.planner.waiting))
+
+    def _reasoning_done(self, req: Request, time_s: float) -> None:
+        if math.isnan(req.reasoning_end_s):
+            req.reasoning_end_s = time_s
+            self.hooks.reasoning_done(req, self)
+
+    # ------------------------------------------------------------------------------------------ fast-forward
+
+    def _run_length(self, plan: StepPlan) -> tuple[int, np.ndarray]:
+        """Steps of the decode-only batch just planned that can run as one event: until a sequence schedules its
+        last token (or its last reasoning token, if a hook acts on it), or blocks run out; and the blocks the
+        decodes need beyond those held for each prefix of the run."""
+        dec = self.planner.decodes
+        n = dec.n
+        left = dec.left[:n]
+        k = 1 + int(left.min())
+        if self.stop_at_reasoning_end:
+            if plan.reasoning_done:
+                return 1, _EMPTY
+            to_go = left - dec.answer[:n]
+            ahead = to_go[to_go > 0]
+            if len(ahead):
+                k = min(k, 1 + int(ahead.min()))
+        if k <= 1:
+            return 1, _EMPTY
+        extra = dec.extra_blocks(self.block_tokens, k, self.planner.block_buffer)
+        return int(np.searchsorted(extra, self.kv.free_blocks, side="right")), extra
+
+    def _fast_forward(self, plan: StepPlan, k: int, extra: np.ndarray, now: float, used: int,
+                      num_waiting: int) -> Generator[simpy.Event, Any, StepPlan | None]:
+        """Run k decode steps (the first one planned) as one event, or fewer if something arrives."""
+        env = self.env
+        dec = self.planner.decodes
+        times = self.perf.decode_run_times_s(plan.decode_context_tokens, k)
+        bounds = np.cumsum(np.concatenate(([now], times)))
+        run = FastForwardRun(bounds, times, extra, k, dec.n, used)
+        self._run = run
+        self._run_start_s = now
+        self._run_waiting = num_waiting
+        end = env.timeout(bounds[k] - now)
+        self.num_events += 1
+        for req in plan.reasoning_done:  # the run's first step, already planned
+            self._reasoning_done(req, float(bounds[1]))
+        yield end | self.wake
+        if end.processed:
+            m = k
+        else:
+            t = env.now
+            j = int(np.searchsorted(bounds[1:], t, side="right"))  # boundaries at or before t
+            if j >= 1 and bounds[j] == t:
+                m = j
+            else:
+                m = j + 1  # let the step in flight finish
+                self.num_events += 1
+                yield env.timeout(bounds[m] - t)
+        self._sync_run()
+        last = self._finish_run(run, m, m)
+        self._run = None
+        if not self.async_scheduling:
+            self._apply(last)
+        self._record_run(run, m)
+        return last if self.async_scheduling else None
+
+    def _finish_run(self, run: FastForwardRun, m: int, done: int, at_horizon: bool = False) -> StepPlan:
+        """Apply a run's first m planned steps (the m-1 schedules after the first, the KV they took, reasoning
+        ends inside the first `done`). Returns the outputs of its last step (to apply now, or after the next plan
+        when async); at the horizon, nothing more is applied."""
+        dec = self.planner.decodes
+        n = run.num_decodes
+        added = dec.advance(m - 1, self.block_tokens) if m > 1 else 0
+        assert added == int(run.extra[m - 1]), (added, run.extra[m - 1])
+        if added > run.allocated:
+            self.kv.allocate(added - run.allocated)
+            run.allocated = added
+        last = StepPlan()
+        left = dec.left[:n]
+        # Reasoning ends at step i (1-based) where left after it equals the answer tokens: i = left_m + m - answer.
+        step = left + m - dec.answer[:n]
+        for j in np.flatnonzero((step >= 2) & (step <= done)):
+            req = dec.req[int(j)]
+            assert req is not None
+            i = int(step[j])
+            if i == m and not at_horizon:
+                last.reasoning_done.append(req)
+            else:
+                self._reasoning_done(req, float(run.bounds[i]))
+        if not at_horizon:
+            for j in np.flatnonzero(left == 0):
+                last.finishing.append(dec.sync(int(j)))
+        self.kv_peak = max(self.kv_peak, run.used_at_start + int(run.extra[m - 1]))
+        return last
+
+    def _record_run(self, run: FastForwardRun, done: int) -> None:
+        """The first `done` steps of a run as one segment, and their KV over time."""
+        span = float(run.bounds[done] - run.bounds[0])
+        area = run.used_at_start * span + float(np.dot(run.extra[:done], run.times[:done]))
+        self.kv_area += area
+        if done == 0:
+            return
+        self.recorder.segment(pool=self.pool, replica=self.index, start_s=float(run.bounds[0]),
+                              end_s=float(run.bounds[done]), num_steps=done, batch_size=run.num_decodes,
+                              num_waiting=self._run_waiting, kv_blocks_mean=area / span if span > 0 else float(
+                                  run.used_at_start), kv_blocks_end=self.kv.used_blocks, prefill_tokens=0,
+                              decode_tokens=run.num_decodes * done)
+
+    def _sync_run(self) -> None:
+        """Bring KV allocation up to now inside a fast-forwarded run: blocks for every step planned by now (and
+        the evictions they force), exactly as stepping one iteration at a time would have allocated them."""
+        run = self._run
+        if run is None:
+            return
+        target = int(run.extra[run.steps_started(self.env.now) - 1])
+        if target > run.allocated:
+            self.kv.allocate(target - run.allocated)
+            run.allocated = target
