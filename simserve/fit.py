@@ -30,7 +30,8 @@ import pandas as pd
 import yaml
 from scipy.optimize import nnls
 
-from simserve.profiles import GpuDatasheet, Profile, ProfileError, steps_row_batch
+from simserve.hardware import GpuDatasheet
+from simserve.profiles import Profile, ProfileError, steps_row_batch
 
 FIT_SCHEMA = "simserve-fit/1"
 BYTES = 2.0  # profiles are of 16-bit kernels (bf16 / fp16)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simserve.hardware import GPUS, preset_for_name
-from simserve.profiles import ProfileError, datasheet_of
+from simserve.hardware import GPUS, datasheet_of, preset_for_name
+from simserve.profiles import ProfileError
 
 FORMATS = ("aiconfigurator", "vidur")
 

@@ -29,9 +29,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simserve.fit import BYTES, Fit, FitError, OpFit, attention_features, load_fit
-from simserve.hardware import GpuSpec, ModelSpec
+from simserve.hardware import GpuDatasheet, GpuSpec, ModelSpec, datasheet_of
 from simserve.perf import Batch, LinearPerfSpec, RooflinePerfSpec
-from simserve.profiles import GpuDatasheet, datasheet_of
 
 FITS_DIR = Path(__file__).parent / "data" / "fits"
 _FROZEN = ConfigDict(frozen=True, extra="forbid")

@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from simserve.hardware import GpuSpec
+from simserve.hardware import GpuDatasheet
 
 SCHEMA = "simserve-profile/1"
 
@@ -48,28 +48,6 @@ _TEXT_COLUMNS = {"op", "decode_context_tokens", "prefill_new_tokens", "prefill_c
 
 class ProfileError(Exception):
     """A profile folder that cannot be used; the message names the file, the field and what was expected."""
-
-
-class GpuDatasheet(BaseModel):
-    """The datasheet figures the fit's roofline features are computed from (not measured)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str
-    preset: str | None = None
-    memory_bytes: float = Field(gt=0)
-    hbm_bandwidth_bytes_per_s: float = Field(gt=0)
-    peak_flops_per_s: float = Field(gt=0)
-    interconnect_bandwidth_bytes_per_s: float = Field(default=900e9, gt=0)
-    datasheet_note: str | None = None
-
-
-def datasheet_of(gpu: GpuSpec, note: str | None = None) -> GpuDatasheet:
-    """A GPU spec's datasheet figures, as the fit's features use them."""
-    return GpuDatasheet(name=gpu.name, preset=gpu.name, memory_bytes=gpu.memory_bytes,
-                        hbm_bandwidth_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s,
-                        peak_flops_per_s=gpu.peak_flops_per_s,
-                        interconnect_bandwidth_bytes_per_s=gpu.interconnect_bandwidth_bytes_per_s,
-                        datasheet_note=note)
 
 
 class ProfileMetadata(BaseModel):

@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from simserve.fit import TABLES, fit_profile, fit_table, load_fit, validate_fit
-from simserve.hardware import GPUS, MODELS, model_from_architecture
+from simserve.hardware import GPUS, MODELS, GpuDatasheet, datasheet_of, model_from_architecture
 from simserve.importers import import_aiconfigurator, import_vidur
-from simserve.oplevel import CalibratedPerf, CalibratedPerfSpec, datasheet_of, fit_for_gpu, shipped_fits
+from simserve.oplevel import CalibratedPerf, CalibratedPerfSpec, fit_for_gpu, shipped_fits
 from simserve.perf import Batch, step_quantities
-from simserve.profiles import GpuDatasheet, ProfileError, load_profile, write_profile
+from simserve.profiles import ProfileError, load_profile, write_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
