@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simserve.fit import Fit, FitError, columns_of, fit_profile, split_tables, validate_fit
+from simserve.fit import columns_of, fit_profile, split_tables, validate_fit
 from simserve.hardware import GPUS, datasheet_of
 from simserve.importers import FORMATS, IMPORTERS
-from simserve.oplevel import load_fit_cached
+from simserve.perf import Fit, FitError, load_fit_cached
 from simserve.profiles import Profile, ProfileError, load_profile, write_profile
 from simserve.validate import (
     METRICS,

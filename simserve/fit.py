@@ -1,126 +1,21 @@
-"""The fit: measured profile tables -> per-operation latency models (one routine for every table and source).
-
-Each table's latency is modelled as a physics base times a measured correction:
-
-    t = (c . x) * exp(r(axes))
-
-- x: roofline quantities of the operation computed from the GPU's datasheet (a constant, FLOPs over peak, bytes
-  over bandwidth, a per-sequence constant, ...; see FEATURES). c >= 0 is fitted by non-negative least squares with
-  relative weighting (each row's residual divided by its latency), so a 10 us decode step counts as much as a
-  100 ms prefill. 1/c of a FLOPs or bytes term is the achieved efficiency.
-- r: the log of measured over base latency, tabulated on the profile's own grid (log axes) and interpolated
-  multilinearly; cells the grid lacks are filled from their neighbours along each axis; queries outside the grid
-  use the nearest edge. r carries what a roofline cannot (tile and wave quantisation, kernel switches) and falls
-  back to 0 (the base alone) where nothing was measured.
-
-Porting to a GPU that was never profiled keeps c and r and recomputes x from the new datasheet: efficiencies are
-assumed to carry over, peaks and bandwidths do not.
-"""
+"""Fitting: measured profile tables -> the per-operation latency models of simserve.perf.fits (relative-weighted
+NNLS on each table's roofline features, then the log-residual grid), held-out and per-table errors, the step
+overhead a steps table shows, and the steps table's roofline quantities. The only module that needs scipy."""
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy.optimize import nnls
 
-from simserve.hardware import GpuDatasheet
+from simserve.hardware import GpuDatasheet, model_from_architecture
+from simserve.perf.analytic import step_quantities
+from simserve.perf.base import Batch
+from simserve.perf.calibrated import CalibratedPerf
+from simserve.perf.fits import TABLES, Cols, Fit, OpFit, axis_transform
 from simserve.profiles import Profile, ProfileError, steps_row_batch
-
-FIT_SCHEMA = "simserve-fit/1"
-BYTES = 2.0  # profiles are of 16-bit kernels (bf16 / fp16)
-
-Cols = dict[str, np.ndarray]
-
-
-def gemm_features(c: Cols, gpu: GpuDatasheet) -> np.ndarray:
-    m, n, k = c["m"], c["n"], c["k"]
-    return np.column_stack([np.ones_like(m), 2 * m * n * k / gpu.peak_flops_per_s,
-                            BYTES * (m * k + n * k + m * n) / gpu.hbm_bandwidth_bytes_per_s])
-
-
-def context_attention_quantities(c: Cols) -> tuple[np.ndarray, np.ndarray]:
-    """(FLOPs, bytes) of prefill attention: causal pairs q x (cached + (q+1)/2); Q and O of the new tokens, K and V
-    of all tokens read, K and V of the new tokens written."""
-    b, q, cached = c["batch_size"], c["new_tokens"], c["cached_tokens"]
-    h, kvh, d = c["num_heads"], c["num_kv_heads"], c["head_dim"]
-    pairs = b * q * (cached + (q + 1) / 2)
-    flops = 4 * h * d * pairs
-    nbytes = BYTES * b * d * (2 * q * h + 2 * (q + cached) * kvh + 2 * q * kvh)
-    return flops, nbytes
-
-
-def attention_features(b: np.ndarray, flops: np.ndarray, nbytes: np.ndarray, gpu: GpuDatasheet) -> np.ndarray:
-    """[1, sequences, FLOPs / peak, bytes / bandwidth] of attention calls (prefill or decode, any layout)."""
-    return np.column_stack([np.ones_like(b), b, flops / gpu.peak_flops_per_s, nbytes / gpu.hbm_bandwidth_bytes_per_s])
-
-
-def context_attention_features(c: Cols, gpu: GpuDatasheet) -> np.ndarray:
-    flops, nbytes = context_attention_quantities(c)
-    return attention_features(c["batch_size"], flops, nbytes, gpu)
-
-
-def generation_attention_quantities(c: Cols) -> tuple[np.ndarray, np.ndarray]:
-    """(FLOPs, bytes) of decode attention: one query per sequence over kv_tokens; K and V read."""
-    b, kv = c["batch_size"], c["kv_tokens"]
-    h, kvh, d = c["num_heads"], c["num_kv_heads"], c["head_dim"]
-    return 4 * b * h * d * kv, BYTES * b * d * (2 * kv * kvh + 2 * h)
-
-
-def generation_attention_features(c: Cols, gpu: GpuDatasheet) -> np.ndarray:
-    flops, nbytes = generation_attention_quantities(c)
-    return attention_features(c["batch_size"], flops, nbytes, gpu)
-
-
-def allreduce_features(c: Cols, gpu: GpuDatasheet) -> np.ndarray:
-    n, size = c["num_gpus"], c["message_bytes"]
-    return np.column_stack([np.ones_like(n), 2 * (n - 1) / n * size / gpu.interconnect_bandwidth_bytes_per_s])
-
-
-def elementwise_features(c: Cols, gpu: GpuDatasheet) -> np.ndarray:
-    t, w = c["num_tokens"], c["width"]
-    return np.column_stack([np.ones_like(t), 2 * BYTES * t * w / gpu.hbm_bandwidth_bytes_per_s])
-
-
-def steps_features(c: Cols, gpu: GpuDatasheet) -> np.ndarray:
-    """[1, sequences, weight bytes / bandwidth, linear FLOPs / peak, KV bytes / bandwidth, attention FLOPs / peak]:
-    BLIS's terms, for a profile of whole steps."""
-    bw, peak = gpu.hbm_bandwidth_bytes_per_s, gpu.peak_flops_per_s
-    return np.column_stack([np.ones_like(c["num_seqs"]), c["num_seqs"], c["weight_bytes"] / bw,
-                            c["linear_flops"] / peak, c["kv_bytes"] / bw, c["attention_flops"] / peak])
-
-
-@dataclass(frozen=True)
-class TableKind:
-    features: Callable[[Cols, GpuDatasheet], np.ndarray]
-    feature_names: tuple[str, ...]
-    axes: tuple[str, ...]  # candidate residual axes (columns); single-valued ones are dropped
-
-
-TABLES: dict[str, TableKind] = {
-    "gemm": TableKind(gemm_features, ("const_s", "flops_over_peak", "bytes_over_bandwidth"), ("m", "n", "k")),
-    "context_attention": TableKind(
-        context_attention_features, ("const_s", "per_seq_s", "flops_over_peak", "bytes_over_bandwidth"),
-        ("batch_size", "new_tokens", "cached_tokens", "num_heads", "num_kv_heads", "head_dim")),
-    "generation_attention": TableKind(
-        generation_attention_features, ("const_s", "per_seq_s", "flops_over_peak", "bytes_over_bandwidth"),
-        ("batch_size", "kv_tokens", "num_heads", "num_kv_heads", "head_dim")),
-    "allreduce": TableKind(allreduce_features, ("const_s", "bytes_over_link"), ("num_gpus", "message_bytes")),
-    "elementwise": TableKind(elementwise_features, ("const_s", "bytes_over_bandwidth"), ("num_tokens", "width")),
-    "steps": TableKind(steps_features, ("const_s", "per_seq_s", "weight_bytes_over_bandwidth",
-                                        "linear_flops_over_peak", "kv_bytes_over_bandwidth",
-                                        "attention_flops_over_peak"), ()),
-}
-
-
-def _axis_transform(values: np.ndarray) -> np.ndarray:
-    return np.log1p(values)
 
 
 def _fill_missing(grid: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
@@ -154,96 +49,6 @@ def _fill_missing(grid: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
         weight += w
     filled = np.where(weight > 0, total / np.maximum(weight, 1e-300), 0.0)
     return np.where(np.isnan(grid), filled, grid)
-
-
-@dataclass
-class OpFit:
-    """A fitted table: coefficients of its roofline features and the log-residual grid."""
-
-    table: str
-    coef: np.ndarray
-    axes: dict[str, np.ndarray] = field(default_factory=dict)  # column -> grid values (sorted, raw units)
-    residual: np.ndarray | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> TableKind:
-        return TABLES[self.table.split("/")[0]]
-
-    def correction(self, cols: Cols) -> np.ndarray:
-        n = len(next(iter(cols.values())))
-        if self.residual is None or not self.axes:
-            return np.ones(n)
-        pts = []
-        for name, grid in self.axes.items():
-            v = np.broadcast_to(np.asarray(cols[name], dtype=float), (n,))
-            pts.append(np.clip(_axis_transform(v), _axis_transform(grid[0]), _axis_transform(grid[-1])))
-        return np.exp(_interp_grid([_axis_transform(g) for g in self.axes.values()], self.residual, pts))
-
-    def predict_s(self, cols: Cols, gpu: GpuDatasheet) -> np.ndarray:
-        return self.predict_from_features(self.kind.features(cols, gpu), cols)
-
-    def predict_from_features(self, x: np.ndarray, cols: Cols) -> np.ndarray:
-        """Latency from features computed by the caller (another weight width, MLA attention), with the table's
-        correction at `cols`."""
-        return (x @ self.coef) * self.correction(cols)
-
-    # -- serialisation --------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"features": list(self.kind.feature_names), "coef": [float(x) for x in self.coef]}
-        if self.residual is not None:
-            d["axes"] = {k: [float(x) for x in v] for k, v in self.axes.items()}
-            d["residual_float32_b64"] = base64.b64encode(self.residual.astype("<f4").tobytes()).decode()
-        d["stats"] = self.stats
-        return d
-
-    @classmethod
-    def from_dict(cls, table: str, d: dict[str, Any]) -> OpFit:
-        axes = {k: np.asarray(v, dtype=float) for k, v in d.get("axes", {}).items()}
-        residual = None
-        if "residual_float32_b64" in d:
-            shape = tuple(len(v) for v in axes.values())
-            residual = np.frombuffer(base64.b64decode(d["residual_float32_b64"]), dtype="<f4").astype(float)
-            residual = residual.reshape(shape)
-        coef = np.asarray(d["coef"], dtype=float)
-        kind = TABLES[table.split("/")[0]]
-        if len(coef) != len(kind.feature_names):
-            raise ValueError(f"tables.{table}.coef: expected {len(kind.feature_names)} values "
-                             f"({', '.join(kind.feature_names)}), got {len(coef)}")
-        return cls(table=table, coef=coef, axes=axes, residual=residual, stats=d.get("stats", {}))
-
-
-def _interp_grid(axes: list[np.ndarray], values: np.ndarray, pts: list[np.ndarray]) -> np.ndarray:
-    """Multilinear interpolation on a regular (not uniform) grid; points are inside the grid."""
-    n = len(pts[0])
-    idx_lo, weights = [], []
-    for x, p in zip(axes, pts, strict=True):
-        if len(x) == 1:
-            idx_lo.append(np.zeros(n, dtype=np.int64))
-            weights.append(np.zeros(n))
-            continue
-        i = np.clip(np.searchsorted(x, p, side="right") - 1, 0, len(x) - 2)
-        w = (p - x[i]) / (x[i + 1] - x[i])
-        idx_lo.append(i)
-        weights.append(w)
-    out = np.zeros(n)
-    dims = len(axes)
-    for corner in range(1 << dims):
-        w_c = np.ones(n)
-        idx = []
-        for d in range(dims):
-            up = (corner >> d) & 1
-            if len(axes[d]) == 1:
-                if up:
-                    w_c = w_c * 0.0
-                idx.append(idx_lo[d])
-                continue
-            w_c = w_c * (weights[d] if up else 1.0 - weights[d])
-            idx.append(idx_lo[d] + up)
-        if not w_c.any():
-            continue
-        out += w_c * values[tuple(idx)]
-    return out
 
 
 def columns_of(df: pd.DataFrame) -> Cols:
@@ -285,7 +90,7 @@ def fit_table(table: str, df: pd.DataFrame, gpu: GpuDatasheet, residual: bool = 
             np.add.at(counts, idx, 1)
             grid = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
             fit.axes = axes
-            fit.residual = _fill_missing(grid, [_axis_transform(v) for v in axes.values()])
+            fit.residual = _fill_missing(grid, [axis_transform(v) for v in axes.values()])
     fit.stats["train"] = ape_stats(fit.predict_s(cols, gpu), t)
     fit.stats["base_train"] = ape_stats(base, t)
     return fit
@@ -307,9 +112,6 @@ def split_tables(profile: Profile) -> dict[str, pd.DataFrame]:
 
 
 def steps_quantities_frame(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
-    from simserve.hardware import model_from_architecture  # local: hardware does not import the fit
-    from simserve.perf import step_quantities
-
     if profile.metadata.model is None:
         raise ProfileError(f"{profile.path}/metadata.yaml: model: a profile with a steps table needs the "
                            "architecture its steps ran (model: {num_layers, hidden_size, ...})")
@@ -320,46 +122,10 @@ def steps_quantities_frame(profile: Profile, df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in df.iterrows():
         dec, new, cached = steps_row_batch(r)
-        q = step_quantities(model, dec, new, cached)
+        q = step_quantities(model, Batch(dec, new, cached))
         rows.append({"num_seqs": q.num_seqs, "weight_bytes": q.weight_bytes, "linear_flops": q.linear_flops,
                      "kv_bytes": q.kv_bytes, "attention_flops": q.attention_flops, "latency_s": r.latency_s})
     return pd.DataFrame(rows)
-
-
-@dataclass
-class Fit:
-    """A GPU's calibration: the datasheet it was fitted against and one OpFit per table."""
-
-    gpu: GpuDatasheet
-    tables: dict[str, OpFit]
-    source: dict[str, Any] = field(default_factory=dict)
-    step_overhead_s: float = 0.0
-    compute_scale: float = 1.0  # sustained-load factor on every FLOPs term (1: the kernels' own speed)
-    path: Path | None = None
-
-    @property
-    def effective_gpu(self) -> GpuDatasheet:
-        """The datasheet the step model computes features from: peak FLOP/s divided by compute_scale."""
-        if self.compute_scale == 1.0:
-            return self.gpu
-        return self.gpu.model_copy(update={"peak_flops_per_s": self.gpu.peak_flops_per_s / self.compute_scale})
-
-    def ported_to(self, gpu: GpuDatasheet) -> Fit:
-        """The same efficiencies and corrections on another GPU's datasheet (features are recomputed)."""
-        src = dict(self.source, ported_from=self.gpu.name)
-        return Fit(gpu=gpu, tables=self.tables, source=src, step_overhead_s=self.step_overhead_s,
-                   compute_scale=self.compute_scale, path=self.path)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema": FIT_SCHEMA, "gpu": self.gpu.model_dump(exclude_none=True), "source": self.source,
-                "step_overhead_s": self.step_overhead_s, "compute_scale": self.compute_scale,
-                "tables": {k: v.to_dict() for k, v in self.tables.items()}}
-
-    def save(self, path: str | Path) -> Path:
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, width=1_000_000))
-        return out
 
 
 def fit_profile(profile: Profile, heldout_fraction: float = 0.2, seed: int = 0, residual: bool = True,
@@ -407,10 +173,6 @@ def composed_step_overhead(fit: Fit, profile: Profile) -> tuple[float, dict[str,
     overhead), as the median difference (>= 0), and the composed model's error on the steps with it."""
     if not all(t in fit.tables for t in ("gemm", "context_attention", "generation_attention")):
         return float(fit.tables["steps"].coef[0]), {}
-    from simserve.hardware import model_from_architecture
-    from simserve.oplevel import CalibratedPerf
-    from simserve.perf import Batch
-
     assert profile.metadata.model is not None
     model = model_from_architecture(profile.metadata.model)
     perf = CalibratedPerf(fit, model, 1, 0.0)
@@ -423,30 +185,6 @@ def composed_step_overhead(fit: Fit, profile: Profile) -> tuple[float, dict[str,
     pred_arr = np.asarray(pred)
     overhead = max(0.0, float(np.median(meas - pred_arr)))
     return overhead, ape_stats(pred_arr + overhead, meas)
-
-
-class FitError(Exception):
-    """A fit file that cannot be used."""
-
-
-def load_fit(path: str | Path) -> Fit:
-    p = Path(path)
-    try:
-        raw = yaml.load(p.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except FileNotFoundError:
-        raise FitError(f"{p}: no such fit file") from None
-    except yaml.YAMLError as exc:
-        raise FitError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict) or raw.get("schema") != FIT_SCHEMA:
-        raise FitError(f"{p}: schema: expected {FIT_SCHEMA!r} (write one with `simserve calibrate fit`)")
-    try:
-        gpu = GpuDatasheet.model_validate(raw["gpu"])
-        tables = {k: OpFit.from_dict(k, v) for k, v in raw["tables"].items()}
-    except (KeyError, ValueError, TypeError) as exc:
-        raise FitError(f"{p}: {exc}") from None
-    return Fit(gpu=gpu, tables=tables, source=raw.get("source", {}),
-               step_overhead_s=float(raw.get("step_overhead_s", 0.0)),
-               compute_scale=float(raw.get("compute_scale", 1.0)), path=p)
 
 
 def validate_fit(fit: Fit, profile: Profile) -> dict[str, Any]:

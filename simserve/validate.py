@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from simserve.hardware import model_from_architecture, preset_for_name
-from simserve.oplevel import shipped_fits
+from simserve.perf import shipped_fits
 from simserve.scenario import Scenario, parse_scenario
 from simserve.sim import Results, run
 

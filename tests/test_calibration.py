@@ -14,11 +14,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from simserve.fit import TABLES, fit_profile, fit_table, load_fit, validate_fit
+from simserve.fit import fit_profile, fit_table, validate_fit
 from simserve.hardware import GPUS, MODELS, GpuDatasheet, datasheet_of, model_from_architecture
 from simserve.importers import import_aiconfigurator, import_vidur
-from simserve.oplevel import CalibratedPerf, CalibratedPerfSpec, fit_for_gpu, shipped_fits
-from simserve.perf import Batch, step_quantities
+from simserve.perf import (
+    TABLES,
+    Batch,
+    CalibratedPerf,
+    CalibratedPerfSpec,
+    PerfContext,
+    fit_for_gpu,
+    load_fit,
+    shipped_fits,
+    step_quantities,
+)
 from simserve.profiles import ProfileError, load_profile, write_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +90,7 @@ def test_steps_fit_recovers_roofline_coefficients():
         dec = rng.integers(16, 20000, rng.integers(0, 48))
         n_pre = int(rng.integers(0 if len(dec) else 1, 3))
         new, cached = rng.integers(16, 4096, n_pre), rng.integers(0, 8192, n_pre)
-        q = step_quantities(model, dec, new, cached)
+        q = step_quantities(model, Batch(dec, new, cached))
         rows.append({"num_seqs": q.num_seqs, "weight_bytes": q.weight_bytes, "linear_flops": q.linear_flops,
                      "kv_bytes": q.kv_bytes, "attention_flops": q.attention_flops})
     df = pd.DataFrame(rows)
@@ -207,7 +216,7 @@ def test_vidur_import_derives_gemm_shapes_and_averages_repeats(tmp_path):
 @pytest.mark.parametrize("model_name,tp", [("llama-3.1-8b", 1), ("llama-3.1-70b", 4), ("qwen3-30b-a3b", 1),
                                            ("deepseek-r1", 8), ("gpt-oss-120b", 2)])
 def test_decode_runs_equal_single_steps(model_name, tp):
-    perf = CalibratedPerfSpec().build(GPUS["h100-sxm"], MODELS[model_name], tp)
+    perf = CalibratedPerfSpec().build(PerfContext(GPUS["h100-sxm"], MODELS[model_name], tp))
     ctx = np.array([17, 900, 4000, 12000])
     runs = perf.decode_run_times_s(ctx, 50)
     single = [perf.step_time_s(Batch(ctx + s, np.zeros(0, np.int64), np.zeros(0, np.int64))) for s in range(50)]
@@ -216,7 +225,7 @@ def test_decode_runs_equal_single_steps(model_name, tp):
 
 
 def test_step_time_grows_with_the_batch_and_is_plausible():
-    perf = CalibratedPerfSpec().build(GPUS["h100-sxm"], MODELS["llama-3.1-8b"], 1)
+    perf = CalibratedPerfSpec().build(PerfContext(GPUS["h100-sxm"], MODELS["llama-3.1-8b"]))
     empty = np.zeros(0, np.int64)
     one = perf.step_time_s(Batch(np.array([1000]), empty, empty))
     many = perf.step_time_s(Batch(np.full(128, 1000), empty, empty))
@@ -230,10 +239,10 @@ def test_moe_reads_fewer_weight_bytes_at_batch_1_than_256():
     assert m.weight_bytes_read(1) < 0.2 * m.weight_bytes_read(256)
     assert m.weight_bytes_read(256) <= m.weight_bytes + 1
     assert m.weight_bytes_read(1) == pytest.approx(m.active_params * m.bytes_per_value, rel=0.1)
-    perf = CalibratedPerfSpec().build(GPUS["h100-sxm"], m, 1)
+    perf = CalibratedPerfSpec().build(PerfContext(GPUS["h100-sxm"], m))
     costs = perf.token_costs_s(np.array([1.0, 256.0]))
     assert costs[0] < costs[1] / 3  # batch 1 touches 8 experts a layer, batch 256 nearly all 128
-    ep = CalibratedPerfSpec().build(GPUS["h100-sxm"], MODELS["qwen3-235b-a22b"], 8, expert_parallel=True)
+    ep = CalibratedPerfSpec().build(PerfContext(GPUS["h100-sxm"], MODELS["qwen3-235b-a22b"], 8, expert_parallel=True))
     assert ep.token_costs_s(np.array([64.0]))[0] > 0
 
 
@@ -337,8 +346,8 @@ def test_data_parallel_attention_for_mla():
     dp_blocks = kv_capacity_blocks(gpu, model, 8, 0.9, 16, 4e9, data_parallel_attention=True)
     assert tp_blocks > 0 and dp_blocks // 8 == tp_blocks
     spec = CalibratedPerfSpec()
-    tp = spec.build(gpu, model, 8)
-    dp = spec.build(gpu, model, 8, data_parallel_attention=True)
+    tp = spec.build(PerfContext(gpu, model, 8))
+    dp = spec.build(PerfContext(gpu, model, 8, data_parallel_attention=True))
     ctx = np.full(256, 20000)
     empty = np.zeros(0, np.int64)
     assert dp.step_time_s(Batch(ctx, empty, empty)) < tp.step_time_s(Batch(ctx, empty, empty))

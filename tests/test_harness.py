@@ -155,8 +155,7 @@ def test_the_profile_fits_and_the_fit_drives_a_scenario(profile_dir: Path, tmp_p
 
     from simserve.fit import fit_profile
     from simserve.hardware import model_from_architecture
-    from simserve.oplevel import CalibratedPerf
-    from simserve.perf import Batch
+    from simserve.perf import Batch, CalibratedPerf
     from simserve.profiles import load_profile
 
     profile = load_profile(profile_dir)
