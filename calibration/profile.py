@@ -42,9 +42,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
+from simserve.calibration.profiles import COLUMNS as PROFILE_COLUMNS  # noqa: E402
+from simserve.calibration.profiles import SCHEMA  # noqa: E402
 from simserve.hardware import GPUS  # noqa: E402
-from simserve.profiles import COLUMNS as PROFILE_COLUMNS  # noqa: E402
-from simserve.profiles import SCHEMA  # noqa: E402
 
 # Public config.json values of the built-in models: (HF config class, kwargs).
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -14,9 +14,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from simserve.fit import fit_profile, fit_table, validate_fit
+from simserve.calibration import (
+    ProfileError,
+    fit_profile,
+    fit_table,
+    import_aiconfigurator,
+    import_vidur,
+    load_profile,
+    validate_fit,
+    write_profile,
+)
 from simserve.hardware import GPUS, MODELS, GpuDatasheet, datasheet_of, model_from_architecture
-from simserve.importers import import_aiconfigurator, import_vidur
 from simserve.perf import (
     TABLES,
     Batch,
@@ -28,7 +36,6 @@ from simserve.perf import (
     shipped_fits,
     step_quantities,
 )
-from simserve.profiles import ProfileError, load_profile, write_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -391,7 +398,7 @@ def test_compute_scale_slows_compute_bound_steps_only(tmp_path):
 def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
     """The two numbers kernel profiles cannot see, fitted on the H100 llama2-7b run (bisection, fewer steps than
     the shipped fit used): close to the shipped values, and the fitted overhead brings mean TPOT to the real one."""
-    from simserve.validate import fit_compute_scale, fit_step_overhead, validate_experiment
+    from simserve.calibration import fit_compute_scale, fit_step_overhead, validate_experiment
 
     exp = E2E / "h100-llama2-7b-tp1-mixed"
     fit = str(ROOT / "calibration" / "fits" / "h100-sxm.yaml")

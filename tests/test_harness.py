@@ -144,7 +144,7 @@ def test_metadata(profile_dir: Path) -> None:
 
 
 def test_simserve_loads_the_profile(profile_dir: Path) -> None:
-    from simserve.profiles import load_profile
+    from simserve.calibration import load_profile
 
     load_profile(profile_dir)
 
@@ -153,10 +153,9 @@ def test_the_profile_fits_and_the_fit_drives_a_scenario(profile_dir: Path, tmp_p
     """Harness -> fit -> calibrated step model of the profiled (tiny) model: the one path of issue 6."""
     import numpy as np
 
-    from simserve.fit import fit_profile
+    from simserve.calibration import fit_profile, load_profile
     from simserve.hardware import model_from_architecture
     from simserve.perf import Batch, CalibratedPerf
-    from simserve.profiles import load_profile
 
     profile = load_profile(profile_dir)
     fit = fit_profile(profile)

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
+from simserve.calibration.profiles import Profile, ProfileError, steps_row_batch
 from simserve.hardware import GpuDatasheet, model_from_architecture
 from simserve.perf.analytic import step_quantities
 from simserve.perf.base import Batch
 from simserve.perf.calibrated import CalibratedPerf
 from simserve.perf.fits import TABLES, Cols, Fit, OpFit, axis_transform
-from simserve.profiles import Profile, ProfileError, steps_row_batch
 
 
 def _fill_missing(grid: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The op-level profile schema: one folder of measured operation latencies, written by the profiling harness
-(calibration/profile.py) and by the importers of published data (simserve.importers), read by the fit.
+(calibration/profile_gpu.py) and by the importers of published data (simserve.calibration.importers), read by the
+fitting (simserve.calibration.fitting).
 
 A profile folder holds `metadata.yaml` and any of these tables, as `NAME.csv` or `NAME.csv.gz`. Latencies are
 seconds; head counts are per GPU (after tensor-parallel sharding); sizes are tokens or bytes as named.
@@ -42,7 +43,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "elementwise": ("op", "num_tokens", "width"),
     "steps": ("decode_context_tokens", "prefill_new_tokens", "prefill_cached_tokens"),
 }
-OP_TABLES = ("gemm", "context_attention", "generation_attention", "allreduce", "elementwise")
 _TEXT_COLUMNS = {"op", "decode_context_tokens", "prefill_new_tokens", "prefill_cached_tokens"}
 
 
