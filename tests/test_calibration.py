@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from simserve import ScenarioError, Simulation, load_scenario
 from simserve.calibration import (
     ProfileError,
     fit_profile,
@@ -26,6 +27,7 @@ from simserve.calibration import (
 )
 from simserve.hardware import GPUS, MODELS, GpuDatasheet, datasheet_of, model_from_architecture
 from simserve.perf import (
+    SHIPPED_FITS_DIR,
     TABLES,
     Batch,
     CalibratedPerf,
@@ -286,10 +288,48 @@ def test_scenario_with_a_missing_fit_file_is_a_clear_error(tmp_path):
     assert out.returncode == 2 and "perf.fit" in out.stderr and "nope.yaml" in out.stderr
 
 
+
+def test_a_fit_named_after_the_gpu_in_fits_dir_wins_over_the_shipped_one(tmp_path):
+    """perf.fits_dir, relative to the scenario: `<gpu preset>.yaml` there is the pool's fit; a GPU with no file
+    there keeps its shipped fit; a missing folder, or fits_dir beside fit, is a clear error."""
+    mine = load_fit(shipped_fits()["h100-sxm"])
+    mine.step_overhead_s = 0.0123
+    mine.save(tmp_path / "my-fits" / "h100-sxm.yaml")
+    scen = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())
+    scen["cluster"]["pools"] = [{"name": "h100", "gpu": "h100-sxm"}, {"name": "a100", "gpu": "a100-80gb"}]
+    scen["perf"] = {"kind": "calibrated", "fits_dir": "my-fits"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scen))
+    scenario = load_scenario(path)
+    h100, a100 = (r.perf for r in Simulation(scenario, scenario.base_dir).replicas)
+    assert isinstance(h100, CalibratedPerf) and isinstance(a100, CalibratedPerf)
+    assert h100.overhead_s == 0.0123 and h100.fit.path == tmp_path / "my-fits" / "h100-sxm.yaml"
+    assert a100.fit.path == shipped_fits()["a100-80gb"]
+    assert yaml.safe_load(scenario.to_yaml())["perf"]["fits_dir"] == str(tmp_path / "my-fits")
+    scen["perf"]["fits_dir"] = "nowhere"
+    path.write_text(yaml.safe_dump(scen))
+    with pytest.raises(ScenarioError, match="perf.fits_dir: .*nowhere: no such folder of fits"):
+        load_scenario(path)
+    scen["perf"]["fit"] = "my-fits/h100-sxm.yaml"
+    path.write_text(yaml.safe_dump(scen))
+    with pytest.raises(ScenarioError, match="not both"):
+        load_scenario(path)
+
+
+def test_calibrate_fit_refuses_to_write_into_the_installed_package(tmp_path):
+    target = SHIPPED_FITS_DIR / "mine.yaml"
+    out = run_cli("calibrate", "fit", "calibration/profiles/a100-80gb", "--out", str(target))
+    assert out.returncode == 2 and "installed data folder" in out.stderr and "Traceback" not in out.stderr
+    assert not target.exists()
+    out = run_cli("calibrate", "fit", "calibration/profiles/a100-80gb", "--out", str(tmp_path / "f.yaml"), "--plot",
+                  str(SHIPPED_FITS_DIR.parent / "chart.html"))
+    assert out.returncode == 2 and "--plot" in out.stderr and not (tmp_path / "f.yaml").exists()
+
+
 # -- validation commands -------------------------------------------------------------------------------------
 @needs_shared
 def test_op_level_validate_command_writes_per_table_errors(tmp_path):
-    out = run_cli("calibrate", "validate", "calibration/fits/a100-80gb.yaml", "--profiles",
+    out = run_cli("calibrate", "validate", str(shipped_fits()["a100-80gb"]), "--profiles",
                   "calibration/profiles/h100-sxm", "--gpu", "h100-sxm", "--out", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r.json").read_text())
@@ -299,7 +339,7 @@ def test_op_level_validate_command_writes_per_table_errors(tmp_path):
 
 
 def test_shipped_fits_meet_the_in_gpu_heldout_error():
-    h100 = load_fit(ROOT / "calibration" / "fits" / "h100-sxm.yaml")
+    h100 = load_fit(shipped_fits()["h100-sxm"])
     assert h100.source["heldout_overall"]["mape"] <= 0.05
     for name in ("gemm", "context_attention", "generation_attention"):
         assert h100.tables[name].stats["heldout"]["mape"] <= 0.05
@@ -380,7 +420,7 @@ def test_pool_parallelism_options_reach_the_step_model(tmp_path):
 
 
 def test_compute_scale_slows_compute_bound_steps_only(tmp_path):
-    fit = load_fit(ROOT / "calibration" / "fits" / "h100-sxm.yaml")
+    fit = load_fit(shipped_fits()["h100-sxm"])
     assert 1.0 <= fit.compute_scale < 1.3 and "prefill" in fit.source["compute_scale"]
     empty = np.zeros(0, np.int64)
     prefill, decode = Batch(empty, np.array([4096]), np.array([0])), Batch(np.full(8, 2000), empty, empty)
@@ -401,7 +441,7 @@ def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
     from simserve.calibration import fit_compute_scale, fit_step_overhead, validate_experiment
 
     exp = E2E / "h100-llama2-7b-tp1-mixed"
-    fit = str(ROOT / "calibration" / "fits" / "h100-sxm.yaml")
+    fit = str(shipped_fits()["h100-sxm"])
     scale = fit_compute_scale(exp, fit, 0.00076, iterations=6)
     assert scale is not None and 1.0 < scale < 1.2
     overhead = fit_step_overhead(exp, fit, iterations=8)
@@ -411,5 +451,5 @@ def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
 
 
 def test_shipped_a100_fit_meets_the_in_gpu_heldout_error():
-    a100 = load_fit(ROOT / "calibration" / "fits" / "a100-80gb.yaml")
+    a100 = load_fit(shipped_fits()["a100-80gb"])
     assert a100.source["heldout_overall"]["mape"] <= 0.05
