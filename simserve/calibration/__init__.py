@@ -2,14 +2,7 @@
 at run time) and replay of real serving runs. It builds on simserve.perf; nothing that runs a scenario imports it.
 """
 
-from simserve.calibration.fitting import (
-    columns_of,
-    composed_step_overhead,
-    fit_profile,
-    fit_table,
-    split_tables,
-    validate_fit,
-)
+from simserve.calibration.fitting import columns_of, fit_profile, fit_table, split_tables, validate_fit
 from simserve.calibration.importers import IMPORTERS, import_aiconfigurator, import_vidur
 from simserve.calibration.profiles import (
     COLUMNS,
@@ -18,7 +11,6 @@ from simserve.calibration.profiles import (
     ProfileError,
     ProfileMetadata,
     load_profile,
-    steps_row_batch,
     write_profile,
 )
 from simserve.calibration.replay import (
@@ -41,7 +33,6 @@ __all__ = [
     "ProfileError",
     "ProfileMetadata",
     "columns_of",
-    "composed_step_overhead",
     "experiment_scenario",
     "fit_compute_scale",
     "fit_profile",
@@ -52,7 +43,6 @@ __all__ = [
     "load_experiment",
     "load_profile",
     "split_tables",
-    "steps_row_batch",
     "validate_experiment",
     "validate_fit",
     "write_profile",

@@ -136,7 +136,7 @@ def _check_table(name: str, df: pd.DataFrame, where: str) -> tuple[pd.DataFrame,
     return ok, int((~keep).sum())
 
 
-def parse_int_list(text: str) -> np.ndarray:
+def _parse_int_list(text: str) -> np.ndarray:
     """'100 200 300' -> array([100, 200, 300]); '' -> empty."""
     text = str(text).strip()
     if not text or text == "nan":
@@ -147,9 +147,9 @@ def parse_int_list(text: str) -> np.ndarray:
 def steps_row_batch(row: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (decode contexts, prefill new, prefill cached) arrays of one steps row, checked for consistency."""
     try:
-        dec = parse_int_list(row["decode_context_tokens"])
-        new = parse_int_list(row["prefill_new_tokens"])
-        cached = parse_int_list(row["prefill_cached_tokens"])
+        dec = _parse_int_list(row["decode_context_tokens"])
+        new = _parse_int_list(row["prefill_new_tokens"])
+        cached = _parse_int_list(row["prefill_cached_tokens"])
     except ValueError:
         raise ValueError("token lists must be space-separated integers") from None
     if len(new) != len(cached):

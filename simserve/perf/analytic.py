@@ -79,6 +79,8 @@ class LinearPerfSpec(BaseModel):
 
 
 class LinearPerf:
+    """The linear PerfModel (LinearPerfSpec)."""
+
     def __init__(self, spec: LinearPerfSpec) -> None:
         self.c0 = spec.step_overhead_s
         self.c_prefill = spec.per_prefill_token_s
@@ -119,6 +121,8 @@ class RooflinePerfSpec(BaseModel):
 
 
 class RooflinePerf:
+    """The roofline PerfModel of one replica (RooflinePerfSpec), its per-GPU rates computed once."""
+
     def __init__(self, spec: RooflinePerfSpec, ctx: PerfContext) -> None:
         gpu, model, tp = ctx.gpu, ctx.model, ctx.tensor_parallel
         self.overhead_s = spec.step_overhead_s

@@ -101,6 +101,8 @@ def _interp1(xs: list[float], ys: list[float], x: float) -> float:
 
 
 class CalibratedPerf:
+    """The calibrated PerfModel of one replica: a fit's operations composed for `model` on `tensor_parallel` GPUs."""
+
     def __init__(self, fit: Fit, model: ModelSpec, tensor_parallel: int, overhead_s: float,
                  expert_parallel: bool = False, data_parallel_attention: bool = False) -> None:
         self.fit = fit
