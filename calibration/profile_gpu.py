@@ -66,7 +66,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 # Placeholder datasheet of a device with no simserve preset: (HBM bytes/s, dense bf16 FLOP/s, interconnect bytes/s).
 NOMINAL = (5.0e10, 1.0e12, 32e9)
 
-# The profile schema's columns (simserve.profiles), each table with its latency and status.
+# The profile schema's columns (simserve.calibration.profiles), each table with its latency and status.
 COLUMNS: dict[str, list[str]] = {name: [*cols, "latency_s", "status"] for name, cols in PROFILE_COLUMNS.items()}
 
 Row = dict[str, Any]
