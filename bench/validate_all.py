@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from simserve.validate import validate_experiment
+from simserve.calibration import validate_experiment
 
 COLUMNS = [(m, s) for m in ("ttft_s", "tpot_s", "e2e_s") for s in ("mean", "p50", "p99")]
 

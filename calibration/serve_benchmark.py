@@ -2,7 +2,7 @@
 """End-to-end serving benchmark: run transformers' continuous batching engine under a Poisson workload and write an
 experiment folder that ``simserve validate`` can replay.
 
-The model is built from its config with random weights (the built-in configs of ``calibration/profile.py``, or any
+The model is built from its config with random weights (the built-in configs of ``calibration/profile_gpu.py``, or any
 llama / qwen2 ``config.json``), so nothing is downloaded. Requests arrive as a Poisson process; prompt and output
 lengths are drawn from fixed, uniform or lognormal distributions; prompts are random token ids and every request
 generates exactly its drawn number of tokens (EOS disabled, ``max_new_tokens`` pinned), so the lengths are exact
@@ -36,13 +36,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    # Run as a script, this folder would come first on sys.path and calibration/profile.py would shadow the standard
-    # library's `profile` module, which cProfile (imported by torch and transformers) needs.
-    del sys.path[0]
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 HERE = Path(__file__).resolve().parent
 TOOL = "simserve calibration/serve_benchmark.py"
@@ -59,7 +54,7 @@ GPU_DATASHEETS: list[tuple[tuple[str, ...], str, float, float, float]] = [
     (("A100", "80GB"), "A100 SXM 80GB", 80e9, 2.039e12, 312e12),
     (("A100", "40GB"), "A100 40GB", 40e9, 1.555e12, 312e12),
 ]
-# Placeholder figures for a CPU or an unknown GPU (as calibration/profile.py uses).
+# Placeholder figures for a CPU or an unknown GPU (as calibration/profile_gpu.py uses).
 NOMINAL_HBM_BYTES_PER_S = 5.0e10
 NOMINAL_FLOPS_PER_S = 1.0e12
 
@@ -73,12 +68,12 @@ def log(message: str) -> None:
 
 
 def load_profile_module() -> ModuleType:
-    """calibration/profile.py (the model configs and builder), imported by path: as ``profile`` it would clash with
-    the standard library module of that name."""
+    """calibration/profile_gpu.py (the model configs and builder), imported by path: calibration/ is a folder of
+    scripts, not a package, so it is on sys.path only when a script of it is run directly."""
     name = "simserve_profile_harness"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE / "profile.py")
+    spec = importlib.util.spec_from_file_location(name, HERE / "profile_gpu.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

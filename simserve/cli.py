@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simserve.calibrate_cli import ERRORS as CALIBRATION_ERRORS
-from simserve.calibrate_cli import add_commands, json_safe
+from simserve.calibration.cli import ERRORS as CALIBRATION_ERRORS
+from simserve.calibration.cli import add_commands, json_safe
 from simserve.scenario import Scenario, ScenarioError, load_scenario
 from simserve.sim import Results, run
 

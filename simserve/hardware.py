@@ -1,4 +1,4 @@
-"""GPU and model specifications, and their presets: data only, no behaviour beyond derived sizes.
+"""GPU and model specifications, their presets and datasheet figures: data only, no behaviour beyond derived sizes.
 
 Figures are datasheet peaks (NVIDIA) and Hugging Face model configs; see ../shared/design/REFERENCE.md and
 docs/model.md. Prices are scenario defaults (public on-demand list prices, 2024-2026), not facts.
@@ -27,6 +27,29 @@ class GpuSpec(BaseModel):
         gt=0, description="per-GPU NVLink (or PCIe) bandwidth used by tensor-parallel all-reduce"
     )
     usd_per_hour: float = Field(ge=0, description="price of one GPU-hour")
+
+
+class GpuDatasheet(BaseModel):
+    """The datasheet figures a fit's roofline features are computed from (not measured): a GPU preset's, or those a
+    profile or an experiment folder records for its device."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    preset: str | None = None
+    memory_bytes: float = Field(gt=0)
+    hbm_bandwidth_bytes_per_s: float = Field(gt=0)
+    peak_flops_per_s: float = Field(gt=0)
+    interconnect_bandwidth_bytes_per_s: float = Field(default=900e9, gt=0)
+    datasheet_note: str | None = None
+
+
+def datasheet_of(gpu: GpuSpec, note: str | None = None) -> GpuDatasheet:
+    """A GPU spec's datasheet figures, as a fit's features use them."""
+    return GpuDatasheet(name=gpu.name, preset=gpu.name, memory_bytes=gpu.memory_bytes,
+                        hbm_bandwidth_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s,
+                        peak_flops_per_s=gpu.peak_flops_per_s,
+                        interconnect_bandwidth_bytes_per_s=gpu.interconnect_bandwidth_bytes_per_s,
+                        datasheet_note=note)
 
 
 class MoeSpec(BaseModel):

@@ -10,8 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from simserve.hardware import GPUS, MODELS, GpuSpec, ModelSpec, activation_reserve_estimate, kv_capacity_blocks
-from simserve.oplevel import CalibratedPerfSpec, PerfSpec
-from simserve.perf import RooflinePerfSpec
+from simserve.perf import CalibratedPerfSpec, FitError, PerfSpec, RooflinePerfSpec
 from simserve.request import BUILTIN_PREFIX
 from simserve.routing import ByQueryTypeRouterSpec, RouterSpec, SimpleRouterSpec
 from simserve.schedulers import FcfsSchedulerSpec, SchedulerSpec
@@ -185,8 +184,8 @@ class Scenario(BaseModel):
 
 
 def _is_relative_file(key: str, value: Any) -> bool:
-    return (key in ("file", "path", "fit") and isinstance(value, str) and not value.startswith(BUILTIN_PREFIX)
-            and not Path(value).is_absolute())
+    return (key in ("file", "path", "fit", "fits_dir") and isinstance(value, str)
+            and not value.startswith(BUILTIN_PREFIX) and not Path(value).is_absolute())
 
 
 def _yaml_path(loc: tuple[Any, ...], data: Any) -> str:
@@ -283,13 +282,12 @@ def _check_buildable(scenario: Scenario, source: str) -> None:
                 except ValueError as exc:
                     raise ScenarioError(f"{source}: workload.mix.{i}.{key}.file: {exc}") from None
     if isinstance(scenario.perf, CalibratedPerfSpec):
-        from simserve.fit import FitError
-
+        field = "perf.fit" if scenario.perf.fit else "perf.fits_dir" if scenario.perf.fits_dir else "perf"
         for pool in scenario.cluster.pools:
             try:
-                scenario.perf.load(scenario.gpu_of(pool), scenario.base_dir)
+                scenario.perf.resolve_fit(scenario.gpu_of(pool), scenario.base_dir)
             except FitError as exc:
-                raise ScenarioError(f"{source}: perf.fit: {exc}") from None
+                raise ScenarioError(f"{source}: {field}: {exc}") from None
     for i, pool in enumerate(scenario.cluster.pools):
         model_len = pool.max_model_len_tokens or scenario.model_of(pool).max_context_tokens
         if not pool.chunked_prefill and pool.max_num_batched_tokens < model_len:

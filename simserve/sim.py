@@ -17,8 +17,7 @@ import simpy
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
 from simserve.hardware import GpuSpec, ModelSpec, kv_capacity_blocks
 from simserve.metrics import Recorder, summarize
-from simserve.oplevel import CalibratedPerfSpec, PerfSpec
-from simserve.perf import PerfModel
+from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.request import Request
 from simserve.routing import ROUTERS, StaleView
 from simserve.schedulers import SCHEDULERS
@@ -349,11 +348,9 @@ class _Counted:
 
 
 def build_perf(spec: PerfSpec, gpu: GpuSpec, model: ModelSpec, pool: PoolSpec, base_dir: Path | None) -> PerfModel:
-    """A pool's step-time model; only the calibrated model knows expert and data-parallel attention layouts."""
-    if isinstance(spec, CalibratedPerfSpec):
-        return spec.build(gpu, model, pool.tensor_parallel, base_dir, pool.expert_parallel,
-                          pool.data_parallel_attention)
-    return spec.build(gpu, model, pool.tensor_parallel, base_dir)
+    """A pool's step-time model."""
+    return spec.build(PerfContext(gpu, model, pool.tensor_parallel, pool.expert_parallel,
+                                  pool.data_parallel_attention, base_dir))
 
 
 def run(scenario: Scenario, base_dir: Path | None = None) -> Results:

@@ -14,12 +14,30 @@ import pandas as pd
 import pytest
 import yaml
 
-from simserve.fit import TABLES, fit_profile, fit_table, load_fit, validate_fit
-from simserve.hardware import GPUS, MODELS, model_from_architecture
-from simserve.importers import import_aiconfigurator, import_vidur
-from simserve.oplevel import CalibratedPerf, CalibratedPerfSpec, datasheet_of, fit_for_gpu, shipped_fits
-from simserve.perf import Batch, step_quantities
-from simserve.profiles import GpuDatasheet, ProfileError, load_profile, write_profile
+from simserve import ScenarioError, Simulation, load_scenario
+from simserve.calibration import (
+    ProfileError,
+    fit_profile,
+    fit_table,
+    import_aiconfigurator,
+    import_vidur,
+    load_profile,
+    validate_fit,
+    write_profile,
+)
+from simserve.hardware import GPUS, MODELS, GpuDatasheet, datasheet_of, model_from_architecture
+from simserve.perf import (
+    SHIPPED_FITS_DIR,
+    TABLES,
+    Batch,
+    CalibratedPerf,
+    CalibratedPerfSpec,
+    PerfContext,
+    fit_for_gpu,
+    load_fit,
+    shipped_fits,
+    step_quantities,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -81,7 +99,7 @@ def test_steps_fit_recovers_roofline_coefficients():
         dec = rng.integers(16, 20000, rng.integers(0, 48))
         n_pre = int(rng.integers(0 if len(dec) else 1, 3))
         new, cached = rng.integers(16, 4096, n_pre), rng.integers(0, 8192, n_pre)
-        q = step_quantities(model, dec, new, cached)
+        q = step_quantities(model, Batch(dec, new, cached))
         rows.append({"num_seqs": q.num_seqs, "weight_bytes": q.weight_bytes, "linear_flops": q.linear_flops,
                      "kv_bytes": q.kv_bytes, "attention_flops": q.attention_flops})
     df = pd.DataFrame(rows)
@@ -207,7 +225,7 @@ def test_vidur_import_derives_gemm_shapes_and_averages_repeats(tmp_path):
 @pytest.mark.parametrize("model_name,tp", [("llama-3.1-8b", 1), ("llama-3.1-70b", 4), ("qwen3-30b-a3b", 1),
                                            ("deepseek-r1", 8), ("gpt-oss-120b", 2)])
 def test_decode_runs_equal_single_steps(model_name, tp):
-    perf = CalibratedPerfSpec().build(GPUS["h100-sxm"], MODELS[model_name], tp)
+    perf = CalibratedPerfSpec().build(PerfContext(GPUS["h100-sxm"], MODELS[model_name], tp))
     ctx = np.array([17, 900, 4000, 12000])
     runs = perf.decode_run_times_s(ctx, 50)
     single = [perf.step_time_s(Batch(ctx + s, np.zeros(0, np.int64), np.zeros(0, np.int64))) for s in range(50)]
@@ -216,7 +234,7 @@ def test_decode_runs_equal_single_steps(model_name, tp):
 
 
 def test_step_time_grows_with_the_batch_and_is_plausible():
-    perf = CalibratedPerfSpec().build(GPUS["h100-sxm"], MODELS["llama-3.1-8b"], 1)
+    perf = CalibratedPerfSpec().build(PerfContext(GPUS["h100-sxm"], MODELS["llama-3.1-8b"]))
     empty = np.zeros(0, np.int64)
     one = perf.step_time_s(Batch(np.array([1000]), empty, empty))
     many = perf.step_time_s(Batch(np.full(128, 1000), empty, empty))
@@ -230,10 +248,10 @@ def test_moe_reads_fewer_weight_bytes_at_batch_1_than_256():
     assert m.weight_bytes_read(1) < 0.2 * m.weight_bytes_read(256)
     assert m.weight_bytes_read(256) <= m.weight_bytes + 1
     assert m.weight_bytes_read(1) == pytest.approx(m.active_params * m.bytes_per_value, rel=0.1)
-    perf = CalibratedPerfSpec().build(GPUS["h100-sxm"], m, 1)
+    perf = CalibratedPerfSpec().build(PerfContext(GPUS["h100-sxm"], m))
     costs = perf.token_costs_s(np.array([1.0, 256.0]))
     assert costs[0] < costs[1] / 3  # batch 1 touches 8 experts a layer, batch 256 nearly all 128
-    ep = CalibratedPerfSpec().build(GPUS["h100-sxm"], MODELS["qwen3-235b-a22b"], 8, expert_parallel=True)
+    ep = CalibratedPerfSpec().build(PerfContext(GPUS["h100-sxm"], MODELS["qwen3-235b-a22b"], 8, expert_parallel=True))
     assert ep.token_costs_s(np.array([64.0]))[0] > 0
 
 
@@ -270,10 +288,48 @@ def test_scenario_with_a_missing_fit_file_is_a_clear_error(tmp_path):
     assert out.returncode == 2 and "perf.fit" in out.stderr and "nope.yaml" in out.stderr
 
 
+
+def test_a_fit_named_after_the_gpu_in_fits_dir_wins_over_the_shipped_one(tmp_path):
+    """perf.fits_dir, relative to the scenario: `<gpu preset>.yaml` there is the pool's fit; a GPU with no file
+    there keeps its shipped fit; a missing folder, or fits_dir beside fit, is a clear error."""
+    mine = load_fit(shipped_fits()["h100-sxm"])
+    mine.step_overhead_s = 0.0123
+    mine.save(tmp_path / "my-fits" / "h100-sxm.yaml")
+    scen = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())
+    scen["cluster"]["pools"] = [{"name": "h100", "gpu": "h100-sxm"}, {"name": "a100", "gpu": "a100-80gb"}]
+    scen["perf"] = {"kind": "calibrated", "fits_dir": "my-fits"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scen))
+    scenario = load_scenario(path)
+    h100, a100 = (r.perf for r in Simulation(scenario, scenario.base_dir).replicas)
+    assert isinstance(h100, CalibratedPerf) and isinstance(a100, CalibratedPerf)
+    assert h100.overhead_s == 0.0123 and h100.fit.path == tmp_path / "my-fits" / "h100-sxm.yaml"
+    assert a100.fit.path == shipped_fits()["a100-80gb"]
+    assert yaml.safe_load(scenario.to_yaml())["perf"]["fits_dir"] == str(tmp_path / "my-fits")
+    scen["perf"]["fits_dir"] = "nowhere"
+    path.write_text(yaml.safe_dump(scen))
+    with pytest.raises(ScenarioError, match="perf.fits_dir: .*nowhere: no such folder of fits"):
+        load_scenario(path)
+    scen["perf"]["fit"] = "my-fits/h100-sxm.yaml"
+    path.write_text(yaml.safe_dump(scen))
+    with pytest.raises(ScenarioError, match="not both"):
+        load_scenario(path)
+
+
+def test_calibrate_fit_refuses_to_write_into_the_installed_package(tmp_path):
+    target = SHIPPED_FITS_DIR / "mine.yaml"
+    out = run_cli("calibrate", "fit", "calibration/profiles/a100-80gb", "--out", str(target))
+    assert out.returncode == 2 and "installed data folder" in out.stderr and "Traceback" not in out.stderr
+    assert not target.exists()
+    out = run_cli("calibrate", "fit", "calibration/profiles/a100-80gb", "--out", str(tmp_path / "f.yaml"), "--plot",
+                  str(SHIPPED_FITS_DIR.parent / "chart.html"))
+    assert out.returncode == 2 and "--plot" in out.stderr and not (tmp_path / "f.yaml").exists()
+
+
 # -- validation commands -------------------------------------------------------------------------------------
 @needs_shared
 def test_op_level_validate_command_writes_per_table_errors(tmp_path):
-    out = run_cli("calibrate", "validate", "calibration/fits/a100-80gb.yaml", "--profiles",
+    out = run_cli("calibrate", "validate", str(shipped_fits()["a100-80gb"]), "--profiles",
                   "calibration/profiles/h100-sxm", "--gpu", "h100-sxm", "--out", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r.json").read_text())
@@ -283,7 +339,7 @@ def test_op_level_validate_command_writes_per_table_errors(tmp_path):
 
 
 def test_shipped_fits_meet_the_in_gpu_heldout_error():
-    h100 = load_fit(ROOT / "calibration" / "fits" / "h100-sxm.yaml")
+    h100 = load_fit(shipped_fits()["h100-sxm"])
     assert h100.source["heldout_overall"]["mape"] <= 0.05
     for name in ("gemm", "context_attention", "generation_attention"):
         assert h100.tables[name].stats["heldout"]["mape"] <= 0.05
@@ -337,8 +393,8 @@ def test_data_parallel_attention_for_mla():
     dp_blocks = kv_capacity_blocks(gpu, model, 8, 0.9, 16, 4e9, data_parallel_attention=True)
     assert tp_blocks > 0 and dp_blocks // 8 == tp_blocks
     spec = CalibratedPerfSpec()
-    tp = spec.build(gpu, model, 8)
-    dp = spec.build(gpu, model, 8, data_parallel_attention=True)
+    tp = spec.build(PerfContext(gpu, model, 8))
+    dp = spec.build(PerfContext(gpu, model, 8, data_parallel_attention=True))
     ctx = np.full(256, 20000)
     empty = np.zeros(0, np.int64)
     assert dp.step_time_s(Batch(ctx, empty, empty)) < tp.step_time_s(Batch(ctx, empty, empty))
@@ -364,7 +420,7 @@ def test_pool_parallelism_options_reach_the_step_model(tmp_path):
 
 
 def test_compute_scale_slows_compute_bound_steps_only(tmp_path):
-    fit = load_fit(ROOT / "calibration" / "fits" / "h100-sxm.yaml")
+    fit = load_fit(shipped_fits()["h100-sxm"])
     assert 1.0 <= fit.compute_scale < 1.3 and "prefill" in fit.source["compute_scale"]
     empty = np.zeros(0, np.int64)
     prefill, decode = Batch(empty, np.array([4096]), np.array([0])), Batch(np.full(8, 2000), empty, empty)
@@ -382,10 +438,10 @@ def test_compute_scale_slows_compute_bound_steps_only(tmp_path):
 def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
     """The two numbers kernel profiles cannot see, fitted on the H100 llama2-7b run (bisection, fewer steps than
     the shipped fit used): close to the shipped values, and the fitted overhead brings mean TPOT to the real one."""
-    from simserve.validate import fit_compute_scale, fit_step_overhead, validate_experiment
+    from simserve.calibration import fit_compute_scale, fit_step_overhead, validate_experiment
 
     exp = E2E / "h100-llama2-7b-tp1-mixed"
-    fit = str(ROOT / "calibration" / "fits" / "h100-sxm.yaml")
+    fit = str(shipped_fits()["h100-sxm"])
     scale = fit_compute_scale(exp, fit, 0.00076, iterations=6)
     assert scale is not None and 1.0 < scale < 1.2
     overhead = fit_step_overhead(exp, fit, iterations=8)
@@ -395,5 +451,5 @@ def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
 
 
 def test_shipped_a100_fit_meets_the_in_gpu_heldout_error():
-    a100 = load_fit(ROOT / "calibration" / "fits" / "a100-80gb.yaml")
+    a100 = load_fit(shipped_fits()["a100-80gb"])
     assert a100.source["heldout_overall"]["mape"] <= 0.05

@@ -1,4 +1,4 @@
-"""The GPU profiling harness (calibration/profile.py), run on the CPU with the tiny model and the quick grid: the
+"""The GPU profiling harness (calibration/profile_gpu.py), run on the CPU with the tiny model and the quick grid: the
 profile folder it writes follows simserve's op-level schema, and an out-of-memory error at one point becomes an
 ``oom`` row while the run goes on.
 
@@ -29,7 +29,7 @@ else:
     pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parent.parent
-HARNESS = ROOT / "calibration" / "profile.py"
+HARNESS = ROOT / "calibration" / "profile_gpu.py"
 
 COLUMNS = {
     "gemm.csv": ["m", "n", "k", "latency_s", "status"],
@@ -60,7 +60,7 @@ def one_thread() -> Iterator[None]:
 
 
 def load_harness() -> ModuleType:
-    """calibration/profile.py imported as a module (it is a script, not part of the package)."""
+    """calibration/profile_gpu.py imported as a module (it is a script, not part of the package)."""
     spec = importlib.util.spec_from_file_location("simserve_profile_harness", HARNESS)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -144,7 +144,7 @@ def test_metadata(profile_dir: Path) -> None:
 
 
 def test_simserve_loads_the_profile(profile_dir: Path) -> None:
-    from simserve.profiles import load_profile
+    from simserve.calibration import load_profile
 
     load_profile(profile_dir)
 
@@ -153,11 +153,9 @@ def test_the_profile_fits_and_the_fit_drives_a_scenario(profile_dir: Path, tmp_p
     """Harness -> fit -> calibrated step model of the profiled (tiny) model: the one path of issue 6."""
     import numpy as np
 
-    from simserve.fit import fit_profile
+    from simserve.calibration import fit_profile, load_profile
     from simserve.hardware import model_from_architecture
-    from simserve.oplevel import CalibratedPerf
-    from simserve.perf import Batch
-    from simserve.profiles import load_profile
+    from simserve.perf import Batch, CalibratedPerf
 
     profile = load_profile(profile_dir)
     fit = fit_profile(profile)

@@ -102,7 +102,7 @@ def test_experiment_json_rebuilds_the_server(experiment_dir: Path) -> None:
     assert eng["block_size"] > 0 and eng["max_num_seqs"] > 0 and eng["max_num_batched_tokens"] > 0
     assert eng["kv_cache_capacity_tokens"] == eng["kv_cache_num_blocks"] * eng["block_size"]
     arch = meta["model_architecture"]
-    # The tiny Llama of calibration/profile.py: 2 layers, hidden 64, 4 x 16 heads, 2 KV heads, FFN 128, vocab 256.
+    # The tiny Llama of calibration/profile_gpu.py: 2 layers, hidden 64, 4 x 16 heads, 2 KV heads, FFN 128, vocab 256.
     assert (arch["num_layers"], arch["hidden_size"], arch["num_attention_heads"], arch["num_kv_heads"],
             arch["head_dim"], arch["intermediate_size"], arch["vocab_size"]) == (2, 64, 4, 2, 16, 128, 256)
     assert arch["num_params"] > 0 and arch["bytes_per_param"] == 4

@@ -1,4 +1,5 @@
-"""Importers: published per-operation GPU measurements -> the op-level profile schema (simserve.profiles).
+"""Importers: published per-operation GPU measurements -> the op-level profile schema
+(simserve.calibration.profiles).
 
 - `aiconfigurator` (NVIDIA ai-dynamo/aiconfigurator, Apache-2.0): one system folder (gemm_perf.csv,
   context_attention_perf.csv, generation_attention_perf.csv, custom_allreduce_perf.csv). Latency ms -> s; decode
@@ -18,10 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simserve.hardware import GPUS, preset_for_name
-from simserve.profiles import ProfileError, datasheet_of
-
-FORMATS = ("aiconfigurator", "vidur")
+from simserve.calibration.profiles import SCHEMA, ProfileError
+from simserve.hardware import GPUS, datasheet_of, preset_for_name
 
 
 def _read(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -40,7 +39,7 @@ def _datasheet(gpu: str) -> dict[str, Any]:
     return datasheet_of(GPUS[gpu], "simserve preset datasheet figures; the latencies are measured").model_dump()
 
 
-def guess_gpu(src: Path) -> str:
+def _guess_gpu(src: Path) -> str:
     preset = preset_for_name(str(src))
     if preset is None:
         raise ProfileError(f"{src}: cannot tell which GPU this is; pass --gpu with one of {', '.join(GPUS)}")
@@ -50,7 +49,7 @@ def guess_gpu(src: Path) -> str:
 def import_aiconfigurator(src: str | Path, gpu: str | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """Read one aiconfigurator system folder; returns (metadata, tables) in the profile schema."""
     src = Path(src)
-    gpu = gpu or guess_gpu(src)
+    gpu = gpu or _guess_gpu(src)
     g = _read(src / "gemm_perf.csv", ["gemm_dtype", "m", "n", "k", "latency", "device", "version"])
     g = g[g.gemm_dtype == "bfloat16"]
     gemm = pd.DataFrame({"m": g.m, "n": g.n, "k": g.k, "latency_s": g.latency * 1e-3})
@@ -68,7 +67,7 @@ def import_aiconfigurator(src: str | Path, gpu: str | None = None) -> tuple[dict
     a = a[a.backend == "vllm_graph"]
     ar = pd.DataFrame({"num_gpus": a.num_gpus, "message_bytes": a.message_size * 2, "latency_s": a.latency * 1e-3})
     meta = {
-        "schema": "simserve-profile/1",
+        "schema": SCHEMA,
         "source": {"kind": "aiconfigurator", "path": src.name, "device": str(g.device.iloc[0]),
                    "framework_version": str(g.version.iloc[0]),
                    "attention_kernel": str(c.get("kernel_source", pd.Series(["?"])).iloc[0]),
@@ -113,7 +112,7 @@ def _vidur_elementwise(r: pd.Series) -> dict[str, tuple[str, float]]:
 def import_vidur(src: str | Path, gpu: str | None = None) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """Read a Vidur compute folder (`<model>/mlp.csv` ...) and its sibling network folder."""
     src = Path(src)
-    gpu = gpu or guess_gpu(src)
+    gpu = gpu or _guess_gpu(src)
     files = sorted(src.glob("*/mlp.csv"))
     if not files:
         raise ProfileError(f"{src}: no <model>/mlp.csv files (expected a Vidur compute folder such as vidur/a100)")
@@ -144,7 +143,7 @@ def import_vidur(src: str | Path, gpu: str | None = None) -> tuple[dict[str, Any
                            "latency_s": a["time_stats.all_reduce.median"] * 1e-3})
         tables["allreduce"] = ar.groupby(["num_gpus", "message_bytes"], as_index=False).latency_s.mean()
     meta = {
-        "schema": "simserve-profile/1",
+        "schema": SCHEMA,
         "source": {"kind": "vidur", "path": src.name, "models": [f.parent.name for f in files],
                    "network": net.parent.name if net.exists() else None, "license": "MIT (microsoft/vidur)",
                    "converted_by": "simserve calibrate import --format vidur"},

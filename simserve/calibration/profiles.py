@@ -1,5 +1,6 @@
 """The op-level profile schema: one folder of measured operation latencies, written by the profiling harness
-(calibration/profile.py) and by the importers of published data (simserve.importers), read by the fit.
+(calibration/profile_gpu.py) and by the importers of published data (simserve.calibration.importers), read by the
+fitting (simserve.calibration.fitting).
 
 A profile folder holds `metadata.yaml` and any of these tables, as `NAME.csv` or `NAME.csv.gz`. Latencies are
 seconds; head counts are per GPU (after tensor-parallel sharding); sizes are tokens or bytes as named.
@@ -30,7 +31,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from simserve.hardware import GpuSpec
+from simserve.hardware import GpuDatasheet
 
 SCHEMA = "simserve-profile/1"
 
@@ -42,34 +43,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "elementwise": ("op", "num_tokens", "width"),
     "steps": ("decode_context_tokens", "prefill_new_tokens", "prefill_cached_tokens"),
 }
-OP_TABLES = ("gemm", "context_attention", "generation_attention", "allreduce", "elementwise")
 _TEXT_COLUMNS = {"op", "decode_context_tokens", "prefill_new_tokens", "prefill_cached_tokens"}
 
 
 class ProfileError(Exception):
     """A profile folder that cannot be used; the message names the file, the field and what was expected."""
-
-
-class GpuDatasheet(BaseModel):
-    """The datasheet figures the fit's roofline features are computed from (not measured)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str
-    preset: str | None = None
-    memory_bytes: float = Field(gt=0)
-    hbm_bandwidth_bytes_per_s: float = Field(gt=0)
-    peak_flops_per_s: float = Field(gt=0)
-    interconnect_bandwidth_bytes_per_s: float = Field(default=900e9, gt=0)
-    datasheet_note: str | None = None
-
-
-def datasheet_of(gpu: GpuSpec, note: str | None = None) -> GpuDatasheet:
-    """A GPU spec's datasheet figures, as the fit's features use them."""
-    return GpuDatasheet(name=gpu.name, preset=gpu.name, memory_bytes=gpu.memory_bytes,
-                        hbm_bandwidth_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s,
-                        peak_flops_per_s=gpu.peak_flops_per_s,
-                        interconnect_bandwidth_bytes_per_s=gpu.interconnect_bandwidth_bytes_per_s,
-                        datasheet_note=note)
 
 
 class ProfileMetadata(BaseModel):
@@ -158,7 +136,7 @@ def _check_table(name: str, df: pd.DataFrame, where: str) -> tuple[pd.DataFrame,
     return ok, int((~keep).sum())
 
 
-def parse_int_list(text: str) -> np.ndarray:
+def _parse_int_list(text: str) -> np.ndarray:
     """'100 200 300' -> array([100, 200, 300]); '' -> empty."""
     text = str(text).strip()
     if not text or text == "nan":
@@ -169,9 +147,9 @@ def parse_int_list(text: str) -> np.ndarray:
 def steps_row_batch(row: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The (decode contexts, prefill new, prefill cached) arrays of one steps row, checked for consistency."""
     try:
-        dec = parse_int_list(row["decode_context_tokens"])
-        new = parse_int_list(row["prefill_new_tokens"])
-        cached = parse_int_list(row["prefill_cached_tokens"])
+        dec = _parse_int_list(row["decode_context_tokens"])
+        new = _parse_int_list(row["prefill_new_tokens"])
+        cached = _parse_int_list(row["prefill_cached_tokens"])
     except ValueError:
         raise ValueError("token lists must be space-separated integers") from None
     if len(new) != len(cached):

@@ -1,52 +1,66 @@
-"""Step-time models: how long one iteration of a replica takes, as a pure function of the batch's composition.
+"""The analytic step-time models (linear and roofline) and the roofline quantities of a step: the one place that
+counts a step's tokens, the KV tokens it reads and writes, and its causal query-key pairs.
 
-A model implements the `PerfModel` protocol: `step_time_s(batch)` for any batch, and `decode_run_times_s` for a
-run of decode-only steps whose membership does not change (each sequence's context grows by one token a step),
-vectorised over the run so the engine can fast-forward exactly with any model.
+The same counts feed the roofline model, the steps table of a profile (calibration fits BLIS's step-level terms on
+them) and the prefill-attention features of a fit, so the three cannot drift apart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from simserve.hardware import GpuSpec, ModelSpec
+from simserve.hardware import ModelSpec
+from simserve.perf.base import Batch, PerfContext
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
+def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:
+    """Query-key pairs of prefill chunks: each of a chunk's new tokens attends over the chunk's cached tokens and,
+    causally, the new tokens up to itself: new x (cached + (new + 1) / 2)."""
+    return new_tokens * (cached_tokens + (new_tokens + 1.0) / 2.0)
+
+
+def step_tokens(batch: Batch) -> tuple[float, float, float]:
+    """(tokens computed, KV tokens read by attention plus those written, query-key pairs) of one step."""
+    new = batch.prefill_new_tokens.astype(float)
+    cached = batch.prefill_cached_tokens.astype(float)
+    decode_ctx = float(batch.decode_context_tokens.sum())
+    tokens = len(batch.decode_context_tokens) + float(new.sum())
+    kv_tokens = decode_ctx + float((cached + new).sum()) + tokens
+    pairs = decode_ctx + float(causal_pairs(new, cached).sum())
+    return tokens, kv_tokens, pairs
+
+
 @dataclass(frozen=True, slots=True)
-class Batch:
-    """What one step computes.
+class StepQuantities:
+    """A step's roofline quantities (what a steps profile is fitted on)."""
 
-    decode_context_tokens: per decoding sequence, the context its new token attends over (KV tokens already in
-        cache plus the one being computed).
-    prefill_new_tokens / prefill_cached_tokens: per prefill chunk, the tokens computed in this step and the
-        tokens of the same sequence already in the KV cache before it (earlier chunks or a cached prefix).
-    """
-
-    decode_context_tokens: np.ndarray
-    prefill_new_tokens: np.ndarray
-    prefill_cached_tokens: np.ndarray
-
-    @property
-    def num_tokens(self) -> int:
-        return int(len(self.decode_context_tokens) + self.prefill_new_tokens.sum())
+    num_seqs: float
+    weight_bytes: float
+    linear_flops: float
+    kv_bytes: float
+    attention_flops: float
 
 
-class PerfModel(Protocol):
-    def step_time_s(self, batch: Batch) -> float:
-        """Seconds one step of `batch` takes."""
-        ...
+def attention_flops_per_pair(model: ModelSpec) -> float:
+    """4 x layers x heads x head_dim: QK^T and PV, two FLOPs a multiply-add, over all layers."""
+    return 4.0 * model.num_layers * model.num_attention_heads * model.head_dim
 
-    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
-        """Seconds of each of `num_steps` decode-only steps; step s (from 0) has contexts
-        decode_context_tokens + s. Element s equals step_time_s of that step's batch."""
-        ...
+
+def step_quantities(model: ModelSpec, batch: Batch) -> StepQuantities:
+    """Weight bytes read, linear FLOPs (2 x active params per token), KV bytes read and written, and attention
+    FLOPs (4 x layers x heads x head_dim per query-key pair, causal within a chunk) of one step."""
+    tokens, kv_tokens, pairs = step_tokens(batch)
+    return StepQuantities(num_seqs=float(len(batch.decode_context_tokens) + len(batch.prefill_new_tokens)),
+                          weight_bytes=model.weight_bytes_read(tokens),
+                          linear_flops=2.0 * model.active_params * tokens,
+                          kv_bytes=kv_tokens * model.kv_bytes_per_token,
+                          attention_flops=attention_flops_per_pair(model) * pairs)
 
 
 class LinearPerfSpec(BaseModel):
@@ -60,12 +74,13 @@ class LinearPerfSpec(BaseModel):
     per_decode_seq_s: float = Field(default=0.0, ge=0)
     per_kv_token_s: float = Field(default=0.0, ge=0)
 
-    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int,
-              base_dir: Path | None = None) -> LinearPerf:
+    def build(self, ctx: PerfContext) -> LinearPerf:
         return LinearPerf(self)
 
 
 class LinearPerf:
+    """The linear PerfModel (LinearPerfSpec)."""
+
     def __init__(self, spec: LinearPerfSpec) -> None:
         self.c0 = spec.step_overhead_s
         self.c_prefill = spec.per_prefill_token_s
@@ -101,14 +116,15 @@ class RooflinePerfSpec(BaseModel):
     step_overhead_s: float = Field(default=0.002, ge=0, description="scheduler, sampling and launch overhead")
     allreduce_latency_s: float = Field(default=30e-6, ge=0, description="per all-reduce call (NCCL floor)")
 
-    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int,
-              base_dir: Path | None = None) -> RooflinePerf:
-        return RooflinePerf(self, gpu, model, tensor_parallel)
+    def build(self, ctx: PerfContext) -> RooflinePerf:
+        return RooflinePerf(self, ctx)
 
 
 class RooflinePerf:
-    def __init__(self, spec: RooflinePerfSpec, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int) -> None:
-        tp = tensor_parallel
+    """The roofline PerfModel of one replica (RooflinePerfSpec), its per-GPU rates computed once."""
+
+    def __init__(self, spec: RooflinePerfSpec, ctx: PerfContext) -> None:
+        gpu, model, tp = ctx.gpu, ctx.model, ctx.tensor_parallel
         self.overhead_s = spec.step_overhead_s
         bw = gpu.hbm_bandwidth_bytes_per_s * spec.memory_efficiency
         flops = gpu.peak_flops_per_s * spec.compute_efficiency
@@ -118,7 +134,7 @@ class RooflinePerf:
         self.weight_s = model.weight_bytes / tp / bw
         self.kv_s_per_token = model.kv_bytes_per_token / tp / bw
         self.linear_s_per_token = 2.0 * model.active_params / tp / flops
-        self.attn_s_per_pair = 4.0 * model.num_layers * model.num_attention_heads * model.head_dim / tp / flops
+        self.attn_s_per_pair = attention_flops_per_pair(model) / tp / flops
         if tp > 1:
             link = gpu.interconnect_bandwidth_bytes_per_s
             per_token = 2.0 * (tp - 1) / tp * model.hidden_size * model.bytes_per_value / link
@@ -135,48 +151,15 @@ class RooflinePerf:
         return self.model.weight_bytes_read(tokens) / self.bw_per_gpu
 
     def step_time_s(self, batch: Batch) -> float:
-        new = batch.prefill_new_tokens.astype(float)
-        cached = batch.prefill_cached_tokens.astype(float)
-        n = len(batch.decode_context_tokens)
-        decode_ctx = float(batch.decode_context_tokens.sum())
-        tokens = n + float(new.sum())
-        kv_tokens = decode_ctx + float((cached + new).sum()) + tokens  # read by attention + written
-        pairs = decode_ctx + float((new * (cached + (new + 1.0) / 2.0)).sum())
-        mem = (self.weight_s if self.model.moe is None else self._weight_s(tokens)) + self.kv_s_per_token * kv_tokens
+        tokens, kv_tokens, pairs = step_tokens(batch)
+        mem = self._weight_s(tokens) + self.kv_s_per_token * kv_tokens
         compute = self.linear_s_per_token * tokens + self.attn_s_per_pair * pairs
         return self.overhead_s + max(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * tokens
 
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
+        # step_tokens of decode-only steps, vectorised over the run: n tokens, ctx + n KV tokens, ctx pairs.
         n = len(decode_context_tokens)
         ctx = float(decode_context_tokens.sum()) + n * np.arange(num_steps, dtype=float)
-        mem = (self.weight_s if self.model.moe is None else self._weight_s(n)) + self.kv_s_per_token * (ctx + n)
+        mem = self._weight_s(n) + self.kv_s_per_token * (ctx + n)
         compute = self.linear_s_per_token * n + self.attn_s_per_pair * ctx
         return self.overhead_s + np.maximum(mem, compute) + (self.comm_fixed_s + self.comm_s_per_token * n)
-
-
-
-@dataclass(frozen=True, slots=True)
-class StepQuantities:
-    """A step's roofline quantities (what a steps profile is fitted on)."""
-
-    num_seqs: float
-    weight_bytes: float
-    linear_flops: float
-    kv_bytes: float
-    attention_flops: float
-
-
-def step_quantities(model: ModelSpec, decode_context_tokens: np.ndarray, prefill_new_tokens: np.ndarray,
-                    prefill_cached_tokens: np.ndarray) -> StepQuantities:
-    """Weight bytes read, linear FLOPs (2 x active params per token), KV bytes read and written, and attention
-    FLOPs (4 x layers x heads x head_dim per query-key pair, causal within a chunk) of one step."""
-    dec = decode_context_tokens.astype(float)
-    new = prefill_new_tokens.astype(float)
-    cached = prefill_cached_tokens.astype(float)
-    tokens = len(dec) + float(new.sum())
-    kv_tokens = float(dec.sum()) + float((cached + new).sum()) + tokens
-    pairs = float(dec.sum()) + float((new * (cached + (new + 1.0) / 2.0)).sum())
-    per_pair = 4.0 * model.num_layers * model.num_attention_heads * model.head_dim
-    return StepQuantities(num_seqs=float(len(dec) + len(new)), weight_bytes=model.weight_bytes_read(tokens),
-                          linear_flops=2.0 * model.active_params * tokens,
-                          kv_bytes=kv_tokens * model.kv_bytes_per_token, attention_flops=per_pair * pairs)

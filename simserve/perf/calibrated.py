@@ -1,4 +1,4 @@
-"""The calibrated step-time model: one step composed from fitted operations (simserve.fit), layer by layer.
+"""The calibrated step-time model: one step composed from fitted operations (simserve.perf.fits), layer by layer.
 
 Per layer, on one GPU of a tensor-parallel group of `tp`:
 - GEMMs of the projections and FFN at m = tokens in the step (QKV, O, gate+up, down; MLA's q/kv low-rank pairs;
@@ -21,93 +21,62 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from dataclasses import replace
-from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from simserve.fit import BYTES, Fit, FitError, OpFit, attention_features, load_fit
-from simserve.hardware import GpuSpec, ModelSpec
-from simserve.perf import Batch, LinearPerfSpec, RooflinePerfSpec
-from simserve.profiles import GpuDatasheet, datasheet_of
+from simserve.hardware import GpuSpec, ModelSpec, datasheet_of
+from simserve.perf.analytic import causal_pairs
+from simserve.perf.base import Batch, PerfContext
+from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features, fit_for_gpu, load_fit_cached
 
-FITS_DIR = Path(__file__).parent / "data" / "fits"
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
-def shipped_fits() -> dict[str, Path]:
-    """GPU preset name -> the fit shipped for it."""
-    return {p.stem: p for p in sorted(FITS_DIR.glob("*.yaml"))}
-
-
-@lru_cache(maxsize=16)
-def _load_cached(path: str, mtime: float) -> Fit:
-    return load_fit(path)
-
-
-def load_fit_cached(path: str | Path) -> Fit:
-    p = Path(path)
-    if not p.exists():
-        raise FitError(f"{p}: no such fit file")
-    return _load_cached(str(p.resolve()), p.stat().st_mtime)
-
-
-def fit_for_gpu(gpu: GpuSpec | GpuDatasheet) -> Fit:
-    """The shipped fit of this GPU, or the nearest shipped fit (by bandwidth and peak FLOP/s, in log space)
-    ported to this GPU's datasheet."""
-    sheet = gpu if isinstance(gpu, GpuDatasheet) else datasheet_of(gpu)
-    fits = shipped_fits()
-    if not fits:
-        raise FitError(f"no shipped fits in {FITS_DIR}")
-    if sheet.name in fits:
-        return load_fit_cached(fits[sheet.name])
-    return nearest_fit(sheet, [load_fit_cached(p) for p in fits.values()]).ported_to(sheet)
-
-
-def nearest_fit(sheet: GpuDatasheet, fits: list[Fit]) -> Fit:
-    def distance(f: Fit) -> float:
-        return math.hypot(math.log(f.gpu.hbm_bandwidth_bytes_per_s / sheet.hbm_bandwidth_bytes_per_s),
-                          math.log(f.gpu.peak_flops_per_s / sheet.peak_flops_per_s))
-
-    return min(fits, key=distance)
-
-
 class CalibratedPerfSpec(BaseModel):
-    """Step time composed from operations fitted on measured profiles. Without `fit`, each pool uses the fit
-    shipped for its GPU (a100-80gb, h100-sxm), or the nearest one ported by datasheet."""
+    """Step time composed from operations fitted on measured profiles. Without `fit`, each pool uses the fit of its
+    GPU: `<gpu>.yaml` in `fits_dir` when given and there, else the one shipped for it (a100-80gb, h100-sxm), else
+    the nearest shipped one ported by datasheet."""
 
     model_config = _FROZEN
     kind: Literal["calibrated"] = "calibrated"
     fit: str | None = Field(default=None, description="a fit file (simserve calibrate fit); relative to the scenario")
+    fits_dir: str | None = Field(default=None, description="a folder of your fits, each named after a GPU preset "
+                                 "(h100-sxm.yaml); a pool's GPU's fit there wins over the shipped one; relative to "
+                                 "the scenario")
     step_overhead_s: float | None = Field(default=None, ge=0, description="per-step CPU overhead; defaults to the "
                                           "fit's")
     compute_scale: float | None = Field(default=None, gt=0, description="sustained-load factor on every FLOPs "
                                         "term; defaults to the fit's")
 
-    def load(self, gpu: GpuSpec, base_dir: Path | None = None) -> Fit:
-        if self.fit is None:
-            return fit_for_gpu(gpu)
-        path = Path(self.fit)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        fit = load_fit_cached(path)
-        sheet = datasheet_of(gpu)
-        if fit.gpu.name != sheet.name and fit.gpu.preset != sheet.name:
-            fit = fit.ported_to(sheet)
-        return fit
+    @model_validator(mode="after")
+    def _one_source(self) -> CalibratedPerfSpec:
+        if self.fit is not None and self.fits_dir is not None:
+            raise ValueError("give fit (one file for every pool) or fits_dir (a folder of fits named after GPU "
+                             "presets), not both")
+        return self
 
-    def build(self, gpu: GpuSpec, model: ModelSpec, tensor_parallel: int, base_dir: Path | None = None,
-              expert_parallel: bool = False, data_parallel_attention: bool = False) -> CalibratedPerf:
-        fit = self.load(gpu, base_dir)
+    def resolve_fit(self, gpu: GpuSpec, base_dir: Path | None = None) -> Fit:
+        """The fit a pool on `gpu` uses (FitError if it cannot be read); relative paths are from `base_dir`."""
+        if self.fit is None:
+            return fit_for_gpu(gpu, _resolve(self.fits_dir, base_dir) if self.fits_dir is not None else None)
+        return load_fit_cached(_resolve(self.fit, base_dir)).on(datasheet_of(gpu))
+
+    def build(self, ctx: PerfContext) -> CalibratedPerf:
+        fit = self.resolve_fit(ctx.gpu, ctx.base_dir)
         if self.compute_scale is not None:
             fit = replace(fit, compute_scale=self.compute_scale)
         overhead = self.step_overhead_s if self.step_overhead_s is not None else fit.step_overhead_s
-        return CalibratedPerf(fit, model, tensor_parallel, overhead, expert_parallel, data_parallel_attention)
+        return CalibratedPerf(fit, ctx.model, ctx.tensor_parallel, overhead, ctx.expert_parallel,
+                              ctx.data_parallel_attention)
 
 
-PerfSpec = Annotated[RooflinePerfSpec | LinearPerfSpec | CalibratedPerfSpec, Field(discriminator="kind")]
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    p = Path(path)
+    return base_dir / p if not p.is_absolute() and base_dir is not None else p
+
 
 _KV_GRID = np.unique(np.round(np.geomspace(1, 1 << 20, 160))).astype(float)
 _NEW_GRID = np.unique(np.round(np.geomspace(1, 1 << 17, 120))).astype(float)
@@ -132,6 +101,8 @@ def _interp1(xs: list[float], ys: list[float], x: float) -> float:
 
 
 class CalibratedPerf:
+    """The calibrated PerfModel of one replica: a fit's operations composed for `model` on `tensor_parallel` GPUs."""
+
     def __init__(self, fit: Fit, model: ModelSpec, tensor_parallel: int, overhead_s: float,
                  expert_parallel: bool = False, data_parallel_attention: bool = False) -> None:
         self.fit = fit
@@ -338,7 +309,7 @@ class CalibratedPerf:
                 "num_kv_heads": ones * self.kv_heads, "head_dim": ones * md.head_dim}
         if md.mla is None and md.kv_value_bytes == BYTES:
             return t.predict_s(cols, self.gpu)
-        pairs = new * (cached + (new + 1) / 2)
+        pairs = causal_pairs(new, cached)
         if md.mla is not None:
             a = md.mla
             qk = a.qk_nope_head_dim + a.qk_rope_head_dim

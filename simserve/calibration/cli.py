@@ -1,4 +1,5 @@
-"""`simserve calibrate import|fit|validate` and `simserve validate`: the calibration commands (file I/O here)."""
+"""`simserve calibrate import|fit|validate` and `simserve validate`: the calibration commands (their file I/O and
+terminal output; refuses to write into the installed package)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simserve.fit import Fit, FitError, columns_of, fit_profile, split_tables, validate_fit
-from simserve.hardware import GPUS
-from simserve.importers import FORMATS, IMPORTERS
-from simserve.oplevel import datasheet_of, load_fit_cached
-from simserve.profiles import Profile, ProfileError, load_profile, write_profile
-from simserve.validate import (
+from simserve.calibration.fitting import columns_of, fit_profile, split_tables, validate_fit
+from simserve.calibration.importers import IMPORTERS
+from simserve.calibration.profiles import Profile, ProfileError, load_profile, write_profile
+from simserve.calibration.replay import (
     METRICS,
     STATS,
     ExperimentError,
@@ -25,8 +24,15 @@ from simserve.validate import (
     fit_step_overhead,
     validate_experiment,
 )
+from simserve.hardware import GPUS, datasheet_of
+from simserve.perf.fits import SHIPPED_FITS_DIR, Fit, FitError, load_fit_cached
 
-ERRORS = (ProfileError, FitError, ExperimentError)
+
+class OutputError(Exception):
+    """An output path simserve will not write to."""
+
+
+ERRORS = (ProfileError, FitError, ExperimentError, OutputError)
 
 
 def json_safe(d: Any) -> Any:
@@ -38,6 +44,17 @@ def json_safe(d: Any) -> Any:
     return d
 
 
+def outside_package(path: Path, option: str) -> Path:
+    """`path`, unless it lies in the installed package's data folder: fits and profiles a user makes are never
+    written into simserve (its shipped fits are read-only data, replaced by every reinstall)."""
+    data = SHIPPED_FITS_DIR.parent
+    if path.resolve().is_relative_to(data):
+        raise OutputError(f"{option} {path}: inside simserve's installed data folder ({data}); write your own fits "
+                          "elsewhere (fits/my-gpu.yaml) and point a scenario at them: perf: {kind: calibrated, "
+                          "fits_dir: fits} or perf: {kind: calibrated, fit: fits/my-gpu.yaml}")
+    return path
+
+
 def _error_table(report: dict[str, Any]) -> str:
     lines = [f"  {'table':<22}{'n':>8}{'MAPE':>9}{'p90 APE':>9}"]
     for name, r in report.items():
@@ -47,8 +64,9 @@ def _error_table(report: dict[str, Any]) -> str:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    folder = outside_package(Path(args.out), "--out")
     meta, tables = IMPORTERS[args.format](args.src, args.gpu)
-    out = write_profile(args.out, meta, tables, compress=not args.no_compress)
+    out = write_profile(folder, meta, tables, compress=not args.no_compress)
     counts = ", ".join(f"{k} {len(v):,}" for k, v in tables.items())
     print(f"imported {args.format} {args.src} -> {out}: {counts} rows")
     return 0
@@ -77,12 +95,13 @@ def _fit_chart(fit: Fit, profile: Profile, path: Path) -> Path | None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    out = outside_package(Path(args.out), "--out")
+    plot = outside_package(Path(args.plot) if args.plot else out.with_suffix(".html"), "--plot")
     profile = load_profile(args.profile)
     fit = fit_profile(profile, heldout_fraction=args.heldout, seed=args.seed, residual=not args.no_residual)
     if args.step_overhead_s is not None:
         fit.step_overhead_s = args.step_overhead_s
         fit.source["step_overhead"] = "given on the command line"
-    out = Path(args.out)
     if args.overhead_from:
         # Two numbers kernel profiles cannot see, from one real run: the FLOPs factor from its in-engine prefill
         # times, then the per-step overhead from its mean TPOT (then the factor once more with that overhead).
@@ -107,7 +126,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         held["overall (op tables)"] = fit.source["heldout_overall"]
     print(f"held-out error ({args.heldout:.0%} of rows, fit on the rest):")
     print(_error_table(held))
-    chart = _fit_chart(fit, profile, Path(args.plot) if args.plot else out.with_suffix(".html"))
+    chart = _fit_chart(fit, profile, plot)
     if chart:
         print(f"  plot: {chart}")
     return 0
@@ -156,14 +175,15 @@ def add_commands(sub: Any) -> None:
     csub = cal.add_subparsers(dest="calibrate_command", required=True)
     imp = csub.add_parser("import", help="convert published op-level measurements to a profile folder")
     imp.add_argument("src", help="source folder (aiconfigurator system folder, or a Vidur compute folder)")
-    imp.add_argument("--format", required=True, choices=FORMATS)
+    imp.add_argument("--format", required=True, choices=list(IMPORTERS))
     imp.add_argument("--out", required=True, help="profile folder to write")
     imp.add_argument("--gpu", help="GPU preset the data was measured on (guessed from the path)")
     imp.add_argument("--no-compress", action="store_true", help="write .csv instead of .csv.gz")
     imp.set_defaults(func=_cmd_import)
     f = csub.add_parser("fit", help="fit a profile folder (NNLS on roofline terms + measured corrections)")
     f.add_argument("profile", help="profile folder")
-    f.add_argument("--out", required=True, help="fit file to write (YAML)")
+    f.add_argument("--out", required=True, help="fit file to write (YAML), e.g. fits/<gpu preset>.yaml for a "
+                   "scenario's perf.fits_dir; never inside the installed package")
     f.add_argument("--heldout", type=float, default=0.2, help="share of rows held out to measure error")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-residual", action="store_true", help="roofline terms only, no correction grid")

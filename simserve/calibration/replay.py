@@ -1,5 +1,5 @@
-"""End-to-end validation: replay a real serving run (an experiment folder in the e2e-ground-truth layout) and
-compare simulated with measured TTFT, TPOT and e2e.
+"""Replay of real serving runs: rebuild a measured server from its experiment folder, replay its requests and
+compare simulated with measured TTFT, TPOT and e2e; fit the per-step overhead and the FLOPs factor on such a run.
 
 An experiment folder holds `experiment.json` (engine config, `model_architecture`, `gpu_datasheet`, workload) and
 `requests.csv` (arrival_s, input_tokens, output_tokens and each request's measured ttft_s, tpot_s, e2e_s). The
@@ -21,7 +21,6 @@ import pandas as pd
 import yaml
 
 from simserve.hardware import model_from_architecture, preset_for_name
-from simserve.oplevel import shipped_fits
 from simserve.scenario import Scenario, parse_scenario
 from simserve.sim import Results, run
 
@@ -84,12 +83,6 @@ def load_experiment(path: str | Path) -> Experiment:
     return Experiment(path=folder, meta=meta, requests=df)
 
 
-def _gpu_preset_name(name: str) -> str:
-    """Datasheet name -> a shipped fit's name when it is that GPU (so its own fit is used, not a port)."""
-    preset = preset_for_name(name)
-    return preset if preset is not None and preset in shipped_fits() else name
-
-
 def _shared_prefix_tokens(meta: dict[str, Any]) -> int:
     text = (meta.get("workload") or {}).get("profile_yaml")
     if not text:
@@ -107,7 +100,8 @@ def experiment_scenario(exp: Experiment, perf: str = "calibrated", step_overhead
     meta = exp.meta
     eng = meta.get("engine") or {}
     sheet = meta["gpu_datasheet"]
-    gpu_name = _gpu_preset_name(str(sheet.get("name", "gpu")))
+    # A datasheet of a preset's GPU takes the preset's name, so that GPU's own fit is used rather than a port.
+    gpu_name = preset_for_name(str(sheet.get("name", "gpu"))) or str(sheet.get("name", "gpu"))
     pcie = any(s in str(sheet.get("name", "")).lower() for s in ("rtx", "pcie", "geforce"))
     memory = float(sheet["memory_bytes"])
     if memory % 1e9 == 0:  # "80 GB" on a datasheet is 80 GiB of device memory (torch reports 79.2 GiB usable)

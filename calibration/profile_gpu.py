@@ -8,7 +8,7 @@ output folder follows the simserve op-level profile schema, version 1 (see ``cal
 ``context_attention.csv``, ``generation_attention.csv``, ``elementwise.csv``, ``steps.csv`` and ``metadata.yaml``;
 all latencies are in seconds.
 
-Run it as a script (``python calibration/profile.py --help``) or import it; the timing of one point goes through
+Run it as a script (``python calibration/profile_gpu.py --help``) or import it; the timing of one point goes through
 :func:`measure_point`, which tests replace to inject out-of-memory errors.
 """
 
@@ -33,18 +33,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    # Run as a script, this folder would come first on sys.path, and this file would shadow the standard library's
-    # `profile` module, which cProfile (imported by torch and transformers) needs.
-    del sys.path[0]
+import torch
+import torch.nn.functional as F
+import yaml
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import yaml  # noqa: E402
-
-from simserve.hardware import GPUS  # noqa: E402
-from simserve.profiles import COLUMNS as PROFILE_COLUMNS  # noqa: E402
-from simserve.profiles import SCHEMA  # noqa: E402
+from simserve.calibration.profiles import COLUMNS as PROFILE_COLUMNS
+from simserve.calibration.profiles import SCHEMA
+from simserve.hardware import GPUS, preset_for_name
 
 # Public config.json values of the built-in models: (HF config class, kwargs).
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -71,7 +66,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 # Placeholder datasheet of a device with no simserve preset: (HBM bytes/s, dense bf16 FLOP/s, interconnect bytes/s).
 NOMINAL = (5.0e10, 1.0e12, 32e9)
 
-# The profile schema's columns (simserve.profiles), each table with its latency and status.
+# The profile schema's columns (simserve.calibration.profiles), each table with its latency and status.
 COLUMNS: dict[str, list[str]] = {name: [*cols, "latency_s", "status"] for name, cols in PROFILE_COLUMNS.items()}
 
 Row = dict[str, Any]
@@ -575,15 +570,6 @@ def write_csv(path: Path, columns: list[str], rows: list[Row]) -> None:
 # ------------------------------------------------------------------------------------------------------- metadata
 
 
-def gpu_preset(name: str) -> str | None:
-    """The simserve GPU preset of a device name, if known."""
-    upper = name.upper()
-    for marker, preset in (("H200", "h200"), ("H100", "h100-sxm"), ("A100", "a100-80gb")):
-        if marker in upper:
-            return preset
-    return None
-
-
 def memory_bytes(device: torch.device) -> int:
     """Total memory of the GPU, or of the machine on the CPU."""
     if device.type == "cuda":
@@ -609,11 +595,11 @@ def driver_version() -> str | None:
 def gpu_metadata(device: torch.device) -> dict[str, Any]:
     """The device, its simserve preset and datasheet figures (nominal where unknown)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    preset = gpu_preset(name) if device.type == "cuda" else None
+    preset = preset_for_name(name) if device.type == "cuda" else None
     sheet = GPUS.get(preset or "")
     hbm, flops, link = ((sheet.hbm_bandwidth_bytes_per_s, sheet.peak_flops_per_s,
                          sheet.interconnect_bandwidth_bytes_per_s) if sheet else NOMINAL)
-    note = (f"datasheet figures of preset {preset} (dense bf16 peak; the H100 figures are for the SXM part)"
+    note = (f"datasheet figures of preset {preset} (dense bf16 peak)"
             if preset else "bandwidth, peak FLOP/s and interconnect are nominal placeholders, not measured")
     return {"name": name, "preset": preset, "memory_bytes": memory_bytes(device), "hbm_bandwidth_bytes_per_s": hbm,
             "peak_flops_per_s": flops, "interconnect_bandwidth_bytes_per_s": link, "datasheet_note": note}
@@ -709,7 +695,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if args.tensor_parallel < 1 or (args.warmup is not None and args.warmup < 0):
         parser.error("--tensor-parallel must be at least 1 and --warmup at least 0")
-    args.argv = ["calibration/profile.py", *argv]
+    args.argv = ["calibration/profile_gpu.py", *argv]
     return args
 
 
@@ -746,7 +732,7 @@ def profile(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``python calibration/profile.py ...``."""
+    """Entry point: ``python calibration/profile_gpu.py ...``."""
     profile(parse_args(sys.argv[1:] if argv is None else argv))
     return 0
 

@@ -1,0 +1,62 @@
+"""What every step-time model shares: the Batch a step computes, the PerfModel protocol the engine calls, and the
+PerfContext every perf spec builds its model from (one `build(ctx)` signature for all of them).
+
+A model implements `step_time_s(batch)` for any batch, and `decode_run_times_s` for a run of decode-only steps
+whose membership does not change (each sequence's context grows by one token a step), vectorised over the run so
+the engine can fast-forward exactly with any model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from simserve.hardware import GpuSpec, ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one step computes.
+
+    decode_context_tokens: per decoding sequence, the context its new token attends over (KV tokens already in
+        cache plus the one being computed).
+    prefill_new_tokens / prefill_cached_tokens: per prefill chunk, the tokens computed in this step and the
+        tokens of the same sequence already in the KV cache before it (earlier chunks or a cached prefix).
+    """
+
+    decode_context_tokens: np.ndarray
+    prefill_new_tokens: np.ndarray
+    prefill_cached_tokens: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(len(self.decode_context_tokens) + self.prefill_new_tokens.sum())
+
+
+class PerfModel(Protocol):
+    def step_time_s(self, batch: Batch) -> float:
+        """Seconds one step of `batch` takes."""
+        ...
+
+    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
+        """Seconds of each of `num_steps` decode-only steps; step s (from 0) has contexts
+        decode_context_tokens + s. Element s equals step_time_s of that step's batch."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PerfContext:
+    """What a pool tells its perf spec: the hardware and model of one replica and how the replica splits the model
+    over its `tensor_parallel` GPUs. `base_dir` resolves a spec's relative paths (the scenario file's folder).
+    A spec uses what it models and ignores the rest (only the calibrated model knows expert and data-parallel
+    attention layouts)."""
+
+    gpu: GpuSpec
+    model: ModelSpec
+    tensor_parallel: int = 1
+    expert_parallel: bool = False
+    data_parallel_attention: bool = False
+    base_dir: Path | None = None
