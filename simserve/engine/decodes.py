@@ -13,6 +13,8 @@ import numpy as np
 
 from simserve.request import Request
 
+_NEVER = 1 << 62
+
 
 class Decodes:
     """Requests whose known tokens are all in the KV cache, each generating one token per step.
@@ -24,26 +26,35 @@ class Decodes:
     """
 
     def __init__(self, capacity: int) -> None:
-        self.ctx = np.zeros(capacity, np.int64)
-        self.left = np.zeros(capacity, np.int64)
-        self.answer = np.zeros(capacity, np.int64)
-        self.blocks = np.zeros(capacity, np.int64)
-        self.seq = np.zeros(capacity, np.int64)
-        self.ctx0 = np.zeros(capacity, np.int64)  # ctx when it joined: a decode step was scheduled iff ctx > ctx0
+        # One row per field (a slot moves or joins in one numpy call): ctx, left, answer, blocks, seq, ctx0 (ctx
+        # when it joined: a decode step was scheduled iff ctx > ctx0), finish_at, reasoning_at.
+        self._rows = np.zeros((8, capacity), np.int64)
+        (self.ctx, self.left, self.answer, self.blocks, self.seq, self.ctx0, self.finish_at,
+         self.reasoning_at) = self._rows
+        # Events without scanning the batch each step: `tick` counts schedules given to every slot; a slot
+        # samples its last token at tick `finish_at` and its last reasoning token at `reasoning_at` (_NEVER once
+        # done); the earliest of each is kept (None: to recount).
+        self.tick = 0
+        self._min_finish: int | None = _NEVER
+        self._min_reasoning: int | None = _NEVER
         self.req: list[Request | None] = [None] * capacity
         self.n = 0
 
     def add(self, req: Request, num_blocks: int) -> None:
         j = self.n
-        self.ctx[j] = req.computed_tokens
-        self.left[j] = req.output_tokens - req.generated_tokens
-        self.answer[j] = req.answer_tokens
-        self.blocks[j] = num_blocks
-        self.seq[j] = req.seq
-        self.ctx0[j] = req.computed_tokens
+        left = req.output_tokens - req.generated_tokens
+        answer = req.answer_tokens
+        finish_at = self.tick + left
+        reasoning_at = self.tick + left - answer if left > answer else _NEVER
+        self._rows[:, j] = (req.computed_tokens, left, answer, num_blocks, req.seq, req.computed_tokens, finish_at,
+                            reasoning_at)
         self.req[j] = req
         req.slot = j
         self.n = j + 1
+        if self._min_finish is not None and finish_at < self._min_finish:
+            self._min_finish = finish_at
+        if self._min_reasoning is not None and reasoning_at < self._min_reasoning:
+            self._min_reasoning = reasoning_at
 
     def sync(self, j: int) -> Request:
         """Write slot j's progress back to its Request (before it leaves the arrays or is reported)."""
@@ -58,10 +69,14 @@ class Decodes:
         progress is needed)."""
         req = self.req[j]
         assert req is not None
+        if self.finish_at[j] == self._min_finish:
+            self._min_finish = None
+        if self.reasoning_at[j] == self._min_reasoning:
+            self._min_reasoning = None
         last = self.n - 1
         if j != last:
-            for a in (self.ctx, self.left, self.answer, self.blocks, self.seq, self.ctx0):
-                a[j] = a[last]
+            rows = self._rows
+            rows[:, j] = rows[:, last]
             moved = self.req[last]
             assert moved is not None
             self.req[j] = moved
@@ -70,6 +85,62 @@ class Decodes:
         req.slot = -1
         self.n = last
         return req
+
+    def retime(self) -> None:
+        """After a step that scheduled only some slots: recompute when each samples its last (reasoning) token."""
+        n = self.n
+        left, answer = self.left[:n], self.answer[:n]
+        np.add(left, self.tick, out=self.finish_at[:n])
+        np.copyto(self.reasoning_at[:n], np.where(left > answer, left - answer + self.tick, _NEVER))
+        self._min_finish = self._min_reasoning = None
+
+    def countdowns(self) -> tuple[int, int]:
+        """(schedules until some slot samples its last token, ... its last reasoning token)."""
+        if self._min_finish is None:
+            self._min_finish = int(self.finish_at[: self.n].min()) if self.n else _NEVER
+        if self._min_reasoning is None:
+            self._min_reasoning = int(self.reasoning_at[: self.n].min()) if self.n else _NEVER
+        return self._min_finish - self.tick, self._min_reasoning - self.tick
+
+    def schedule_all(self, block_tokens: int, free_blocks: int) -> int:
+        """Schedule one decode token for every slot if the new blocks they need fit in `free_blocks`: blocks,
+        contexts and tokens left advance. Returns the blocks to allocate, or -1 (nothing done) if they do not fit.
+        `events_due` then says whether some slot sampled its last token or last reasoning token."""
+        n = self.n
+        ctx, blocks = self.ctx[:n], self.blocks[:n]
+        needs = ctx >= blocks * block_tokens
+        need = int(np.count_nonzero(needs))
+        if need > free_blocks:
+            return -1
+        if need:
+            blocks += needs
+        ctx += 1
+        self.left[:n] -= 1
+        self.tick += 1
+        return need
+
+    @property
+    def events_due(self) -> bool:
+        """Some slot has sampled its last token, or its last reasoning token, at the current tick."""
+        to_finish, to_reasoning_end = self.countdowns()
+        return to_finish <= 0 or to_reasoning_end <= 0
+
+    def events(self, slots: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+        """Of these slots (all if None), those whose last token (left == 0) and whose last reasoning token
+        (left == answer) was just scheduled; the latter are done with reasoning from now on."""
+        if slots is None:
+            left = self.left[: self.n]
+            finish = np.flatnonzero(left == 0).tolist()
+            reasoning = np.flatnonzero(left == self.answer[: self.n]).tolist()
+        else:
+            left = self.left[slots]
+            finish = slots[left == 0].tolist()
+            reasoning = slots[left == self.answer[slots]].tolist()
+        for j in reasoning:
+            if self.reasoning_at[j] != _NEVER:
+                self.reasoning_at[j] = _NEVER
+                self._min_reasoning = None
+        return finish, reasoning
 
     def requests(self) -> list[Request]:
         return [r for r in self.req[: self.n] if r is not None]
@@ -94,16 +165,28 @@ class Decodes:
         laps += buf[phase]
         return laps
 
-    def advance(self, num_steps: int, block_tokens: int) -> int:
+    def advance(self, num_steps: int, block_tokens: int) -> None:
         """Apply `num_steps` more decode steps to every slot (their schedules, after the one already applied):
-        contexts grow, tokens left shrink and blocks grow to cover the contexts. Returns the blocks added."""
+        contexts grow, tokens left shrink and blocks grow to cover the contexts (FastForwardRun.extra counts
+        them). Reasoning ends inside them are the caller's to collect (`reasoning_ended`)."""
         n = self.n
+        self.tick += num_steps
         self.ctx[:n] += num_steps
         self.left[:n] -= num_steps
         grown = -(-self.ctx[:n] // block_tokens)
-        before = int(self.blocks[:n].sum())
         np.maximum(self.blocks[:n], grown, out=self.blocks[:n])
-        return int(self.blocks[:n].sum()) - before
+
+    def reasoning_ended(self) -> list[tuple[int, int]]:
+        """Slots whose last reasoning token was scheduled at a tick up to now, with that tick; they are done
+        with reasoning from now on."""
+        n = self.n
+        at = self.reasoning_at[:n]
+        done = np.flatnonzero(at <= self.tick).tolist()
+        out = [(j, int(at[j])) for j in done]
+        if done:
+            at[done] = _NEVER
+            self._min_reasoning = None
+        return out
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ whose last token is in flight is skipped, but still holds its blocks and its run
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,18 +47,21 @@ class PlannerConfig:
     hand_off_after_prompt: bool = False  # a prefill replica of a disaggregated cluster
 
 
-@dataclass(slots=True)
 class StepPlan:
     """What one planned step computes and what it will deliver."""
 
-    decode_context_tokens: np.ndarray = field(default_factory=lambda: _EMPTY)  # per scheduled decode, new token incl.
-    chunks: list[tuple[Request, int, int]] = field(default_factory=list)  # (request, new tokens, cached before)
-    preempted: list[Request] = field(default_factory=list)
-    admitted: list[Request] = field(default_factory=list)
-    sampled: list[Request] = field(default_factory=list)  # chunks that complete their known tokens: sample a token
-    reasoning_done: list[Request] = field(default_factory=list)  # sample their last reasoning token in this step
-    finishing: list[Request] = field(default_factory=list)  # sample their last token in this step
-    all_decodes: bool = False  # every running request is a decode and was scheduled, and nothing else
+    __slots__ = ("decode_context_tokens", "chunks", "preempted", "admitted", "sampled", "reasoning_done",
+                 "finishing", "all_decodes")
+
+    def __init__(self) -> None:
+        self.decode_context_tokens: np.ndarray = _EMPTY  # per scheduled decode, its new token included
+        self.chunks: list[tuple[Request, int, int]] = []  # (request, new tokens, tokens cached before)
+        self.preempted: list[Request] = []
+        self.admitted: list[Request] = []
+        self.sampled: list[Request] = []  # chunks that complete their known tokens: each samples a token
+        self.reasoning_done: list[Request] = []  # sample their last reasoning token in this step
+        self.finishing: list[Request] = []  # sample their last token in this step
+        self.all_decodes = False  # every running request is a decode and was scheduled, and nothing else
 
     @property
     def num_decodes(self) -> int:
@@ -130,74 +133,79 @@ class Planner:
         tokens of everything scheduled."""
         plan = StepPlan()
         cfg = self.config
-        budget = cfg.max_num_batched_tokens
-        eligible = self.num_running + len(self.waiting)
-        threshold = cfg.long_prefill_token_threshold if eligible > 1 else 0
         dec = self.decodes
-        if not self.prefilling and not self.handing_off:
-            budget = self._schedule_decodes_fast(plan, budget)
+        waiting = self.waiting
+        others = self.prefilling or self.handing_off
+        budget = cfg.max_num_batched_tokens
+        threshold = cfg.long_prefill_token_threshold
+        if threshold and dec.n + len(self.prefilling) + len(self.handing_off) + len(waiting) <= 1:
+            threshold = 0  # nobody to starve (vLLM)
+        if not self._schedule_decodes_first(plan, budget):
+            budget = self._schedule_running(plan, budget, threshold, self._running_order())
         else:
-            budget = -1
-        if budget < 0:
-            budget = self._schedule_running(plan, cfg.max_num_batched_tokens, threshold)
-        if not plan.preempted:
+            budget -= len(plan.decode_context_tokens)
+            if others:
+                budget = self._schedule_running(plan, budget, threshold, self._running_order(decodes=False))
+        if waiting and not plan.preempted:
             self._schedule_waiting(plan, budget, threshold)
-        plan.all_decodes = (not plan.chunks and not plan.preempted and not self.prefilling
-                            and not self.handing_off and len(plan.decode_context_tokens) == dec.n)
+        plan.all_decodes = (not plan.chunks and not plan.preempted and not self.prefilling and not self.handing_off
+                            and len(plan.decode_context_tokens) == dec.n)
         return plan
 
-    def _schedule_decodes_fast(self, plan: StepPlan, budget: int) -> int:
-        """Every running request is a decode: schedule them all at once if their blocks fit (returns the budget
-        left, or -1 to take the general path)."""
+    def _schedule_decodes_first(self, plan: StepPlan, budget: int) -> bool:
+        """The common case, vectorised: every decode precedes every other running request in running order
+        (prefills are the newest), none has its last token in flight, and their blocks and tokens fit: schedule
+        them all. False (nothing done) when the general pass must decide."""
         dec, kv = self.decodes, self.kv
         n = dec.n
         if n == 0:
-            return budget
-        bt = self.config.block_tokens
-        left = dec.left[:n]
-        active = left > 0
-        if self.config.async_scheduling and not active.all():
-            return -1
-        needs = dec.ctx[:n] >= dec.blocks[:n] * bt
-        need = int(np.count_nonzero(needs))
-        if need > kv.free_blocks or n > budget:
-            return -1
+            return True
+        if n > budget or dec.countdowns()[0] <= 0:  # async: some last token still in flight
+            return False
+        if self.prefilling or self.handing_off:
+            first = min(r.seq for r in (*self.prefilling, *self.handing_off))
+            if int(dec.seq[:n].max()) > first:
+                return False
+        need = dec.schedule_all(self.config.block_tokens, kv.free_blocks)
+        if need < 0:
+            return False
         if need:
             kv.allocate(need)
-            dec.blocks[:n] += needs
-        dec.ctx[:n] += 1
-        left -= 1
-        plan.decode_context_tokens = dec.ctx[:n].copy()
-        self._decode_events(plan, np.arange(n))
-        return budget - n
+        if dec.events_due:
+            self._decode_events(plan, *dec.events())
+        ctx = dec.ctx[:n]
+        plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
+        return True
 
-    def _decode_events(self, plan: StepPlan, slots: np.ndarray) -> None:
-        """Decodes (by slot) just scheduled: which sample their last reasoning token, or their last token."""
+    def _decode_events(self, plan: StepPlan, finish: list[int], reasoning: list[int]) -> None:
+        """Decodes (slots) whose last token, and whose last reasoning token, were just scheduled."""
         dec = self.decodes
-        left = dec.left[slots]
-        for j in slots[left == 0]:
-            plan.finishing.append(dec.sync(int(j)))
-        for j in slots[left == dec.answer[slots]]:
-            req = dec.req[int(j)]
+        for j in finish:
+            plan.finishing.append(dec.sync(j))
+        for j in reasoning:
+            req = dec.req[j]
             assert req is not None
             plan.reasoning_done.append(req)
 
-    def _running_order(self) -> list[tuple[int, int, Request | None]]:
-        """Running requests in running order as (seq, slot or -1, prefill request or None)."""
+    def _running_order(self, decodes: bool = True) -> list[tuple[int, int, Request | None]]:
+        """Running requests in running order as (seq, slot, request): slot >= 0 a decode (request None), -1 a
+        prefill, -2 a prompt done on a prefill replica (handing off) or a request whose last token is in flight."""
         dec = self.decodes
-        n = dec.n
-        order: list[tuple[int, int, Request | None]] = [(int(s), j, None) for j, s in enumerate(dec.seq[:n])]
+        order: list[tuple[int, int, Request | None]] = (
+            [(int(s), j, None) for j, s in enumerate(dec.seq[: dec.n].tolist())] if decodes else [])
         order.extend((r.seq, -1, r) for r in self.prefilling)
         order.extend((r.seq, -2, r) for r in self.handing_off)
         order.sort(key=lambda e: e[0])
         return order
 
-    def _schedule_running(self, plan: StepPlan, budget: int, threshold: int) -> int:
-        """The general running pass, request by request in running order (prefills present, or preemption)."""
+    def _schedule_running(self, plan: StepPlan, budget: int, threshold: int,
+                          order: list[tuple[int, int, Request | None]]) -> int:
+        """The general running pass, request by request in running order (prefills among the decodes, blocks
+        short, or a request's last token in flight)."""
         dec, kv = self.decodes, self.kv
         bt = self.config.block_tokens
-        order = self._running_order()
         tail = len(order)  # entries from `tail` on were preempted in this step
+        skipped = False  # a decode was left out (its last token in flight, or budget)
         sched_slots: list[int] = []
         gone_slots: list[int] = []
         i = 0
@@ -205,6 +213,7 @@ class Planner:
             _, slot, req = order[i]
             if slot == -2 or (slot >= 0 and dec.left[slot] == 0):
                 i += 1  # its last token is in flight (async): nothing to compute
+                skipped = True
                 continue
             if slot >= 0:
                 new, have, computed = 1, int(dec.blocks[slot]), int(dec.ctx[slot])
@@ -242,7 +251,9 @@ class Planner:
         if sched_slots:
             slots = np.array(sched_slots, np.int64)
             plan.decode_context_tokens = dec.ctx[slots]
-            self._decode_events(plan, slots)
+            self._decode_events(plan, *dec.events(slots))
+        if sched_slots or skipped:
+            dec.retime()
         for j in sorted(gone_slots, reverse=True):
             dec.remove(j)
         if self.prefilling:
@@ -276,7 +287,7 @@ class Planner:
         self.waiting.push_front(req)
         plan.preempted.append(req)
 
-    def _advance_prefill(self, plan: StepPlan, req: Request, new: int) -> None:
+    def _advance_prefill(self, plan: StepPlan, req: Request, new: int, admitted: bool = False) -> None:
         """A prefill chunk of `new` tokens was scheduled: advance, cache the blocks it fills, and sample a token
         if it completes the known tokens."""
         plan.chunks.append((req, new, req.computed_tokens))
@@ -285,8 +296,10 @@ class Planner:
         assert hold is not None
         self.kv.cache_computed(hold, req.computed_tokens // self.config.block_tokens)
         if req.computed_tokens < req.known_tokens:
+            if admitted:
+                self.prefilling.append(req)
             return
-        if req.slot == -1 and req in self.prefilling:
+        if not admitted:
             self.prefilling.remove(req)
         req.generated_tokens += 1
         plan.sampled.append(req)
@@ -338,8 +351,7 @@ class Planner:
             self._next_seq += 1
             req.slot = -1
             plan.admitted.append(req)
-            self.prefilling.append(req)
-            self._advance_prefill(plan, req, new)
+            self._advance_prefill(plan, req, new, admitted=True)
             budget -= new
 
     # ------------------------------------------------------------------------------------------ outputs

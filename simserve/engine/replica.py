@@ -20,7 +20,7 @@ import simpy
 
 from simserve.engine.decodes import FastForwardRun
 from simserve.engine.events import Settle
-from simserve.engine.hooks import Hooks
+from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel
@@ -49,6 +49,7 @@ class Replica:
         self.exact_steps = exact_steps
         self.check_invariants = check_invariants
         self.stop_at_reasoning_end = stop_at_reasoning_end
+        self._hook_admitted = not isinstance(hooks, HookChain) or hooks.wants("admitted")
         self.wake = env.event()
         self.num_events = 0
         self.running_mon = LevelMonitor(env.now)
@@ -200,31 +201,33 @@ class Replica:
 
     def _after_plan(self, plan: StepPlan) -> None:
         now = self.env.now
-        for req in plan.admitted:
-            self.hooks.admitted(req, self)
         if plan.admitted or plan.preempted:
+            if self._hook_admitted:
+                for req in plan.admitted:
+                    self.hooks.admitted(req, self)
             self.waiting_mon.set(now, len(self.planner.waiting))
-        self.running_mon.set(now, self.planner.num_running)
+            self.running_mon.set(now, self.planner.num_running)
         if self.check_invariants:
             self.planner.check()
 
     def _apply(self, plan: StepPlan, reasoning_done: bool = True) -> None:
         """A step's outputs arrive: first tokens, reasoning ends, hand-offs and finished requests."""
+        if not (plan.sampled or plan.reasoning_done or plan.finishing):
+            return
         now = self.env.now
         hooks = self.hooks
         for req in plan.sampled:
             if math.isnan(req.first_token_s):
                 req.first_token_s = now
             hooks.prompt_done(req, self)
-        if reasoning_done:
-            for req in plan.reasoning_done:
-                self._reasoning_done(req, now)
+        for req in plan.reasoning_done:
+            self._reasoning_done(req, now)
         for req in plan.finishing:
             self.planner.finish(req)
             req.finish_s = now
             req.status = "completed"
             hooks.finished(req)
-        if plan.finishing:
+        if plan.finishing or plan.sampled:
             self.running_mon.set(now, self.planner.num_running)
             self.waiting_mon.set(now, len(self.planner.waiting))
 
@@ -240,16 +243,12 @@ class Replica:
         last token (or its last reasoning token, if a hook acts on it), or blocks run out; and the blocks the
         decodes need beyond those held for each prefix of the run."""
         dec = self.planner.decodes
-        n = dec.n
-        left = dec.left[:n]
-        k = 1 + int(left.min())
+        to_finish, to_reasoning_end = dec.countdowns()
+        k = 1 + to_finish
         if self.stop_at_reasoning_end:
             if plan.reasoning_done:
                 return 1, _EMPTY
-            to_go = left - dec.answer[:n]
-            ahead = to_go[to_go > 0]
-            if len(ahead):
-                k = min(k, 1 + int(ahead.min()))
+            k = min(k, 1 + to_reasoning_end)
         if k <= 1:
             return 1, _EMPTY
         extra = dec.extra_blocks(self.block_tokens, k, self.planner.block_buffer)
@@ -282,7 +281,6 @@ class Replica:
                 m = j + 1  # let the step in flight finish
                 self.num_events += 1
                 yield env.timeout(bounds[m] - t)
-        self._sync_run()
         last = self._finish_run(run, m, m)
         self._run = None
         if not self.async_scheduling:
@@ -296,26 +294,30 @@ class Replica:
         when async); at the horizon, nothing more is applied."""
         dec = self.planner.decodes
         n = run.num_decodes
-        added = dec.advance(m - 1, self.block_tokens) if m > 1 else 0
-        assert added == int(run.extra[m - 1]), (added, run.extra[m - 1])
+        first_tick = dec.tick  # the tick of the run's first step (planned)
+        to_finish, to_reasoning_end = dec.countdowns()
+        if m > 1:
+            dec.advance(m - 1, self.block_tokens)
+        added = int(run.extra[m - 1])
+        if self.check_invariants:
+            assert (dec.blocks[:n] * self.block_tokens >= dec.ctx[:n]).all()
         if added > run.allocated:
             self.kv.allocate(added - run.allocated)
             run.allocated = added
         last = StepPlan()
         left = dec.left[:n]
-        # Reasoning ends at step i (1-based) where left after it equals the answer tokens: i = left_m + m - answer.
-        step = left + m - dec.answer[:n]
-        for j in np.flatnonzero((step >= 2) & (step <= done)):
-            req = dec.req[int(j)]
-            assert req is not None
-            i = int(step[j])
-            if i == m and not at_horizon:
-                last.reasoning_done.append(req)
-            else:
-                self._reasoning_done(req, float(run.bounds[i]))
-        if not at_horizon:
-            for j in np.flatnonzero(left == 0):
-                last.finishing.append(dec.sync(int(j)))
+        if m - 1 >= to_reasoning_end:
+            for j, tick in dec.reasoning_ended():
+                i = tick - first_tick + 1  # its step in the run, from 1
+                req = dec.req[j]
+                assert req is not None
+                if i == m and not at_horizon:
+                    last.reasoning_done.append(req)
+                elif i <= done:
+                    self._reasoning_done(req, float(run.bounds[i]))
+        if not at_horizon and m - 1 >= to_finish:
+            for j in np.flatnonzero(left == 0).tolist():
+                last.finishing.append(dec.sync(j))
         self.kv_peak = max(self.kv_peak, run.used_at_start + int(run.extra[m - 1]))
         return last
 

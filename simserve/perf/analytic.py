@@ -27,13 +27,19 @@ def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarra
 
 def step_tokens(batch: Batch) -> tuple[float, float, float]:
     """(tokens computed, KV tokens read by attention plus those written, query-key pairs) of one step."""
-    new = batch.prefill_new_tokens.astype(float)
-    cached = batch.prefill_cached_tokens.astype(float)
-    decode_ctx = float(batch.decode_context_tokens.sum())
-    tokens = len(batch.decode_context_tokens) + float(new.sum())
-    kv_tokens = decode_ctx + float((cached + new).sum()) + tokens
-    pairs = decode_ctx + float(causal_pairs(new, cached).sum())
-    return tokens, kv_tokens, pairs
+    dec = batch.decode_context_tokens
+    decode_ctx = float(dec.sum()) if len(dec) else 0.0
+    tokens = float(len(dec))
+    kv_tokens = decode_ctx
+    pairs = decode_ctx
+    # A step has few prefill chunks: plain floats are faster than numpy here (the same arithmetic as
+    # causal_pairs, element by element).
+    for q, c in zip(batch.prefill_new_tokens.tolist(), batch.prefill_cached_tokens.tolist(), strict=True):
+        q, c = float(q), float(c)
+        tokens += q
+        kv_tokens += c + q
+        pairs += q * (c + (q + 1.0) / 2.0)
+    return tokens, kv_tokens + tokens, pairs
 
 
 @dataclass(frozen=True, slots=True)
