@@ -172,10 +172,13 @@ class Replica:
                     inflight = yield from self._fast_forward(plan, k, extra, now, used, num_waiting)
                     continue
             chunks = plan.chunks
-            batch = Batch(plan.decode_context_tokens,
-                          np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
-                          np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY)
-            dt = self.perf.step_time_s(batch)
+            if plan.empty:
+                dt = self.perf.overhead_s  # async: every running request's last token is in flight
+            else:
+                dt = self.perf.step_time_s(Batch(
+                    plan.decode_context_tokens,
+                    np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
+                    np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY))
             self.num_events += 1
             yield env.timeout(dt)
             self.kv_area += used * dt

@@ -88,7 +88,7 @@ class LinearPerf:
     """The linear PerfModel (LinearPerfSpec)."""
 
     def __init__(self, spec: LinearPerfSpec) -> None:
-        self.c0 = spec.step_overhead_s
+        self.c0 = self.overhead_s = spec.step_overhead_s
         self.c_prefill = spec.per_prefill_token_s
         self.c_seq = spec.per_decode_seq_s
         self.c_kv = spec.per_kv_token_s

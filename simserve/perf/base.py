@@ -37,6 +37,12 @@ class Batch:
 
 
 class PerfModel(Protocol):
+    @property
+    def overhead_s(self) -> float:
+        """Seconds of a step that computes nothing (host overhead only: scheduling, an empty launch); async
+        scheduling runs one when every running request's last token is still in flight."""
+        ...
+
     def step_time_s(self, batch: Batch) -> float:
         """Seconds one step of `batch` takes."""
         ...

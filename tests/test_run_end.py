@@ -1,0 +1,88 @@
+"""How a run ends and what it reports: the defects an independent fuzzer found (../shared/repro), each pinned.
+
+- A run stopping at its horizon inside a fast-forwarded decode run accounts for it exactly as stepping does.
+- A disaggregated request too big for the decode pool is rejected on arrival, not after its prefill.
+- Every request of the workload is recorded, those that never arrived too (status not_arrived).
+- `saturated` is about the load: a run at 10x capacity that drains before its horizon is saturated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import scenario
+
+from simserve import Simulation, load_scenario, run
+
+ROOT = Path(__file__).resolve().parent.parent
+REPRO = ROOT.parent / "shared" / "repro"
+QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
+
+
+def _repro(name: str) -> Path:
+    path = REPRO / name
+    if not path.exists():
+        pytest.skip(f"{path} not found (../shared beside the checkout)")
+    return path
+
+
+def test_a_horizon_inside_a_fast_forwarded_run_is_accounted_as_stepping_does():
+    path = _repro("horizon_ff_accounting.yaml")
+    ff = run(load_scenario(path))
+    ex = run(load_scenario(path, ["engine.exact_steps=true"]))
+    assert ff.summary["stopped_at_horizon"] and ex.summary["stopped_at_horizon"]
+    for key in ("kv_utilization_mean", "kv_utilization_max", "output_tokens"):
+        assert ff.summary[key] == pytest.approx(ex.summary[key], rel=1e-12), key
+    for col in ("num_steps", "decode_tokens", "prefill_tokens"):
+        assert ff.replicas[col].sum() == ex.replicas[col].sum(), col
+    assert ff.replicas["end_s"].max() == pytest.approx(ex.replicas["end_s"].max(), rel=1e-12)
+    assert list(ff.requests["generated_tokens"]) == list(ex.requests["generated_tokens"])
+
+
+def test_a_request_too_big_for_the_decode_pool_is_rejected_on_arrival():
+    res = run(load_scenario(_repro("disagg_reject_after_prefill.yaml")))
+    df = res.requests
+    assert (df["status"] == "rejected").all()
+    assert df["first_token_s"].isna().all() and (df["generated_tokens"] == 0).all()
+    assert df["reason"].str.contains("decode replicas hold at most").all()
+    assert (res.replicas["prefill_tokens"].sum()) == 0  # no prefill compute spent on them
+
+
+def test_requests_that_never_arrived_are_recorded_and_the_horizon_is_reported():
+    data = {"name": "h", "seed": 3, "model": "llama-3.1-8b",
+            "cluster": {"pools": [{"gpu": "h100-sxm", "max_num_seqs": 4, "num_kv_blocks": 200}]},
+            "perf": {"kind": "linear", "step_overhead_s": 0.01},
+            "workload": {"num_requests": 100, "arrival": {"process": "poisson", "rate_per_s": 10.0},
+                         "mix": [{"query_type": "q", "prompt_tokens": {"dist": "constant", "value": 20},
+                                  "reasoning_tokens": {"dist": "constant", "value": 30},
+                                  "answer_tokens": {"dist": "constant", "value": 5}}]},
+            "engine": {"horizon_s": 4.0}}
+    res = Simulation(scenario(data)).run()
+    df, s = res.requests, res.summary
+    assert len(df) == 100 and df["request_id"].is_unique
+    assert s["num_not_arrived"] > 0 and s["stopped_at_horizon"] and s["saturated"]
+    late = df[df.status == "not_arrived"]
+    assert (late["arrival_s"] >= 4.0).all() and late["reason"].str.contains("horizon").all()
+    assert s["num_completed"] + s["num_unfinished"] + s["num_not_arrived"] + s["num_rejected"] == 100
+
+
+def test_ten_times_capacity_is_saturated_even_when_it_drains_before_the_horizon():
+    over = run(load_scenario(QUICKSTART, ["workload.num_requests=600", "workload.arrival.rate_per_s=20",
+                                          "engine.horizon_s=1000000"]))
+    s = over.summary
+    assert s["num_completed"] == 600 and not s["stopped_at_horizon"]
+    assert s["saturated"] is True and s["queue_growth_requests_per_s"] > 1.0
+    calm = run(load_scenario(QUICKSTART, ["workload.num_requests=600"])).summary
+    assert calm["saturated"] is False and abs(calm["queue_growth_requests_per_s"]) < 0.05
+
+
+def test_reasoning_end_and_time_to_answer_are_recorded():
+    res = run(load_scenario(QUICKSTART, ["workload.num_requests=50"]))
+    df = res.requests
+    done = df[df.status == "completed"]
+    assert np.all(done["first_token_s"] <= done["reasoning_end_s"])
+    assert np.all(done["reasoning_end_s"] <= done["finish_s"])
+    assert np.allclose(done["time_to_answer_s"], done["reasoning_end_s"] - done["arrival_s"])
+    assert res.summary["time_to_answer_s_p50"] == pytest.approx(float(np.percentile(done["time_to_answer_s"], 50)))
