@@ -1,6 +1,6 @@
-"""The perf and calibration wings' public surfaces and import direction (STYLE.md): each package's string __all__
-matches what it exports; perf never imports calibration; scipy stays in calibration/fitting.py; running a scenario
-loads no calibration module."""
+"""Public surfaces and the import direction (STYLE.md, docs/architecture.md): each package's string __all__ matches
+what it exports; data, perf and engine never import the layers above them; scipy stays in calibration/fitting.py;
+running a scenario loads neither a calibration module nor scipy."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIMSERVE = ROOT / "simserve"
 
 
-@pytest.mark.parametrize("name", ["simserve.perf", "simserve.calibration"])
+@pytest.mark.parametrize("name", ["simserve.perf", "simserve.calibration", "simserve.engine", "simserve.workload"])
 def test_all_matches_the_exports(name: str) -> None:
     pkg = importlib.import_module(name)
     names = pkg.__all__
@@ -46,6 +46,46 @@ def test_perf_never_imports_calibration_or_scipy() -> None:
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
+# What each layer may not import: nothing above it (docs/architecture.md).
+ABOVE = {
+    "request.py": ("simserve.",),
+    "hardware.py": ("simserve.workload", "simserve.perf", "simserve.engine", "simserve.sim", "simserve.scenario",
+                    "simserve.cli", "simserve.calibration", "simserve.routing", "simserve.schedulers"),
+    "workload": ("simserve.perf", "simserve.engine", "simserve.sim", "simserve.scenario", "simserve.cli",
+                 "simserve.calibration", "simserve.routing", "simserve.schedulers"),
+    "perf": ("simserve.engine", "simserve.sim", "simserve.scenario", "simserve.cli", "simserve.calibration",
+             "simserve.routing", "simserve.schedulers"),
+    "engine": ("simserve.sim", "simserve.scenario", "simserve.cli", "simserve.calibration", "simserve.routing"),
+    "metrics.py": ("simserve.engine", "simserve.sim", "simserve.scenario", "simserve.cli", "simserve.perf"),
+    "sim.py": ("simserve.scenario", "simserve.cli", "simserve.calibration"),
+}
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """Modules a file imports at run time (imports under `if TYPE_CHECKING:` are for annotations only)."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(node)}
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+@pytest.mark.parametrize("layer", sorted(ABOVE))
+def test_no_layer_imports_one_above_it(layer: str) -> None:
+    target = SIMSERVE / layer
+    paths = sorted(target.glob("*.py")) if target.is_dir() else [target]
+    for path in paths:
+        bad = {m for m in runtime_imports(path) if m.startswith(ABOVE[layer])}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
 def test_scipy_only_in_fitting() -> None:
     for path in sorted((SIMSERVE / "calibration").glob("*.py")):
         if path.name != "fitting.py":
@@ -56,7 +96,7 @@ def test_running_a_scenario_loads_no_calibration_module() -> None:
     code = ("import sys, simserve\n"
             "s = simserve.load_scenario('scenarios/quickstart.yaml', ['workload.num_requests=20'])\n"
             "simserve.run(s)\n"
-            "print(sorted(m for m in sys.modules if m.startswith('simserve.calibration')))")
+            "print(sorted(m for m in sys.modules if m.startswith(('simserve.calibration', 'scipy'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
