@@ -142,14 +142,6 @@ class Decodes:
                 self._min_reasoning = None
         return finish, reasoning
 
-    def requests(self) -> list[Request]:
-        return [r for r in self.req[: self.n] if r is not None]
-
-    def block_needs(self, block_tokens: int) -> np.ndarray:
-        """1 for each slot whose next token needs a new block (its context fills the blocks it holds)."""
-        n = self.n
-        return (self.ctx[:n] >= self.blocks[:n] * block_tokens).astype(np.int64)
-
     def extra_blocks(self, block_tokens: int, num_steps: int, buf: np.ndarray) -> np.ndarray:
         """extra[s-1] = blocks the decodes need beyond those held now to run s more steps after the one just
         planned (extra[0] = 0: that step's blocks are allocated).
@@ -208,7 +200,3 @@ class FastForwardRun:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting
         exactly now is planned after every arrival at now is seen)."""
         return min(int(np.searchsorted(self.bounds[1:], now_s, side="left")) + 1, self.num_steps)
-
-    def steps_done(self, now_s: float) -> int:
-        """Steps of the run completed by `now_s`."""
-        return min(int(np.searchsorted(self.bounds[1:], now_s, side="right")), self.num_steps)

@@ -264,10 +264,7 @@ class KvBlockPool:
         for ext in reversed(hold.units):
             ext.refs -= 1
             if ext.refs == 0:
-                if ext.size:
-                    self._push_unit(ext)
-                else:
-                    self._uncache(ext)
+                self._push_unit(ext)
         hold.units = []
         hold.unit_blocks = 0
         hold.private_blocks = 0

@@ -57,7 +57,6 @@ class Replica:
         self.kv_area = 0.0  # integral of used blocks over time
         self.kv_peak = 0
         self._run: FastForwardRun | None = None  # the fast-forwarded run in flight
-        self._run_start_s = 0.0
         self._run_waiting = 0
 
     # ------------------------------------------------------------------------------------------ public surface
@@ -266,7 +265,6 @@ class Replica:
         bounds = np.cumsum(np.concatenate(([now], times)))
         run = FastForwardRun(bounds, times, extra, k, dec.n, used)
         self._run = run
-        self._run_start_s = now
         self._run_waiting = num_waiting
         end = env.timeout(bounds[k] - now)
         self.num_events += 1
