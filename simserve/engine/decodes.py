@@ -39,6 +39,7 @@ class Decodes:
         self._min_reasoning: int | None = _NEVER
         self.req: list[Request | None] = [None] * capacity
         self.n = 0
+        self._laps: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def add(self, req: Request, num_blocks: int) -> None:
         j = self.n
@@ -152,10 +153,18 @@ class Decodes:
         n = self.n
         first = self.blocks[:n] * block_tokens - self.ctx[:n]  # further steps that fit in the blocks held
         np.cumsum(np.bincount(first, minlength=block_tokens), out=buf[1:])
-        laps, phase = np.divmod(np.arange(num_steps, dtype=np.int64), block_tokens)
-        laps *= n
-        laps += buf[phase]
-        return laps
+        laps, phase = self._step_laps(num_steps, block_tokens)
+        extra = laps * n
+        extra += buf[phase]
+        return extra
+
+    def _step_laps(self, num_steps: int, block_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """divmod(range(num_steps), block_tokens), from a table kept between runs."""
+        laps, phase = self._laps
+        if len(laps) < num_steps:
+            laps, phase = np.divmod(np.arange(max(num_steps, 2 * len(laps), 4096), dtype=np.int64), block_tokens)
+            self._laps = (laps, phase)
+        return laps[:num_steps], phase[:num_steps]
 
     def advance(self, num_steps: int, block_tokens: int) -> None:
         """Apply `num_steps` more decode steps to every slot (their schedules, after the one already applied):
