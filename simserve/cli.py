@@ -32,14 +32,16 @@ def format_summary(scenario: Scenario, results: Results) -> str:
     for p in results.pools:
         lines.append(f"  pool {p['pool']}: {p['replicas']} x {p['model']} on {p['tensor_parallel']} x {p['gpu']}, "
                      f"{p['kv_capacity_blocks']:,} KV blocks per replica")
-    lines.append(f"  requests  {s['num_requests']:,} arrived, {s['num_completed']:,} completed, "
-                 f"{s['num_rejected']:,} rejected, {s['num_unfinished']:,} unfinished")
+    arrived = s["num_requests"] - s["num_not_arrived"]
+    lines.append(f"  requests  {arrived:,} arrived, {s['num_completed']:,} completed, "
+                 f"{s['num_rejected']:,} rejected, {s['num_unfinished']:,} unfinished"
+                 + (f", {s['num_not_arrived']:,} not arrived" if s["num_not_arrived"] else ""))
     lines.append(f"  simulated {s['makespan_s']:,.1f} s in {s['wall_time_s']:.2f} s wall, "
                  f"{s['num_events']:,} events ({s['events_per_request']:.1f} per request)")
     lines.append("")
-    lines.append(f"  {'metric':<10}{'mean':>12}{'p50':>12}{'p90':>12}{'p99':>12}")
-    for m in ("ttft_s", "tpot_s", "e2e_s"):
-        lines.append(f"  {m:<10}" + "".join(f"{_fmt(s[f'{m}_{k}']):>12}" for k in ("mean", "p50", "p90", "p99")))
+    lines.append(f"  {'metric':<17}{'mean':>12}{'p50':>12}{'p90':>12}{'p99':>12}")
+    for m in ("ttft_s", "time_to_answer_s", "tpot_s", "e2e_s"):
+        lines.append(f"  {m:<17}" + "".join(f"{_fmt(s[f'{m}_{k}']):>12}" for k in ("mean", "p50", "p90", "p99")))
     lines.append("")
     rows = [
         ("output tokens/s", s["throughput_output_tokens_per_s"]), ("requests/s", s["requests_per_s"]),
@@ -52,10 +54,15 @@ def format_summary(scenario: Scenario, results: Results) -> str:
     if len(results.pools) > 1:
         rows.extend((f"  pool {p['pool']} cost USD", p["cost_usd"]) for p in results.pools)
     lines.extend(f"  {name:<24}{_fmt(v):>14}" for name, v in rows)
-    if s["saturated"]:
+    if s["stopped_at_horizon"]:
         lines.append("")
-        lines.append(f"  SATURATED: {s['num_unfinished']:,} requests were still waiting or running at the horizon "
-                     f"({s['horizon_s']:,.0f} s); the cluster cannot keep up with this load.")
+        lines.append(f"  STOPPED AT THE HORIZON ({s['horizon_s']:,.0f} s, engine.horizon_s): {s['num_unfinished']:,} "
+                     f"requests still waiting or running, {s['num_not_arrived']:,} not arrived.")
+    if s["saturated"] and s["queue_growth_requests_per_s"] > 0:
+        if not s["stopped_at_horizon"]:
+            lines.append("")
+        lines.append(f"  SATURATED: the waiting queue grew by {s['queue_growth_requests_per_s']:,.3g} requests/s over "
+                     "the second half of the arrivals; the cluster cannot keep up with this load.")
     return "\n".join(lines)
 
 
