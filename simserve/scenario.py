@@ -54,6 +54,10 @@ class PoolSpec(BaseModel):
     long_prefill_token_threshold: int = Field(
         default=0, ge=0, description="cap on one request's prefill chunk per step when more than one request is "
         "running or waiting (vLLM's; 0: no cap)")
+    reserve_full_isl: bool = Field(
+        default=True, description="admit a waiting request only if the KV blocks of its whole prompt (and output so "
+        "far) fit, not just its first chunk (vLLM's scheduler_reserve_full_isl, on by default in vLLM 0.33; off, a "
+        "prompt is admitted when its first chunk fits, and a long one may have to be preempted)")
     async_scheduling: bool = Field(
         default=False, description="plan step s+1 before step s's outputs are applied (vLLM's two-deep batch "
         "queue): a finished request frees its slot and blocks one step later")

@@ -165,7 +165,8 @@ class Simulation:
             max_num_seqs=pool.max_num_seqs, max_num_batched_tokens=pool.max_num_batched_tokens,
             block_tokens=pool.kv_block_tokens, chunked_prefill=pool.chunked_prefill,
             long_prefill_token_threshold=pool.long_prefill_token_threshold,
-            async_scheduling=pool.async_scheduling, hand_off_after_prompt=pool.role == "prefill")
+            async_scheduling=pool.async_scheduling, reserve_full_isl=pool.reserve_full_isl,
+            hand_off_after_prompt=pool.role == "prefill")
         scheduler = SCHEDULERS[scenario.scheduler.kind]
         for _ in range(pool.replicas):
             planner = Planner(config, KvBlockPool(blocks, pool.kv_block_tokens, pool.prefix_caching),

@@ -42,6 +42,17 @@ def test_a_waiting_request_is_admitted_only_if_its_whole_prompt_fits_in_free_blo
     assert chunks(plan) == [(0, 12)] and len(p.waiting) == 1 and p.kv.free_blocks == 1
 
 
+def test_with_reserve_full_isl_off_a_first_chunk_that_fits_is_enough():
+    p = planner(blocks=4, block=4, budget=64, reserve_full_isl=False)
+    p.waiting.push(req(0, 0.0, 12, 0, 1))
+    p.waiting.push(req(1, 0.0, 8, 0, 1))
+    assert chunks(p.schedule()) == [(0, 12)]  # the budget covers request 1's whole prompt: 2 blocks > 1 free
+    q = planner(blocks=4, block=4, budget=16, reserve_full_isl=False)
+    q.waiting.push(req(0, 0.0, 12, 0, 1))
+    q.waiting.push(req(1, 0.0, 8, 0, 1))
+    assert chunks(q.schedule()) == [(0, 12), (1, 4)]  # a 4-token first chunk needs 1 block: admitted
+
+
 def test_without_chunked_prefill_a_prompt_larger_than_the_budget_left_waits():
     p = planner(budget=10, chunked_prefill=False)
     p.waiting.push(req(0, 0.0, 6, 0, 3))

@@ -44,6 +44,7 @@ class PlannerConfig:
     chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0
     async_scheduling: bool = False
+    reserve_full_isl: bool = True  # admit only if the whole known sequence fits (vLLM's scheduler_reserve_full_isl)
     hand_off_after_prompt: bool = False  # a prefill replica of a disaggregated cluster
 
 
@@ -336,7 +337,8 @@ class Planner:
             if not cfg.chunked_prefill and new > budget:
                 break
             new = min(new, budget)
-            if blocks_for(tokens, bt) - hit + evictable > kv.free_blocks:
+            admit_tokens = tokens if cfg.reserve_full_isl else hit_tokens + new
+            if blocks_for(admit_tokens, bt) - hit + evictable > kv.free_blocks:
                 break
             waiting.pop()
             kv.acquire(hold, units)
