@@ -248,7 +248,7 @@ def _batches(requests: pd.DataFrame | Path) -> Batches:
         f = pq.ParquetFile(path)
         try:
             for i in range(f.num_row_groups):
-                yield f.read_row_group(i, columns=columns)
+                yield f.read_row_group(i, columns=columns, use_threads=False)
         finally:
             f.close()
     return from_file
