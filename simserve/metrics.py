@@ -55,7 +55,7 @@ class LevelMonitor:
         return self.area + self.level * (now_s - self.last_s)
 
 
-ROW_GROUP_ROWS = 65_536  # rows per Parquet row group: about 7 MB of request rows buffered at most
+ROW_GROUP_ROWS = 65_536  # rows per Parquet row group: about 9 MB of request rows buffered at most
 
 # Column kinds: "q" int64, "d" float64, "s" string. Derived columns (float64) are computed per row group.
 _REQUEST_KINDS = {
