@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -282,7 +282,7 @@ class Simulation:
                 self.recorder.request(req)
         not_arrived = 0
         if stopped:
-            for req in chain(list(self._pending.values()), counted.rest()):
+            for req in itertools.chain(list(self._pending.values()), counted.rest()):  # streamed, not listed
                 req.request_id = self._next_id
                 self._next_id += 1
                 req.status = "not_arrived"
