@@ -107,8 +107,9 @@ def figures(wall: float, res: simserve.Results) -> dict[str, Any]:
 
 
 def compare(fast: simserve.Results, exact: simserve.Results) -> dict[str, Any]:
-    """Per-request agreement of the two modes (rows are sorted by request_id in both)."""
-    a, b = fast.requests, exact.requests
+    """Per-request agreement of the two modes (rows sorted by request_id in both)."""
+    a = fast.requests.sort_values("request_id", ignore_index=True)
+    b = exact.requests.sort_values("request_id", ignore_index=True)
     out: dict[str, Any] = {"same_request_ids": bool(np.array_equal(a["request_id"], b["request_id"]))}
     if not out["same_request_ids"]:
         return out

@@ -69,7 +69,7 @@ def simulate(case: dict[str, Any], max_model_len: int, exact_steps: bool = False
         data["engine"]["exact_steps"] = exact_steps
         data["engine"]["check_invariants"] = True
         results = simserve.run(simserve.parse_scenario(data, source="conformance"))
-    df = results.requests
+    df = results.requests.sort_values("request_id", ignore_index=True)  # rows come in the order requests ended
     order = sorted(range(len(case["requests"])), key=lambda i: (case["requests"][i]["arrival_step"], i))
     ids = [str(case["requests"][i]["id"]) for i in order]
     first_arrival = min(r["arrival_step"] for r in case["requests"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from simserve.calibration.cli import ERRORS as CALIBRATION_ERRORS
 from simserve.calibration.cli import add_commands, json_safe
 from simserve.scenario import Scenario, ScenarioError, load_scenario
-from simserve.sim import Results, run
+from simserve.sim import Results, Simulation
 
 EXIT_BAD_INPUT = 2
 
@@ -67,9 +68,13 @@ def format_summary(scenario: Scenario, results: Results) -> str:
 
 
 def write_results(scenario: Scenario, results: Results, out: Path) -> None:
+    """scenario.yaml and summary.json into `out`, and the run's two Parquet files of records, copied there unless
+    the run already streamed them there (Simulation's records_dir)."""
     out.mkdir(parents=True, exist_ok=True)
-    results.requests.to_parquet(out / "requests.parquet", index=False)
-    results.replicas.to_parquet(out / "replicas.parquet", index=False)
+    for src in (results.requests_path, results.replicas_path):
+        dst = out / src.name
+        if not (dst.exists() and dst.samefile(src)):
+            shutil.copyfile(src, dst)
     (out / "scenario.yaml").write_text(scenario.to_yaml())
     (out / "summary.json").write_text(json.dumps(json_safe(results.summary), indent=2) + "\n")
 
@@ -81,8 +86,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.exact_steps:
         overrides.append("engine.exact_steps=true")
     scenario = load_scenario(args.scenario, overrides)
-    results = run(scenario)
     out = Path(args.out) if args.out else Path("results") / scenario.name
+    results = Simulation(scenario, scenario.base_dir, records_dir=out).run()  # records stream straight to `out`
     write_results(scenario, results, out)
     print(format_summary(scenario, results))
     print(f"\n  wrote {out}/requests.parquet, replicas.parquet, scenario.yaml, summary.json")

@@ -1,14 +1,24 @@
-"""Records out, analysis after: columnar per-request and per-segment rows, time-weighted level monitors, and the
-summary computed from them (percentiles, goodput against SLOs, KV utilisation, GPU-hours and cost)."""
+"""Records out, analysis after: per-request and per-segment rows streamed to Parquet a row group at a time as the
+run makes them, time-weighted level monitors, and the summary computed from the rows in bounded memory
+(percentiles, goodput against SLOs, KV utilisation, GPU-hours and cost). Besides cli.py, the one module that writes
+result files: a run's records have to leave memory as they are made (10M-request runs would not fit otherwise)."""
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from array import array
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 REQUEST_COLUMNS = (
     "request_id", "user_id", "query_type", "pool", "replica", "arrival_s", "first_token_s", "reasoning_end_s",
@@ -45,29 +55,130 @@ class LevelMonitor:
         return self.area + self.level * (now_s - self.last_s)
 
 
-class Recorder:
-    """Append-only columnar buffers; a finished request becomes one row and its object can be dropped."""
+ROW_GROUP_ROWS = 65_536  # rows per Parquet row group: about 9 MB of request rows buffered at most
 
-    def __init__(self) -> None:
-        self._req: dict[str, Any] = {
-            "request_id": array("q"), "user_id": array("q"), "query_type": [], "pool": [],
-            "replica": array("q"), "arrival_s": array("d"), "first_token_s": array("d"),
-            "reasoning_end_s": array("d"), "finish_s": array("d"),
-            "prompt_tokens": array("q"), "prefix_hit_tokens": array("q"), "reasoning_tokens": array("q"),
-            "answer_tokens": array("q"),
-            "generated_tokens": array("q"), "num_preemptions": array("q"), "status": [], "reason": [],
-        }
-        self._seg: dict[str, Any] = {
-            "pool": [], "replica": array("q"), "start_s": array("d"), "end_s": array("d"),
-            "num_steps": array("q"), "batch_size": array("q"), "num_waiting": array("q"),
-            "kv_blocks_mean": array("d"), "kv_blocks_end": array("q"), "prefill_tokens": array("q"),
-            "decode_tokens": array("q"),
-        }
+# Column kinds: "q" int64, "d" float64, "s" string. Derived columns (float64) are computed per row group.
+_REQUEST_KINDS = {
+    "request_id": "q", "user_id": "q", "query_type": "s", "pool": "s", "replica": "q", "arrival_s": "d",
+    "first_token_s": "d", "reasoning_end_s": "d", "finish_s": "d", "prompt_tokens": "q", "prefix_hit_tokens": "q",
+    "reasoning_tokens": "q", "answer_tokens": "q", "generated_tokens": "q", "num_preemptions": "q", "status": "s",
+    "reason": "s",
+}
+_SEGMENT_KINDS = {
+    "pool": "s", "replica": "q", "start_s": "d", "end_s": "d", "num_steps": "q", "batch_size": "q",
+    "num_waiting": "q", "kv_blocks_mean": "d", "kv_blocks_end": "q", "prefill_tokens": "q", "decode_tokens": "q",
+}
+_DTYPES = {"q": "int64", "d": "float64", "s": "string"}
+
+
+def _schema(columns: tuple[str, ...], kinds: dict[str, str]) -> pa.Schema:
+    """The Parquet schema, made from an empty DataFrame so the file carries pandas metadata and reads back with the
+    same dtypes (int64, float64, string) as the frames `Results` has always held."""
+    empty = pd.DataFrame({c: pd.Series([], dtype=_DTYPES[kinds.get(c, "d")]) for c in columns})
+    return pa.Schema.from_pandas(empty, preserve_index=False)
+
+
+def _derive_request_times(cols: dict[str, Any]) -> None:
+    """Per-request latencies from the timestamps: TTFT, time to answer (end of reasoning), TPOT (mean time per
+    output token after the first) and end to end; TPOT and e2e only for completed requests."""
+    arrival, first, finish = cols["arrival_s"], cols["first_token_s"], cols["finish_s"]
+    completed = pc.equal(cols["status"], "completed").to_numpy(zero_copy_only=False)
+    output = cols["reasoning_tokens"] + cols["answer_tokens"]
+    cols["ttft_s"] = first - arrival
+    cols["time_to_answer_s"] = cols["reasoning_end_s"] - arrival
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cols["tpot_s"] = np.where(completed & (output > 1), (finish - first) / (output - 1), np.nan)
+    cols["e2e_s"] = np.where(completed, finish - arrival, np.nan)
+
+
+def _arrow(values: Any) -> pa.Array:
+    return values if isinstance(values, pa.Array) else pa.array(values)
+
+
+class _Sink:
+    """One Parquet file written a row group at a time from columnar buffers. It is written under NAME.partial and
+    renamed to NAME by `close()`, so a run that dies never leaves a half-written file under the final name."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...], kinds: dict[str, str], row_group_rows: int,
+                 derive: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        self.columns = columns
+        self.kinds = kinds
+        self.schema = _schema(columns, kinds)
+        self.row_group_rows = row_group_rows
+        self.derive = derive
+        self.num_rows = 0  # written to the file
+        self.num_row_groups = 0
+        self._writer: pq.ParquetWriter | None = None
+        self.buf = self._empty()
+
+    def _empty(self) -> dict[str, Any]:
+        return {k: [] if kind == "s" else array(kind) for k, kind in self.kinds.items()}
+
+    def full(self) -> bool:
+        return len(self.buf["replica"]) >= self.row_group_rows  # every table has a replica column
+
+    def flush(self) -> None:
+        """Write the buffered rows as one row group and start new, empty buffers."""
+        buf, self.buf = self.buf, self._empty()
+        n = len(buf["replica"])
+        if n == 0:
+            return
+        cols: dict[str, Any] = {k: pa.array(v, pa.large_string()) if self.kinds[k] == "s"
+                                else np.frombuffer(v, dtype=_DTYPES[self.kinds[k]]) for k, v in buf.items()}
+        if self.derive is not None:
+            self.derive(cols)
+        table = pa.Table.from_arrays([_arrow(cols[c]) for c in self.columns], schema=self.schema)
+        self._open().write_table(table, row_group_size=n)
+        self.num_rows += n
+        self.num_row_groups += 1
+
+    def _open(self) -> pq.ParquetWriter:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.partial, self.schema, compression="snappy")
+        return self._writer
+
+    def close(self) -> Path:
+        """Write what is buffered, finish the file (an empty run gives a file with the schema and no rows) and
+        give it its final name."""
+        self.flush()
+        self._open().close()
+        self._writer = None
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Finish the .partial file as it stands (a readable record of the rows so far) without renaming it."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class Recorder:
+    """Records out, streamed: a finished request becomes one row and its object can be dropped; rows are buffered
+    in columnar arrays and written to Parquet a row group (`row_group_rows` rows) at a time, so memory is bounded
+    by the requests in flight, not by the requests run. Rows are in the order they were recorded: requests as
+    they end (completed or rejected), then those unfinished or not arrived at the end of the run; replica
+    segments as each replica closes them. Sort by request_id to get arrival order.
+
+    Files go to `directory`/requests.parquet and replicas.parquet (written as .partial until `close()`), or, with
+    no directory, to a temporary folder that lives as long as `tempdir` (the Results of the run hold it)."""
+
+    def __init__(self, directory: Path | None = None, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+        if row_group_rows < 1:
+            raise ValueError(f"'row_group_rows' must be >= 1, got {row_group_rows}")
+        self.tempdir = tempfile.TemporaryDirectory(prefix="simserve-") if directory is None else None
+        self.directory = Path(self.tempdir.name) if self.tempdir is not None else Path(directory)  # type: ignore[arg-type]
+        self.requests = _Sink(self.directory / "requests.parquet", REQUEST_COLUMNS, _REQUEST_KINDS, row_group_rows,
+                              _derive_request_times)
+        self.segments = _Sink(self.directory / "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS, row_group_rows)
         self.num_recorded = 0
 
     def request(self, r: Any) -> None:
         """Record a request that has completed, been rejected, or is unfinished at the end of the run."""
-        c = self._req
+        c = self.requests.buf
         c["request_id"].append(r.request_id)
         c["user_id"].append(r.user_id)
         c["query_type"].append(r.query_type)
@@ -86,12 +197,14 @@ class Recorder:
         c["status"].append(r.status)
         c["reason"].append(r.reason)
         self.num_recorded += 1
+        if self.requests.full():
+            self.requests.flush()
 
     def segment(self, *, pool: str, replica: int, start_s: float, end_s: float, num_steps: int, batch_size: int,
                 num_waiting: int, kv_blocks_mean: float, kv_blocks_end: int, prefill_tokens: int,
                 decode_tokens: int) -> None:
         """Record one stretch of a replica's time: a step, a fast-forwarded run of steps, or an idle gap."""
-        c = self._seg
+        c = self.segments.buf
         c["pool"].append(pool)
         c["replica"].append(replica)
         c["start_s"].append(start_s)
@@ -103,77 +216,202 @@ class Recorder:
         c["kv_blocks_end"].append(kv_blocks_end)
         c["prefill_tokens"].append(prefill_tokens)
         c["decode_tokens"].append(decode_tokens)
+        if self.segments.full():
+            self.segments.flush()
 
-    def requests_frame(self) -> pd.DataFrame:
-        df = pd.DataFrame({k: np.asarray(v) if isinstance(v, array) else v for k, v in self._req.items()})
-        df = df.sort_values("request_id", kind="stable").reset_index(drop=True)
-        df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
-        df["time_to_answer_s"] = df["reasoning_end_s"] - df["arrival_s"]
-        df["e2e_s"] = np.where(df["status"] == "completed", df["finish_s"] - df["arrival_s"], np.nan)
-        output = df["reasoning_tokens"] + df["answer_tokens"]
-        decode_span = df["finish_s"] - df["first_token_s"]
-        df["tpot_s"] = np.where((df["status"] == "completed") & (output > 1), decode_span / (output - 1), np.nan)
-        for col in ("query_type", "pool", "status", "reason"):
-            df[col] = df[col].astype("string")
-        return df[list(REQUEST_COLUMNS)]
+    def close(self) -> tuple[Path, Path]:
+        """Write the last row groups and give both files their final names: (requests, replicas)."""
+        return self.requests.close(), self.segments.close()
 
-    def segments_frame(self) -> pd.DataFrame:
-        df = pd.DataFrame({k: np.asarray(v) if isinstance(v, array) else v for k, v in self._seg.items()})
-        df["pool"] = df["pool"].astype("string")
-        return df[list(SEGMENT_COLUMNS)]
+    def abort(self) -> None:
+        """The run failed: finish the .partial files as they stand and leave the final names alone."""
+        self.requests.abort()
+        self.segments.abort()
 
 
-def _stats(prefix: str, values: pd.Series) -> dict[str, float]:
-    v = values.dropna().to_numpy(float)
-    out = {f"{prefix}_mean": float(v.mean()) if len(v) else math.nan}
-    for p in PERCENTILES:
-        out[f"{prefix}_p{p}"] = float(np.percentile(v, p)) if len(v) else math.nan
+# ------------------------------------------------------------------------------------------ summary
+
+Batches = Callable[[list[str]], Iterator[pa.Table]]
+
+
+def _batches(requests: pd.DataFrame | Path) -> Batches:
+    """Replayable reads of some columns: a Parquet file a row group at a time, or a DataFrame in one piece."""
+    if isinstance(requests, pd.DataFrame):
+        frame = requests
+
+        def from_frame(columns: list[str]) -> Iterator[pa.Table]:
+            yield pa.Table.from_pandas(frame[columns], preserve_index=False)
+        return from_frame
+    path = Path(requests)
+
+    def from_file(columns: list[str]) -> Iterator[pa.Table]:
+        f = pq.ParquetFile(path)
+        try:
+            for i in range(f.num_row_groups):
+                yield f.read_row_group(i, columns=columns, use_threads=False)
+        finally:
+            f.close()
+    return from_file
+
+
+def _float(col: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(col.to_numpy(), dtype=float)
+
+
+def _sortable(x: np.ndarray) -> np.ndarray:
+    """uint64 keys in the order of the float64s: the sign bit set for positives, every bit flipped for negatives."""
+    u = x.view(np.uint64)
+    return np.where(u >> np.uint64(63), ~u, u | np.uint64(1 << 63))
+
+
+def _unsortable(key: int) -> float:
+    u = key & ~(1 << 63) if key >> 63 else ~key & (2**64 - 1)
+    return float(np.array([u], dtype=np.uint64).view(np.float64)[0])
+
+
+_DIGIT = 16  # bits of the key resolved per pass of the radix selection
+
+
+def order_statistics(read: Callable[[], Iterator[np.ndarray]], n: int, ranks: Iterable[int],
+                     max_held: int = ROW_GROUP_ROWS) -> dict[int, float]:
+    """The values at the 0-based `ranks` of the sorted `n` floats (no NaN) that `read()` yields in chunks, exactly,
+    holding at most about `max_held` of them: a radix selection on the floats' bits, one pass over the chunks per
+    16 bits, until the candidates for a rank fit in `max_held`; they are then held and sorted."""
+    # A rank's state: the key's top `bits` bits (prefix) and how many values lie below that prefix.
+    state = {r: (0, 0, 0) for r in ranks}
+    size = {(0, 0): n}  # (prefix, bits) -> values with that prefix
+    out: dict[int, float] = {}
+    while state:
+        groups = {(p, b) for p, b, _ in state.values()}
+        held: dict[tuple[int, int], list[np.ndarray]] = {g: [] for g in groups if size[g] <= max_held}
+        hist = {g: np.zeros(1 << _DIGIT, np.int64) for g in groups if g not in held and g[1] < 64}
+        if held or hist:
+            for chunk in read():
+                keys = _sortable(chunk)
+                for (p, b), values in held.items():
+                    values.append(chunk if b == 0 else chunk[(keys >> np.uint64(64 - b)) == np.uint64(p)])
+                for (p, b), counts in hist.items():
+                    k = keys if b == 0 else keys[(keys >> np.uint64(64 - b)) == np.uint64(p)]
+                    digit = (k >> np.uint64(64 - b - _DIGIT)) & np.uint64((1 << _DIGIT) - 1)
+                    counts += np.bincount(digit.astype(np.intp), minlength=1 << _DIGIT)
+        ordered = {g: np.sort(np.concatenate(v)) for g, v in held.items()}
+        for r, (p, b, below) in list(state.items()):
+            if (p, b) in ordered:
+                out[r] = float(ordered[(p, b)][r - below])
+            elif b >= 64:  # every candidate has the same bits: the same value
+                out[r] = _unsortable(p)
+            else:
+                cum = np.cumsum(hist[(p, b)])
+                d = int(np.searchsorted(cum, r - below, side="right"))
+                g = ((p << _DIGIT) | d, b + _DIGIT)
+                size[g] = int(hist[(p, b)][d])
+                state[r] = (*g, below + (int(cum[d - 1]) if d else 0))
+                continue
+            del state[r]
     return out
 
 
-def summarize(requests: pd.DataFrame, *, makespan_s: float, slo: dict[str, float | None],
+def percentile_of_sorted(value_at: Callable[[int], float], n: int, p: float) -> float:
+    """np.percentile(v, p) (linear method) given the sorted values by rank, with numpy's own arithmetic (the
+    virtual index (n - 1) * q, and its two-sided lerp), so the result is bit for bit the same."""
+    virtual = (n - 1) * (p / 100)
+    below = math.floor(virtual)
+    gamma = virtual - below
+    i = min(int(below), n - 1)
+    a, b = value_at(i), value_at(min(i + 1, n - 1))
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+def _stats(prefix: str, batches: Batches, column: str, max_held: int) -> dict[str, float]:
+    """Mean (exactly rounded sum over count) and percentiles of a latency over completed requests."""
+
+    def read() -> Iterator[np.ndarray]:
+        for t in batches(["status", column]):
+            v = _float(t[column])[pc.equal(t["status"], "completed").to_numpy(zero_copy_only=False)]
+            yield v[~np.isnan(v)]
+
+    n = 0
+
+    def counted() -> Iterator[list[float]]:
+        nonlocal n
+        for v in read():
+            n += len(v)
+            yield v.tolist()
+    total = math.fsum(chain.from_iterable(counted()))
+    out = {f"{prefix}_mean": total / n if n else math.nan}
+    ranks = {r for p in PERCENTILES for r in _ranks(n, p)}
+    at = order_statistics(read, n, ranks, max_held) if n else {}
+    for p in PERCENTILES:
+        out[f"{prefix}_p{p}"] = percentile_of_sorted(at.__getitem__, n, p) if n else math.nan
+    return out
+
+
+def _ranks(n: int, p: float) -> tuple[int, int]:
+    i = min(int(math.floor((n - 1) * (p / 100))), n - 1)
+    return i, min(i + 1, n - 1)
+
+
+def _counts(batches: Batches, slo: dict[str, float | None]) -> dict[str, int]:
+    """Counts and integer sums over every request, in one pass."""
+    checked = [k for k in ("ttft_s", "tpot_s", "e2e_s") if slo.get(k) is not None]
+    c = dict.fromkeys(("n", "completed", "rejected", "unfinished", "not_arrived", "ok", "output_tokens",
+                       "num_preemptions", "hit_tokens", "prompt_tokens"), 0)
+    for t in batches(["status", "generated_tokens", "num_preemptions", "prefix_hit_tokens", "prompt_tokens",
+                      *checked]):
+        status = t["status"]
+        done = pc.equal(status, "completed").to_numpy(zero_copy_only=False)
+        c["n"] += t.num_rows
+        c["completed"] += int(done.sum())
+        for s in ("rejected", "unfinished", "not_arrived"):
+            c[s] += int(pc.sum(pc.equal(status, s)).as_py() or 0)
+        ok = done.copy()
+        for k in checked:
+            ok &= np.nan_to_num(_float(t[k]), nan=0.0) <= slo[k]
+        c["ok"] += int(ok.sum())
+        c["output_tokens"] += int(t["generated_tokens"].to_numpy().sum())
+        c["num_preemptions"] += int(t["num_preemptions"].to_numpy().sum())
+        c["hit_tokens"] += int(t["prefix_hit_tokens"].to_numpy()[done].sum())
+        c["prompt_tokens"] += int(t["prompt_tokens"].to_numpy()[done].sum())
+    return c
+
+
+def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str, float | None],
               kv_utilization_mean: float, kv_utilization_max: float, gpu_hours: float, cost_usd: float,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Flat summary of one run. Goodput is the share of all arrived requests that completed within every SLO
-    given (ttft_s, tpot_s, e2e_s; a missing SLO is not checked). Throughput counts every output token generated
-    within the run, including those of requests still unfinished at its end."""
-    status = requests["status"]
-    completed = requests[status == "completed"]
-    n = len(requests)
-    ok = status == "completed"
-    for key in ("ttft_s", "tpot_s", "e2e_s"):
-        limit = slo.get(key)
-        if limit is not None:
-            ok &= requests[key].fillna(0.0) <= limit
+              extra: dict[str, Any] | None = None, max_held: int = ROW_GROUP_ROWS) -> dict[str, Any]:
+    """Flat summary of one run, from its request rows: a DataFrame, or a requests.parquet file read a row group
+    at a time (memory bounded by `max_held` values, whatever the number of requests). Goodput is the share of all
+    arrived requests that completed within every SLO given (ttft_s, tpot_s, e2e_s; a missing SLO is not checked).
+    Throughput counts every output token generated within the run, including those of requests still unfinished
+    at its end. Percentiles are np.percentile's (linear), exactly; means are exactly rounded sums over counts."""
+    batches = _batches(requests)
+    c = _counts(batches, slo)
+    n, completed = c["n"], c["completed"]
     span = makespan_s if makespan_s > 0 else math.nan
-    output_tokens = int(requests["generated_tokens"].sum())
     summary: dict[str, Any] = {
         "num_requests": n,
-        "num_completed": int(len(completed)),
-        "num_rejected": int((status == "rejected").sum()),
-        "num_unfinished": int((status == "unfinished").sum()),
-        "num_not_arrived": int((status == "not_arrived").sum()),
-        "saturated": bool((status == "unfinished").any()),
+        "num_completed": completed,
+        "num_rejected": c["rejected"],
+        "num_unfinished": c["unfinished"],
+        "num_not_arrived": c["not_arrived"],
+        "saturated": c["unfinished"] > 0,
         "makespan_s": float(makespan_s),
-        "output_tokens": output_tokens,
-        "throughput_output_tokens_per_s": output_tokens / span,
-        "requests_per_s": len(completed) / span,
+        "output_tokens": c["output_tokens"],
+        "throughput_output_tokens_per_s": c["output_tokens"] / span,
+        "requests_per_s": completed / span,
     }
-    summary.update(_stats("ttft_s", completed["ttft_s"]))
-    summary.update(_stats("time_to_answer_s", completed["time_to_answer_s"]))
-    summary.update(_stats("tpot_s", completed["tpot_s"]))
-    summary.update(_stats("e2e_s", completed["e2e_s"]))
+    for m in ("ttft_s", "time_to_answer_s", "tpot_s", "e2e_s"):
+        summary.update(_stats(m, batches, m, max_held))
     summary.update({
         "kv_utilization_mean": kv_utilization_mean,
         "kv_utilization_max": kv_utilization_max,
-        "num_preemptions": int(requests["num_preemptions"].sum()),
-        "prefix_cache_hit_ratio": (float(completed["prefix_hit_tokens"].sum() / completed["prompt_tokens"].sum())
-                                   if len(completed) else math.nan),
-        "goodput": float(ok.sum() / n) if n else math.nan,
-        "goodput_requests_per_s": float(ok.sum()) / span,
+        "num_preemptions": c["num_preemptions"],
+        "prefix_cache_hit_ratio": c["hit_tokens"] / c["prompt_tokens"] if c["prompt_tokens"] else math.nan,
+        "goodput": c["ok"] / n if n else math.nan,
+        "goodput_requests_per_s": float(c["ok"]) / span,
         "gpu_hours": gpu_hours,
         "cost_usd": cost_usd,
-        "cost_usd_per_1k_completed": cost_usd / len(completed) * 1000 if len(completed) else math.nan,
+        "cost_usd_per_1k_completed": cost_usd / completed * 1000 if completed else math.nan,
     })
     if extra:
         summary.update(extra)

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +35,25 @@ STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions")
 
 @dataclass
 class Results:
-    """What a run produced: one row per request, one row per replica segment (a step, a fast-forwarded run of
-    steps, or an idle gap), and the flat summary."""
+    """What a run produced: the flat summary, and two Parquet files of records written as the run went: one row
+    per request (requests_path, in the order requests ended; sort by request_id for arrival order) and one row
+    per replica segment (replicas_path: a step, a fast-forwarded run of steps, or an idle gap). `requests` and
+    `replicas` read them into DataFrames on first use. Files in a temporary folder (no records_dir given) last as
+    long as this object."""
 
-    requests: pd.DataFrame
-    replicas: pd.DataFrame
+    requests_path: Path
+    replicas_path: Path
     summary: dict[str, Any]
     pools: list[dict[str, Any]] = field(default_factory=list)
+    tempdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def requests(self) -> pd.DataFrame:
+        return pd.read_parquet(self.requests_path)
+
+    @cached_property
+    def replicas(self) -> pd.DataFrame:
+        return pd.read_parquet(self.replicas_path)
 
 
 class _Record(Hooks):
@@ -108,15 +122,17 @@ class _Accounting(Hooks):
 
 class Simulation:
     """Build the cluster of a scenario and run its workload through it. `hooks` add features' lifecycle hooks
-    (simserve.engine.hooks) after the built-in ones (recording, sessions, hand-off)."""
+    (simserve.engine.hooks) after the built-in ones (recording, sessions, hand-off). Records stream to
+    `records_dir` (requests.parquet, replicas.parquet), or to a temporary folder the Results keep alive."""
 
-    def __init__(self, scenario: Scenario, base_dir: Path | None = None, hooks: Sequence[Hooks] = ()) -> None:
+    def __init__(self, scenario: Scenario, base_dir: Path | None = None, hooks: Sequence[Hooks] = (),
+                 records_dir: Path | None = None) -> None:
         self.scenario = scenario
         self.base_dir = base_dir
         self.env = simpy.Environment()
         seeds = np.random.SeedSequence(scenario.seed).spawn(len(STREAMS))
         self.rngs = {name: np.random.default_rng(s) for name, s in zip(STREAMS, seeds, strict=True)}
-        self.recorder = Recorder()
+        self.recorder = Recorder(records_dir)
         self.engine = scenario.engine
         self.sessions = build_sessions(scenario.workload, self.rngs, base_dir)
         chain: list[Hooks] = [_Record(self.recorder)]
@@ -252,7 +268,11 @@ class Simulation:
         for r in self.replicas:
             env.process(r.process())
         horizon = self.horizon_s()
-        env.run(until=self._all_done | env.timeout(horizon))
+        try:
+            env.run(until=self._all_done | env.timeout(horizon))
+        except BaseException:
+            self.recorder.abort()  # the .partial files stay as they are; nothing gets a final name
+            raise
         end_s = env.now
         stopped = not self._all_done.triggered
         for r in self.replicas:
@@ -263,17 +283,16 @@ class Simulation:
                 self.recorder.request(req)
         not_arrived = 0
         if stopped:
-            for req in [*self._pending.values(), *counted.rest()]:
+            for req in itertools.chain(list(self._pending.values()), counted.rest()):  # streamed, not listed
                 req.request_id = self._next_id
                 self._next_id += 1
                 req.status = "not_arrived"
                 req.reason = f"arrives after the horizon ({horizon:g} s)"
                 self.recorder.request(req)
                 not_arrived += 1
-        requests_df = self.recorder.requests_frame()
-        replicas_df = self.recorder.segments_frame()
-        summary = self._summary(requests_df, end_s, time.perf_counter() - wall0, stopped)
-        return Results(requests_df, replicas_df, summary, self.pools)
+        requests_path, replicas_path = self.recorder.close()
+        summary = self._summary(requests_path, end_s, time.perf_counter() - wall0, stopped)
+        return Results(requests_path, replicas_path, summary, self.pools, self.recorder.tempdir)
 
     def _saturation(self, stopped: bool) -> tuple[bool, float]:
         """Saturated: the run stopped at its horizon with work left, or the cluster-wide waiting queue grew over
@@ -291,7 +310,7 @@ class Simulation:
             grew = end - mid > max(8.0, 0.025 * self.num_arrived)
         return stopped or grew, growth
 
-    def _summary(self, requests: pd.DataFrame, end_s: float, wall_s: float, stopped: bool) -> dict[str, Any]:
+    def _summary(self, requests: Path, end_s: float, wall_s: float, stopped: bool) -> dict[str, Any]:
         span = max(end_s, 1e-12)
         util = [r.kv_area / span / r.kv.capacity_blocks for r in self.replicas]
         peak = [r.kv_peak / r.kv.capacity_blocks for r in self.replicas]
@@ -308,7 +327,7 @@ class Simulation:
             "queue_len_mean": sum(r.waiting_mon.integral(end_s) for r in self.replicas) / span,
             "batch_size_mean": sum(r.running_mon.integral(end_s) for r in self.replicas) / span / len(self.replicas),
             "num_events": num_events,
-            "events_per_request": num_events / max(len(requests), 1),
+            "events_per_request": num_events / max(self.recorder.num_recorded, 1),
             "wall_time_s": wall_s,
             "horizon_s": self.horizon_s(),
             "exact_steps": self.engine.exact_steps,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pandas as pd
+
 from simserve import Scenario, parse_scenario
 from simserve.request import Request
 
@@ -31,6 +33,11 @@ def scenario(data: dict[str, Any], **engine: Any) -> Scenario:
     d = copy.deepcopy(data)
     d["engine"] = {**d.get("engine", {}), **engine}
     return parse_scenario(d)
+
+
+def by_id(df: pd.DataFrame) -> pd.DataFrame:
+    """Request rows in arrival order (request_id): the records come in the order requests ended."""
+    return df.sort_values("request_id", ignore_index=True)
 
 
 def req(i: int, arrival_s: float, prompt: int, reasoning: int, answer: int, user: int = 0) -> Request:

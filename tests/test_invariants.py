@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from helpers import scenario
+from helpers import by_id, scenario
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -117,7 +117,7 @@ def test_invariants_and_fast_forward_equals_exact_steps(data):
     n = data["workload"]["num_requests"]
     check_invariants(sim_ff, ff, n)
     check_invariants(sim_ex, ex, n)
-    a, b = ff.requests, ex.requests
+    a, b = by_id(ff.requests), by_id(ex.requests)
     assert list(a["status"]) == list(b["status"])
     assert list(a["num_preemptions"]) == list(b["num_preemptions"])
     assert list(a["generated_tokens"]) == list(b["generated_tokens"])

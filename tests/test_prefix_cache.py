@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import req, scenario, tiny
+from helpers import by_id, req, scenario, tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -85,7 +85,7 @@ def test_units_not_a_multiple_of_the_block_are_not_cached():
     # 24-token units over 16-token blocks: the cache cannot share them, so nothing hits.
     sc = scenario(tiny(perf=LINEAR), check_invariants=True)
     res = Simulation(sc).run([keyed(0, 0.0, 48, (1, 2), unit=24), keyed(1, 1.0, 48, (1, 2), unit=24)])
-    assert list(res.requests["prefix_hit_tokens"]) == [0, 0]
+    assert list(by_id(res.requests)["prefix_hit_tokens"]) == [0, 0]
 
 
 def test_units_of_several_blocks_hit_whole_units():
@@ -115,9 +115,10 @@ def test_lru_eviction_changes_hits(blocks, hits, exact):
     pool = {"num_kv_blocks": blocks}
     sc = scenario(tiny(pool=pool, perf=LINEAR), exact_steps=exact, check_invariants=True)
     res = Simulation(sc).run([keyed(i, float(i), p, k) for i, (p, k) in enumerate(SEQUENCE)])
-    assert list(res.requests["prefix_hit_tokens"]) == hits
+    df = by_id(res.requests)
+    assert list(df["prefix_hit_tokens"]) == hits
     expected = ["completed"] * 3 + (["rejected"] * 2 if blocks == 4 else ["completed"] * 2)
-    assert list(res.requests["status"]) == expected
+    assert list(df["status"]) == expected
 
 
 # In a 12-block pool A caches units 1-4 and A2 units 20-23 (evictable in the order 4 3 2 1 23 22 21 20), leaving
@@ -275,7 +276,7 @@ def test_sessions_and_system_prompts_fast_forward_equals_exact_steps(data):
     ex = Simulation(scenario(data, check_invariants=True, exact_steps=True)).run()
     check_records(ff)
     check_records(ex)
-    a, b = ff.requests, ex.requests
+    a, b = by_id(ff.requests), by_id(ex.requests)
     assert len(a) == len(b)
     for col in ("status", "num_preemptions", "prefix_hit_tokens", "prompt_tokens", "replica"):
         assert list(a[col]) == list(b[col]), col

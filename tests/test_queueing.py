@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import scenario, tiny
+from helpers import by_id, scenario, tiny
 
 from simserve import Simulation
 
@@ -33,7 +33,7 @@ def replicate_mean_w(data: dict, reps: int, warmup: int) -> tuple[float, float]:
     for k in range(reps):
         d = dict(data, seed=1000 + k)
         res = Simulation(scenario(d)).run()
-        e2e = res.requests["e2e_s"].to_numpy()[warmup:]
+        e2e = by_id(res.requests)["e2e_s"].to_numpy()[warmup:]
         assert not np.isnan(e2e).any()
         means.append(e2e.mean())
     m = np.asarray(means)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from helpers import req, scenario, tiny
+from helpers import by_id, req, scenario, tiny
 
 from simserve import ScenarioError, Simulation
 from simserve.request import Request
@@ -377,7 +377,7 @@ def test_sim_by_query_type_routes_by_table():
             Request(2, 0, "code", 0.0, 10, 5, 1), Request(3, 0, "chat", 0.0, 10, 5, 1),
             Request(4, 0, "other", 0.0, 10, 5, 1)]
     res = Simulation(sc).run(reqs)
-    df = res.requests.set_index("request_id")
+    df = by_id(res.requests).set_index("request_id")
     assert list(df["pool"]) == ["a", "b", "b", "a", "b"]
     # Pool b holds replicas 1 and 2: the two code requests spread over them; `other` (no default) goes to the
     # least loaded replica of the whole cluster: replica 0 has 2, replicas 1 and 2 have 1 each -> replica 1.
@@ -390,7 +390,7 @@ def test_sim_by_query_type_default_pool():
     sc = two_pools({"kind": "by_query_type", "table": {"code": "b"}, "default": "a"})
     reqs = [Request(i, 0, qt, 0.0, 10, 5, 1) for i, qt in enumerate(["chat", "code", "other", "code"])]
     res = Simulation(sc).run(reqs)
-    assert list(res.requests.set_index("request_id")["pool"]) == ["a", "b", "a", "b"]
+    assert list(by_id(res.requests)["pool"]) == ["a", "b", "a", "b"]
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS[:6])

@@ -4,7 +4,7 @@ a shared system prompt, common random numbers across cluster configurations, and
 from __future__ import annotations
 
 import pytest
-from helpers import scenario, tiny
+from helpers import by_id, scenario, tiny
 
 from simserve import Simulation
 from simserve.engine import Hooks
@@ -62,7 +62,7 @@ def Recording(sc):  # noqa: N802  (reads like the class it stands for)
 def test_turns_arrive_a_think_time_after_the_previous_finish_and_grow_the_prompt(exact):
     # One session of 3 turns: prompt 40, reasoning 5, answer 7, new messages of 40, think time 2 s.
     res = run(workload=workload(turns=const(3), think=const(2.0)), exact_steps=exact)
-    df = res.requests
+    df = by_id(res.requests)
     assert len(df) == 3 and (df["status"] == "completed").all()
     assert df["prompt_tokens"].tolist() == [40, 40 + 7 + 40, 87 + 7 + 40]  # reasoning is not carried
     assert df["reasoning_tokens"].tolist() == [5, 5, 5] and df["answer_tokens"].tolist() == [7, 7, 7]
@@ -78,8 +78,9 @@ def test_turns_arrive_a_think_time_after_the_previous_finish_and_grow_the_prompt
 
 def test_follow_up_turns_hit_nothing_without_prefix_caching():
     res = run(pool={"prefix_caching": False}, workload=workload(turns=const(3), think=const(2.0)))
-    assert res.requests["prefix_hit_tokens"].tolist() == [0, 0, 0]
-    assert res.requests["prompt_tokens"].tolist() == [40, 87, 134]
+    df = by_id(res.requests)
+    assert df["prefix_hit_tokens"].tolist() == [0, 0, 0]
+    assert df["prompt_tokens"].tolist() == [40, 87, 134]
 
 
 def test_units_of_several_blocks_and_sessions_interleaved():
@@ -154,7 +155,7 @@ def random_workload(sessions):
 
 
 def per_request(df):
-    return df.set_index("request_id")[["arrival_s", "query_type", "prompt_tokens", "reasoning_tokens",
+    return df.set_index("request_id").sort_index()[["arrival_s", "query_type", "prompt_tokens", "reasoning_tokens",
                                        "answer_tokens"]]
 
 
@@ -164,7 +165,8 @@ def test_same_seed_same_requests_with_prefix_caching_on_or_off():
     off = run(pool={"num_kv_blocks": 400, "prefix_caching": False}, workload=random_workload(False), seed=7)
     assert per_request(on.requests).equals(per_request(off.requests))
     assert on.requests["prefix_hit_tokens"].sum() > 0 and off.requests["prefix_hit_tokens"].sum() == 0
-    assert not on.requests["first_token_s"].equals(off.requests["first_token_s"])  # the cluster did differ
+    # the cluster did differ
+    assert not by_id(on.requests)["first_token_s"].equals(by_id(off.requests)["first_token_s"])
     other = run(pool={"num_kv_blocks": 400}, workload=random_workload(False), seed=8)
     assert not per_request(other.requests).equals(per_request(on.requests))
 
@@ -200,7 +202,7 @@ def test_same_seed_same_sessions_with_prefix_caching_on_or_off():
     assert len(on) == 60
     assert on == off
     assert on_res.requests["prefix_hit_tokens"].sum() > 0 and off_res.requests["prefix_hit_tokens"].sum() == 0
-    assert not on_res.requests["arrival_s"].equals(off_res.requests["arrival_s"])  # follow-ups did move
+    assert not by_id(on_res.requests)["arrival_s"].equals(by_id(off_res.requests)["arrival_s"])  # follow-ups did move
     other, _ = sessions_of(True, seed=8)
     assert other != on
 

@@ -188,7 +188,7 @@ def test_scenario_on_the_shipped_mooncake_sample_completes_and_keeps_the_trace(t
     assert Path(sc.base_dir / sc.workload.trace.path).resolve() == MOONCAKE_SAMPLE.resolve()
     res = run(sc)
     write_results(sc, res, tmp_path / "out")
-    df = pd.read_parquet(tmp_path / "out" / "requests.parquet")
+    df = pd.read_parquet(tmp_path / "out" / "requests.parquet").sort_values("request_id", ignore_index=True)
     rows = mooncake_rows(MOONCAKE_SAMPLE)
     assert len(df) == len(rows) == 1200
     assert list(df["request_id"]) == list(range(len(rows)))  # ids in arrival order = file order

@@ -1,0 +1,238 @@
+"""Records streamed to Parquet: row groups written as the run goes, final names only when it ends, the summary
+computed from the file equal to the one computed from the whole DataFrame, and exact streaming percentiles."""
+
+from __future__ import annotations
+
+import gc
+import math
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from helpers import by_id, req, scenario, tiny
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import simserve.sim
+from simserve import Simulation
+from simserve.engine import Hooks
+from simserve.metrics import (
+    PERCENTILES,
+    REQUEST_COLUMNS,
+    SEGMENT_COLUMNS,
+    Recorder,
+    order_statistics,
+    percentile_of_sorted,
+    summarize,
+)
+
+SLO = {"ttft_s": 0.5, "tpot_s": 0.02, "e2e_s": None}
+
+
+def mixed_scenario(num_requests: int = 60, horizon_s: float = 2.0):
+    """Completed, rejected (prompts over the 8-block KV), and with the default horizon, unfinished (one sequence
+    at a time cannot keep up) and not-arrived requests; with an SLO."""
+    data = tiny(pool={"num_kv_blocks": 8, "max_num_seqs": 1})
+    data["workload"] = {"num_requests": num_requests, "arrival": {"process": "poisson", "rate_per_s": 20.0},
+                        "mix": [{"query_type": "t", "prompt_tokens": {"dist": "uniform", "low": 1, "high": 150},
+                                 "reasoning_tokens": {"dist": "uniform", "low": 0, "high": 20},
+                                 "answer_tokens": {"dist": "uniform", "low": 1, "high": 5}}]}
+    data["slo"] = {k: v for k, v in SLO.items() if v is not None}
+    return scenario(data, horizon_s=horizon_s)
+
+
+@pytest.fixture
+def small_row_groups(monkeypatch):
+    """Simulations built in the test write row groups of 7 rows."""
+    monkeypatch.setattr(simserve.sim, "Recorder", partial(Recorder, row_group_rows=7))
+
+
+def old_summary(df: pd.DataFrame) -> dict:
+    """The summary's request metrics as computed before streaming, from the whole frame (simserve 0329007)."""
+    status = df["status"]
+    completed = df[status == "completed"]
+    ok = status == "completed"
+    for key in ("ttft_s", "tpot_s", "e2e_s"):
+        if SLO.get(key) is not None:
+            ok &= df[key].fillna(0.0) <= SLO[key]
+    out = {"num_requests": len(df), "num_completed": len(completed),
+           "num_rejected": int((status == "rejected").sum()), "num_unfinished": int((status == "unfinished").sum()),
+           "num_not_arrived": int((status == "not_arrived").sum()),
+           "output_tokens": int(df["generated_tokens"].sum()), "num_preemptions": int(df["num_preemptions"].sum()),
+           "prefix_cache_hit_ratio": float(completed["prefix_hit_tokens"].sum() / completed["prompt_tokens"].sum()),
+           "goodput": float(ok.sum() / len(df))}
+    for m in ("ttft_s", "time_to_answer_s", "tpot_s", "e2e_s"):
+        v = completed[m].dropna().to_numpy(float)
+        out[f"{m}_mean"] = float(v.mean())
+        for p in PERCENTILES:
+            out[f"{m}_p{p}"] = float(np.percentile(v, p))
+    return out
+
+
+def test_rows_stream_in_row_groups_during_the_run(small_row_groups, tmp_path):
+    seen = []
+
+    class Watch(Hooks):
+        def __init__(self) -> None:
+            self.sim: Simulation | None = None
+
+        def finished(self, r) -> None:
+            rec = self.sim.recorder
+            assert len(rec.requests.buf["replica"]) < 7  # never more than a row group buffered
+            seen.append((rec.num_recorded, rec.requests.num_rows, (tmp_path / "requests.parquet").exists()))
+
+    watch = Watch()
+    sim = Simulation(mixed_scenario(horizon_s=1e6), hooks=[watch], records_dir=tmp_path)
+    watch.sim = sim
+    res = sim.run()
+    # Rows reach the file in whole row groups as they are recorded, under the .partial name until the end.
+    assert all(written == 7 * (recorded // 7) for recorded, written, _ in seen)
+    assert seen[-1][1] >= 49
+    assert not any(final for _, _, final in seen)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replicas.parquet", "requests.parquet"]
+    for path, n in ((res.requests_path, 60), (res.replicas_path, len(res.replicas))):
+        meta = pq.ParquetFile(path).metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        assert sum(sizes) == n and sizes[:-1] == [7] * (len(sizes) - 1) and 1 <= sizes[-1] <= 7
+
+
+def test_the_file_holds_every_row_in_finish_order_and_results_read_it(small_row_groups, tmp_path):
+    res = Simulation(mixed_scenario(), records_dir=tmp_path).run()
+    df = res.requests
+    assert df.equals(pd.read_parquet(tmp_path / "requests.parquet"))
+    assert res.replicas.equals(pd.read_parquet(tmp_path / "replicas.parquet"))
+    assert list(df.columns) == list(REQUEST_COLUMNS) and list(res.replicas.columns) == list(SEGMENT_COLUMNS)
+    assert {c: str(df[c].dtype) for c in ("request_id", "arrival_s", "status")} == {
+        "request_id": "int64", "arrival_s": "float64", "status": "string"}
+    assert sorted(df["request_id"]) == list(range(60))
+    # Requests that ended within the run come first, by finish time; then the unfinished, then the not arrived.
+    order = {"completed": 0, "rejected": 0, "unfinished": 1, "not_arrived": 2}
+    assert list(df["status"].map(order)) == sorted(df["status"].map(order))
+    assert set(df["status"]) == {"completed", "rejected", "unfinished", "not_arrived"}
+    ended = df[df["status"] == "completed"]
+    assert ended["finish_s"].is_monotonic_increasing
+    assert not df["request_id"].is_monotonic_increasing  # finish order is not arrival order here
+
+
+def test_finish_order_of_two_requests():
+    # Request 0 has a long output, request 1 a short one: 1 ends first and is the first row.
+    res = Simulation(scenario(tiny())).run([req(0, 0.0, 10, 50, 1), req(1, 0.0, 10, 2, 1)])
+    assert list(res.requests["request_id"]) == [1, 0]
+    assert list(by_id(res.requests)["request_id"]) == [0, 1]
+
+
+def test_an_interrupted_run_leaves_no_file_under_the_final_name(small_row_groups, tmp_path):
+    class Boom(Hooks):
+        def __init__(self) -> None:
+            self.n = 0
+
+        def finished(self, r) -> None:
+            self.n += 1
+            if self.n == 20:
+                raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        Simulation(mixed_scenario(horizon_s=1e6), hooks=[Boom()], records_dir=tmp_path).run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replicas.parquet.partial", "requests.parquet.partial"]
+    # The .partial files are closed, readable records of the row groups written before the failure.
+    partial_rows = pd.read_parquet(tmp_path / "requests.parquet.partial")
+    assert len(partial_rows) == 14 and list(partial_rows.columns) == list(REQUEST_COLUMNS)
+
+
+def test_a_rerun_after_an_interrupted_one_replaces_the_partial_files(small_row_groups, tmp_path):
+    class Boom(Hooks):
+        def finished(self, r) -> None:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        Simulation(mixed_scenario(), hooks=[Boom()], records_dir=tmp_path).run()
+    res = Simulation(mixed_scenario(), records_dir=tmp_path).run()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replicas.parquet", "requests.parquet"]
+    assert len(res.requests) == 60
+
+
+def test_summary_from_the_file_equals_the_summary_of_the_whole_frame(small_row_groups):
+    res = Simulation(mixed_scenario(num_requests=200, horizon_s=8.0)).run()
+    s, df = res.summary, res.requests
+    assert all(s[k] > 0 for k in ("num_completed", "num_rejected", "num_unfinished", "num_not_arrived"))
+    assert 0 < s["goodput"] < s["num_completed"] / s["num_requests"]  # the SLO bites
+    want = old_summary(df)
+    # The same figures from the file with at most 3 values held (radix passes), and from the frame.
+    kw = {"makespan_s": 1.0, "slo": SLO, "kv_utilization_mean": 0.0, "kv_utilization_max": 0.0, "gpu_hours": 0.0,
+          "cost_usd": 0.0}
+    for got in (s, summarize(res.requests_path, **kw, max_held=3), summarize(df, **kw)):
+        for key, value in want.items():
+            if key.endswith("_mean"):  # exactly rounded sum over count against numpy's pairwise sum
+                assert got[key] == pytest.approx(value, rel=1e-13, abs=0), key
+            else:
+                assert got[key] == value and type(got[key]) is type(value), key
+
+
+def test_an_empty_run_writes_files_with_the_schema_and_no_rows(tmp_path):
+    res = Simulation(scenario(tiny()), records_dir=tmp_path).run([])
+    assert len(res.requests) == 0 and list(res.requests.columns) == list(REQUEST_COLUMNS)
+    assert res.summary["num_requests"] == 0 and math.isnan(res.summary["ttft_s_p50"])
+
+
+def test_without_a_records_dir_the_files_live_as_long_as_the_results():
+    res = Simulation(scenario(tiny())).run()
+    folder = res.requests_path.parent
+    assert res.replicas_path.parent == folder and len(res.requests) == 10
+    del res
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_write_results_copies_records_made_elsewhere_and_leaves_streamed_ones(tmp_path):
+    from simserve.cli import write_results
+
+    sc = scenario(tiny())
+    res = Simulation(sc).run()
+    write_results(sc, res, tmp_path / "copy")
+    assert (tmp_path / "copy" / "requests.parquet").read_bytes() == res.requests_path.read_bytes()
+    streamed = Simulation(sc, records_dir=tmp_path / "direct").run()
+    before = (tmp_path / "direct" / "requests.parquet").stat().st_mtime_ns
+    write_results(sc, streamed, tmp_path / "direct")
+    assert (tmp_path / "direct" / "requests.parquet").stat().st_mtime_ns == before
+    assert sorted(p.name for p in (tmp_path / "direct").iterdir()) == [
+        "replicas.parquet", "requests.parquet", "scenario.yaml", "summary.json"]
+
+
+# ----------------------------------------------------------------------------------------------- percentiles
+
+
+def chunks_of(values: np.ndarray, k: int):
+    parts = np.array_split(values, k)
+    return lambda: iter(parts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.sampled_from([0.0, 1.5, 2.0, 1e-300])),
+                min_size=1, max_size=80),
+       st.integers(1, 5), st.sampled_from([1, 2, 7, 1000]))
+def test_streaming_percentiles_equal_numpys_bit_for_bit(values, num_chunks, max_held):
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    at = order_statistics(chunks_of(x, num_chunks), n, range(n), max_held)
+    assert [at[r] for r in range(n)] == np.sort(x).tolist()
+    for p in (*PERCENTILES, 0, 12.5, 33.3, 100):
+        assert percentile_of_sorted(at.__getitem__, n, p) == float(np.percentile(x, p))
+
+
+def test_order_statistics_hold_few_values_of_a_large_stream():
+    x = np.random.default_rng(3).lognormal(0.0, 1.0, 200_000)
+    x[:50_000] = 0.25  # many equal values
+    held = []
+
+    def read():
+        for part in np.array_split(x, 20):
+            held.append(len(part))
+            yield part
+
+    ranks = {0, 1000, 60_000, 199_999}
+    at = order_statistics(read, len(x), ranks, max_held=1000)
+    s = np.sort(x)
+    assert at == {r: float(s[r]) for r in ranks}
+    assert len(held) <= 20 * 5  # a pass per 16 bits at most, then one to collect
