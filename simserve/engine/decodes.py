@@ -20,17 +20,17 @@ class Decodes:
     """Requests whose known tokens are all in the KV cache, each generating one token per step.
 
     Per slot j < n: `ctx` tokens computed (in the KV cache, as vLLM's num_computed_tokens: advanced when a step is
-    scheduled), `left` output tokens still to schedule, `answer` answer tokens (reasoning ends when left reaches
-    it), `blocks` KV blocks held, `seq` the running-order key (admission order; the scheduler's victim is the
-    largest), and the Request. A request's `slot` attribute names its slot.
+    scheduled), `blocks` KV blocks held, `seq` the running-order key (admission order; the scheduler's victim is
+    the largest), and the Request; a request's `slot` attribute names its slot. Output tokens left to schedule are
+    not stored but kept as the tick at which the slot schedules its last one (`finish_at`): a step given to every
+    slot is then one increment of `tick`, whatever the batch size (`left(j)` = finish_at[j] - tick).
     """
 
     def __init__(self, capacity: int) -> None:
-        # One row per field (a slot moves or joins in one numpy call): ctx, left, answer, blocks, seq, ctx0 (ctx
-        # when it joined: a decode step was scheduled iff ctx > ctx0), finish_at, reasoning_at.
-        self._rows = np.zeros((8, capacity), np.int64)
-        (self.ctx, self.left, self.answer, self.blocks, self.seq, self.ctx0, self.finish_at,
-         self.reasoning_at) = self._rows
+        # One row per field (a slot moves or joins in one numpy call): ctx, blocks, seq, ctx0 (ctx when it
+        # joined: a decode step was scheduled iff ctx > ctx0), finish_at, reasoning_at.
+        self._rows = np.zeros((6, capacity), np.int64)
+        self.ctx, self.blocks, self.seq, self.ctx0, self.finish_at, self.reasoning_at = self._rows
         # Events without scanning the batch each step: `tick` counts schedules given to every slot; a slot
         # samples its last token at tick `finish_at` and its last reasoning token at `reasoning_at` (_NEVER once
         # done); the earliest of each is kept (None: to recount).
@@ -47,8 +47,7 @@ class Decodes:
         answer = req.answer_tokens
         finish_at = self.tick + left
         reasoning_at = self.tick + left - answer if left > answer else _NEVER
-        self._rows[:, j] = (req.computed_tokens, left, answer, num_blocks, req.seq, req.computed_tokens, finish_at,
-                            reasoning_at)
+        self._rows[:, j] = (req.computed_tokens, num_blocks, req.seq, req.computed_tokens, finish_at, reasoning_at)
         self.req[j] = req
         req.slot = j
         self.n = j + 1
@@ -62,8 +61,21 @@ class Decodes:
         req = self.req[j]
         assert req is not None
         req.computed_tokens = int(self.ctx[j])
-        req.generated_tokens = req.output_tokens - int(self.left[j])
+        req.generated_tokens = req.output_tokens - self.left(j)
         return req
+
+    def left(self, j: int) -> int:
+        """Output tokens slot j has still to schedule."""
+        return int(self.finish_at[j]) - self.tick
+
+    def schedule_one(self, j: int) -> None:
+        """One decode token for slot j alone (a step that did not schedule every slot): its last (reasoning)
+        token comes a tick sooner than the others'."""
+        self.ctx[j] += 1
+        self.finish_at[j] -= 1
+        if self.reasoning_at[j] != _NEVER:
+            self.reasoning_at[j] -= 1
+        self._min_finish = self._min_reasoning = None
 
     def remove(self, j: int) -> Request:
         """Take slot j out (the last slot moves into it); returns its request (not synced: `sync` first if its
@@ -87,14 +99,6 @@ class Decodes:
         self.n = last
         return req
 
-    def retime(self) -> None:
-        """After a step that scheduled only some slots: recompute when each samples its last (reasoning) token."""
-        n = self.n
-        left, answer = self.left[:n], self.answer[:n]
-        np.add(left, self.tick, out=self.finish_at[:n])
-        np.copyto(self.reasoning_at[:n], np.where(left > answer, left - answer + self.tick, _NEVER))
-        self._min_finish = self._min_reasoning = None
-
     def countdowns(self) -> tuple[int, int]:
         """(schedules until some slot samples its last token, ... its last reasoning token)."""
         if self._min_finish is None:
@@ -116,7 +120,6 @@ class Decodes:
         if need:
             blocks += needs
         ctx += 1
-        self.left[:n] -= 1
         self.tick += 1
         return need
 
@@ -127,16 +130,15 @@ class Decodes:
         return to_finish <= 0 or to_reasoning_end <= 0
 
     def events(self, slots: np.ndarray | None = None) -> tuple[list[int], list[int]]:
-        """Of these slots (all if None), those whose last token (left == 0) and whose last reasoning token
-        (left == answer) was just scheduled; the latter are done with reasoning from now on."""
+        """Of these slots (all if None), those whose last token and whose last reasoning token were just
+        scheduled; the latter are done with reasoning from now on."""
+        tick = self.tick
         if slots is None:
-            left = self.left[: self.n]
-            finish = np.flatnonzero(left == 0).tolist()
-            reasoning = np.flatnonzero(left == self.answer[: self.n]).tolist()
+            finish = np.flatnonzero(self.finish_at[: self.n] == tick).tolist()
+            reasoning = np.flatnonzero(self.reasoning_at[: self.n] == tick).tolist()
         else:
-            left = self.left[slots]
-            finish = slots[left == 0].tolist()
-            reasoning = slots[left == self.answer[slots]].tolist()
+            finish = slots[self.finish_at[slots] == tick].tolist()
+            reasoning = slots[self.reasoning_at[slots] == tick].tolist()
         for j in reasoning:
             if self.reasoning_at[j] != _NEVER:
                 self.reasoning_at[j] = _NEVER
@@ -172,10 +174,15 @@ class Decodes:
         them). Reasoning ends inside them are the caller's to collect (`reasoning_ended`)."""
         n = self.n
         self.tick += num_steps
-        self.ctx[:n] += num_steps
-        self.left[:n] -= num_steps
-        grown = -(-self.ctx[:n] // block_tokens)
+        ctx = self.ctx[:n]
+        ctx += num_steps
+        grown = ctx + (block_tokens - 1)
+        grown //= block_tokens
         np.maximum(self.blocks[:n], grown, out=self.blocks[:n])
+
+    def finished(self) -> list[int]:
+        """Slots whose last token has been scheduled."""
+        return np.flatnonzero(self.finish_at[: self.n] <= self.tick).tolist()
 
     def reasoning_ended(self) -> list[tuple[int, int]]:
         """Slots whose last reasoning token was scheduled at a tick up to now, with that tick; they are done

@@ -206,15 +206,13 @@ class Planner:
         dec, kv = self.decodes, self.kv
         bt = self.config.block_tokens
         tail = len(order)  # entries from `tail` on were preempted in this step
-        skipped = False  # a decode was left out (its last token in flight, or budget)
         sched_slots: list[int] = []
         gone_slots: list[int] = []
         i = 0
         while i < tail and budget > 0:
             _, slot, req = order[i]
-            if slot == -2 or (slot >= 0 and dec.left[slot] == 0):
+            if slot == -2 or (slot >= 0 and dec.left(slot) == 0):
                 i += 1  # its last token is in flight (async): nothing to compute
-                skipped = True
                 continue
             if slot >= 0:
                 new, have, computed = 1, int(dec.blocks[slot]), int(dec.ctx[slot])
@@ -240,8 +238,7 @@ class Planner:
             kv.allocate(need)
             if slot >= 0:
                 dec.blocks[slot] += need
-                dec.ctx[slot] += 1
-                dec.left[slot] -= 1
+                dec.schedule_one(slot)
                 sched_slots.append(slot)
             else:
                 assert req is not None and req.kv is not None
@@ -253,8 +250,6 @@ class Planner:
             slots = np.array(sched_slots, np.int64)
             plan.decode_context_tokens = dec.ctx[slots]
             self._decode_events(plan, *dec.events(slots))
-        if sched_slots or skipped:
-            dec.retime()
         for j in sorted(gone_slots, reverse=True):
             dec.remove(j)
         if self.prefilling:

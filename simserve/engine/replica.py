@@ -306,7 +306,6 @@ class Replica:
             self.kv.allocate(added - run.allocated)
             run.allocated = added
         last = StepPlan()
-        left = dec.left[:n]
         if m - 1 >= to_reasoning_end:
             for j, tick in dec.reasoning_ended():
                 i = tick - first_tick + 1  # its step in the run, from 1
@@ -317,7 +316,7 @@ class Replica:
                 elif i <= done:
                     self._reasoning_done(req, float(run.bounds[i]))
         if not at_horizon and m - 1 >= to_finish:
-            for j in np.flatnonzero(left == 0).tolist():
+            for j in dec.finished():
                 last.finishing.append(dec.sync(j))
         self.kv_peak = max(self.kv_peak, run.used_at_start + int(run.extra[m - 1]))
         return last
