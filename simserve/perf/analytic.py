@@ -25,6 +25,14 @@ def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarra
     return new_tokens * (cached_tokens + (new_tokens + 1.0) / 2.0)
 
 
+_STEPS = np.arange(1 << 14, dtype=float)
+
+
+def _steps(num_steps: int) -> np.ndarray:
+    """0, 1, ..., num_steps - 1 as floats (a shared table for the usual lengths)."""
+    return _STEPS[:num_steps] if num_steps <= len(_STEPS) else np.arange(num_steps, dtype=float)
+
+
 def step_tokens(batch: Batch) -> tuple[float, float, float]:
     """(tokens computed, KV tokens read by attention plus those written, query-key pairs) of one step."""
     dec = batch.decode_context_tokens
@@ -163,9 +171,17 @@ class RooflinePerf:
         return self.overhead_s + max(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * tokens
 
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
-        # step_tokens of decode-only steps, vectorised over the run: n tokens, ctx + n KV tokens, ctx pairs.
+        # step_tokens of decode-only steps over the run: n tokens, ctx + n KV tokens, ctx pairs, with ctx growing by
+        # n a step. Memory and compute time are both affine in the step index, so their maximum is one line up to
+        # where they cross and the other after it: two affine fills, not a max over two arrays.
         n = len(decode_context_tokens)
-        ctx = float(decode_context_tokens.sum()) + n * np.arange(num_steps, dtype=float)
-        mem = self._weight_s(n) + self.kv_s_per_token * (ctx + n)
-        compute = self.linear_s_per_token * n + self.attn_s_per_pair * ctx
-        return self.overhead_s + np.maximum(mem, compute) + (self.comm_fixed_s + self.comm_s_per_token * n)
+        ctx0 = float(decode_context_tokens.sum())
+        fixed = self.overhead_s + self.comm_fixed_s + self.comm_s_per_token * n
+        mem0, mem_slope = self._weight_s(n) + self.kv_s_per_token * (ctx0 + n), self.kv_s_per_token * n
+        cmp0, cmp_slope = self.linear_s_per_token * n + self.attn_s_per_pair * ctx0, self.attn_s_per_pair * n
+        steps = _steps(num_steps)
+        if mem0 >= cmp0 and mem_slope >= cmp_slope:
+            return fixed + mem0 + mem_slope * steps
+        if cmp0 >= mem0 and cmp_slope >= mem_slope:
+            return fixed + cmp0 + cmp_slope * steps
+        return fixed + np.maximum(mem0 + mem_slope * steps, cmp0 + cmp_slope * steps)
