@@ -107,21 +107,32 @@ class Decodes:
             self._min_reasoning = int(self.reasoning_at[: self.n].min()) if self.n else _NEVER
         return self._min_finish - self.tick, self._min_reasoning - self.tick
 
-    def schedule_all(self, block_tokens: int, free_blocks: int) -> int:
+    def schedule_all(self, block_tokens: int, free_blocks: int) -> tuple[int, np.ndarray]:
         """Schedule one decode token for every slot if the new blocks they need fit in `free_blocks`: blocks,
-        contexts and tokens left advance. Returns the blocks to allocate, or -1 (nothing done) if they do not fit.
-        `events_due` then says whether some slot sampled its last token or last reasoning token."""
+        contexts and tokens left advance. Returns (the blocks to allocate, or -1 if they do not fit and nothing was
+        done; each slot's need of a new block). `events_due` then says whether some slot sampled its last token or
+        its last reasoning token."""
         n = self.n
         ctx, blocks = self.ctx[:n], self.blocks[:n]
         needs = ctx >= blocks * block_tokens
         need = int(np.count_nonzero(needs))
         if need > free_blocks:
-            return -1
+            return -1, needs
         if need:
             blocks += needs
         ctx += 1
         self.tick += 1
-        return need
+        return need, needs
+
+    def schedule_some(self, slots: np.ndarray, needs: np.ndarray) -> None:
+        """One decode token for these slots only (their new blocks' `needs` allocated by the caller): their last
+        (reasoning) tokens come a tick sooner than the others'."""
+        self.blocks[slots] += needs
+        self.ctx[slots] += 1
+        self.finish_at[slots] -= 1
+        at = self.reasoning_at[slots]
+        self.reasoning_at[slots] = np.where(at == _NEVER, _NEVER, at - 1)
+        self._min_finish = self._min_reasoning = None
 
     @property
     def events_due(self) -> bool:

@@ -136,7 +136,6 @@ class Planner:
         cfg = self.config
         dec = self.decodes
         waiting = self.waiting
-        others = self.prefilling or self.handing_off
         budget = cfg.max_num_batched_tokens
         threshold = cfg.long_prefill_token_threshold
         if threshold and dec.n + len(self.prefilling) + len(self.handing_off) + len(waiting) <= 1:
@@ -145,7 +144,7 @@ class Planner:
             budget = self._schedule_running(plan, budget, threshold, self._running_order())
         else:
             budget -= len(plan.decode_context_tokens)
-            if others:
+            if self.prefilling or self.handing_off:
                 budget = self._schedule_running(plan, budget, threshold, self._running_order(decodes=False))
         if waiting and not plan.preempted:
             self._schedule_waiting(plan, budget, threshold)
@@ -163,13 +162,13 @@ class Planner:
             return True
         if n > budget or dec.countdowns()[0] <= 0:  # async: some last token still in flight
             return False
-        if self.prefilling or self.handing_off:
-            first = min(r.seq for r in (*self.prefilling, *self.handing_off))
-            if int(dec.seq[:n].max()) > first:
-                return False
-        need = dec.schedule_all(self.config.block_tokens, kv.free_blocks)
-        if need < 0:
+        others = [*self.prefilling, *self.handing_off]
+        if others and int(dec.seq[:n].max()) > min(r.seq for r in others):
             return False
+        need, needs = dec.schedule_all(self.config.block_tokens, kv.free_blocks)
+        if need < 0:
+            self._schedule_decodes_preempting(plan, needs, others)
+            return True
         if need:
             kv.allocate(need)
         if dec.events_due:
@@ -177,6 +176,49 @@ class Planner:
         ctx = dec.ctx[:n]
         plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
         return True
+
+    def _schedule_decodes_preempting(self, plan: StepPlan, needs: np.ndarray, others: list[Request]) -> None:
+        """The decodes' blocks do not fit: vLLM's running pass over them, oldest first, vectorised between
+        preemptions. Decodes take their blocks in order until one cannot; then the newest running request (the
+        requests after the decodes first, newest first, then the newest decode) is preempted, and so on, until it
+        fits or it preempted itself (the pass then stops)."""
+        dec, kv = self.decodes, self.kv
+        n = dec.n
+        order = np.argsort(dec.seq[:n], kind="stable")
+        need_in_order = needs[order].astype(np.int64)
+        tail = sorted(others, key=lambda r: r.seq)
+        gone: list[int] = []
+        pos, limit = 0, n  # decodes order[:pos] are scheduled, order[limit:] preempted
+        while pos < limit:
+            cum = np.cumsum(need_in_order[pos:limit])
+            free = kv.free_blocks
+            if int(cum[-1]) <= free:
+                kv.allocate(int(cum[-1]))
+                pos = limit
+                break
+            fit = int(np.searchsorted(cum, free, side="right"))  # the decodes before the first that cannot
+            if fit:
+                kv.allocate(int(cum[fit - 1]))
+                pos += fit
+            if tail:
+                r = tail.pop()
+                self._preempt((r.seq, -2 if r in self.handing_off else -1, r), plan, gone)
+                continue
+            limit -= 1
+            self._preempt((int(dec.seq[order[limit]]), int(order[limit]), None), plan, gone)
+        sched = order[:pos]
+        if pos:
+            dec.schedule_some(sched, needs[sched])
+            plan.decode_context_tokens = dec.ctx[sched]
+            self._decode_events(plan, *dec.events(sched))
+        self._end_running_pass(gone)
+
+    def _end_running_pass(self, gone_slots: list[int]) -> None:
+        """Take the requests preempted in this pass out of the running sets."""
+        for j in sorted(gone_slots, reverse=True):
+            self.decodes.remove(j)
+        if self.prefilling:
+            self.prefilling = [r for r in self.prefilling if r.slot != -3]
 
     def _decode_events(self, plan: StepPlan, finish: list[int], reasoning: list[int]) -> None:
         """Decodes (slots) whose last token, and whose last reasoning token, were just scheduled."""
@@ -250,10 +292,7 @@ class Planner:
             slots = np.array(sched_slots, np.int64)
             plan.decode_context_tokens = dec.ctx[slots]
             self._decode_events(plan, *dec.events(slots))
-        for j in sorted(gone_slots, reverse=True):
-            dec.remove(j)
-        if self.prefilling:
-            self.prefilling = [r for r in self.prefilling if r.slot != -3]
+        self._end_running_pass(gone_slots)
         return budget
 
     def _preempt(self, entry: tuple[int, int, Request | None], plan: StepPlan, gone_slots: list[int]) -> None:
