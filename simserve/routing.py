@@ -32,6 +32,16 @@ class ReplicaView(Protocol):
     def prefix_hit_tokens(self, request: Request) -> int: ...
 
 
+class Router(Protocol):
+    """A routing policy: built from its spec and the `routing` random stream, it picks a replica per request."""
+
+    def __init__(self, spec: Any, rng: np.random.Generator) -> None: ...
+
+    def choose(self, request: Request, replicas: Sequence[ReplicaView]) -> int:
+        """Index into `replicas` of the replica that gets `request`."""
+        ...
+
+
 def _least_loaded(replicas: Sequence[ReplicaView], candidates: Sequence[int]) -> int:
     """The candidate with the fewest outstanding requests (the first on ties)."""
     return min(candidates, key=lambda i: replicas[i].num_outstanding)
@@ -183,7 +193,7 @@ class ByQueryTypeRouterSpec(_RouterBase):
 RouterSpec = Annotated[SimpleRouterSpec | PrefixAffinityRouterSpec | ByQueryTypeRouterSpec,
                        Field(discriminator="kind")]
 
-ROUTERS: dict[str, type] = {
+ROUTERS: dict[str, type[Router]] = {
     "round_robin": RoundRobin,
     "random": Random,
     "least_outstanding": LeastOutstanding,

@@ -20,7 +20,9 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 class Scheduler(Protocol):
-    """A waiting queue in admission order."""
+    """A waiting queue in admission order, built from its spec."""
+
+    def __init__(self, spec: SchedulerSpec) -> None: ...
 
     def __len__(self) -> int: ...
 
@@ -77,4 +79,4 @@ class FcfsSchedulerSpec(BaseModel):
 
 SchedulerSpec = Annotated[FcfsSchedulerSpec, Field(discriminator="kind")]
 
-SCHEDULERS: dict[str, type[Fcfs]] = {"fcfs": Fcfs}
+SCHEDULERS: dict[str, type[Scheduler]] = {"fcfs": Fcfs}
