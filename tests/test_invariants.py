@@ -25,6 +25,7 @@ def scenarios(draw):
         "kv_block_tokens": block, "num_kv_blocks": draw(st.integers(60 // block + 1, 400 // block + 2)),
         "prefix_caching": draw(st.booleans()), "async_scheduling": draw(st.booleans()),
         "long_prefill_token_threshold": draw(st.sampled_from([0, 0, 3, 16])),
+        "reserve_full_isl": draw(st.sampled_from([True, True, False])),
     }
     if not draw(st.booleans()):  # chunked prefill off: vLLM needs max_model_len <= max_num_batched_tokens
         pool.update(chunked_prefill=False, max_model_len_tokens=budget)
