@@ -277,11 +277,10 @@ class Simulation:
         stopped = not self._all_done.triggered
         for r in self.replicas:
             r.settle(end_s)
-            for req in r.unfinished():
+            for req, where in r.unfinished():
                 req.status = "unfinished"
-                req.reason = f"still {'running' if req.seq >= 0 else 'waiting'} at the horizon ({horizon:g} s)"
+                req.reason = f"still {where} at the horizon ({horizon:g} s)"
                 self.recorder.request(req)
-        not_arrived = 0
         if stopped:
             for req in itertools.chain(list(self._pending.values()), counted.rest()):  # streamed, not listed
                 req.request_id = self._next_id
@@ -289,7 +288,6 @@ class Simulation:
                 req.status = "not_arrived"
                 req.reason = f"arrives after the horizon ({horizon:g} s)"
                 self.recorder.request(req)
-                not_arrived += 1
         requests_path, replicas_path = self.recorder.close()
         summary = self._summary(requests_path, end_s, time.perf_counter() - wall0, stopped)
         return Results(requests_path, replicas_path, summary, self.pools, self.recorder.tempdir)

@@ -110,15 +110,14 @@ class Replica:
         if not self.wake.triggered:
             self.wake.succeed()
 
-    def unfinished(self) -> Iterator[Request]:
-        """Requests still queued or running (at the end of a run that stopped at its horizon)."""
+    def unfinished(self) -> Iterator[tuple[Request, str]]:
+        """Requests still queued or running (at the end of a run that stopped at its horizon), with where."""
         p = self.planner
-        yield from p.waiting
-        yield from p.prefilling
-        yield from p.handing_off
-        yield from p.transferring.values()
+        yield from ((r, "waiting") for r in p.waiting)
+        yield from ((r, "running") for r in (*p.prefilling, *p.handing_off))
+        yield from ((r, "in KV transfer") for r in p.transferring.values())
         for j in range(p.decodes.n):
-            yield p.decodes.sync(j)
+            yield p.decodes.sync(j), "running"
 
     def settle(self, now: float) -> None:
         """At the horizon: account for a fast-forwarded run in flight as stepping one at a time would have: the
