@@ -1,4 +1,9 @@
-"""`simserve ...`: the command line. The only module (with app.py) that touches files and the terminal."""
+"""`simserve ...`: the command line. The only module (with app.py) that touches files and the terminal.
+
+Start-up is kept short (`simserve --help` in well under a second): the parser is built from argparse alone, and
+each command imports what it needs (the scenario models, the engine, pandas and pyarrow for the records, scipy
+for calibration) when it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,28 @@ import math
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from simserve.calibration.cli import ERRORS as CALIBRATION_ERRORS
 from simserve.calibration.cli import add_commands, json_safe
-from simserve.scenario import Scenario, ScenarioError, load_scenario
-from simserve.sim import Results, Simulation
+
+if TYPE_CHECKING:
+    from simserve.scenario import Scenario
+    from simserve.sim import Results
 
 EXIT_BAD_INPUT = 2
+
+# Exceptions that mean bad input (exit 2 and one line, no traceback), by the module that defines them. A module
+# that was never imported cannot have raised its error, so only those loaded are checked, and none is loaded to
+# check (importing simserve.calibration would pull in scipy).
+INPUT_ERRORS = {
+    "simserve.scenario": "ScenarioError", "simserve.perf.fits": "FitError",
+    "simserve.calibration.profiles": "ProfileError", "simserve.calibration.replay": "ExperimentError",
+    "simserve.calibration.cli": "OutputError",
+}
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[m], name) for m, name in INPUT_ERRORS.items() if m in sys.modules)
 
 
 def _fmt(value: Any) -> str:
@@ -80,6 +99,9 @@ def write_results(scenario: Scenario, results: Results, out: Path) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from simserve.scenario import load_scenario
+    from simserve.sim import Simulation
+
     overrides = list(args.set or [])
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
@@ -95,18 +117,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from simserve.scenario import load_scenario
+
     scenario = load_scenario(args.scenario, list(args.set or []))
     print(f"{args.scenario}: ok ({scenario.name})")
     return 0
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    from simserve.scenario import Scenario
+
     print(json.dumps(Scenario.model_json_schema(by_alias=True), indent=2))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simserve", description="Simulate reasoning-model serving clusters.")
+    parser.add_argument("--version", action=_Version, help="print simserve's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="simulate a scenario, print a summary and write results")
     p.add_argument("scenario", help="scenario YAML file")
@@ -125,11 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked for (importlib.metadata costs start-up time)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"simserve {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    """The installed distribution's version (the package's own when run from a source tree)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("simserve")
+    except importlib.metadata.PackageNotFoundError:
+        from simserve import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ScenarioError, *CALIBRATION_ERRORS) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _input_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -7,32 +7,20 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    from simserve.calibration.profiles import Profile
+    from simserve.perf.fits import Fit
 
-from simserve.calibration.fitting import columns_of, fit_profile, split_tables, validate_fit
-from simserve.calibration.importers import IMPORTERS
-from simserve.calibration.profiles import Profile, ProfileError, load_profile, write_profile
-from simserve.calibration.replay import (
-    METRICS,
-    STATS,
-    ExperimentError,
-    comparison_chart,
-    fit_compute_scale,
-    fit_step_overhead,
-    validate_experiment,
-)
-from simserve.hardware import GPUS, datasheet_of
-from simserve.perf.fits import SHIPPED_FITS_DIR, Fit, FitError, load_fit_cached
+# The heavy modules (pandas, scipy through fitting, the replay's simulation) are imported inside the commands
+# that use them, not here: `simserve --help` builds this parser and must start in well under a second.
+
+IMPORTER_NAMES = ("aiconfigurator", "vidur")  # the keys of calibration.importers.IMPORTERS (a test checks)
 
 
 class OutputError(Exception):
     """An output path simserve will not write to."""
-
-
-ERRORS = (ProfileError, FitError, ExperimentError, OutputError)
 
 
 def json_safe(d: Any) -> Any:
@@ -47,6 +35,8 @@ def json_safe(d: Any) -> Any:
 def outside_package(path: Path, option: str) -> Path:
     """`path`, unless it lies in the installed package's data folder: fits and profiles a user makes are never
     written into simserve (its shipped fits are read-only data, replaced by every reinstall)."""
+    from simserve.perf.fits import SHIPPED_FITS_DIR
+
     data = SHIPPED_FITS_DIR.parent
     if path.resolve().is_relative_to(data):
         raise OutputError(f"{option} {path}: inside simserve's installed data folder ({data}); write your own fits "
@@ -64,6 +54,9 @@ def _error_table(report: dict[str, Any]) -> str:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from simserve.calibration.importers import IMPORTERS
+    from simserve.calibration.profiles import write_profile
+
     folder = outside_package(Path(args.out), "--out")
     meta, tables = IMPORTERS[args.format](args.src, args.gpu)
     out = write_profile(folder, meta, tables, compress=not args.no_compress)
@@ -77,6 +70,11 @@ def _fit_chart(fit: Fit, profile: Profile, path: Path) -> Path | None:
         import altair as alt
     except ImportError:
         return None
+    import numpy as np
+    import pandas as pd
+
+    from simserve.calibration.fitting import columns_of, split_tables
+
     frames = []
     rng = np.random.default_rng(0)
     for name, df in split_tables(profile).items():
@@ -95,6 +93,10 @@ def _fit_chart(fit: Fit, profile: Profile, path: Path) -> Path | None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    from simserve.calibration.fitting import fit_profile
+    from simserve.calibration.profiles import load_profile
+    from simserve.calibration.replay import fit_compute_scale, fit_step_overhead
+
     out = outside_package(Path(args.out), "--out")
     plot = outside_package(Path(args.plot) if args.plot else out.with_suffix(".html"), "--plot")
     profile = load_profile(args.profile)
@@ -133,6 +135,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate_fit(args: argparse.Namespace) -> int:
+    from simserve.calibration.fitting import validate_fit
+    from simserve.calibration.profiles import load_profile
+    from simserve.hardware import GPUS, datasheet_of
+    from simserve.perf.fits import FitError, load_fit_cached
+
     fit = load_fit_cached(args.fit)
     if args.gpu:
         if args.gpu not in GPUS:
@@ -151,6 +158,8 @@ def _cmd_validate_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from simserve.calibration.replay import METRICS, STATS, comparison_chart, validate_experiment
+
     report, table, results = validate_experiment(args.experiment, args.perf, args.step_overhead_s, args.fit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +184,7 @@ def add_commands(sub: Any) -> None:
     csub = cal.add_subparsers(dest="calibrate_command", required=True)
     imp = csub.add_parser("import", help="convert published op-level measurements to a profile folder")
     imp.add_argument("src", help="source folder (aiconfigurator system folder, or a Vidur compute folder)")
-    imp.add_argument("--format", required=True, choices=list(IMPORTERS))
+    imp.add_argument("--format", required=True, choices=IMPORTER_NAMES)
     imp.add_argument("--out", required=True, help="profile folder to write")
     imp.add_argument("--gpu", help="GPU preset the data was measured on (guessed from the path)")
     imp.add_argument("--no-compress", action="store_true", help="write .csv instead of .csv.gz")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.request import BUILTIN_PREFIX
@@ -168,6 +167,8 @@ def load_empirical(file: str, base_dir: str) -> tuple[np.ndarray, np.ndarray]:
         path = Path(file) if Path(file).is_absolute() else Path(base_dir) / file
     if not path.is_file():
         raise ValueError(f"empirical file not found: {path}")
+    import pandas as pd  # here, not at the top: loading a scenario without data files needs no pandas
+
     try:
         df = pd.read_csv(path)
         values = pd.to_numeric(df.iloc[:, 0], errors="raise").to_numpy(float)

@@ -23,13 +23,15 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.request import BUILTIN_PREFIX, Request
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -73,6 +75,8 @@ def _split(output: int, share: float) -> tuple[int, int]:
 
 
 def _raw_azure(path: Path) -> Iterator[tuple[float, int, int, None]]:
+    import pandas as pd  # here, not at the top: a scenario without a trace loads no pandas (start-up time)
+
     t0: pd.Timestamp | None = None
     for chunk in pd.read_csv(path, chunksize=65536):
         missing = {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} - set(chunk.columns)
@@ -102,6 +106,8 @@ def _raw_mooncake(path: Path) -> Iterator[tuple[float, int, int, tuple[int, ...]
 
 
 def _raw_requests(path: Path) -> Iterator[tuple[float, int, int, tuple[int, ...] | None]]:
+    import pandas as pd  # as in _raw_azure
+
     df = pd.read_csv(path, dtype={"prefix_block_hashes": "string"})
     missing = {"arrival_s", "input_tokens", "output_tokens"} - set(df.columns)
     if missing:
