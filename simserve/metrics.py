@@ -323,12 +323,17 @@ def percentile_of_sorted(value_at: Callable[[int], float], n: int, p: float) -> 
     return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
-def _stats(prefix: str, batches: Batches, column: str, max_held: int) -> dict[str, float]:
-    """Mean (exactly rounded sum over count) and percentiles of a latency over completed requests."""
+def _stats(prefix: str, batches: Batches, column: str, max_held: int,
+           where: tuple[str, str] | None = None) -> dict[str, float]:
+    """Mean (exactly rounded sum over count) and percentiles of a latency over completed requests (those whose
+    `where` column, when given, holds the given value)."""
 
     def read() -> Iterator[np.ndarray]:
-        for t in batches(["status", column]):
-            v = _float(t[column])[pc.equal(t["status"], "completed").to_numpy(zero_copy_only=False)]
+        for t in batches(["status", column] + ([where[0]] if where else [])):
+            done = pc.equal(t["status"], "completed")
+            if where is not None:
+                done = pc.and_(done, pc.equal(t[where[0]], where[1]))
+            v = _float(t[column])[done.to_numpy(zero_copy_only=False)]
             yield v[~np.isnan(v)]
 
     n = 0
@@ -352,13 +357,19 @@ def _ranks(n: int, p: float) -> tuple[int, int]:
     return i, min(i + 1, n - 1)
 
 
-def _counts(batches: Batches, slo: dict[str, float | None]) -> dict[str, int]:
-    """Counts and integer sums over every request, in one pass."""
-    checked = [k for k in ("ttft_s", "tpot_s", "e2e_s") if slo.get(k) is not None]
-    c = dict.fromkeys(("n", "completed", "rejected", "unfinished", "not_arrived", "ok", "output_tokens",
-                       "num_preemptions", "hit_tokens", "prompt_tokens"), 0)
+SLO_METRICS = ("ttft_s", "tpot_s", "time_to_answer_s", "e2e_s")  # the latencies an SLO may bound
+
+
+def _counts(batches: Batches, slo: dict[str, float | None]) -> dict[str, Any]:
+    """Counts and integer sums over every request, in one pass; completed requests within each SLO (a latency
+    that is undefined, such as TPOT with one output token, does not break it); the first and last arrival."""
+    checked = [k for k in SLO_METRICS if slo.get(k) is not None]
+    c: dict[str, Any] = dict.fromkeys(("n", "completed", "rejected", "unfinished", "not_arrived", "ok",
+                                       "output_tokens", "num_preemptions", "hit_tokens", "prompt_tokens"), 0)
+    c.update({f"within_{k}": 0 for k in checked})
+    first, last = math.inf, -math.inf
     for t in batches(["status", "generated_tokens", "num_preemptions", "prefix_hit_tokens", "prompt_tokens",
-                      *checked]):
+                      "arrival_s", *checked]):
         status = t["status"]
         done = pc.equal(status, "completed").to_numpy(zero_copy_only=False)
         c["n"] += t.num_rows
@@ -367,13 +378,34 @@ def _counts(batches: Batches, slo: dict[str, float | None]) -> dict[str, int]:
             c[s] += int(pc.sum(pc.equal(status, s)).as_py() or 0)
         ok = done.copy()
         for k in checked:
-            ok &= np.nan_to_num(_float(t[k]), nan=0.0) <= slo[k]
+            within = done & (np.nan_to_num(_float(t[k]), nan=0.0) <= slo[k])
+            c[f"within_{k}"] += int(within.sum())
+            ok &= within
         c["ok"] += int(ok.sum())
         c["output_tokens"] += int(t["generated_tokens"].to_numpy().sum())
         c["num_preemptions"] += int(t["num_preemptions"].to_numpy().sum())
         c["hit_tokens"] += int(t["prefix_hit_tokens"].to_numpy()[done].sum())
         c["prompt_tokens"] += int(t["prompt_tokens"].to_numpy()[done].sum())
+        arrived = _float(t["arrival_s"])[pc.not_equal(status, "not_arrived").to_numpy(zero_copy_only=False)]
+        if len(arrived):
+            first, last = min(first, float(arrived.min())), max(last, float(arrived.max()))
+    c["first_arrival_s"], c["last_arrival_s"] = first, last
     return c
+
+
+def _rates(batches: Batches, first_s: float, last_s: float) -> tuple[float, float]:
+    """Arrivals and completions per second over the second half of the arrivals, [mid, last arrival]."""
+    if not last_s > first_s:
+        return math.nan, math.nan
+    mid = (first_s + last_s) / 2.0
+    arrivals = completions = 0
+    for t in batches(["status", "arrival_s", "finish_s"]):
+        arrival, finish = _float(t["arrival_s"]), _float(t["finish_s"])
+        arrived = pc.not_equal(t["status"], "not_arrived").to_numpy(zero_copy_only=False)
+        done = pc.equal(t["status"], "completed").to_numpy(zero_copy_only=False)
+        arrivals += int((arrived & (arrival >= mid) & (arrival <= last_s)).sum())
+        completions += int((done & (finish >= mid) & (finish <= last_s)).sum())
+    return arrivals / (last_s - mid), completions / (last_s - mid)
 
 
 def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str, float | None],
@@ -381,13 +413,19 @@ def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str
               extra: dict[str, Any] | None = None, max_held: int = ROW_GROUP_ROWS) -> dict[str, Any]:
     """Flat summary of one run, from its request rows: a DataFrame, or a requests.parquet file read a row group
     at a time (memory bounded by `max_held` values, whatever the number of requests). Goodput is the share of all
-    arrived requests that completed within every SLO given (ttft_s, tpot_s, e2e_s; a missing SLO is not checked).
+    requests that completed within every SLO given (ttft_s, tpot_s, time_to_answer_s, e2e_s; a missing SLO is
+    not checked); `slo_attainment_<metric>` is the share of completed requests within that one target (NaN when
+    there is no target), and `slo_<metric>` echoes the target. Offered and achieved rates are arrivals and
+    completions per second over the second half of the arrivals (the window the saturation test watches: past
+    the start-up, before the drain): a cluster that keeps up achieves the offered rate, one that does not, its
+    capacity. `requests_per_s` is completions over the whole makespan, the drain included.
     Throughput counts every output token generated within the run, including those of requests still unfinished
     at its end. Percentiles are np.percentile's (linear), exactly; means are exactly rounded sums over counts."""
     batches = _batches(requests)
     c = _counts(batches, slo)
     n, completed = c["n"], c["completed"]
     span = makespan_s if makespan_s > 0 else math.nan
+    offered, achieved = _rates(batches, c["first_arrival_s"], c["last_arrival_s"])
     summary: dict[str, Any] = {
         "num_requests": n,
         "num_completed": completed,
@@ -399,6 +437,8 @@ def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str
         "output_tokens": c["output_tokens"],
         "throughput_output_tokens_per_s": c["output_tokens"] / span,
         "requests_per_s": completed / span,
+        "offered_requests_per_s": offered,
+        "achieved_requests_per_s": achieved,
     }
     for m in ("ttft_s", "time_to_answer_s", "tpot_s", "e2e_s"):
         summary.update(_stats(m, batches, m, max_held))
@@ -409,6 +449,9 @@ def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str
         "prefix_cache_hit_ratio": c["hit_tokens"] / c["prompt_tokens"] if c["prompt_tokens"] else math.nan,
         "goodput": c["ok"] / n if n else math.nan,
         "goodput_requests_per_s": float(c["ok"]) / span,
+        **{f"slo_{k}": slo.get(k) for k in SLO_METRICS},
+        **{f"slo_attainment_{k}": (c[f"within_{k}"] / completed if completed else math.nan)
+           if slo.get(k) is not None else math.nan for k in SLO_METRICS},
         "gpu_hours": gpu_hours,
         "cost_usd": cost_usd,
         "cost_usd_per_1k_completed": cost_usd / completed * 1000 if completed else math.nan,
@@ -416,3 +459,44 @@ def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str
     if extra:
         summary.update(extra)
     return summary
+
+
+GROUP_METRICS = ("ttft_s", "time_to_answer_s", "e2e_s")
+
+
+def group_summary(requests: pd.DataFrame | Path, by: str, *, metrics: Iterable[str] = GROUP_METRICS,
+                  max_held: int = ROW_GROUP_ROWS) -> dict[str, dict[str, Any]]:
+    """Per value of `by` (query_type, pool): request counts by status and the mean and percentiles of each
+    latency in `metrics` over completed requests, exactly and in bounded memory as `summarize` computes them
+    (one pass for the counts, then a few per group and metric). Groups in order of first appearance; requests
+    that never reached a pool (rejected up front, not arrived) have pool ''."""
+    batches = _batches(requests)
+    counts: dict[str, dict[str, Any]] = {}
+    for t in batches([by, "status"]):
+        pairs = pa.table({"g": t[by], "s": t["status"]}).group_by(["g", "s"], use_threads=False).aggregate(
+            [([], "count_all")])
+        for g, st, k in zip(*(pairs.column(i).to_pylist() for i in range(3)), strict=True):
+            row = counts.setdefault(g, dict.fromkeys(("num_requests", "num_completed", "num_rejected",
+                                                     "num_unfinished", "num_not_arrived"), 0))
+            row["num_requests"] += k
+            if f"num_{st}" in row:
+                row[f"num_{st}"] += k
+    for g, row in counts.items():
+        for m in metrics:
+            row.update(_stats(m, batches, m, max_held, where=(by, g)))
+    return counts
+
+
+def busy_seconds(segments: pd.DataFrame | Path) -> dict[str, float]:
+    """Replica-seconds each pool spent stepping (segments with steps: one step or a fast-forwarded run; idle
+    gaps excluded), read a row group at a time. Over replicas x makespan it is the pool's busy share."""
+    out: dict[str, float] = {}
+    for t in _batches(segments)(["pool", "start_s", "end_s", "num_steps"]):
+        busy = pc.greater(t["num_steps"], 0).to_numpy(zero_copy_only=False)
+        dur = np.where(busy, _float(t["end_s"]) - _float(t["start_s"]), 0.0)
+        pools = pc.dictionary_encode(t["pool"]).combine_chunks()
+        sums = np.bincount(pools.indices.to_numpy(zero_copy_only=False), weights=dur,
+                           minlength=len(pools.dictionary))
+        for name, total in zip(pools.dictionary.to_pylist(), sums.tolist(), strict=True):
+            out[name] = out.get(name, 0.0) + total
+    return out

@@ -105,6 +105,8 @@ class SloSpec(BaseModel):
     model_config = _FROZEN
     ttft_s: float | None = Field(default=None, gt=0)
     tpot_s: float | None = Field(default=None, gt=0)
+    time_to_answer_s: float | None = Field(
+        default=None, gt=0, description="arrival to the last reasoning token: the wait before the answer streams")
     e2e_s: float | None = Field(default=None, gt=0)
 
 

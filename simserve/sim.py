@@ -18,7 +18,7 @@ import simpy
 
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
 from simserve.hardware import GpuSpec, ModelSpec, kv_capacity_blocks
-from simserve.metrics import Recorder, summarize
+from simserve.metrics import Recorder, busy_seconds, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.request import Request
 from simserve.routing import ROUTERS, StaleView
@@ -289,7 +289,7 @@ class Simulation:
                 req.reason = f"arrives after the horizon ({horizon:g} s)"
                 self.recorder.request(req)
         requests_path, replicas_path = self.recorder.close()
-        summary = self._summary(requests_path, end_s, time.perf_counter() - wall0, stopped)
+        summary = self._summary(requests_path, replicas_path, end_s, time.perf_counter() - wall0, stopped)
         return Results(requests_path, replicas_path, summary, self.pools, self.recorder.tempdir)
 
     def _saturation(self, stopped: bool) -> tuple[bool, float]:
@@ -308,20 +308,27 @@ class Simulation:
             grew = end - mid > max(8.0, 0.025 * self.num_arrived)
         return stopped or grew, growth
 
-    def _summary(self, requests: Path, end_s: float, wall_s: float, stopped: bool) -> dict[str, Any]:
+    def _summary(self, requests: Path, segments: Path, end_s: float, wall_s: float,
+                 stopped: bool) -> dict[str, Any]:
         span = max(end_s, 1e-12)
         util = [r.kv_area / span / r.kv.capacity_blocks for r in self.replicas]
         peak = [r.kv_peak / r.kv.capacity_blocks for r in self.replicas]
+        busy = busy_seconds(segments)
         for p in self.pools:
             p["gpu_hours"] = p["replicas"] * p["tensor_parallel"] * end_s / 3600.0
             p["cost_usd"] = p["gpu_hours"] * p["usd_per_gpu_hour"]
+            p["busy_share"] = busy.get(p["pool"], 0.0) / (p["replicas"] * span)
         gpu_hours = sum(p["gpu_hours"] for p in self.pools)
+        num_gpus = sum(p["replicas"] * p["tensor_parallel"] for p in self.pools)
         cost = sum(p["cost_usd"] for p in self.pools)
         num_events = self.num_arrived + self.num_scheduled_events + sum(r.num_events for r in self.replicas)
         saturated, growth = self._saturation(stopped)
         extra = {
             "stopped_at_horizon": stopped,
             "queue_growth_requests_per_s": growth,
+            # GPU utilisation as a busy share: time the replicas spent stepping over the makespan, per GPU
+            "gpu_busy_share": sum(p["busy_share"] * p["replicas"] * p["tensor_parallel"] for p in self.pools)
+            / num_gpus,
             "queue_len_mean": sum(r.waiting_mon.integral(end_s) for r in self.replicas) / span,
             "batch_size_mean": sum(r.running_mon.integral(end_s) for r in self.replicas) / span / len(self.replicas),
             "num_events": num_events,
@@ -334,6 +341,7 @@ class Simulation:
             for p in self.pools:
                 extra[f"gpu_hours_{p['pool']}"] = p["gpu_hours"]
                 extra[f"cost_usd_{p['pool']}"] = p["cost_usd"]
+                extra[f"gpu_busy_share_{p['pool']}"] = p["busy_share"]
         slo = self.scenario.slo.model_dump() if self.scenario.slo else {}
         summary = summarize(requests, makespan_s=end_s, slo=slo,
                             kv_utilization_mean=float(np.mean(util)), kv_utilization_max=float(np.max(peak)),
