@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simserve.calibration.cli import add_commands, json_safe
+from simserve.calibration.cli import add_commands
+from simserve.output import write_results  # noqa: F401  (its old home: tests and scripts import it here)
 
 if TYPE_CHECKING:
     from simserve.scenario import Scenario
     from simserve.sim import Results
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 # Exceptions that mean bad input (exit 2 and one line, no traceback), by the module that defines them. A module
 # that was never imported cannot have raised its error, so only those loaded are checked, and none is loaded to
@@ -29,7 +30,7 @@ EXIT_BAD_INPUT = 2
 INPUT_ERRORS = {
     "simserve.scenario": "ScenarioError", "simserve.perf.fits": "FitError",
     "simserve.calibration.profiles": "ProfileError", "simserve.calibration.replay": "ExperimentError",
-    "simserve.calibration.cli": "OutputError",
+    "simserve.output": "OutputError",
 }
 
 
@@ -37,68 +38,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(sys.modules[m], name) for m, name in INPUT_ERRORS.items() if m in sys.modules)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
-    return str(value)
-
-
-def format_summary(scenario: Scenario, results: Results) -> str:
-    """A readable table of one run's summary."""
-    s = results.summary
-    lines = [f"simserve: {scenario.name}  (seed {scenario.seed})"]
-    for p in results.pools:
-        lines.append(f"  pool {p['pool']}: {p['replicas']} x {p['model']} on {p['tensor_parallel']} x {p['gpu']}, "
-                     f"{p['kv_capacity_blocks']:,} KV blocks per replica")
-    arrived = s["num_requests"] - s["num_not_arrived"]
-    lines.append(f"  requests  {arrived:,} arrived, {s['num_completed']:,} completed, "
-                 f"{s['num_rejected']:,} rejected, {s['num_unfinished']:,} unfinished"
-                 + (f", {s['num_not_arrived']:,} not arrived" if s["num_not_arrived"] else ""))
-    lines.append(f"  simulated {s['makespan_s']:,.1f} s in {s['wall_time_s']:.2f} s wall, "
-                 f"{s['num_events']:,} events ({s['events_per_request']:.1f} per request)")
-    lines.append("")
-    lines.append(f"  {'metric':<17}{'mean':>12}{'p50':>12}{'p90':>12}{'p99':>12}")
-    for m in ("ttft_s", "time_to_answer_s", "tpot_s", "e2e_s"):
-        lines.append(f"  {m:<17}" + "".join(f"{_fmt(s[f'{m}_{k}']):>12}" for k in ("mean", "p50", "p90", "p99")))
-    lines.append("")
-    rows = [
-        ("output tokens/s", s["throughput_output_tokens_per_s"]), ("requests/s", s["requests_per_s"]),
-        ("goodput (share in SLO)", s["goodput"]), ("KV utilisation mean", s["kv_utilization_mean"]),
-        ("KV utilisation max", s["kv_utilization_max"]), ("preemptions", s["num_preemptions"]),
-        ("prefix cache hit ratio", s["prefix_cache_hit_ratio"]),
-        ("mean batch size", s["batch_size_mean"]), ("mean queue length", s["queue_len_mean"]),
-        ("GPU-hours", s["gpu_hours"]), ("cost USD", s["cost_usd"]),
-    ]
-    if len(results.pools) > 1:
-        rows.extend((f"  pool {p['pool']} cost USD", p["cost_usd"]) for p in results.pools)
-    lines.extend(f"  {name:<24}{_fmt(v):>14}" for name, v in rows)
-    if s["stopped_at_horizon"]:
-        lines.append("")
-        lines.append(f"  STOPPED AT THE HORIZON ({s['horizon_s']:,.0f} s, engine.horizon_s): {s['num_unfinished']:,} "
-                     f"requests still waiting or running, {s['num_not_arrived']:,} not arrived.")
-    if s["saturated"] and s["queue_growth_requests_per_s"] > 0:
-        if not s["stopped_at_horizon"]:
-            lines.append("")
-        lines.append(f"  SATURATED: the waiting queue grew by {s['queue_growth_requests_per_s']:,.3g} requests/s over "
-                     "the second half of the arrivals; the cluster cannot keep up with this load.")
-    return "\n".join(lines)
-
-
-def write_results(scenario: Scenario, results: Results, out: Path) -> None:
-    """scenario.yaml and summary.json into `out`, and the run's two Parquet files of records, copied there unless
-    the run already streamed them there (Simulation's records_dir)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for src in (results.requests_path, results.replicas_path):
-        dst = out / src.name
-        if not (dst.exists() and dst.samefile(src)):
-            shutil.copyfile(src, dst)
-    (out / "scenario.yaml").write_text(scenario.to_yaml())
-    (out / "summary.json").write_text(json.dumps(json_safe(results.summary), indent=2) + "\n")
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
+    from simserve.output import ResultsFolder, group_tables
     from simserve.scenario import load_scenario
     from simserve.sim import Simulation
 
@@ -109,11 +50,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append("engine.exact_steps=true")
     scenario = load_scenario(args.scenario, overrides)
     out = Path(args.out) if args.out else Path("results") / scenario.name
-    results = Simulation(scenario, scenario.base_dir, records_dir=out).run()  # records stream straight to `out`
-    write_results(scenario, results, out)
-    print(format_summary(scenario, results))
-    print(f"\n  wrote {out}/requests.parquet, replicas.parquet, scenario.yaml, summary.json")
+    folder = ResultsFolder(out)  # checked before the run: a bad --out costs nothing
+    try:
+        # Records stream into the staging folder beside `out`; the finished folder replaces `out` in one rename.
+        results = Simulation(scenario, scenario.base_dir, records_dir=folder.staging).run()
+        tables = group_tables(results)
+        doc = write_results(scenario, results, folder.staging, csv=args.csv, tables=tables)
+        replaced = folder.target.exists()
+        folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
+    _report(args, scenario, results, tables, doc, out, replaced)
     return 0
+
+
+def _report(args: argparse.Namespace, scenario: Scenario, results: Results, tables: dict[str, Any],
+            doc: dict[str, Any], out: Path, replaced: bool) -> None:
+    """The summary on stdout (or, with --json, summary.json and nothing else); where the files went on stderr
+    with --json, on stdout otherwise."""
+    from simserve.report import console, format_summary, summary_renderable
+
+    files = ", ".join(["requests.parquet", "replicas.parquet", "scenario.yaml", "summary.json"]
+                      + (["requests.csv"] if args.csv else []))
+    wrote = f"  wrote {out}/: {files}" + (" (the previous results there replaced)" if replaced else "")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        print(wrote.strip(), file=sys.stderr)
+        return
+    c = console()
+    if c.is_terminal:
+        c.print(summary_renderable(scenario.name, scenario.seed, results.summary, results.pools,
+                                   tables["by_query_type"], tables["by_pool"], plain=False))
+    else:
+        print(format_summary(scenario.name, scenario.seed, results.summary, results.pools, tables["by_query_type"],
+                             tables["by_pool"]))
+    print(f"\n{wrote}")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -141,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field: workload.num_requests=500")
     p.add_argument("--exact-steps", action="store_true", help="one event per step (reference mode, slower)")
+    p.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the tables")
+    p.add_argument("--csv", action="store_true", help="also write requests.csv (the request records)")
     p.set_defaults(func=_cmd_run)
     c = sub.add_parser("check", help="validate a scenario without running it")
     c.add_argument("scenario")
@@ -180,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (`simserve run ... | head`): stop quietly, as a program killed by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if not isinstance(exc, _input_errors()):
             raise

@@ -117,7 +117,7 @@ def test_run_quickstart_summary(quick_run):
     assert "Traceback" not in proc.stderr
     assert proc.stdout.startswith("simserve: quickstart  (seed 1)")
     assert "200 arrived" in proc.stdout
-    for word in ("ttft_s", "tpot_s", "e2e_s", "output tokens/s", "cost USD", "requests.parquet"):
+    for word in ("TTFT", "TPOT", "time to answer", "e2e", "output tokens/s", "cost USD", "requests.parquet"):
         assert word in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == ["replicas.parquet", "requests.parquet", "scenario.yaml",
                                                     "summary.json"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from simserve.output import OutputError, json_safe
 
 if TYPE_CHECKING:
     from simserve.calibration.profiles import Profile
@@ -17,19 +18,6 @@ if TYPE_CHECKING:
 # that use them, not here: `simserve --help` builds this parser and must start in well under a second.
 
 IMPORTER_NAMES = ("aiconfigurator", "vidur")  # the keys of calibration.importers.IMPORTERS (a test checks)
-
-
-class OutputError(Exception):
-    """An output path simserve will not write to."""
-
-
-def json_safe(d: Any) -> Any:
-    """NaN (an undefined statistic) as JSON null, in nested dicts."""
-    if isinstance(d, dict):
-        return {k: json_safe(v) for k, v in d.items()}
-    if isinstance(d, float) and math.isnan(d):
-        return None
-    return d
 
 
 def outside_package(path: Path, option: str) -> Path:

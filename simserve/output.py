@@ -1,0 +1,181 @@
+"""The results folder of `simserve run`, written atomically: checked before the run starts (a bad --out costs
+nothing), filled in a staging folder beside it while the run goes (the records stream there), then put in place
+by one rename, so the folder holds either the old results or the new ones, never a mix. Part of the command line
+(with cli.py and metrics' record streaming, the only code that writes result files)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from simserve.scenario import Scenario
+    from simserve.sim import Results
+
+# What a results folder may hold: the files `simserve run` writes (and the .partial names records have while a
+# run goes). A folder holding anything else is not replaced: it may be someone's work.
+RESULT_FILES = frozenset({"requests.parquet", "replicas.parquet", "scenario.yaml", "summary.json", "requests.csv",
+                          "requests.parquet.partial", "replicas.parquet.partial"})
+
+
+class OutputError(Exception):
+    """An output path simserve will not or cannot write to; the message names it and says why."""
+
+
+def json_safe(d: Any) -> Any:
+    """NaN (an undefined statistic) as JSON null, numpy scalars as Python numbers, in nested dicts."""
+    if isinstance(d, dict):
+        return {k: json_safe(v) for k, v in d.items()}
+    if hasattr(d, "item") and not isinstance(d, (str, bytes)):
+        d = d.item()
+    if isinstance(d, float) and math.isnan(d):
+        return None
+    return d
+
+
+class ResultsFolder:
+    """`target` checked and a staging folder made beside it (same file system, so the final rename is atomic).
+    Write into `staging`, then `commit()` (the staging folder becomes `target`, replacing an old results folder
+    whole) or `discard()` (the staging folder goes, `target` is left as it was)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = Path(os.path.abspath(target))  # '.' and '..' resolved, symlinks not
+        self.staging = _staging_beside(self.target)
+
+    def commit(self) -> None:
+        if self.target.exists():
+            _check_replaceable(self.target)  # again: it may have changed during the run
+            if not _exchange(self.staging, self.target):
+                _replace_by_two_renames(self.staging, self.target)
+                return
+            shutil.rmtree(self.staging)  # after the exchange, the old results
+        else:
+            os.rename(self.staging, self.target)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _staging_beside(target: Path) -> Path:
+    where = f"--out {target}"
+    if not target.name:
+        raise OutputError(f"{where}: give a folder to write the results in, not a file system root")
+    if target.is_symlink():
+        raise OutputError(f"{where}: is a symbolic link; give the folder it points to")
+    if target.exists():
+        _check_replaceable(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.simserve-", dir=target.parent))
+    except OSError as exc:
+        raise OutputError(f"{where}: cannot write in {target.parent} ({exc.strerror or exc}); nothing was run") \
+            from None
+
+
+def _check_replaceable(target: Path) -> None:
+    where = f"--out {target}"
+    if not target.is_dir():
+        raise OutputError(f"{where}: exists and is not a folder")
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in RESULT_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(f"{where}: holds files simserve did not write ({shown}); results replace the folder "
+                          "whole, so give a new or empty folder, or a previous results folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise OutputError(f"{where}: the old results there cannot be replaced (no write permission)")
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _replace_by_two_renames(staging: Path, target: Path) -> None:
+    """Old results aside, new ones in place, old ones removed; the old ones come back if the second step fails."""
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rename(target, old / target.name)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(old / target.name, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ the files
+
+
+def group_tables(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
+    """The per-query-type and per-pool tables of summary.json. Every pool is listed (a prefill pool hands its
+    requests on and ends none), with its GPUs, busy share and cost; requests that never reached a pool (rejected
+    up front, not arrived) are under '(none)'."""
+    from simserve.metrics import GROUP_METRICS, group_summary
+
+    by_type = group_summary(results.requests_path, "query_type")
+    rows = group_summary(results.requests_path, "pool")
+    empty = {"num_requests": 0, "num_completed": 0, "num_rejected": 0, "num_unfinished": 0, "num_not_arrived": 0,
+             **{f"{m}_{q}": math.nan for m in GROUP_METRICS for q in ("mean", "p50", "p90", "p99")}}
+    by_pool: dict[str, dict[str, Any]] = {}
+    for p in results.pools:
+        info = {"gpu": p["gpu"], "model": p["model"], "replicas": p["replicas"],
+                "tensor_parallel": p["tensor_parallel"], "num_gpus": p["replicas"] * p["tensor_parallel"],
+                "gpu_busy_share": p.get("busy_share", math.nan), "gpu_hours": p.get("gpu_hours", math.nan),
+                "cost_usd": p.get("cost_usd", math.nan)}
+        by_pool[p["pool"]] = {**info, **rows.pop(p["pool"], empty)}
+    if "" in rows:
+        by_pool["(none)"] = rows.pop("")
+    return {"by_query_type": by_type, "by_pool": by_pool}
+
+
+def summary_document(results: Results, tables: dict[str, Any]) -> dict[str, Any]:
+    """summary.json: the run's flat summary (NaN as null), then the two group tables."""
+    return json_safe({**results.summary, **tables})
+
+
+def write_results(scenario: Scenario, results: Results, out: Path, *, csv: bool = False,
+                  tables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """scenario.yaml and summary.json into `out` (and requests.csv with `csv`), and the run's two Parquet files of
+    records, copied there unless the run already streamed them there (Simulation's records_dir). Returns the
+    summary.json document."""
+    out.mkdir(parents=True, exist_ok=True)
+    for src in (results.requests_path, results.replicas_path):
+        dst = out / src.name
+        if not (dst.exists() and dst.samefile(src)):
+            shutil.copyfile(src, dst)
+    (out / "scenario.yaml").write_text(scenario.to_yaml())
+    doc = summary_document(results, group_tables(results) if tables is None else tables)
+    (out / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if csv:
+        write_csv(out / "requests.parquet", out / "requests.csv")
+    return doc
+
+
+def write_csv(parquet: Path, csv: Path) -> None:
+    """The request records as CSV (for spreadsheets), a row group at a time."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(parquet)
+    try:
+        with pcsv.CSVWriter(csv, f.schema_arrow) as w:
+            for i in range(f.num_row_groups):
+                w.write_table(f.read_row_group(i))
+    finally:
+        f.close()
