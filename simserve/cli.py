@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simserve.calibration.cli import add_commands
-from simserve.output import write_results  # noqa: F401  (its old home: tests and scripts import it here)
+from simserve.output import write_results  # its old home: tests and scripts import it from here
 
 if TYPE_CHECKING:
+    from simserve.output import ResultsFolder
     from simserve.scenario import Scenario
     from simserve.sim import Results
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a program stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 # Exceptions that mean bad input (exit 2 and one line, no traceback), by the module that defines them. A module
@@ -39,7 +45,9 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from simserve.output import ResultsFolder, group_tables
+    from simserve.output import ResultsFolder
+    from simserve.progress import ANNOUNCE_ABOVE_S, CONFIRM_ABOVE_S, RunMonitor, Snapshot, estimate
+    from simserve.report import count, number
     from simserve.scenario import load_scenario
     from simserve.sim import Simulation
 
@@ -49,20 +57,76 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.exact_steps:
         overrides.append("engine.exact_steps=true")
     scenario = load_scenario(args.scenario, overrides)
+    size = estimate(scenario)
+    if size is not None and size.wall_s > CONFIRM_ABOVE_S and not args.yes:
+        print(f"error: {args.scenario}: {size.describe()}. Pass --yes to run it anyway, or lower "
+              "workload.num_requests or workload.duration_s.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if size is not None and size.wall_s > ANNOUNCE_ABOVE_S:
+        print(f"simserve: {size.describe()}", file=sys.stderr)
     out = Path(args.out) if args.out else Path("results") / scenario.name
     folder = ResultsFolder(out)  # checked before the run: a bad --out costs nothing
+    monitor = RunMonitor(size.requests if size else None, math.inf)
+    sim: Simulation | None = None
     try:
         # Records stream into the staging folder beside `out`; the finished folder replaces `out` in one rename.
-        results = Simulation(scenario, scenario.base_dir, records_dir=folder.staging).run()
-        tables = group_tables(results)
-        doc = write_results(scenario, results, folder.staging, csv=args.csv, tables=tables)
-        replaced = folder.target.exists()
-        folder.commit()
+        sim = Simulation(scenario, scenario.base_dir, hooks=[monitor], records_dir=folder.staging)
+        monitor.horizon_s = sim.horizon_s()
+        with monitor.watching(sim):
+            results = sim.run()
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before the run started): at once, nothing kept
+        folder.discard()
+        where = f" at {Snapshot.of(sim, monitor.ended).where()}" if sim is not None else ""
+        print(f"simserve: stopped at once{where}; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BaseException:
         folder.discard()
         raise
+    s = results.summary
+    stopped = (f"interrupted at {number(s['makespan_s'])} s simulated, {count(s['num_completed'])} requests "
+               f"completed, {count(s['num_unfinished'])} in flight" if s["partial"]
+               else "interrupted after the simulation finished")
+    if monitor.stop_requested and not args.partial:
+        folder.discard()
+        print(f"simserve: {stopped}; nothing written (--partial keeps what finished)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    doc, tables, replaced = _write(scenario, results, folder, args.csv)
     _report(args, scenario, results, tables, doc, out, replaced)
+    if monitor.stop_requested:
+        print(f"simserve: {stopped}; wrote what finished to {out}/ (summary.json: \"partial\": "
+              f"{str(s['partial']).lower()})", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _write(scenario: Scenario, results: Results, folder: ResultsFolder,
+           csv: bool) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """The files into the staging folder, then the folder into place (Ctrl-C held back for that one step)."""
+    from simserve.output import group_tables
+
+    try:
+        tables = group_tables(results)
+        doc = write_results(scenario, results, folder.staging, csv=csv, tables=tables)
+        replaced = folder.target.exists()
+        with _sigint_held():
+            folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
+    return doc, tables, replaced
+
+
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Ctrl-C waits until the block is done (a folder half swapped helps nobody), then takes effect."""
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _report(args: argparse.Namespace, scenario: Scenario, results: Results, tables: dict[str, Any],
@@ -115,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-steps", action="store_true", help="one event per step (reference mode, slower)")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the tables")
     p.add_argument("--csv", action="store_true", help="also write requests.csv (the request records)")
+    p.add_argument("--partial", action="store_true",
+                   help="on Ctrl-C, write what finished so far (summary.json marked \"partial\": true)")
+    p.add_argument("--yes", action="store_true",
+                   help="run even if it would take over an hour by the estimate printed (see README)")
     p.set_defaults(func=_cmd_run)
     c = sub.add_parser("check", help="validate a scenario without running it")
     c.add_argument("scenario")
@@ -154,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print("simserve: interrupted; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`simserve run ... | head`): stop quietly, as a program killed by SIGPIPE would.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

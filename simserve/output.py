@@ -73,10 +73,18 @@ def _staging_beside(target: Path) -> Path:
         _check_replaceable(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.simserve-", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.simserve-", dir=target.parent))
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; results get the usual folder mode
+        return staging
     except OSError as exc:
         raise OutputError(f"{where}: cannot write in {target.parent} ({exc.strerror or exc}); nothing was run") \
             from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_replaceable(target: Path) -> None:

@@ -91,8 +91,8 @@ def notices(s: Mapping[str, Any]) -> list[str]:
     cluster cannot keep up with."""
     out = []
     if s.get("partial"):
-        out.append(f"PARTIAL: interrupted at {number(s['interrupted_at_s'])} s simulated; the figures cover the "
-                   f"{count(s['num_completed'])} requests completed by then.")
+        out.append(f"PARTIAL: stopped by Ctrl-C at {number(s['makespan_s'])} s simulated; the figures cover what "
+                   "had finished by then (requests in flight are unfinished).")
     if s.get("stopped_at_horizon"):
         out.append(f"STOPPED AT THE HORIZON ({count(s['horizon_s'])} s, engine.horizon_s): "
                    f"{count(s['num_unfinished'])} requests still waiting or running, {count(s['num_not_arrived'])} "
@@ -190,7 +190,7 @@ def summary_renderable(name: str, seed: int, s: Mapping[str, Any], pools: list[d
     group: one group repeats the overall figures)."""
     parts: list[RenderableType] = [Text("\n".join(_header(name, seed, s, pools)))]
     for line in notices(s):
-        parts.append(Text(f"\n  {line}", style="" if plain else "bold red"))
+        parts += [Text(""), _indent(Text(line, style="" if plain else "bold red"))]
     tables: list[RenderableType] = [_load(s, plain), _slo(s, plain), _latency(s, plain)]
     if by_query_type and len(by_query_type) > 1:
         tables.append(_groups("by query type (latencies in s over completed requests; answer: time to answer)",

@@ -164,6 +164,7 @@ class Simulation:
         self._next_id = 0
         self._exhausted = False
         self._all_done = self.env.event()
+        self._stop_requested = False
         self._backlog: list[tuple[float, int]] = []  # (time, requests waiting cluster-wide) at sampled arrivals
         self._backlog_every = 1
 
@@ -247,6 +248,15 @@ class Simulation:
         self._sample_backlog()
         self.check_done()
 
+    def stop(self) -> None:
+        """End the run at the current instant, as a user stopping it (Ctrl-C on the command line): run() then
+        returns Results over the requests that ended so far plus those in flight (recorded as unfinished), its
+        summary marked `partial`. Requests not yet arrived are not drained (the workload may be endless). Call it
+        from a hook or a SimPy callback, where the engine's state is whole; the run stops before the next event."""
+        if not self._stop_requested:
+            self._stop_requested = True
+            Arrival(self.env, 0.0).callbacks.append(simpy.core.StopSimulation.callback)
+
     def horizon_s(self) -> float:
         """Simulated time at which the run stops even if requests remain (they are reported unfinished)."""
         if self.engine.horizon_s is not None:
@@ -257,8 +267,8 @@ class Simulation:
     # ------------------------------------------------------------------------------------------ the run
 
     def run(self, requests: Iterable[Request] | None = None) -> Results:
-        """Run to the end (all requests done) or the horizon. `requests`, in arrival order, replaces the
-        scenario's synthetic workload (replaying a list of requests made elsewhere)."""
+        """Run to the end (all requests done), the horizon, or a `stop()`. `requests`, in arrival order, replaces
+        the scenario's synthetic workload (replaying a list of requests made elsewhere)."""
         wall0 = time.perf_counter()
         env = self.env
         workload: Iterator[Request] = iter(requests) if requests is not None else generate_requests(
@@ -274,12 +284,14 @@ class Simulation:
             self.recorder.abort()  # the .partial files stay as they are; nothing gets a final name
             raise
         end_s = env.now
-        stopped = not self._all_done.triggered
+        interrupted = self._stop_requested and not self._all_done.triggered
+        stopped = not self._all_done.triggered and not interrupted
+        where_s = f"when the run was stopped ({end_s:g} s)" if interrupted else f"at the horizon ({horizon:g} s)"
         for r in self.replicas:
             r.settle(end_s)
             for req, where in r.unfinished():
                 req.status = "unfinished"
-                req.reason = f"still {where} at the horizon ({horizon:g} s)"
+                req.reason = f"still {where} {where_s}"
                 self.recorder.request(req)
         if stopped:
             for req in itertools.chain(list(self._pending.values()), counted.rest()):  # streamed, not listed
@@ -290,6 +302,7 @@ class Simulation:
                 self.recorder.request(req)
         requests_path, replicas_path = self.recorder.close()
         summary = self._summary(requests_path, replicas_path, end_s, time.perf_counter() - wall0, stopped)
+        summary["partial"] = interrupted
         return Results(requests_path, replicas_path, summary, self.pools, self.recorder.tempdir)
 
     def _saturation(self, stopped: bool) -> tuple[bool, float]:

@@ -120,7 +120,7 @@ def test_json_prints_summary_json_and_nothing_else(tmp_path):
     assert proc.returncode == 0, proc.stderr
     printed = json.loads(proc.stdout)  # the whole of stdout is one JSON document
     assert printed == json.loads((out / "summary.json").read_text())
-    assert printed["num_requests"] == 40
+    assert printed["num_requests"] == 40 and printed["partial"] is False
     assert set(printed["by_query_type"]) == {"math_word"} and set(printed["by_pool"]) == {"main"}
     assert "wrote" in proc.stderr and "Traceback" not in proc.stderr
 
