@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="simulate a scenario, print a summary and write results")
     p.add_argument("scenario", help="scenario YAML file")
-    p.add_argument("--out", help="results folder (default results/NAME)")
+    p.add_argument("--out", help="results folder (default results/NAME), replaced whole when the run ends")
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field: workload.num_requests=500")
     p.add_argument("--exact-steps", action="store_true", help="one event per step (reference mode, slower)")

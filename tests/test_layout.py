@@ -100,3 +100,16 @@ def test_running_a_scenario_loads_no_calibration_module() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_command_line_parts_are_used_only_by_the_command_line() -> None:
+    """report.py, progress.py and output.py sit above everything (docs/architecture.md): only the commands import
+    them (and output.py's OutputError and json_safe serve the calibrate commands too)."""
+    parts = ("simserve.report", "simserve.progress", "simserve.output")
+    users = {"cli.py", "report.py", "progress.py", "output.py"}
+    for path in sorted(SIMSERVE.rglob("*.py")):
+        rel = path.relative_to(SIMSERVE).as_posix()
+        bad = {m for m in imported_modules(path) if m.startswith(parts)}
+        if rel == "calibration/cli.py":
+            bad -= {"simserve.output"}
+        assert rel in users or not bad, f"{rel} imports {sorted(bad)}"
