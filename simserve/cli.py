@@ -23,6 +23,7 @@ from simserve.output import write_results  # its old home: tests and scripts imp
 
 if TYPE_CHECKING:
     from simserve.output import ResultsFolder
+    from simserve.progress import RunMonitor
     from simserve.scenario import Scenario
     from simserve.sim import Results
 
@@ -45,47 +46,21 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """Load, size-check, check --out, simulate with progress and Ctrl-C, write the folder, print the summary."""
     from simserve.output import ResultsFolder
-    from simserve.progress import ANNOUNCE_ABOVE_S, CONFIRM_ABOVE_S, RunMonitor, Snapshot, estimate
-    from simserve.report import count, number
-    from simserve.scenario import load_scenario
-    from simserve.sim import Simulation
+    from simserve.progress import RunMonitor
 
-    overrides = list(args.set or [])
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.exact_steps:
-        overrides.append("engine.exact_steps=true")
-    scenario = load_scenario(args.scenario, overrides)
-    size = estimate(scenario)
-    if size is not None and size.wall_s > CONFIRM_ABOVE_S and not args.yes:
-        print(f"error: {args.scenario}: {size.describe()}. Pass --yes to run it anyway, or lower "
-              "workload.num_requests or workload.duration_s.", file=sys.stderr)
+    scenario = _load_for_run(args)
+    expected = _size_check(args, scenario)
+    if expected == -1:
         return EXIT_BAD_INPUT
-    if size is not None and size.wall_s > ANNOUNCE_ABOVE_S:
-        print(f"simserve: {size.describe()}", file=sys.stderr)
     out = Path(args.out) if args.out else Path("results") / scenario.name
     folder = ResultsFolder(out)  # checked before the run: a bad --out costs nothing
-    monitor = RunMonitor(size.requests if size else None, math.inf)
-    sim: Simulation | None = None
-    try:
-        # Records stream into the staging folder beside `out`; the finished folder replaces `out` in one rename.
-        sim = Simulation(scenario, scenario.base_dir, hooks=[monitor], records_dir=folder.staging)
-        monitor.horizon_s = sim.horizon_s()
-        with monitor.watching(sim):
-            results = sim.run()
-    except KeyboardInterrupt:  # a second Ctrl-C (or one before the run started): at once, nothing kept
-        folder.discard()
-        where = f" at {Snapshot.of(sim, monitor.ended).where()}" if sim is not None else ""
-        print(f"simserve: stopped at once{where}; nothing written", file=sys.stderr)
+    monitor = RunMonitor(expected, math.inf)
+    results = _simulate(scenario, folder, monitor)
+    if results is None:
         return EXIT_INTERRUPTED
-    except BaseException:
-        folder.discard()
-        raise
-    s = results.summary
-    stopped = (f"interrupted at {number(s['makespan_s'])} s simulated, {count(s['num_completed'])} requests "
-               f"completed, {count(s['num_unfinished'])} in flight" if s["partial"]
-               else "interrupted after the simulation finished")
+    stopped = _where_stopped(results.summary)
     if monitor.stop_requested and not args.partial:
         folder.discard()
         print(f"simserve: {stopped}; nothing written (--partial keeps what finished)", file=sys.stderr)
@@ -94,9 +69,67 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _report(args, scenario, results, tables, doc, out, replaced)
     if monitor.stop_requested:
         print(f"simserve: {stopped}; wrote what finished to {out}/ (summary.json: \"partial\": "
-              f"{str(s['partial']).lower()})", file=sys.stderr)
+              f"{str(results.summary['partial']).lower()})", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _load_for_run(args: argparse.Namespace) -> Scenario:
+    from simserve.scenario import load_scenario
+
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.exact_steps:
+        overrides.append("engine.exact_steps=true")
+    return load_scenario(args.scenario, overrides)
+
+
+def _size_check(args: argparse.Namespace, scenario: Scenario) -> float | None:
+    """The expected number of requests (None if unknown); -1 after refusing a run estimated over an hour."""
+    from simserve.progress import ANNOUNCE_ABOVE_S, CONFIRM_ABOVE_S, estimate
+
+    size = estimate(scenario)
+    if size is None:
+        return None
+    if size.wall_s > CONFIRM_ABOVE_S and not args.yes:
+        print(f"error: {args.scenario}: {size.describe()}. Pass --yes to run it anyway, or lower "
+              "workload.num_requests or workload.duration_s.", file=sys.stderr)
+        return -1
+    if size.wall_s > ANNOUNCE_ABOVE_S:
+        print(f"simserve: {size.describe()}", file=sys.stderr)
+    return size.requests
+
+
+def _simulate(scenario: Scenario, folder: ResultsFolder, monitor: RunMonitor) -> Results | None:
+    """Run with progress and Ctrl-C, the records streaming into the staging folder; None (and the staging folder
+    gone) if a second Ctrl-C stopped it at once."""
+    from simserve.progress import Snapshot
+    from simserve.sim import Simulation
+
+    sim: Simulation | None = None
+    try:
+        sim = Simulation(scenario, scenario.base_dir, hooks=[monitor], records_dir=folder.staging)
+        monitor.horizon_s = sim.horizon_s()
+        with monitor.watching(sim):
+            return sim.run()
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before the run started): at once, nothing kept
+        folder.discard()
+        where = f" at {Snapshot.of(sim, monitor.ended).where()}" if sim is not None else ""
+        print(f"simserve: stopped at once{where}; nothing written", file=sys.stderr)
+        return None
+    except BaseException:
+        folder.discard()
+        raise
+
+
+def _where_stopped(s: dict[str, Any]) -> str:
+    from simserve.report import count, number
+
+    if not s["partial"]:
+        return "interrupted after the simulation finished"
+    return (f"interrupted at {number(s['makespan_s'])} s simulated, {count(s['num_completed'])} requests "
+            f"completed, {count(s['num_unfinished'])} in flight")
 
 
 def _write(scenario: Scenario, results: Results, folder: ResultsFolder,

@@ -408,6 +408,15 @@ def _rates(batches: Batches, first_s: float, last_s: float) -> tuple[float, floa
     return arrivals / (last_s - mid), completions / (last_s - mid)
 
 
+def _attainment(c: dict[str, Any], slo: dict[str, float | None]) -> dict[str, Any]:
+    """Each SLO's target (None if unset) and the share of completed requests within it (NaN if unset)."""
+    out: dict[str, Any] = {f"slo_{k}": slo.get(k) for k in SLO_METRICS}
+    for k in SLO_METRICS:
+        given = slo.get(k) is not None and c["completed"] > 0
+        out[f"slo_attainment_{k}"] = c[f"within_{k}"] / c["completed"] if given else math.nan
+    return out
+
+
 def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str, float | None],
               kv_utilization_mean: float, kv_utilization_max: float, gpu_hours: float, cost_usd: float,
               extra: dict[str, Any] | None = None, max_held: int = ROW_GROUP_ROWS) -> dict[str, Any]:
@@ -449,9 +458,7 @@ def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str
         "prefix_cache_hit_ratio": c["hit_tokens"] / c["prompt_tokens"] if c["prompt_tokens"] else math.nan,
         "goodput": c["ok"] / n if n else math.nan,
         "goodput_requests_per_s": float(c["ok"]) / span,
-        **{f"slo_{k}": slo.get(k) for k in SLO_METRICS},
-        **{f"slo_attainment_{k}": (c[f"within_{k}"] / completed if completed else math.nan)
-           if slo.get(k) is not None else math.nan for k in SLO_METRICS},
+        **_attainment(c, slo),
         "gpu_hours": gpu_hours,
         "cost_usd": cost_usd,
         "cost_usd_per_1k_completed": cost_usd / completed * 1000 if completed else math.nan,
