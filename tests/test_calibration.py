@@ -4,6 +4,7 @@ op-level step model (exact over decode runs, MoE and MLA), the shipped fits, and
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -324,6 +325,9 @@ def test_calibrate_fit_refuses_to_write_into_the_installed_package(tmp_path):
     out = run_cli("calibrate", "fit", "calibration/profiles/a100-80gb", "--out", str(tmp_path / "f.yaml"), "--plot",
                   str(SHIPPED_FITS_DIR.parent / "chart.html"))
     assert out.returncode == 2 and "--plot" in out.stderr and not (tmp_path / "f.yaml").exists()
+    out = run_cli("calibrate", "fit", "calibration/profiles/a100-80gb", "--out", str(tmp_path / "f.yaml"), "--plot",
+                  str(tmp_path / "chart.pdf"))  # a chart is .html, .png or .svg, said before any fitting
+    assert out.returncode == 2 and ".html, .png, .svg" in out.stderr and not (tmp_path / "f.yaml").exists()
 
 
 # -- validation commands -------------------------------------------------------------------------------------
@@ -374,6 +378,9 @@ def test_e2e_replay_of_a_real_vllm_run(tmp_path):
     assert report["tpot_s_mean_rel_error"] < 0.10 and report["e2e_s_mean_rel_error"] < 0.10
     table = pd.read_csv(tmp_path / "v" / "per_request.csv")
     assert len(table) == 300 and table.e2e_s_sim.notna().all()
+    chart = (tmp_path / "v" / "chart.html").read_text()  # self-contained: tests/test_charts.py renders such files
+    assert "vegaEmbed(" in chart and not re.search(r"<script[^>]*src=[\"']?https?:", chart)
+    assert "chart.html" in out.stdout
 
 
 @needs_shared
