@@ -443,15 +443,15 @@ def test_compute_scale_slows_compute_bound_steps_only(tmp_path):
 
 @needs_shared
 def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
-    """The two numbers kernel profiles cannot see, fitted on the H100 llama2-7b run (bisection, fewer steps than
+    """The two numbers kernel profiles cannot see, fitted on the H100 llama2-7b run (root finding, coarser than
     the shipped fit used): close to the shipped values, and the fitted overhead brings mean TPOT to the real one."""
     from simserve.calibration import fit_compute_scale, fit_step_overhead, validate_experiment
 
     exp = E2E / "h100-llama2-7b-tp1-mixed"
     fit = str(shipped_fits()["h100-sxm"])
-    scale = fit_compute_scale(exp, fit, 0.00076, iterations=6)
+    scale = fit_compute_scale(exp, fit, 0.00076, xtol=0.01)
     assert scale is not None and 1.0 < scale < 1.2
-    overhead = fit_step_overhead(exp, fit, iterations=8)
+    overhead = fit_step_overhead(exp, fit, xtol_s=4e-5)
     assert 0.0005 < overhead < 0.001
     report, _, _ = validate_experiment(exp, "calibrated", overhead)
     assert report["tpot_s_mean_rel_error"] < 0.01
