@@ -4,6 +4,7 @@ op-level step model (exact over decode runs, MoE and MLA), the shipped fits, and
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -324,6 +325,9 @@ def test_calibrate_fit_refuses_to_write_into_the_installed_package(tmp_path):
     out = run_cli("calibrate", "fit", "calibration/profiles/a100-80gb", "--out", str(tmp_path / "f.yaml"), "--plot",
                   str(SHIPPED_FITS_DIR.parent / "chart.html"))
     assert out.returncode == 2 and "--plot" in out.stderr and not (tmp_path / "f.yaml").exists()
+    out = run_cli("calibrate", "fit", "calibration/profiles/a100-80gb", "--out", str(tmp_path / "f.yaml"), "--plot",
+                  str(tmp_path / "chart.pdf"))  # a chart is .html, .png or .svg, said before any fitting
+    assert out.returncode == 2 and ".html, .png, .svg" in out.stderr and not (tmp_path / "f.yaml").exists()
 
 
 # -- validation commands -------------------------------------------------------------------------------------
@@ -374,6 +378,9 @@ def test_e2e_replay_of_a_real_vllm_run(tmp_path):
     assert report["tpot_s_mean_rel_error"] < 0.10 and report["e2e_s_mean_rel_error"] < 0.10
     table = pd.read_csv(tmp_path / "v" / "per_request.csv")
     assert len(table) == 300 and table.e2e_s_sim.notna().all()
+    chart = (tmp_path / "v" / "chart.html").read_text()  # self-contained: tests/test_charts.py renders such files
+    assert "vegaEmbed(" in chart and not re.search(r"<script[^>]*src=[\"']?https?:", chart)
+    assert "chart.html" in out.stdout
 
 
 @needs_shared
@@ -436,15 +443,15 @@ def test_compute_scale_slows_compute_bound_steps_only(tmp_path):
 
 @needs_shared
 def test_overhead_and_compute_scale_are_recovered_from_a_real_run():
-    """The two numbers kernel profiles cannot see, fitted on the H100 llama2-7b run (bisection, fewer steps than
+    """The two numbers kernel profiles cannot see, fitted on the H100 llama2-7b run (root finding, coarser than
     the shipped fit used): close to the shipped values, and the fitted overhead brings mean TPOT to the real one."""
     from simserve.calibration import fit_compute_scale, fit_step_overhead, validate_experiment
 
     exp = E2E / "h100-llama2-7b-tp1-mixed"
     fit = str(shipped_fits()["h100-sxm"])
-    scale = fit_compute_scale(exp, fit, 0.00076, iterations=6)
+    scale = fit_compute_scale(exp, fit, 0.00076, xtol=0.01)
     assert scale is not None and 1.0 < scale < 1.2
-    overhead = fit_step_overhead(exp, fit, iterations=8)
+    overhead = fit_step_overhead(exp, fit, xtol_s=4e-5)
     assert 0.0005 < overhead < 0.001
     report, _, _ = validate_experiment(exp, "calibrated", overhead)
     assert report["tpot_s_mean_rel_error"] < 0.01

@@ -15,7 +15,7 @@ from simserve import load_scenario, run
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SCENARIOS = ["quickstart", "reasoning-mix", "deepseek-r1-production", "mixed-a100-h100", "disaggregated",
-             "mooncake-replay"]
+             "mooncake-replay", "azure-replay"]
 VOLATILE = {"wall_time_s"}
 
 

@@ -144,9 +144,26 @@ def test_metadata(profile_dir: Path) -> None:
 
 
 def test_simserve_loads_the_profile(profile_dir: Path) -> None:
-    from simserve.calibration import load_profile
+    """simserve reads back every table the harness wrote, row for row and value for value, and its metadata."""
+    from simserve.calibration import SCHEMA, load_profile
 
-    load_profile(profile_dir)
+    profile = load_profile(profile_dir)
+    assert set(profile.tables) == {name.removesuffix(".csv") for name in COLUMNS}
+    assert profile.skipped_rows == dict.fromkeys(profile.tables, 0)  # no oom rows on the CPU
+    for name in profile.tables:
+        _, rows = read_rows(profile_dir / f"{name}.csv")
+        table = profile[name]
+        assert len(table) == len(rows), name
+        assert table["latency_s"].tolist() == [float(r["latency_s"]) for r in rows], name
+        for col in COLUMNS[f"{name}.csv"][:-2]:  # the shape columns, in the file's order
+            if col in ("op", *COLUMNS["steps.csv"][:3]):  # names and per-sequence lists stay text
+                assert table[col].tolist() == [r[col] for r in rows], (name, col)
+            else:
+                assert table[col].tolist() == [float(r[col]) for r in rows], (name, col)
+    meta = yaml.safe_load((profile_dir / "metadata.yaml").read_text())
+    assert profile.metadata.schema_ == SCHEMA and profile.metadata.source["kind"] == "harness"
+    assert profile.metadata.gpu.memory_bytes == meta["gpu"]["memory_bytes"] > 0
+    assert profile.metadata.model == meta["model"] and profile.metadata.dtype == "float32"
 
 
 def test_the_profile_fits_and_the_fit_drives_a_scenario(profile_dir: Path, tmp_path: Path) -> None:

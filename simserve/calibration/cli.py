@@ -53,7 +53,30 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_chart(fit: Fit, profile: Profile, path: Path) -> Path | None:
+CHART_SUFFIXES = (".html", ".png", ".svg")
+
+
+def save_chart(chart: Any, path: Path) -> Path | None:
+    """Write an Altair chart that renders offline: as HTML with the Vega, Vega-Lite and vega-embed libraries inlined
+    (altair's default HTML loads them from a CDN, and a chart opened without network shows nothing), or as a PNG or
+    SVG image when the path ends so. vl-convert (the vl-convert-python package) bundles the libraries and renders
+    the images; without it, or without a chart, nothing is written and the result is None."""
+    if chart is None:
+        return None
+    try:
+        import vl_convert  # noqa: F401  (altair's inline and image saving call it)
+    except ImportError:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".html":
+        chart.save(str(path), format="html", inline=True)
+    else:
+        chart.save(str(path))
+    return path
+
+
+def fit_chart(fit: Fit, profile: Profile) -> Any:
+    """Predicted vs measured latency per row (up to 1,500 rows per table), an Altair chart; None without altair."""
     try:
         import altair as alt
     except ImportError:
@@ -72,12 +95,10 @@ def _fit_chart(fit: Fit, profile: Profile, path: Path) -> Path | None:
         pred = fit.tables[name].predict_s(columns_of(sub), fit.gpu)
         frames.append(pd.DataFrame({"table": name, "measured_s": sub.latency_s, "predicted_s": pred}))
     data = pd.concat(frames, ignore_index=True)
-    chart = alt.Chart(data).mark_circle(size=10, opacity=0.5).encode(
+    return alt.Chart(data).mark_circle(size=10, opacity=0.5).encode(
         x=alt.X("measured_s:Q", scale=alt.Scale(type="log")), y=alt.Y("predicted_s:Q", scale=alt.Scale(type="log")),
         color="table:N", tooltip=["table", "measured_s", "predicted_s"]).properties(
         width=420, height=420, title=f"predicted vs measured ({fit.gpu.name}; up to 1,500 rows per table)")
-    chart.save(str(path))
-    return path
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -87,6 +108,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     out = outside_package(Path(args.out), "--out")
     plot = outside_package(Path(args.plot) if args.plot else out.with_suffix(".html"), "--plot")
+    if plot.suffix.lower() not in CHART_SUFFIXES:
+        raise OutputError(f"--plot {plot}: a chart is written as {', '.join(CHART_SUFFIXES)}; name the file so")
     profile = load_profile(args.profile)
     fit = fit_profile(profile, heldout_fraction=args.heldout, seed=args.seed, residual=not args.no_residual)
     if args.step_overhead_s is not None:
@@ -116,9 +139,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         held["overall (op tables)"] = fit.source["heldout_overall"]
     print(f"held-out error ({args.heldout:.0%} of rows, fit on the rest):")
     print(_error_table(held))
-    chart = _fit_chart(fit, profile, plot)
-    if chart:
-        print(f"  plot: {chart}")
+    written = save_chart(fit_chart(fit, profile), plot)
+    if written:
+        print(f"  plot: {written}")
     return 0
 
 
@@ -153,9 +176,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "validation.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
     table.to_csv(out / "per_request.csv", index=False)
-    chart = comparison_chart(table, f"{report['experiment']}: simulated vs measured ({args.perf})")
-    if chart is not None:
-        chart.save(str(out / "chart.html"))
+    chart = save_chart(comparison_chart(table, f"{report['experiment']}: simulated vs measured ({args.perf})"),
+                       out / "chart.html")
     print(f"{report['experiment']} ({args.perf}): {report['num_requests_real']} requests replayed, "
           f"{report['num_completed_sim']} completed in simulation")
     print(f"  {'metric':<8}{'stat':<6}{'real':>11}{'sim':>11}{'error':>8}")
@@ -189,7 +211,8 @@ def add_commands(sub: Any) -> None:
                    help="fit the per-step overhead (mean TPOT) and the sustained FLOPs factor (in-engine prefill "
                    "times) on one real run (e2e-ground-truth layout)")
     f.add_argument("--compute-scale", type=float, help="sustained-load factor on FLOPs terms to store in the fit")
-    f.add_argument("--plot", help="predicted-vs-measured chart (HTML; default next to --out)")
+    f.add_argument("--plot", help="predicted-vs-measured chart (.html, self-contained, or .png / .svg; default next to "
+                   "--out)")
     f.set_defaults(func=_cmd_fit)
     v = csub.add_parser("validate", help="predict every row of a profile folder with a fit")
     v.add_argument("fit", help="fit file")

@@ -1,14 +1,16 @@
 """Fitting: measured profile tables -> the per-operation latency models of simserve.perf.fits (relative-weighted
 NNLS on each table's roofline features, then the log-residual grid), held-out and per-table errors, the step
-overhead a steps table shows, and the steps table's roofline quantities. The only module that needs scipy."""
+overhead a steps table shows, the steps table's roofline quantities, and the root finding that fits one model
+parameter to a replayed run. The only module that needs scipy."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import nnls
+from scipy.optimize import brentq, nnls
 
 from simserve.calibration.profiles import Profile, ProfileError, steps_row_batch
 from simserve.hardware import GpuDatasheet, model_from_architecture
@@ -49,6 +51,25 @@ def _fill_missing(grid: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
         weight += w
     filled = np.where(weight > 0, total / np.maximum(weight, 1e-300), 0.0)
     return np.where(np.isnan(grid), filled, grid)
+
+
+def solve_increasing(f: Callable[[float], float], target: float, lo: float, hi: float, xtol: float) -> float:
+    """x in [lo, hi] with f(x) = target, f non-decreasing (a replayed run's statistic against one model parameter),
+    to within `xtol` by Brent's method (scipy.optimize.brentq: bracketing, so it converges on a step-wise f too, in
+    fewer evaluations than bisection). The bound itself when target lies outside [f(lo), f(hi)]. Each f(x) is a
+    whole replay, so none is computed twice."""
+    seen: dict[float, float] = {}
+
+    def excess(x: float) -> float:
+        if x not in seen:
+            seen[x] = f(x) - target
+        return seen[x]
+
+    if excess(lo) >= 0:
+        return lo
+    if excess(hi) <= 0:
+        return hi
+    return float(brentq(excess, lo, hi, xtol=xtol))
 
 
 def columns_of(df: pd.DataFrame) -> Cols:

@@ -20,7 +20,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from simserve.calibration.fitting import solve_increasing
 from simserve.hardware import model_from_architecture, preset_for_name
+from simserve.metrics import ROW_GROUP_ROWS
+from simserve.metrics import _batches as metrics_batches
+from simserve.metrics import _stats as metrics_stats
 from simserve.scenario import Scenario, parse_scenario
 from simserve.sim import Results, run
 
@@ -142,20 +146,19 @@ def experiment_scenario(exp: Experiment, perf: str = "calibrated", step_overhead
     return parse_scenario(data, f"{exp.path}/experiment.json", exp.path)
 
 
-def _stats(x: np.ndarray) -> dict[str, float]:
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return dict.fromkeys(STATS, math.nan)
-    return {"mean": float(x.mean()), "p50": float(np.percentile(x, 50)), "p90": float(np.percentile(x, 90)),
-            "p99": float(np.percentile(x, 99))}
+def _stats(df: pd.DataFrame, metric: str, measured: bool = False) -> dict[str, float]:
+    """Mean and percentiles of a latency over a run's completed requests (or, `measured`, over every row of a
+    measured run, which has no status), by the helper every simulated run's summary uses (simserve.metrics)."""
+    rows = df[[metric]].assign(status="completed") if measured else df[["status", metric]]
+    out = metrics_stats(metric, metrics_batches(rows), metric, ROW_GROUP_ROWS)
+    return {st: out[f"{metric}_{st}"] for st in STATS}
 
 
 def compare(real: pd.DataFrame, sim: pd.DataFrame) -> dict[str, float]:
     """`<metric>_<stat>_real`, `_sim` and `_rel_error` (|sim - real| / real) for TTFT, TPOT and e2e."""
     out: dict[str, float] = {}
-    done = sim[sim.status == "completed"]
     for m in METRICS:
-        r, s = _stats(real[m].to_numpy(float)), _stats(done[m].to_numpy(float))
+        r, s = _stats(real, m, measured=True), _stats(sim, m)
         for st in STATS:
             out[f"{m}_{st}_real"] = r[st]
             out[f"{m}_{st}_sim"] = s[st]
@@ -195,35 +198,22 @@ def validate_experiment(path: str | Path | Experiment, perf: str = "calibrated",
     return report, per_request(exp, results), results
 
 
-def _bisect(f: Any, target: float, lo: float, hi: float, iterations: int) -> float:
-    """x in [lo, hi] with f(x) = target, f increasing."""
-    if f(lo) >= target:
-        return lo
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        if f(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
 def fit_step_overhead(path: str | Path, fit: str | None = None, lo_s: float = 0.0, hi_s: float = 0.01,
-                      iterations: int = 14, compute_scale: float | None = None) -> float:
+                      xtol_s: float = 1e-6, compute_scale: float | None = None) -> float:
     """The per-step overhead (host-side scheduling, sampling, launch gaps: what kernel profiles cannot see) that
-    makes the replay's mean TPOT equal the measured one, by bisection (mean TPOT grows with the overhead)."""
+    makes the replay's mean TPOT equal the measured one, to within `xtol_s` (mean TPOT grows with the overhead)."""
     exp = load_experiment(path)
-    target = float(exp.requests["tpot_s"].mean())
+    target = _stats(exp.requests, "tpot_s", measured=True)["mean"]
 
     def mean_tpot(overhead: float) -> float:
         scen = experiment_scenario(exp, "calibrated", overhead, fit, compute_scale)
-        return float(run(scen).requests["tpot_s"].mean())
+        return float(run(scen).summary["tpot_s_mean"])
 
-    return _bisect(mean_tpot, target, lo_s, hi_s, iterations)
+    return solve_increasing(mean_tpot, target, lo_s, hi_s, xtol_s)
 
 
 def fit_compute_scale(path: str | Path, fit: str, overhead_s: float | None = None, lo: float = 0.8,
-                      hi: float = 1.5, iterations: int = 12) -> float | None:
+                      hi: float = 1.5, xtol: float = 2e-4) -> float | None:
     """The factor on FLOPs (sustained clocks under load, framework work in large steps) that makes the median
     in-engine prefill time of requests that did not queue (`queue_s + prefill_s` in the run) equal the simulated
     time to first token; None when the run does not record prefill_s."""
@@ -240,7 +230,7 @@ def fit_compute_scale(path: str | Path, fit: str, overhead_s: float | None = Non
         _, table, _ = validate_experiment(exp, "calibrated", overhead_s, fit, scale)
         return float(np.median(table["ttft_s_sim"].to_numpy(float)[quiet] / measured[quiet]))
 
-    return _bisect(median_ratio, 1.0, lo, hi, iterations)
+    return solve_increasing(median_ratio, 1.0, lo, hi, xtol)
 
 
 
