@@ -262,13 +262,11 @@ class Replica:
         dec = self.planner.decodes
         times = self.perf.decode_run_times_s(plan.decode_context_tokens, k)
         bounds = np.cumsum(np.concatenate(([now], times)))
-        run = FastForwardRun(bounds, times, extra, k, dec.n, used)
+        run = FastForwardRun(bounds, times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done)
         self._run = run
         self._run_waiting = num_waiting
         end = env.timeout(bounds[k] - now)
         self.num_events += 1
-        for req in plan.reasoning_done:  # the run's first step, already planned
-            self._reasoning_done(req, float(bounds[1]))
         yield end | self.wake
         if end.processed:
             m = k
@@ -305,6 +303,9 @@ class Replica:
             self.kv.allocate(added - run.allocated)
             run.allocated = added
         last = StepPlan()
+        if done >= 1:  # the first step's reasoning ends, delivered at its end (not if the horizon cut it)
+            for req in run.first_reasoning_done:
+                self._reasoning_done(req, float(run.bounds[1]))
         if m - 1 >= to_reasoning_end:
             for j, tick in dec.reasoning_ended():
                 i = tick - first_tick + 1  # its step in the run, from 1
