@@ -304,8 +304,8 @@ class Replica:
             run.allocated = added
         last = StepPlan()
         if done >= 1:  # the first step's reasoning ends, delivered at its end (not if the horizon cut it)
-            for req in run.first_reasoning_done:
-                self._reasoning_done(req, float(run.bounds[1]))
+            for first in run.first_reasoning_done:
+                self._reasoning_done(first, float(run.bounds[1]))
         if m - 1 >= to_reasoning_end:
             for j, tick in dec.reasoning_ended():
                 i = tick - first_tick + 1  # its step in the run, from 1
