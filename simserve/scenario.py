@@ -170,6 +170,20 @@ class Scenario(BaseModel):
             return pool.activation_reserve_bytes
         return activation_reserve_estimate(self.model_of(pool), pool.max_num_batched_tokens)
 
+    def kv_blocks_of(self, pool: PoolSpec) -> int:
+        """KV blocks of one replica of `pool`: `num_kv_blocks`, or what its GPUs' memory leaves (vLLM's sizing)."""
+        if pool.num_kv_blocks is not None:
+            return pool.num_kv_blocks
+        return kv_capacity_blocks(self.gpu_of(pool), self.model_of(pool), pool.tensor_parallel,
+                                  pool.gpu_memory_utilization, pool.kv_block_tokens, self.reserve_bytes_of(pool),
+                                  pool.data_parallel_attention)
+
+    def max_tokens_of(self, pool: PoolSpec) -> int:
+        """The most tokens (prompt plus output) one request may reach on a replica of `pool`: its max model
+        length, or its KV capacity if smaller (a longer request is rejected on arrival)."""
+        model_len = pool.max_model_len_tokens or self.model_of(pool).max_context_tokens
+        return min(model_len, self.kv_blocks_of(pool) * pool.kv_block_tokens)
+
     def to_yaml(self) -> str:
         """The resolved scenario (defaults filled in) as YAML that loads back to an equal scenario."""
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -213,10 +213,11 @@ class WorkloadSpec(BaseModel):
 
     @property
     def expected_span_s(self) -> float:
-        """Expected time of the last arrival (for a trace: its window, or an hour if open-ended)."""
+        """Expected time of the last arrival. A trace's is its window (`end_s`) or `duration_s`; an open-ended
+        trace's is not known before it is read (math.inf: the run follows its last arrival)."""
         if self.trace is not None:
             t = self.trace
-            window = (t.end_s - t.start_s) if t.end_s is not None else 3600.0
+            window = (t.end_s - t.start_s) if t.end_s is not None else math.inf
             return min(window / t.rate_scale, self.duration_s or math.inf)
         assert self.arrival is not None
         span = math.inf if self.num_requests is None else self.num_requests * self.arrival.mean_gap_s

@@ -1,0 +1,146 @@
+"""Bad input gets one clear error and loses nothing (issue 15): `simserve check` and `simserve run` both exit 2 with
+one message naming the file, the field path or the trace line, and what was expected, never a traceback; a trace is
+replayed whole and in file order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from simserve import load_scenario, run
+from simserve.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
+REPRO = ROOT.parent / "shared" / "repro"
+LINEAR = {"kind": "linear", "step_overhead_s": 0.01}
+
+
+def repro(name: str) -> Path:
+    path = REPRO / name
+    if not path.is_file():
+        pytest.skip(f"repro not found: {path}")
+    return path
+
+
+def trace_scenario(tmp_path: Path, fmt: str, text: str, **trace: Any) -> Path:
+    """A one-replica scenario replaying `text` as a trace file next to it."""
+    name = "trace.jsonl" if fmt == "mooncake" else "trace.csv"
+    (tmp_path / name).write_text(text)
+    data = {"name": "t", "model": "llama-3.1-8b", "perf": LINEAR,
+            "cluster": {"pools": [{"gpu": "h100-sxm", "max_num_seqs": 8}]},
+            "workload": {"trace": {"format": fmt, "path": name, **trace}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`simserve ARGS` in this process: (exit code, stdout, stderr). An exception escaping would fail the test."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_bad_input(code: int, out: str, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert out == "" and err.startswith("error: ") and err.count("error: ") == 1
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+# ----------------------------------------------------------------------------------------------- traces
+
+
+def test_a_trace_longer_than_the_old_default_horizon_is_replayed_whole(tmp_path):
+    # Three requests over 10,000 s: the default horizon used to assume an hour of trace (7,200 s) and cut it.
+    sc = load_scenario(trace_scenario(tmp_path, "requests", "arrival_s,input_tokens,output_tokens\n"
+                                      "0,10,2\n5000,10,2\n10000,10,2\n"))
+    s = run(sc).summary
+    assert (s["num_completed"], s["num_not_arrived"], s["stopped_at_horizon"]) == (3, 0, False)
+    assert s["horizon_s"] == 20000.0  # max(2 x span, span + 1 h) of the real span
+
+
+def test_an_open_ended_trace_that_overloads_stops_after_its_last_arrival(tmp_path):
+    # Two very long requests at 0 s and 8,000 s with 1 s steps: nothing finishes; both arrive before the horizon
+    # (max(2 x 8,000, 8,000 + 3,600) = 16,000 s) and the run says it stopped there.
+    path = trace_scenario(tmp_path, "requests", "arrival_s,input_tokens,output_tokens\n0,10,50000\n8000,10,50000\n")
+    sc = load_scenario(path, ["perf={kind: linear, step_overhead_s: 1.0}"])
+    s = run(sc).summary
+    assert (s["num_unfinished"], s["num_not_arrived"], s["stopped_at_horizon"]) == (2, 0, True)
+    assert s["makespan_s"] == s["horizon_s"] == 16000.0
+
+
+def test_repro_long_trace_runs_whole(tmp_path, capsys):
+    code, out, err = cli(capsys, "run", str(repro("sc_long_trace.yaml")), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert "1,000 arrived, 1,000 completed" in out and "STOPPED AT THE HORIZON" not in out
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["num_not_arrived"] == 0
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_repro_unsorted_trace_is_an_error(tmp_path, capsys, command):
+    out_dir = tmp_path / "out"
+    args = ["--out", str(out_dir)] if command == "run" else []
+    code, out, err = cli(capsys, command, str(repro("unsorted_trace.yaml")), *args)
+    assert_bad_input(code, out, err, "unsorted_trace.yaml", "workload.trace.path", "unsorted.jsonl: line 3: "
+                     "timestamp: 5000 is earlier than line 2's 10000", "must not decrease")
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_repro_truncated_mooncake_line_is_an_error_before_the_run(tmp_path, capsys, command):
+    out_dir = tmp_path / "out"
+    args = ["--out", str(out_dir)] if command == "run" else []
+    code, out, err = cli(capsys, command, str(repro("sc_mc_truncated.yaml")), *args)
+    assert_bad_input(code, out, err, "sc_mc_truncated.yaml", "mc_truncated.jsonl: line 601: not valid JSON")
+    assert not out_dir.exists()  # found before the run: nothing written
+
+
+BAD_TRACES = [
+    ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,10,3\n2023-11-16 18:15:47,-1,3\n",
+     "line 3: ContextTokens: expected a whole number of tokens >= 0, got -1"),
+    ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,10,\n",
+     "line 2: GeneratedTokens: expected a whole number of tokens >= 0, got an empty field"),
+    ("azure", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,10,3\n2023-11-16 18:15:40,1,3\n",
+     "line 3: TIMESTAMP: 2023-11-16 18:15:40 is earlier than line 2's"),
+    ("requests", "arrival_s,input_tokens,output_tokens\n0,1,1\n2,1,1\n1,1,1\n", "line 4: arrival_s: 1 is earlier"),
+    ("requests", "arrival_s,input_tokens\n0,1\n", "line 1: not a requests CSV: missing column(s) output_tokens"),
+    ("requests", "arrival_s,input_tokens,output_tokens,prefix_block_hashes\n0,1,1,4 x\n",
+     "line 2: prefix_block_hashes: expected space-separated integers, got '4 x'"),
+    ("mooncake", '{"timestamp": 0, "input_length": "ten", "output_length": 3}\n',
+     "line 1: input_length: expected a whole number of tokens >= 0, got 'ten'"),
+]
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+@pytest.mark.parametrize("fmt, text, needle", BAD_TRACES, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_TRACES)])
+def test_a_bad_trace_row_is_one_clean_error_in_check_and_run(tmp_path, capsys, command, fmt, text, needle):
+    path = trace_scenario(tmp_path, fmt, text)
+    out_dir = tmp_path / "out"
+    args = ["--out", str(out_dir)] if command == "run" else []
+    code, out, err = cli(capsys, command, str(path), *args)
+    trace = "trace.jsonl" if fmt == "mooncake" else "trace.csv"
+    assert_bad_input(code, out, err, f"{path}: workload.trace.path: {tmp_path / trace}: ", needle)
+    assert not out_dir.exists()
+
+
+def test_check_reads_the_whole_trace_and_says_so(tmp_path, capsys):
+    path = trace_scenario(tmp_path, "requests", "arrival_s,input_tokens,output_tokens\n0,1,1\n9000,1,1\n")
+    code, out, err = cli(capsys, "check", str(path))
+    assert code == 0, err
+    assert out.startswith(f"{path}: ok (t)") and "2 requests, each row checked, arriving over 9,000.0 s" in out
+
+
+def test_repro_truncated_trace_run_as_a_subprocess_has_no_traceback(tmp_path):
+    path = repro("sc_mc_truncated.yaml")
+    proc = subprocess.run([sys.executable, "-m", "simserve.cli", "run", str(path), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "line 601" in proc.stderr
