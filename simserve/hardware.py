@@ -17,7 +17,7 @@ GIB = 1024**3
 class GpuSpec(BaseModel):
     """One GPU: memory, bandwidth, dense BF16 peak, interconnect and price."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = "custom"
     memory_bytes: float = Field(gt=0, description="HBM capacity in bytes")
@@ -56,7 +56,7 @@ class MoeSpec(BaseModel):
     """Mixture of experts: each token's FFN runs on `experts_per_token` of `num_experts` routed experts (plus any
     shared experts); the first `num_dense_layers` layers keep a dense FFN of the model's intermediate_size."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     num_experts: int = Field(gt=0)
     experts_per_token: int = Field(gt=0)
     expert_intermediate_size: int = Field(gt=0)
@@ -68,7 +68,7 @@ class MlaSpec(BaseModel):
     """Multi-head latent attention (DeepSeek-V2/V3/R1): K and V are cached as one compressed latent of
     kv_lora_rank values plus a shared rotary key of qk_rope_head_dim values, per token and layer."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     kv_lora_rank: int = Field(default=512, gt=0)
     qk_rope_head_dim: int = Field(default=64, gt=0)
     qk_nope_head_dim: int = Field(default=128, gt=0)
@@ -79,7 +79,7 @@ class MlaSpec(BaseModel):
 class ModelSpec(BaseModel):
     """A decoder-only transformer's size and attention shape (what step time and KV memory follow from)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = "custom"
     num_params: float = Field(gt=0, description="total parameters")
@@ -271,10 +271,23 @@ def kv_capacity_blocks(
     block_tokens x kv_bytes_per_token (times kv_replication when KV cannot be split). May be <= 0: the caller
     reports that the model does not fit.
     """
+    free = kv_memory_bytes(gpu, model, tensor_parallel, gpu_memory_utilization, activation_reserve_bytes)
+    return math.floor(free / kv_block_bytes(model, kv_block_tokens, tensor_parallel, data_parallel_attention))
+
+
+def kv_memory_bytes(gpu: GpuSpec, model: ModelSpec, tensor_parallel: int, gpu_memory_utilization: float,
+                    activation_reserve_bytes: float) -> float:
+    """Bytes a replica's GPUs leave for the KV cache: memory x utilisation x GPUs - weights - activation reserve x
+    GPUs. May be <= 0: the weights do not fit."""
     usable = tensor_parallel * (gpu.memory_bytes * gpu_memory_utilization - activation_reserve_bytes)
-    free = usable - model.weight_bytes
-    replication = kv_replication(model, tensor_parallel, data_parallel_attention)
-    return math.floor(free / (kv_block_tokens * model.kv_bytes_per_token * replication))
+    return usable - model.weight_bytes
+
+
+def kv_block_bytes(model: ModelSpec, kv_block_tokens: int, tensor_parallel: int,
+                   data_parallel_attention: bool = False) -> float:
+    """Bytes one KV block takes over a replica's GPUs (block_tokens x KV bytes per token x kv_replication)."""
+    return kv_block_tokens * model.kv_bytes_per_token * kv_replication(model, tensor_parallel,
+                                                                      data_parallel_attention)
 
 
 def activation_reserve_estimate(model: ModelSpec, max_num_batched_tokens: int) -> float:

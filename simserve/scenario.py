@@ -3,20 +3,30 @@ file, the field path and what was expected (ScenarioError)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from simserve.hardware import GPUS, MODELS, GpuSpec, ModelSpec, activation_reserve_estimate, kv_capacity_blocks
+from simserve.hardware import (
+    GPUS,
+    MODELS,
+    GpuSpec,
+    ModelSpec,
+    activation_reserve_estimate,
+    kv_block_bytes,
+    kv_capacity_blocks,
+    kv_memory_bytes,
+)
 from simserve.perf import CalibratedPerfSpec, FitError, PerfSpec, RooflinePerfSpec
 from simserve.request import BUILTIN_PREFIX
 from simserve.routing import ByQueryTypeRouterSpec, RouterSpec, SimpleRouterSpec
 from simserve.schedulers import FcfsSchedulerSpec, SchedulerSpec
 from simserve.workload import WorkloadSpec, load_empirical, resolve_path
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ScenarioError(Exception):
@@ -307,23 +317,61 @@ def _check_buildable(scenario: Scenario, source: str) -> None:
             except FitError as exc:
                 raise ScenarioError(f"{source}: {field}: {exc}") from None
     for i, pool in enumerate(scenario.cluster.pools):
+        where = f"{source}: cluster.pools.{i}"
+        _check_parallel(pool, scenario.model_of(pool), where)
         model_len = pool.max_model_len_tokens or scenario.model_of(pool).max_context_tokens
         if not pool.chunked_prefill and pool.max_num_batched_tokens < model_len:
             raise ScenarioError(
-                f"{source}: cluster.pools.{i}.max_num_batched_tokens: with chunked_prefill off it must be >= the "
-                f"max model length ({model_len} tokens; set max_model_len_tokens lower or raise it), as vLLM "
-                "requires")
-        if pool.num_kv_blocks is not None:
-            continue
-        gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
-        blocks = kv_capacity_blocks(gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization,
-                                    pool.kv_block_tokens, scenario.reserve_bytes_of(pool),
-                                    pool.data_parallel_attention)
-        if blocks <= 0:
-            raise ScenarioError(
-                f"{source}: cluster.pools.{i}: model {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) "
-                f"leaves no KV memory on {pool.tensor_parallel} x {gpu.name} at gpu_memory_utilization "
-                f"{pool.gpu_memory_utilization}; raise tensor_parallel or use a larger GPU")
+                f"{where}.max_num_batched_tokens: with chunked_prefill off it must be >= the max model length "
+                f"({model_len} tokens; set max_model_len_tokens lower or raise it), as vLLM requires")
+        _check_memory(scenario, pool, where)
+
+
+def _check_parallel(pool: PoolSpec, model: ModelSpec, where: str) -> None:
+    """vLLM's tensor-parallel rules: the GPUs split the attention heads evenly, and split the KV heads evenly or,
+    when there are more GPUs than KV heads, replicate each on an equal share of them (QKVParallelLinear). MLA has
+    one latent, not KV heads; data-parallel attention splits sequences, not heads."""
+    tp = pool.tensor_parallel
+    if tp == 1 or pool.data_parallel_attention:
+        return
+    heads, kv = model.num_attention_heads, model.num_kv_heads
+
+    def fits(n: int) -> bool:
+        return heads % n == 0 and (model.mla is not None or kv % n == 0 or n % kv == 0)
+
+    valid = ", ".join(str(n) for n in range(1, min(heads, 64) + 1) if fits(n))
+    if heads % tp:
+        raise ScenarioError(f"{where}.tensor_parallel: {tp} does not divide the {heads} attention heads of "
+                            f"{model.name}, as vLLM requires (valid: {valid})")
+    if not fits(tp):
+        raise ScenarioError(f"{where}.tensor_parallel: {tp} and the {kv} KV heads of {model.name}: one must divide "
+                            f"the other, as vLLM requires (it splits the KV heads over the GPUs, or replicates each "
+                            f"on an equal share of them; valid: {valid})")
+
+
+def _check_memory(scenario: Scenario, pool: PoolSpec, where: str) -> None:
+    """The weights fit on the replica's GPUs, and its KV blocks (derived, or `num_kv_blocks` set by hand) in what the
+    weights leave. A hand-set count is held to the memory the weights leave, less `activation_reserve_bytes` only if
+    that is given too (the estimated reserve is conservative: real vLLM servers hold up to 3% more blocks)."""
+    gpu, model, tp = scenario.gpu_of(pool), scenario.model_of(pool), pool.tensor_parallel
+    on = f"{tp} x {gpu.name} at gpu_memory_utilization {pool.gpu_memory_utilization}"
+    hand_set = pool.num_kv_blocks is not None
+    reserve = (pool.activation_reserve_bytes or 0.0) if hand_set else scenario.reserve_bytes_of(pool)
+    free = kv_memory_bytes(gpu, model, tp, pool.gpu_memory_utilization, reserve)
+    if free <= 0:
+        raise ScenarioError(
+            f"{where}: model {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no KV memory on {on}"
+            f"{', num_kv_blocks or not' if hand_set else ''}; raise tensor_parallel or use a larger GPU")
+    block = kv_block_bytes(model, pool.kv_block_tokens, tp, pool.data_parallel_attention)
+    room = math.floor(free / block)
+    left = (f"the {free / 1e9:.2f} GB the weights {'' if hand_set else 'and activations '}leave on {on}")
+    if room <= 0:
+        raise ScenarioError(f"{where}.kv_block_tokens: a block of {pool.kv_block_tokens:,} tokens takes "
+                            f"{block / 1e9:.2f} GB of KV, more than {left}: not one block fits (vLLM uses 16)")
+    if hand_set and pool.num_kv_blocks is not None and pool.num_kv_blocks > room:
+        raise ScenarioError(f"{where}.num_kv_blocks: {pool.num_kv_blocks:,} blocks of {pool.kv_block_tokens} tokens "
+                            f"take {pool.num_kv_blocks * block / 1e9:.2f} GB of KV, more than {left} (at most "
+                            f"{room:,} blocks)")
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simserve.request import Request
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Scheduler(Protocol):

@@ -144,3 +144,56 @@ def test_repro_truncated_trace_run_as_a_subprocess_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "simserve.cli", "run", str(path), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "line 601" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------- configurations
+
+
+# (overrides on the quickstart, what the one error line says): vLLM refuses these configurations.
+REFUSED = [
+    (["cluster.pools.0.tensor_parallel=3"], "cluster.pools.0.tensor_parallel: 3 does not divide the 32 attention "
+     "heads of llama-3.1-8b, as vLLM requires (valid: 1, 2, 4, 8, 16, 32)"),
+    (["model=r1-distill-qwen-7b", "cluster.pools.0.tensor_parallel=7"], "cluster.pools.0.tensor_parallel: 7 and the "
+     "4 KV heads of r1-distill-qwen-7b: one must divide the other"),
+    (["cluster.pools.0.chunked_prefill=false"], "cluster.pools.0.max_num_batched_tokens: with chunked_prefill off it "
+     "must be >= the max model length (131072 tokens"),
+    (["workload.arrival.rate_per_s=.inf"], "workload.arrival.rate_per_s: Input should be a finite number"),
+    (["workload.arrival.rate_per_s=.nan"], "workload.arrival.rate_per_s: Input should be a finite number"),
+    (["slo.ttft_s=.inf"], "slo.ttft_s: Input should be a finite number"),
+    (["workload.mix.0.prompt_tokens.mean=.inf"], "workload.mix.0.prompt_tokens.mean: Input should be a finite"),
+    (["engine.horizon_s=.inf"], "engine.horizon_s: Input should be a finite number"),
+    (["cluster.pools.0.gpu_memory_utilization=.nan"], "cluster.pools.0.gpu_memory_utilization: Input should be a "
+     "finite number"),
+    (["cluster.pools.0.kv_block_tokens=10000000"], "cluster.pools.0.kv_block_tokens: a block of 10,000,000 tokens "
+     "takes 1310.72 GB of KV, more than the 59.10 GB the weights and activations leave on 1 x h100-sxm"),
+    (["model=llama-3.1-70b", "cluster.pools.0.gpu=a100-80gb", "cluster.pools.0.num_kv_blocks=2000"],
+     "cluster.pools.0: model llama-3.1-70b (141.2 GB of weights) leaves no KV memory on 1 x a100-80gb at "
+     "gpu_memory_utilization 0.9, num_kv_blocks or not"),
+    (["cluster.pools.0.num_kv_blocks=200000"], "cluster.pools.0.num_kv_blocks: 200,000 blocks of 16 tokens take "
+     "419.43 GB of KV, more than the 61.25 GB the weights leave on 1 x h100-sxm at gpu_memory_utilization 0.9 (at "
+     "most 29,205 blocks)"),
+]
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+@pytest.mark.parametrize("overrides, needle", REFUSED, ids=[r[0][-1] for r in REFUSED])
+def test_a_configuration_vllm_refuses_is_refused(tmp_path, capsys, command, overrides, needle):
+    sets = [a for o in overrides for a in ("--set", o)]
+    out_dir = tmp_path / "out"
+    args = ["--out", str(out_dir)] if command == "run" else []
+    code, out, err = cli(capsys, command, str(QUICKSTART), *sets, *args)
+    assert_bad_input(code, out, err, f"{QUICKSTART}: ", needle)
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["cluster.pools.0.tensor_parallel=16"],  # 8 KV heads, each replicated on 2 of the 16 GPUs: vLLM allows it
+    ["model=qwen3-235b-a22b", "cluster.pools.0.gpu=h200", "cluster.pools.0.tensor_parallel=8"],  # 4 KV heads
+    ["model=deepseek-r1", "cluster.pools.0.gpu=h200", "cluster.pools.0.tensor_parallel=8"],  # MLA: 128 heads
+    ["model=gpt-oss-120b", "cluster.pools.0.tensor_parallel=4"],
+    # A hand-set count above simserve's estimate (28,181) but within what the weights leave: real servers hold
+    # up to 3% more blocks than the estimate, so it is not refused.
+    ["cluster.pools.0.num_kv_blocks=29000"],
+])
+def test_configurations_vllm_accepts_load(overrides):
+    load_scenario(QUICKSTART, overrides)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from simserve.hardware import ModelSpec
 from simserve.perf.base import Batch, PerfContext
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:

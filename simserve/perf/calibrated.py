@@ -32,7 +32,7 @@ from simserve.perf.analytic import causal_pairs
 from simserve.perf.base import Batch, PerfContext
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features, fit_for_gpu, load_fit_cached
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class CalibratedPerfSpec(BaseModel):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.request import BUILTIN_PREFIX
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _norm_cdf(z: float) -> float:
@@ -72,7 +72,7 @@ class Uniform(BaseModel):
 class Lognormal(BaseModel):
     """Lognormal given by its mean and coefficient of variation, optionally capped at `max` (a token budget)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
     dist: Literal["lognormal"] = "lognormal"
     mean_value: float = Field(gt=0, alias="mean")
     cv: float = Field(gt=0)
