@@ -33,6 +33,15 @@ class ScenarioError(Exception):
     """A scenario that cannot be used; the message is meant for the user as it is."""
 
 
+class FieldError(ValueError):
+    """A check of a whole section that blames one field of it: `loc` (keys and indices below the section) is added
+    to the section's path in the message, so the error names the field where it was written."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class PoolSpec(BaseModel):
     """A pool of identical replicas: `replicas` copies of the model, each on `tensor_parallel` GPUs."""
 
@@ -75,13 +84,18 @@ class PoolSpec(BaseModel):
     @model_validator(mode="after")
     def _limits(self) -> PoolSpec:
         if self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
+            raise FieldError(("max_num_batched_tokens",), f"max_num_batched_tokens ({self.max_num_batched_tokens}) "
+                             f"must be >= max_num_seqs "
                              f"({self.max_num_seqs}), as vLLM requires")
         if isinstance(self.gpu, str) and self.gpu not in GPUS:
-            raise ValueError(f"unknown gpu {self.gpu!r}; presets: {', '.join(GPUS)} (or an inline spec)")
+            raise FieldError(("gpu",), f"unknown gpu {self.gpu!r}; presets: {', '.join(GPUS)} (or an inline spec)")
         if isinstance(self.model, str) and self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; presets: {', '.join(MODELS)} (or an inline spec)")
+            raise FieldError(("model",), _unknown_model(self.model))
         return self
+
+
+def _unknown_model(name: str) -> str:
+    return f"unknown model {name!r}; presets: {', '.join(MODELS)} (or an inline spec)"
 
 
 class KvTransferSpec(BaseModel):
@@ -102,7 +116,8 @@ class ClusterSpec(BaseModel):
     def _unique(self) -> ClusterSpec:
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
-            raise ValueError(f"pool names must be unique, got {names}")
+            dup = next(i for i, n in enumerate(names) if n in names[:i])
+            raise FieldError(("pools", dup, "name"), f"pool names must be unique, got {names}")
         roles = {p.role for p in self.pools}
         if ("prefill" in roles) != ("decode" in roles):
             raise ValueError("a pool with role 'prefill' needs a pool with role 'decode', and the other way round")
@@ -155,12 +170,14 @@ class Scenario(BaseModel):
     @model_validator(mode="after")
     def _known(self) -> Scenario:
         if isinstance(self.model, str) and self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; presets: {', '.join(MODELS)} (or an inline spec)")
+            raise FieldError(("model",), _unknown_model(self.model))
         if isinstance(self.router, ByQueryTypeRouterSpec):
             pools = {p.name for p in self.cluster.pools}
-            for target in [*self.router.table.values(), self.router.default]:
+            targets: list[tuple[tuple[str | int, ...], str | None]] = [
+                (("router", "table", q), pool) for q, pool in self.router.table.items()]
+            for loc, target in [*targets, (("router", "default"), self.router.default)]:
                 if target is not None and target not in pools:
-                    raise ValueError(f"router: pool {target!r} is not in cluster.pools ({', '.join(sorted(pools))})")
+                    raise FieldError(loc, f"pool {target!r} is not in cluster.pools ({', '.join(sorted(pools))})")
         return self
 
     @property
@@ -216,28 +233,40 @@ def _is_relative_file(key: str, value: Any) -> bool:
             and not value.startswith(BUILTIN_PREFIX) and not Path(value).is_absolute())
 
 
-def _yaml_path(loc: tuple[Any, ...], data: Any) -> str:
+def _yaml_path(loc: tuple[Any, ...], data: Any) -> tuple[str, bool]:
     """The error location as the user wrote it: pydantic adds union members (a `kind` tag such as 'roofline',
-    or a type name such as 'GpuSpec') to locations; keep only the segments that index into the input."""
+    or a type name such as 'GpuSpec') to locations; keep only the segments that index into the input. Also says
+    whether a union member was dropped (the error is about one member of a union)."""
     parts: list[str] = []
     node = data
+    member = False
     for i, seg in enumerate(loc):
         last = i == len(loc) - 1
         if isinstance(node, dict) and seg in node:
             node = node[seg]
         elif isinstance(node, list) and isinstance(seg, int) and 0 <= seg < len(node):
             node = node[seg]
-        elif not (last and isinstance(node, dict)):
+        elif not (last and isinstance(node, dict) and not _is_member(seg)):
+            member = True
             continue  # a union member, not part of the input
         parts.append(str(seg))
-    return ".".join(parts) or "(top level)"
+    return ".".join(parts) or "(top level)", member
+
+
+def _is_member(seg: Any) -> bool:
+    """A location segment pydantic adds for a union member of a plain type ('str', 'int', ...)."""
+    return seg in ("str", "int", "float", "bool", "none", "list[str]", "dict[str,str]")
 
 
 def _format_errors(source: str, err: ValidationError, data: Any) -> str:
-    by_path: dict[str, list[str]] = {}
+    found: list[tuple[str, bool, str, str]] = []  # (path, about a union member, error type, message)
     for e in err.errors():
-        path = _yaml_path(tuple(e["loc"]), data)
-        msg = e["msg"].removeprefix("Value error, ")
+        loc = tuple(e["loc"])
+        exc = e.get("ctx", {}).get("error")
+        if isinstance(exc, FieldError):
+            loc = loc + exc.loc
+        path, member = _yaml_path(loc, data)
+        msg = str(exc) if isinstance(exc, FieldError) else e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not a field of this section)"
         elif e["type"] == "missing":
@@ -246,6 +275,14 @@ def _format_errors(source: str, err: ValidationError, data: Any) -> str:
             ctx = e.get("ctx", {})
             got = f", got {ctx['tag']!r}" if "tag" in ctx else ""
             msg = f"expected {ctx.get('discriminator', 'a tag')} to be one of {ctx.get('expected_tags', '?')}{got}"
+        found.append((path, member, e["type"], msg))
+    by_path: dict[str, list[str]] = {}
+    for path, member, kind, msg in found:
+        # A union member the input is not (`gpu: {...}` is not a preset name): its type error is noise when
+        # another member says what is wrong inside the input.
+        if member and kind.endswith("_type") and any(
+                p.startswith(path + ".") or (p == path and not k.endswith("_type")) for p, _, k, _ in found):
+            continue
         if msg not in by_path.setdefault(path, []):
             by_path[path].append(msg)
     n = len(by_path)

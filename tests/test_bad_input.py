@@ -197,3 +197,29 @@ def test_a_configuration_vllm_refuses_is_refused(tmp_path, capsys, command, over
 ])
 def test_configurations_vllm_accepts_load(overrides):
     load_scenario(QUICKSTART, overrides)
+
+
+# ----------------------------------------------------------------------------------------------- exact paths
+
+
+EXACT_PATHS = [
+    ("model=gpt-5", "  model: unknown model 'gpt-5'; presets: llama-3.1-8b"),
+    ("cluster.pools.0.gpu=h100", "  cluster.pools.0.gpu: unknown gpu 'h100'; presets: a100-80gb, h100-sxm"),
+    ("cluster.pools.0.model=gpt-5", "  cluster.pools.0.model: unknown model 'gpt-5'"),
+    ("router={kind: by_query_type, table: {math_word: nope}}",
+     "  router.table.math_word: pool 'nope' is not in cluster.pools (main)"),
+    ("router={kind: by_query_type, table: {math_word: main}, default: gone}", "  router.default: pool 'gone' is not"),
+    ("cluster.pools.0.gpu={name: x}", "  cluster.pools.0.gpu.memory_bytes: required field is missing"),
+    ("model={name: x, num_params: .inf}", "  model.num_params: Input should be a finite number"),
+    ("cluster.pools=[{name: a}, {name: a}]", "  cluster.pools.1.name: pool names must be unique"),
+    ("cluster.pools.0.max_num_batched_tokens=100", "  cluster.pools.0.max_num_batched_tokens: max_num_batched_tokens "
+     "(100) must be >= max_num_seqs (256)"),
+]
+
+
+@pytest.mark.parametrize("override, line", EXACT_PATHS, ids=[p[0].split("=")[0] for p in EXACT_PATHS])
+def test_errors_name_the_field_where_it_was_written(capsys, override, line):
+    code, out, err = cli(capsys, "check", str(QUICKSTART), "--set", override)
+    assert_bad_input(code, out, err, f"{QUICKSTART}: invalid scenario", "\n" + line)
+    for stray in ("(top level)", ".str:", "GpuSpec", "ModelSpec"):
+        assert stray not in err
