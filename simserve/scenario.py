@@ -147,7 +147,9 @@ class Scenario(BaseModel):
     name: str = "scenario"
     description: str = ""
     seed: int = Field(default=0, ge=0)
-    model: str | ModelSpec = "llama-3.1-8b"
+    model: str | ModelSpec | None = Field(
+        default=None, description="the model the pools serve: a preset name or an inline spec; required unless "
+        "every pool names its own (cluster.pools.N.model)")
     cluster: ClusterSpec
     perf: PerfSpec = Field(default_factory=RooflinePerfSpec)
     workload: WorkloadSpec
@@ -171,6 +173,12 @@ class Scenario(BaseModel):
     def _known(self) -> Scenario:
         if isinstance(self.model, str) and self.model not in MODELS:
             raise FieldError(("model",), _unknown_model(self.model))
+        if self.model is None:
+            bare = [str(i) for i, p in enumerate(self.cluster.pools) if p.model is None]
+            if bare:
+                raise FieldError(("model",), f"required field is missing: the model the pools serve (a preset such "
+                                 f"as llama-3.1-8b, or an inline spec), or a model on every pool (cluster.pools."
+                                 f"{'/'.join(bare)} name{'s' if len(bare) == 1 else ''} none)")
         if isinstance(self.router, ByQueryTypeRouterSpec):
             pools = {p.name for p in self.cluster.pools}
             targets: list[tuple[tuple[str | int, ...], str | None]] = [
@@ -190,6 +198,7 @@ class Scenario(BaseModel):
 
     def model_of(self, pool: PoolSpec) -> ModelSpec:
         m = pool.model if pool.model is not None else self.model
+        assert m is not None, "validated: a scenario model or one on every pool"
         return MODELS[m] if isinstance(m, str) else m
 
     def reserve_bytes_of(self, pool: PoolSpec) -> float:

@@ -223,3 +223,35 @@ def test_errors_name_the_field_where_it_was_written(capsys, override, line):
     assert_bad_input(code, out, err, f"{QUICKSTART}: invalid scenario", "\n" + line)
     for stray in ("(top level)", ".str:", "GpuSpec", "ModelSpec"):
         assert stray not in err
+
+
+# ----------------------------------------------------------------------------------------------- model required
+
+
+def test_a_scenario_without_a_model_is_an_error(tmp_path, capsys):
+    data = yaml.safe_load(QUICKSTART.read_text())
+    del data["model"]
+    path = tmp_path / "nomodel.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for command in ("check", "run"):
+        code, out, err = cli(capsys, command, str(path), "--out", str(tmp_path / "out")) if command == "run" else cli(
+            capsys, command, str(path))
+        assert_bad_input(code, out, err, f"{path}: invalid scenario (1 error)", "\n  model: required field is "
+                         "missing: the model the pools serve", "cluster.pools.0 names none")
+    assert not (tmp_path / "out").exists()
+
+
+def test_pools_may_each_name_their_model_instead(tmp_path):
+    data = yaml.safe_load(QUICKSTART.read_text())
+    del data["model"]
+    data["cluster"]["pools"] = [{"name": "a", "model": "llama-3.1-8b"}, {"name": "b", "model": "qwen2.5-32b"}]
+    s = load_scenario(QUICKSTART, [])  # the quickstart itself names its model
+    assert s.model == "llama-3.1-8b"
+    path = tmp_path / "per-pool.yaml"
+    path.write_text(yaml.safe_dump(data))
+    s = load_scenario(path)
+    assert s.model is None and [s.model_of(p).name for p in s.cluster.pools] == ["llama-3.1-8b", "qwen2.5-32b"]
+    data["cluster"]["pools"].append({"name": "c"})  # one pool with no model, and none at the top
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(Exception, match=r"model: required field is missing.*cluster\.pools\.2 names none"):
+        load_scenario(path)
