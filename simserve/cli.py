@@ -39,6 +39,9 @@ def format_summary(scenario: Scenario, results: Results) -> str:
     lines.append(f"  requests  {arrived:,} arrived, {s['num_completed']:,} completed, "
                  f"{s['num_rejected']:,} rejected, {s['num_unfinished']:,} unfinished"
                  + (f", {s['num_not_arrived']:,} not arrived" if s["num_not_arrived"] else ""))
+    if s.get("num_rejected_too_long"):
+        lines.append(f"  REJECTED: {s['num_rejected_too_long']:,} requests can never fit a replica (prompt + output "
+                     "over its KV capacity or max_model_len_tokens); requests.parquet gives each one's reason")
     lines.append(f"  simulated {s['makespan_s']:,.1f} s in {s['wall_time_s']:.2f} s wall, "
                  f"{s['num_events']:,} events ({s['events_per_request']:.1f} per request)")
     lines.append("")

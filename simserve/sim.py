@@ -166,6 +166,7 @@ class Simulation:
         self.num_arrived = 0
         self.num_scheduled_events = 0  # arrivals, follow-up turns and KV transfers
         self.in_system = 0
+        self.num_rejected_too_long = 0  # rejected on arrival here: too long for every decode replica
         self._pending: dict[int, Request] = {}  # follow-up turns scheduled but not arrived, by id(request)
         self._next_id = 0
         self._exhausted = False
@@ -216,6 +217,7 @@ class Simulation:
         if self.num_arrived % self._backlog_every == 0:
             self._sample_backlog()
         if self.decoders and req.total_tokens > self._decode_max_tokens:
+            self.num_rejected_too_long += 1
             req.status = "rejected"
             req.reason = (f"needs {req.total_tokens} tokens of KV; decode replicas hold at most "
                           f"{self._decode_max_tokens}")
@@ -342,6 +344,7 @@ class Simulation:
         saturated, growth = self._saturation(stopped)
         extra = {
             "stopped_at_horizon": stopped,
+            "num_rejected_too_long": self.num_rejected_too_long + sum(r.num_rejected_too_long for r in self.replicas),
             "queue_growth_requests_per_s": growth,
             "queue_len_mean": sum(r.waiting_mon.integral(end_s) for r in self.replicas) / span,
             "batch_size_mean": sum(r.running_mon.integral(end_s) for r in self.replicas) / span / len(self.replicas),

@@ -255,3 +255,45 @@ def test_pools_may_each_name_their_model_instead(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(Exception, match=r"model: required field is missing.*cluster\.pools\.2 names none"):
         load_scenario(path)
+
+
+# ----------------------------------------------------------------------------------------------- too long
+
+
+def test_check_counts_the_requests_that_can_never_fit_and_run_reports_them(tmp_path, capsys):
+    # A 4,000-token limit on the quickstart's math (mean reasoning 4,000 tokens): check draws the run's own
+    # requests, so its count is the run's.
+    sets = ["--set", "cluster.pools.0.max_model_len_tokens=4000"]
+    code, out, err = cli(capsys, "check", str(QUICKSTART), *sets)
+    assert code == 0, err
+    warning = next(line for line in out.splitlines() if "can never fit" in line)
+    n = int(warning.split("warning: ")[1].split(" of ")[0].replace(",", ""))
+    assert 0 < n < 2000 and "of 2,000 requests can never fit a replica (prompt + output over 4,000 tokens" in warning
+    code, out, err = cli(capsys, "run", str(QUICKSTART), *sets, "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["num_rejected_too_long"] == summary["num_rejected"] == n
+    head = out.splitlines()[:5]
+    assert any(line.startswith(f"  REJECTED: {n:,} requests can never fit a replica") for line in head), head
+
+
+def test_a_trace_is_counted_while_it_is_checked(tmp_path, capsys):
+    path = trace_scenario(tmp_path, "requests", "arrival_s,input_tokens,output_tokens\n0,100,10\n1,200000,10\n"
+                          "2,100,131000\n")
+    code, out, err = cli(capsys, "check", str(path))
+    assert code == 0, err
+    assert "warning: 2 of 3 requests can never fit a replica (prompt + output over 131,072 tokens" in out
+    assert run(load_scenario(path)).summary["num_rejected_too_long"] == 2
+
+
+def test_nothing_too_long_says_nothing(capsys):
+    code, out, _ = cli(capsys, "check", str(QUICKSTART))
+    assert code == 0 and "never fit" not in out
+
+
+def test_disaggregated_limits_are_the_decode_pools_too(capsys):
+    code, out, err = cli(capsys, "check", str(repro("disagg_reject_after_prefill.yaml")))
+    assert code == 0, err
+    assert "warning: 3 of 3 requests can never fit a replica (prompt + output over 160 tokens" in out
+    s = run(load_scenario(repro("disagg_reject_after_prefill.yaml"))).summary
+    assert s["num_rejected_too_long"] == 3
