@@ -19,9 +19,10 @@ class GpuSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    name: str = "custom"
+    name: str = Field(default="custom", description="a name for reports (an inline spec's fit is the nearest "
+                      "shipped one)")
     memory_bytes: float = Field(gt=0, description="HBM capacity in bytes")
-    hbm_bandwidth_bytes_per_s: float = Field(gt=0)
+    hbm_bandwidth_bytes_per_s: float = Field(gt=0, description="HBM bandwidth, bytes per second")
     peak_flops_per_s: float = Field(gt=0, description="dense BF16 tensor-core peak")
     interconnect_bandwidth_bytes_per_s: float = Field(
         gt=0, description="per-GPU NVLink (or PCIe) bandwidth used by tensor-parallel all-reduce"
@@ -57,11 +58,11 @@ class MoeSpec(BaseModel):
     shared experts); the first `num_dense_layers` layers keep a dense FFN of the model's intermediate_size."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-    num_experts: int = Field(gt=0)
-    experts_per_token: int = Field(gt=0)
-    expert_intermediate_size: int = Field(gt=0)
-    num_shared_experts: int = Field(default=0, ge=0)
-    num_dense_layers: int = Field(default=0, ge=0)
+    num_experts: int = Field(gt=0, description="routed experts per MoE layer")
+    experts_per_token: int = Field(gt=0, description="routed experts each token uses")
+    expert_intermediate_size: int = Field(gt=0, description="FFN width of one expert")
+    num_shared_experts: int = Field(default=0, ge=0, description="experts every token uses")
+    num_dense_layers: int = Field(default=0, ge=0, description="leading layers with a dense FFN")
 
 
 class MlaSpec(BaseModel):
@@ -69,11 +70,11 @@ class MlaSpec(BaseModel):
     kv_lora_rank values plus a shared rotary key of qk_rope_head_dim values, per token and layer."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-    kv_lora_rank: int = Field(default=512, gt=0)
-    qk_rope_head_dim: int = Field(default=64, gt=0)
-    qk_nope_head_dim: int = Field(default=128, gt=0)
-    v_head_dim: int = Field(default=128, gt=0)
-    q_lora_rank: int | None = Field(default=1536, gt=0)
+    kv_lora_rank: int = Field(default=512, gt=0, description="values of the cached KV latent")
+    qk_rope_head_dim: int = Field(default=64, gt=0, description="values of the cached rotary key")
+    qk_nope_head_dim: int = Field(default=128, gt=0, description="query/key dimension without rotary")
+    v_head_dim: int = Field(default=128, gt=0, description="value dimension per head")
+    q_lora_rank: int | None = Field(default=1536, gt=0, description="query compression rank (None: none)")
 
 
 class ModelSpec(BaseModel):
@@ -81,25 +82,26 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    name: str = "custom"
+    name: str = Field(default="custom", description="a name for reports")
     num_params: float = Field(gt=0, description="total parameters")
     num_active_params: float | None = Field(
         default=None, gt=0, description="parameters used per token (MoE); defaults to num_params"
     )
-    num_layers: int = Field(gt=0)
-    hidden_size: int = Field(gt=0)
-    num_attention_heads: int = Field(gt=0)
-    num_kv_heads: int = Field(gt=0)
-    head_dim: int = Field(gt=0)
+    num_layers: int = Field(gt=0, description="transformer layers")
+    hidden_size: int = Field(gt=0, description="model (residual) width")
+    num_attention_heads: int = Field(gt=0, description="query heads")
+    num_kv_heads: int = Field(gt=0, description="key/value heads (GQA; equal to the query heads for MHA)")
+    head_dim: int = Field(gt=0, description="dimension of one head")
     bytes_per_value: float = Field(default=2.0, gt=0, description="bytes per weight (BF16: 2, FP8: 1)")
     kv_bytes_per_value: float | None = Field(default=None, gt=0, description="bytes per KV value; defaults to "
                                              "bytes_per_value")
-    max_context_tokens: int = Field(default=131072, gt=0)
+    max_context_tokens: int = Field(default=131072, gt=0, description="context length (the default "
+                                    "max_model_len_tokens)")
     intermediate_size: int | None = Field(default=None, gt=0, description="dense FFN width; derived from "
                                           "num_params when not given")
-    vocab_size: int = Field(default=128256, gt=0)
-    moe: MoeSpec | None = None
-    mla: MlaSpec | None = None
+    vocab_size: int = Field(default=128256, gt=0, description="vocabulary (the LM head's width)")
+    moe: MoeSpec | None = Field(default=None, description="mixture of experts (None: dense)")
+    mla: MlaSpec | None = Field(default=None, description="multi-head latent attention (None: GQA/MHA)")
 
     @property
     def active_params(self) -> float:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from simserve.hardware import (
     GPUS,
@@ -22,8 +22,8 @@ from simserve.hardware import (
 )
 from simserve.perf import CalibratedPerfSpec, FitError, PerfSpec, RooflinePerfSpec
 from simserve.request import BUILTIN_PREFIX
-from simserve.routing import ByQueryTypeRouterSpec, RouterSpec, SimpleRouterSpec
-from simserve.schedulers import FcfsSchedulerSpec, SchedulerSpec
+from simserve.routing import ByQueryTypeRouterSpec, RouterKind, RouterSpec, SimpleRouterSpec
+from simserve.schedulers import FcfsSchedulerSpec, SchedulerKind, SchedulerSpec
 from simserve.workload import WorkloadSpec, load_empirical, resolve_path
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -46,15 +46,18 @@ class PoolSpec(BaseModel):
     """A pool of identical replicas: `replicas` copies of the model, each on `tensor_parallel` GPUs."""
 
     model_config = _FROZEN
-    name: str = "main"
-    gpu: str | GpuSpec = "h100-sxm"
+    name: str = Field(default="main", description="the pool's name (unique; routers and reports use it)")
+    gpu: str | GpuSpec = Field(default="h100-sxm", description="a GPU preset (a100-80gb, h100-sxm, h200, "
+                               "b200) or an inline spec")
     model: str | ModelSpec | None = Field(default=None, description="defaults to the scenario's model")
-    replicas: int = Field(default=1, gt=0)
-    tensor_parallel: int = Field(default=1, gt=0)
-    max_num_seqs: int = Field(default=256, gt=0)
-    max_num_batched_tokens: int = Field(default=8192, gt=0)
-    kv_block_tokens: int = Field(default=16, gt=0)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    replicas: int = Field(default=1, gt=0, description="copies of the model")
+    tensor_parallel: int = Field(default=1, gt=0, description="GPUs per replica; must divide the attention "
+                                 "heads, and divide or be a multiple of the KV heads (vLLM)")
+    max_num_seqs: int = Field(default=256, gt=0, description="most requests running at once (vLLM's)")
+    max_num_batched_tokens: int = Field(default=8192, gt=0, description="token budget of one step (vLLM's)")
+    kv_block_tokens: int = Field(default=16, gt=0, description="tokens per KV block (vLLM's block_size)")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="share of GPU memory vLLM may "
+                                          "use (weights, activations, KV)")
     activation_reserve_bytes: float | None = Field(
         default=None, ge=0, description="per GPU, held back for activations, CUDA graphs and the CUDA context; "
         "default: estimated from the model and max_num_batched_tokens (hardware.activation_reserve_estimate)")
@@ -103,14 +106,15 @@ class KvTransferSpec(BaseModel):
     / bandwidth (defaults: one 400 Gb/s RDMA NIC per replica, 1 ms of setup)."""
 
     model_config = _FROZEN
-    bandwidth_bytes_per_s: float = Field(default=50e9, gt=0)
-    latency_s: float = Field(default=0.001, ge=0)
+    bandwidth_bytes_per_s: float = Field(default=50e9, gt=0, description="link bandwidth, bytes per second")
+    latency_s: float = Field(default=0.001, ge=0, description="setup time of one transfer, seconds")
 
 
 class ClusterSpec(BaseModel):
     model_config = _FROZEN
-    pools: list[PoolSpec] = Field(min_length=1)
-    kv_transfer: KvTransferSpec = Field(default_factory=KvTransferSpec)
+    pools: list[PoolSpec] = Field(min_length=1, description="pools of identical replicas")
+    kv_transfer: KvTransferSpec = Field(default_factory=KvTransferSpec, description="prefill-to-decode KV link "
+                                        "(disaggregated pools)")
 
     @model_validator(mode="after")
     def _unique(self) -> ClusterSpec:
@@ -128,9 +132,9 @@ class SloSpec(BaseModel):
     """Service-level objectives a request must all meet to count toward goodput (seconds; omit to skip one)."""
 
     model_config = _FROZEN
-    ttft_s: float | None = Field(default=None, gt=0)
-    tpot_s: float | None = Field(default=None, gt=0)
-    e2e_s: float | None = Field(default=None, gt=0)
+    ttft_s: float | None = Field(default=None, gt=0, description="time to first token, seconds")
+    tpot_s: float | None = Field(default=None, gt=0, description="mean time per output token after the first")
+    e2e_s: float | None = Field(default=None, gt=0, description="arrival to last token, seconds")
 
 
 class EngineSpec(BaseModel):
@@ -140,34 +144,37 @@ class EngineSpec(BaseModel):
     check_invariants: bool = Field(default=False, description="assert KV block conservation at every step")
 
 
+def _kind_only(value: Any) -> Any:
+    """`router: least_kv` and `scheduler: fcfs` stand for mappings with only a kind (the JSON Schema says so too)."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
 class Scenario(BaseModel):
     """A complete simulation: model, cluster, step-time model, workload and SLOs."""
 
     model_config = _FROZEN
-    name: str = "scenario"
-    description: str = ""
-    seed: int = Field(default=0, ge=0)
+    name: str = Field(default="scenario", description="names the results folder (results/NAME)")
+    description: str = Field(default="", description="free text")
+    seed: int = Field(default=0, ge=0, description="seeds every random stream of the run")
     model: str | ModelSpec | None = Field(
         default=None, description="the model the pools serve: a preset name or an inline spec; required unless "
         "every pool names its own (cluster.pools.N.model)")
-    cluster: ClusterSpec
-    perf: PerfSpec = Field(default_factory=RooflinePerfSpec)
-    workload: WorkloadSpec
-    slo: SloSpec | None = None
-    router: RouterSpec = Field(default_factory=lambda: SimpleRouterSpec(kind="round_robin"))
-    scheduler: SchedulerSpec = Field(default_factory=FcfsSchedulerSpec)
-    engine: EngineSpec = Field(default_factory=EngineSpec)
+    cluster: ClusterSpec = Field(description="the pools of GPUs and the KV link between them")
+    perf: PerfSpec = Field(default_factory=RooflinePerfSpec, description="the step-time model (kind: "
+                           "calibrated, roofline or linear)")
+    workload: WorkloadSpec = Field(description="the requests: a synthetic mix or a trace")
+    slo: SloSpec | None = Field(default=None, description="service-level objectives for goodput")
+    router: Annotated[RouterSpec, BeforeValidator(_kind_only, json_schema_input_type=RouterSpec | RouterKind)] = (
+        Field(default_factory=lambda: SimpleRouterSpec(kind="round_robin"), description="which replica an "
+              "arriving request goes to: a kind (round_robin, least_outstanding...) or a mapping with kind, "
+              "staleness_s and the router's own fields"))
+    scheduler: Annotated[SchedulerSpec, BeforeValidator(_kind_only,
+                                                        json_schema_input_type=SchedulerSpec | SchedulerKind)] = (
+        Field(default_factory=FcfsSchedulerSpec, description="the waiting queue's order and the preemption "
+              "victim: a kind (fcfs) or a mapping with kind"))
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="how the run is stepped and when it "
+                               "stops")
     _base_dir: Path | None = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _policy_shorthand(cls, data: Any) -> Any:
-        """`router: least_kv` and `scheduler: fcfs` stand for mappings with only a kind."""
-        if isinstance(data, dict):
-            for key in ("router", "scheduler"):
-                if isinstance(data.get(key), str):
-                    data = {**data, key: {"kind": data[key]}}
-        return data
 
     @model_validator(mode="after")
     def _known(self) -> Scenario:

@@ -74,9 +74,11 @@ class FcfsSchedulerSpec(BaseModel):
     """First come, first served (vLLM's default policy)."""
 
     model_config = _FROZEN
-    kind: Literal["fcfs"] = "fcfs"
+    kind: Literal["fcfs"] = Field(default="fcfs", description="first come, first served; the newest running "
+                                  "request is preempted first")
 
 
 SchedulerSpec = Annotated[FcfsSchedulerSpec, Field(discriminator="kind")]
+SchedulerKind = Literal["fcfs"]  # kinds a scenario may give as a bare string (`scheduler: fcfs`)
 
 SCHEDULERS: dict[str, type[Scheduler]] = {"fcfs": Fcfs}

@@ -41,7 +41,8 @@ class CalibratedPerfSpec(BaseModel):
     the nearest shipped one ported by datasheet."""
 
     model_config = _FROZEN
-    kind: Literal["calibrated"] = "calibrated"
+    kind: Literal["calibrated"] = Field(default="calibrated", description="step time from operations fitted on "
+                                        "measured kernels (docs/calibration.md)")
     fit: str | None = Field(default=None, description="a fit file (simserve calibrate fit); relative to the scenario")
     fits_dir: str | None = Field(default=None, description="a folder of your fits, each named after a GPU preset "
                                  "(h100-sxm.yaml); a pool's GPU's fit there wins over the shipped one; relative to "

@@ -42,13 +42,15 @@ class TraceSpec(BaseModel):
     """A trace file to replay instead of a synthetic arrival process and mix."""
 
     model_config = _FROZEN
-    format: Literal["azure", "mooncake", "requests"]
+    format: Literal["azure", "mooncake", "requests"] = Field(description="azure: Azure LLM 2023 CSV; mooncake: "
+                                                             "Mooncake JSONL; requests: arrival_s, input_tokens, "
+                                                             "output_tokens CSV")
     path: str = Field(description="file, relative to the scenario's folder (or builtin:NAME)")
     rate_scale: float = Field(default=1.0, gt=0, description="2 replays the trace twice as fast")
     start_s: float = Field(default=0.0, ge=0, description="window start, trace seconds from its first request")
     end_s: float | None = Field(default=None, gt=0, description="window end (exclusive), trace seconds")
-    max_requests: int | None = Field(default=None, gt=0)
-    query_type: str = Field(default="trace", min_length=1)
+    max_requests: int | None = Field(default=None, gt=0, description="replay at most this many requests")
+    query_type: str = Field(default="trace", min_length=1, description="query type given to every request")
     reasoning_share: float = Field(default=0.0, ge=0, le=1, description="share of output counted as reasoning")
     prefix_block_tokens: int = Field(default=512, gt=0, description="tokens per mooncake hash id")
     shared_prefix_tokens: int = Field(default=0, ge=0, description="every prompt starts with the same prefix of "
