@@ -88,8 +88,7 @@ class PoolSpec(BaseModel):
     def _limits(self) -> PoolSpec:
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise FieldError(("max_num_batched_tokens",), f"max_num_batched_tokens ({self.max_num_batched_tokens}) "
-                             f"must be >= max_num_seqs "
-                             f"({self.max_num_seqs}), as vLLM requires")
+                             f"must be >= max_num_seqs ({self.max_num_seqs}), as vLLM requires")
         if isinstance(self.gpu, str) and self.gpu not in GPUS:
             raise FieldError(("gpu",), f"unknown gpu {self.gpu!r}; presets: {', '.join(GPUS)} (or an inline spec)")
         if isinstance(self.model, str) and self.model not in MODELS:
