@@ -12,8 +12,10 @@ from typing import Any
 
 from simserve.calibration.cli import ERRORS as CALIBRATION_ERRORS
 from simserve.calibration.cli import add_commands, json_safe
+from simserve.preflight import check_workload, describe
 from simserve.scenario import Scenario, ScenarioError, load_scenario
 from simserve.sim import Results, Simulation
+from simserve.workload import TraceError
 
 EXIT_BAD_INPUT = 2
 
@@ -37,6 +39,9 @@ def format_summary(scenario: Scenario, results: Results) -> str:
     lines.append(f"  requests  {arrived:,} arrived, {s['num_completed']:,} completed, "
                  f"{s['num_rejected']:,} rejected, {s['num_unfinished']:,} unfinished"
                  + (f", {s['num_not_arrived']:,} not arrived" if s["num_not_arrived"] else ""))
+    if s.get("num_rejected_too_long"):
+        lines.append(f"  REJECTED: {s['num_rejected_too_long']:,} requests can never fit a replica (prompt + output "
+                     "over its KV capacity or max_model_len_tokens); requests.parquet gives each one's reason")
     lines.append(f"  simulated {s['makespan_s']:,.1f} s in {s['wall_time_s']:.2f} s wall, "
                  f"{s['num_events']:,} events ({s['events_per_request']:.1f} per request)")
     lines.append("")
@@ -86,6 +91,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.exact_steps:
         overrides.append("engine.exact_steps=true")
     scenario = load_scenario(args.scenario, overrides)
+    if scenario.workload.trace is not None:
+        check_workload(scenario, args.scenario)  # every row read first: a bad one stops the run before it starts
     out = Path(args.out) if args.out else Path("results") / scenario.name
     results = Simulation(scenario, scenario.base_dir, records_dir=out).run()  # records stream straight to `out`
     write_results(scenario, results, out)
@@ -96,7 +103,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, list(args.set or []))
-    print(f"{args.scenario}: ok ({scenario.name})")
+    report = check_workload(scenario, args.scenario)
+    print("\n".join([f"{args.scenario}: ok ({scenario.name})", *describe(report, scenario)]))
     return 0
 
 
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ScenarioError, *CALIBRATION_ERRORS) as exc:
+    except (ScenarioError, TraceError, *CALIBRATION_ERRORS) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -58,6 +58,7 @@ class Replica:
         self.kv_peak = 0
         self._run: FastForwardRun | None = None  # the fast-forwarded run in flight
         self._run_waiting = 0
+        self.num_rejected_too_long = 0  # requests rejected on arrival: they could never fit here
 
     # ------------------------------------------------------------------------------------------ public surface
 
@@ -92,6 +93,7 @@ class Replica:
         """Accept a routed request now: queue it, or reject it at once if it could never fit."""
         req.pool, req.replica = self.pool, self.index
         if not self.fits(req):
+            self.num_rejected_too_long += 1
             req.status = "rejected"
             req.reason = (f"needs {req.total_tokens} tokens of KV; replica holds at most {self.max_tokens} "
                           f"(KV capacity {self.kv.capacity_tokens}, max_model_len)")

@@ -22,11 +22,11 @@ from simserve.workload.synthetic import (
     build_sessions,
     generate_requests,
 )
-from simserve.workload.traces import TraceSpec, replay, resolve_path
+from simserve.workload.traces import TraceError, TraceSpec, replay, resolve_path
 
 __all__ = [
     "QUERY_TYPES", "Constant", "Distribution", "Empirical", "EmpiricalSampler", "GammaArrivals", "LengthSampler",
-    "Lognormal", "PoissonArrivals", "QueryType", "SessionSpec", "Sessions", "TraceSpec", "Uniform", "WorkloadSpec",
-    "build_sessions", "generate_requests", "load_empirical", "lognormal_from_range", "prompt_keys", "replay",
-    "resolve_path",
+    "Lognormal", "PoissonArrivals", "QueryType", "SessionSpec", "Sessions", "TraceError", "TraceSpec", "Uniform",
+    "WorkloadSpec", "build_sessions", "generate_requests", "load_empirical", "lognormal_from_range", "prompt_keys",
+    "replay", "resolve_path",
 ]
