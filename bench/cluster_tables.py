@@ -14,10 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import simserve
+from simserve.hardware import GPUS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 FAST_LINEAR = {"kind": "linear", "step_overhead_s": 0.001, "per_prefill_token_s": 1e-6, "per_decode_seq_s": 1e-5}
+# An H100 with memory for any cache size in the sweep (20M blocks of Llama-3.1-8B KV are 42 TB): the hit ratio
+# depends on the blocks only, and a scenario's num_kv_blocks must fit in its GPU's memory.
+ROOMY_GPU = {**GPUS["h100-sxm"].model_dump(), "name": "h100-sxm-roomy", "memory_bytes": 1e15}
 ROUTERS = ["round_robin", "random", "least_kv", "least_outstanding", "power_of_two", "prefix_affinity"]
 CACHE_BLOCKS = [20_000_000, 2_000_000, 200_000, 50_000, 20_000]  # KV blocks of 16 tokens
 KV_BLOCK_TOKENS = 16
@@ -57,7 +61,8 @@ def hit_ratio_table(path: Path, blocks: list[int] = CACHE_BLOCKS) -> list[str]:
     lines = [f"| KV blocks ({KV_BLOCK_TOKENS} tokens) | share of the trace's {unique / 1e6:.1f}M unique prompt "
              "tokens | prefix_cache_hit_ratio |", "|---:|---:|---:|"]
     for n in blocks:
-        s = simserve.run(trace_scenario(path, [{"replicas": 1, "num_kv_blocks": n}], perf=FAST_LINEAR)).summary
+        pools = [{"gpu": ROOMY_GPU, "replicas": 1, "num_kv_blocks": n}]
+        s = simserve.run(trace_scenario(path, pools, perf=FAST_LINEAR)).summary
         share = n * KV_BLOCK_TOKENS / unique
         ratio = f"{s['prefix_cache_hit_ratio']:.3f}"
         unbounded = share > 1

@@ -37,7 +37,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 INPUT_ERRORS = {
     "simserve.scenario": "ScenarioError", "simserve.perf.fits": "FitError",
     "simserve.calibration.profiles": "ProfileError", "simserve.calibration.replay": "ExperimentError",
-    "simserve.output": "OutputError",
+    "simserve.output": "OutputError", "simserve.workload.traces": "TraceError",
 }
 
 
@@ -50,8 +50,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from simserve.output import ResultsFolder
     from simserve.progress import RunMonitor
 
-    scenario = _load_for_run(args)
-    expected = _size_check(args, scenario)
+    scenario, trace_requests = _load_for_run(args)
+    expected = _size_check(args, scenario, trace_requests)
     if expected == -1:
         return EXIT_BAD_INPUT
     out = Path(args.out) if args.out else Path("results") / scenario.name
@@ -74,7 +74,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_for_run(args: argparse.Namespace) -> Scenario:
+def _load_for_run(args: argparse.Namespace) -> tuple[Scenario, int | None]:
+    """The scenario, and for a trace workload its number of requests: every row is read first (preflight), so a
+    bad one stops the run, with its file and line, before it starts."""
     from simserve.scenario import load_scenario
 
     overrides = list(args.set or [])
@@ -82,14 +84,20 @@ def _load_for_run(args: argparse.Namespace) -> Scenario:
         overrides.append(f"seed={args.seed}")
     if args.exact_steps:
         overrides.append("engine.exact_steps=true")
-    return load_scenario(args.scenario, overrides)
+    scenario = load_scenario(args.scenario, overrides)
+    if scenario.workload.trace is None:
+        return scenario, None
+    from simserve.preflight import check_workload
+
+    return scenario, check_workload(scenario, args.scenario).num_requests
 
 
-def _size_check(args: argparse.Namespace, scenario: Scenario) -> float | None:
-    """The expected number of requests (None if unknown); -1 after refusing a run estimated over an hour."""
+def _size_check(args: argparse.Namespace, scenario: Scenario, known: int | None) -> float | None:
+    """The expected number of requests (`known`: a trace's, counted; None if unknown); -1 after refusing a run
+    estimated over an hour."""
     from simserve.progress import ANNOUNCE_ABOVE_S, CONFIRM_ABOVE_S, estimate
 
-    size = estimate(scenario)
+    size = estimate(scenario, known)
     if size is None:
         return None
     if size.wall_s > CONFIRM_ABOVE_S and not args.yes:
@@ -186,10 +194,12 @@ def _report(args: argparse.Namespace, scenario: Scenario, results: Results, tabl
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from simserve.preflight import check_workload, describe
     from simserve.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, list(args.set or []))
-    print(f"{args.scenario}: ok ({scenario.name})")
+    report = check_workload(scenario, args.scenario)
+    print("\n".join([f"{args.scenario}: ok ({scenario.name})", *describe(report, scenario)]))
     return 0
 
 

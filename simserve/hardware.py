@@ -17,11 +17,12 @@ GIB = 1024**3
 class GpuSpec(BaseModel):
     """One GPU: memory, bandwidth, dense BF16 peak, interconnect and price."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    name: str = "custom"
+    name: str = Field(default="custom", description="a name for reports (an inline spec's fit is the nearest "
+                      "shipped one)")
     memory_bytes: float = Field(gt=0, description="HBM capacity in bytes")
-    hbm_bandwidth_bytes_per_s: float = Field(gt=0)
+    hbm_bandwidth_bytes_per_s: float = Field(gt=0, description="HBM bandwidth, bytes per second")
     peak_flops_per_s: float = Field(gt=0, description="dense BF16 tensor-core peak")
     interconnect_bandwidth_bytes_per_s: float = Field(
         gt=0, description="per-GPU NVLink (or PCIe) bandwidth used by tensor-parallel all-reduce"
@@ -56,50 +57,51 @@ class MoeSpec(BaseModel):
     """Mixture of experts: each token's FFN runs on `experts_per_token` of `num_experts` routed experts (plus any
     shared experts); the first `num_dense_layers` layers keep a dense FFN of the model's intermediate_size."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    num_experts: int = Field(gt=0)
-    experts_per_token: int = Field(gt=0)
-    expert_intermediate_size: int = Field(gt=0)
-    num_shared_experts: int = Field(default=0, ge=0)
-    num_dense_layers: int = Field(default=0, ge=0)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    num_experts: int = Field(gt=0, description="routed experts per MoE layer")
+    experts_per_token: int = Field(gt=0, description="routed experts each token uses")
+    expert_intermediate_size: int = Field(gt=0, description="FFN width of one expert")
+    num_shared_experts: int = Field(default=0, ge=0, description="experts every token uses")
+    num_dense_layers: int = Field(default=0, ge=0, description="leading layers with a dense FFN")
 
 
 class MlaSpec(BaseModel):
     """Multi-head latent attention (DeepSeek-V2/V3/R1): K and V are cached as one compressed latent of
     kv_lora_rank values plus a shared rotary key of qk_rope_head_dim values, per token and layer."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    kv_lora_rank: int = Field(default=512, gt=0)
-    qk_rope_head_dim: int = Field(default=64, gt=0)
-    qk_nope_head_dim: int = Field(default=128, gt=0)
-    v_head_dim: int = Field(default=128, gt=0)
-    q_lora_rank: int | None = Field(default=1536, gt=0)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    kv_lora_rank: int = Field(default=512, gt=0, description="values of the cached KV latent")
+    qk_rope_head_dim: int = Field(default=64, gt=0, description="values of the cached rotary key")
+    qk_nope_head_dim: int = Field(default=128, gt=0, description="query/key dimension without rotary")
+    v_head_dim: int = Field(default=128, gt=0, description="value dimension per head")
+    q_lora_rank: int | None = Field(default=1536, gt=0, description="query compression rank (None: none)")
 
 
 class ModelSpec(BaseModel):
     """A decoder-only transformer's size and attention shape (what step time and KV memory follow from)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    name: str = "custom"
+    name: str = Field(default="custom", description="a name for reports")
     num_params: float = Field(gt=0, description="total parameters")
     num_active_params: float | None = Field(
         default=None, gt=0, description="parameters used per token (MoE); defaults to num_params"
     )
-    num_layers: int = Field(gt=0)
-    hidden_size: int = Field(gt=0)
-    num_attention_heads: int = Field(gt=0)
-    num_kv_heads: int = Field(gt=0)
-    head_dim: int = Field(gt=0)
+    num_layers: int = Field(gt=0, description="transformer layers")
+    hidden_size: int = Field(gt=0, description="model (residual) width")
+    num_attention_heads: int = Field(gt=0, description="query heads")
+    num_kv_heads: int = Field(gt=0, description="key/value heads (GQA; equal to the query heads for MHA)")
+    head_dim: int = Field(gt=0, description="dimension of one head")
     bytes_per_value: float = Field(default=2.0, gt=0, description="bytes per weight (BF16: 2, FP8: 1)")
     kv_bytes_per_value: float | None = Field(default=None, gt=0, description="bytes per KV value; defaults to "
                                              "bytes_per_value")
-    max_context_tokens: int = Field(default=131072, gt=0)
+    max_context_tokens: int = Field(default=131072, gt=0, description="context length (the default "
+                                    "max_model_len_tokens)")
     intermediate_size: int | None = Field(default=None, gt=0, description="dense FFN width; derived from "
                                           "num_params when not given")
-    vocab_size: int = Field(default=128256, gt=0)
-    moe: MoeSpec | None = None
-    mla: MlaSpec | None = None
+    vocab_size: int = Field(default=128256, gt=0, description="vocabulary (the LM head's width)")
+    moe: MoeSpec | None = Field(default=None, description="mixture of experts (None: dense)")
+    mla: MlaSpec | None = Field(default=None, description="multi-head latent attention (None: GQA/MHA)")
 
     @property
     def active_params(self) -> float:
@@ -271,10 +273,23 @@ def kv_capacity_blocks(
     block_tokens x kv_bytes_per_token (times kv_replication when KV cannot be split). May be <= 0: the caller
     reports that the model does not fit.
     """
+    free = kv_memory_bytes(gpu, model, tensor_parallel, gpu_memory_utilization, activation_reserve_bytes)
+    return math.floor(free / kv_block_bytes(model, kv_block_tokens, tensor_parallel, data_parallel_attention))
+
+
+def kv_memory_bytes(gpu: GpuSpec, model: ModelSpec, tensor_parallel: int, gpu_memory_utilization: float,
+                    activation_reserve_bytes: float) -> float:
+    """Bytes a replica's GPUs leave for the KV cache: memory x utilisation x GPUs - weights - activation reserve x
+    GPUs. May be <= 0: the weights do not fit."""
     usable = tensor_parallel * (gpu.memory_bytes * gpu_memory_utilization - activation_reserve_bytes)
-    free = usable - model.weight_bytes
-    replication = kv_replication(model, tensor_parallel, data_parallel_attention)
-    return math.floor(free / (kv_block_tokens * model.kv_bytes_per_token * replication))
+    return usable - model.weight_bytes
+
+
+def kv_block_bytes(model: ModelSpec, kv_block_tokens: int, tensor_parallel: int,
+                   data_parallel_attention: bool = False) -> float:
+    """Bytes one KV block takes over a replica's GPUs (block_tokens x KV bytes per token x kv_replication)."""
+    return kv_block_tokens * model.kv_bytes_per_token * kv_replication(model, tensor_parallel,
+                                                                      data_parallel_attention)
 
 
 def activation_reserve_estimate(model: ModelSpec, max_num_batched_tokens: int) -> float:

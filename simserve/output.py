@@ -30,12 +30,13 @@ class OutputError(Exception):
 
 
 def json_safe(d: Any) -> Any:
-    """NaN (an undefined statistic) as JSON null, numpy scalars as Python numbers, in nested dicts."""
+    """NaN (an undefined statistic) and infinity (not known: the horizon of an open-ended trace stopped before its
+    last arrival) as JSON null, which has neither; numpy scalars as Python numbers, in nested dicts."""
     if isinstance(d, dict):
         return {k: json_safe(v) for k, v in d.items()}
     if hasattr(d, "item") and not isinstance(d, (str, bytes)):
         d = d.item()
-    if isinstance(d, float) and math.isnan(d):
+    if isinstance(d, float) and not math.isfinite(d):
         return None
     return d
 

@@ -89,10 +89,11 @@ class Estimate:
                 "the progress line shows the real rate)")
 
 
-def estimate(scenario: Scenario) -> Estimate | None:
-    """The run's size and rough wall time; None when the number of requests is not known before the run (a
-    trace without num_requests)."""
-    n = expected_requests(scenario)
+def estimate(scenario: Scenario, requests: float | None = None) -> Estimate | None:
+    """The run's size and rough wall time, for `requests` if given (a trace's, counted by reading it), else by
+    the scenario's own numbers; None when the number of requests is not known before the run (a trace without
+    num_requests, not read)."""
+    n = requests if requests is not None else expected_requests(scenario)
     if n is None or not math.isfinite(n):
         return None
     rate = EXACT_STEPS_REQUESTS_PER_WALL_S if scenario.engine.exact_steps else REQUESTS_PER_WALL_S

@@ -87,8 +87,8 @@ def _indent(r: RenderableType) -> Padding:
 
 
 def notices(s: Mapping[str, Any]) -> list[str]:
-    """What the reader must see before any figure: a run stopped early, at its horizon or by Ctrl-C, or a load the
-    cluster cannot keep up with."""
+    """What the reader must see before any figure: a run stopped early, at its horizon or by Ctrl-C, requests
+    that can never fit a replica, or a load the cluster cannot keep up with."""
     out = []
     if s.get("partial"):
         out.append(f"PARTIAL: stopped by Ctrl-C at {number(s['makespan_s'])} s simulated; the figures cover what "
@@ -97,6 +97,9 @@ def notices(s: Mapping[str, Any]) -> list[str]:
         out.append(f"STOPPED AT THE HORIZON ({count(s['horizon_s'])} s, engine.horizon_s): "
                    f"{count(s['num_unfinished'])} requests still waiting or running, {count(s['num_not_arrived'])} "
                    "not arrived.")
+    if s.get("num_rejected_too_long"):
+        out.append(f"REJECTED: {count(s['num_rejected_too_long'])} requests can never fit a replica (prompt + output "
+                   "over its KV capacity or max_model_len_tokens); requests.parquet gives each one's reason.")
     if s.get("saturated") and s.get("queue_growth_requests_per_s", 0) > 0:
         out.append(f"SATURATED: the waiting queue grew by {number(s['queue_growth_requests_per_s'])} requests/s over "
                    "the second half of the arrivals; the cluster cannot keep up with this load.")

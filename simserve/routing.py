@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simserve.request import Request
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ReplicaView(Protocol):
@@ -176,22 +176,28 @@ class _RouterBase(BaseModel):
 
 
 class SimpleRouterSpec(_RouterBase):
-    kind: Literal["round_robin", "random", "least_outstanding", "least_kv", "power_of_two"]
+    kind: Literal["round_robin", "random", "least_outstanding", "least_kv", "power_of_two"] = Field(
+        description="round_robin: in turn; random; least_outstanding: fewest running plus waiting; least_kv: most "
+        "free KV blocks; power_of_two: the less loaded of two drawn at random")
 
 
 class PrefixAffinityRouterSpec(_RouterBase):
-    kind: Literal["prefix_affinity"]
+    kind: Literal["prefix_affinity"] = Field(description="the replica caching the longest prefix of the prompt, "
+                                             "among those not overloaded")
     load_factor: float = Field(default=1.25, ge=1.0, description="eligible if load <= factor x mean + 1")
 
 
 class ByQueryTypeRouterSpec(_RouterBase):
-    kind: Literal["by_query_type"]
+    kind: Literal["by_query_type"] = Field(description="a pool per query type (table), least outstanding within "
+                                           "it")
     table: dict[str, str] = Field(description="query type -> pool name")
     default: str | None = Field(default=None, description="pool for query types not in the table")
 
 
 RouterSpec = Annotated[SimpleRouterSpec | PrefixAffinityRouterSpec | ByQueryTypeRouterSpec,
                        Field(discriminator="kind")]
+# The kinds whose spec needs no other field: a scenario may give them as a bare string (`router: least_kv`).
+RouterKind = Literal["round_robin", "random", "least_outstanding", "least_kv", "power_of_two", "prefix_affinity"]
 
 ROUTERS: dict[str, type[Router]] = {
     "round_robin": RoundRobin,

@@ -3,39 +3,61 @@ file, the field path and what was expected (ScenarioError)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from simserve.hardware import GPUS, MODELS, GpuSpec, ModelSpec, activation_reserve_estimate, kv_capacity_blocks
+from simserve.hardware import (
+    GPUS,
+    MODELS,
+    GpuSpec,
+    ModelSpec,
+    activation_reserve_estimate,
+    kv_block_bytes,
+    kv_capacity_blocks,
+    kv_memory_bytes,
+)
 from simserve.perf import CalibratedPerfSpec, FitError, PerfSpec, RooflinePerfSpec
 from simserve.request import BUILTIN_PREFIX
-from simserve.routing import ByQueryTypeRouterSpec, RouterSpec, SimpleRouterSpec
-from simserve.schedulers import FcfsSchedulerSpec, SchedulerSpec
+from simserve.routing import ByQueryTypeRouterSpec, RouterKind, RouterSpec, SimpleRouterSpec
+from simserve.schedulers import FcfsSchedulerSpec, SchedulerKind, SchedulerSpec
 from simserve.workload import WorkloadSpec, load_empirical, resolve_path
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ScenarioError(Exception):
     """A scenario that cannot be used; the message is meant for the user as it is."""
 
 
+class FieldError(ValueError):
+    """A check of a whole section that blames one field of it: `loc` (keys and indices below the section) is added
+    to the section's path in the message, so the error names the field where it was written."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class PoolSpec(BaseModel):
     """A pool of identical replicas: `replicas` copies of the model, each on `tensor_parallel` GPUs."""
 
     model_config = _FROZEN
-    name: str = "main"
-    gpu: str | GpuSpec = "h100-sxm"
+    name: str = Field(default="main", description="the pool's name (unique; routers and reports use it)")
+    gpu: str | GpuSpec = Field(default="h100-sxm", description="a GPU preset (a100-80gb, h100-sxm, h200, "
+                               "b200) or an inline spec")
     model: str | ModelSpec | None = Field(default=None, description="defaults to the scenario's model")
-    replicas: int = Field(default=1, gt=0)
-    tensor_parallel: int = Field(default=1, gt=0)
-    max_num_seqs: int = Field(default=256, gt=0)
-    max_num_batched_tokens: int = Field(default=8192, gt=0)
-    kv_block_tokens: int = Field(default=16, gt=0)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    replicas: int = Field(default=1, gt=0, description="copies of the model")
+    tensor_parallel: int = Field(default=1, gt=0, description="GPUs per replica; must divide the attention "
+                                 "heads, and divide or be a multiple of the KV heads (vLLM)")
+    max_num_seqs: int = Field(default=256, gt=0, description="most requests running at once (vLLM's)")
+    max_num_batched_tokens: int = Field(default=8192, gt=0, description="token budget of one step (vLLM's)")
+    kv_block_tokens: int = Field(default=16, gt=0, description="tokens per KV block (vLLM's block_size)")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="share of GPU memory vLLM may "
+                                          "use (weights, activations, KV)")
     activation_reserve_bytes: float | None = Field(
         default=None, ge=0, description="per GPU, held back for activations, CUDA graphs and the CUDA context; "
         "default: estimated from the model and max_num_batched_tokens (hardware.activation_reserve_estimate)")
@@ -65,13 +87,17 @@ class PoolSpec(BaseModel):
     @model_validator(mode="after")
     def _limits(self) -> PoolSpec:
         if self.max_num_batched_tokens < self.max_num_seqs:
-            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
-                             f"({self.max_num_seqs}), as vLLM requires")
+            raise FieldError(("max_num_batched_tokens",), f"max_num_batched_tokens ({self.max_num_batched_tokens}) "
+                             f"must be >= max_num_seqs ({self.max_num_seqs}), as vLLM requires")
         if isinstance(self.gpu, str) and self.gpu not in GPUS:
-            raise ValueError(f"unknown gpu {self.gpu!r}; presets: {', '.join(GPUS)} (or an inline spec)")
+            raise FieldError(("gpu",), f"unknown gpu {self.gpu!r}; presets: {', '.join(GPUS)} (or an inline spec)")
         if isinstance(self.model, str) and self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; presets: {', '.join(MODELS)} (or an inline spec)")
+            raise FieldError(("model",), _unknown_model(self.model))
         return self
+
+
+def _unknown_model(name: str) -> str:
+    return f"unknown model {name!r}; presets: {', '.join(MODELS)} (or an inline spec)"
 
 
 class KvTransferSpec(BaseModel):
@@ -79,20 +105,22 @@ class KvTransferSpec(BaseModel):
     / bandwidth (defaults: one 400 Gb/s RDMA NIC per replica, 1 ms of setup)."""
 
     model_config = _FROZEN
-    bandwidth_bytes_per_s: float = Field(default=50e9, gt=0)
-    latency_s: float = Field(default=0.001, ge=0)
+    bandwidth_bytes_per_s: float = Field(default=50e9, gt=0, description="link bandwidth, bytes per second")
+    latency_s: float = Field(default=0.001, ge=0, description="setup time of one transfer, seconds")
 
 
 class ClusterSpec(BaseModel):
     model_config = _FROZEN
-    pools: list[PoolSpec] = Field(min_length=1)
-    kv_transfer: KvTransferSpec = Field(default_factory=KvTransferSpec)
+    pools: list[PoolSpec] = Field(min_length=1, description="pools of identical replicas")
+    kv_transfer: KvTransferSpec = Field(default_factory=KvTransferSpec, description="prefill-to-decode KV link "
+                                        "(disaggregated pools)")
 
     @model_validator(mode="after")
     def _unique(self) -> ClusterSpec:
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
-            raise ValueError(f"pool names must be unique, got {names}")
+            dup = next(i for i, n in enumerate(names) if n in names[:i])
+            raise FieldError(("pools", dup, "name"), f"pool names must be unique, got {names}")
         roles = {p.role for p in self.pools}
         if ("prefill" in roles) != ("decode" in roles):
             raise ValueError("a pool with role 'prefill' needs a pool with role 'decode', and the other way round")
@@ -103,11 +131,12 @@ class SloSpec(BaseModel):
     """Service-level objectives a request must all meet to count toward goodput (seconds; omit to skip one)."""
 
     model_config = _FROZEN
-    ttft_s: float | None = Field(default=None, gt=0)
-    tpot_s: float | None = Field(default=None, gt=0)
+    ttft_s: float | None = Field(default=None, gt=0, description="time to first token, seconds")
+    tpot_s: float | None = Field(default=None, gt=0, description="mean time per output token after the first")
     time_to_answer_s: float | None = Field(
-        default=None, gt=0, description="arrival to the last reasoning token: the wait before the answer streams")
-    e2e_s: float | None = Field(default=None, gt=0)
+        default=None, gt=0, description="arrival to the last reasoning token, seconds: the wait before the answer "
+        "streams (the first token for a request without reasoning)")
+    e2e_s: float | None = Field(default=None, gt=0, description="arrival to last token, seconds")
 
 
 class EngineSpec(BaseModel):
@@ -117,42 +146,55 @@ class EngineSpec(BaseModel):
     check_invariants: bool = Field(default=False, description="assert KV block conservation at every step")
 
 
+def _kind_only(value: Any) -> Any:
+    """`router: least_kv` and `scheduler: fcfs` stand for mappings with only a kind (the JSON Schema says so too)."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
 class Scenario(BaseModel):
     """A complete simulation: model, cluster, step-time model, workload and SLOs."""
 
     model_config = _FROZEN
-    name: str = "scenario"
-    description: str = ""
-    seed: int = Field(default=0, ge=0)
-    model: str | ModelSpec = "llama-3.1-8b"
-    cluster: ClusterSpec
-    perf: PerfSpec = Field(default_factory=RooflinePerfSpec)
-    workload: WorkloadSpec
-    slo: SloSpec | None = None
-    router: RouterSpec = Field(default_factory=lambda: SimpleRouterSpec(kind="round_robin"))
-    scheduler: SchedulerSpec = Field(default_factory=FcfsSchedulerSpec)
-    engine: EngineSpec = Field(default_factory=EngineSpec)
+    name: str = Field(default="scenario", description="names the results folder (results/NAME)")
+    description: str = Field(default="", description="free text")
+    seed: int = Field(default=0, ge=0, description="seeds every random stream of the run")
+    model: str | ModelSpec | None = Field(
+        default=None, description="the model the pools serve: a preset name or an inline spec; required unless "
+        "every pool names its own (cluster.pools.N.model)")
+    cluster: ClusterSpec = Field(description="the pools of GPUs and the KV link between them")
+    perf: PerfSpec = Field(default_factory=RooflinePerfSpec, description="the step-time model (kind: "
+                           "calibrated, roofline or linear)")
+    workload: WorkloadSpec = Field(description="the requests: a synthetic mix or a trace")
+    slo: SloSpec | None = Field(default=None, description="service-level objectives for goodput")
+    router: Annotated[RouterSpec, BeforeValidator(_kind_only, json_schema_input_type=RouterSpec | RouterKind)] = (
+        Field(default_factory=lambda: SimpleRouterSpec(kind="round_robin"), description="which replica an "
+              "arriving request goes to: a kind (round_robin, least_outstanding...) or a mapping with kind, "
+              "staleness_s and the router's own fields"))
+    scheduler: Annotated[SchedulerSpec, BeforeValidator(_kind_only,
+                                                        json_schema_input_type=SchedulerSpec | SchedulerKind)] = (
+        Field(default_factory=FcfsSchedulerSpec, description="the waiting queue's order and the preemption "
+              "victim: a kind (fcfs) or a mapping with kind"))
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="how the run is stepped and when it "
+                               "stops")
     _base_dir: Path | None = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _policy_shorthand(cls, data: Any) -> Any:
-        """`router: least_kv` and `scheduler: fcfs` stand for mappings with only a kind."""
-        if isinstance(data, dict):
-            for key in ("router", "scheduler"):
-                if isinstance(data.get(key), str):
-                    data = {**data, key: {"kind": data[key]}}
-        return data
 
     @model_validator(mode="after")
     def _known(self) -> Scenario:
         if isinstance(self.model, str) and self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; presets: {', '.join(MODELS)} (or an inline spec)")
+            raise FieldError(("model",), _unknown_model(self.model))
+        if self.model is None:
+            bare = [str(i) for i, p in enumerate(self.cluster.pools) if p.model is None]
+            if bare:
+                raise FieldError(("model",), f"required field is missing: the model the pools serve (a preset such "
+                                 f"as llama-3.1-8b, or an inline spec), or a model on every pool (cluster.pools."
+                                 f"{'/'.join(bare)} name{'s' if len(bare) == 1 else ''} none)")
         if isinstance(self.router, ByQueryTypeRouterSpec):
             pools = {p.name for p in self.cluster.pools}
-            for target in [*self.router.table.values(), self.router.default]:
+            targets: list[tuple[tuple[str | int, ...], str | None]] = [
+                (("router", "table", q), pool) for q, pool in self.router.table.items()]
+            for loc, target in [*targets, (("router", "default"), self.router.default)]:
                 if target is not None and target not in pools:
-                    raise ValueError(f"router: pool {target!r} is not in cluster.pools ({', '.join(sorted(pools))})")
+                    raise FieldError(loc, f"pool {target!r} is not in cluster.pools ({', '.join(sorted(pools))})")
         return self
 
     @property
@@ -165,12 +207,27 @@ class Scenario(BaseModel):
 
     def model_of(self, pool: PoolSpec) -> ModelSpec:
         m = pool.model if pool.model is not None else self.model
+        assert m is not None, "validated: a scenario model or one on every pool"
         return MODELS[m] if isinstance(m, str) else m
 
     def reserve_bytes_of(self, pool: PoolSpec) -> float:
         if pool.activation_reserve_bytes is not None:
             return pool.activation_reserve_bytes
         return activation_reserve_estimate(self.model_of(pool), pool.max_num_batched_tokens)
+
+    def kv_blocks_of(self, pool: PoolSpec) -> int:
+        """KV blocks of one replica of `pool`: `num_kv_blocks`, or what its GPUs' memory leaves (vLLM's sizing)."""
+        if pool.num_kv_blocks is not None:
+            return pool.num_kv_blocks
+        return kv_capacity_blocks(self.gpu_of(pool), self.model_of(pool), pool.tensor_parallel,
+                                  pool.gpu_memory_utilization, pool.kv_block_tokens, self.reserve_bytes_of(pool),
+                                  pool.data_parallel_attention)
+
+    def max_tokens_of(self, pool: PoolSpec) -> int:
+        """The most tokens (prompt plus output) one request may reach on a replica of `pool`: its max model
+        length, or its KV capacity if smaller (a longer request is rejected on arrival)."""
+        model_len = pool.max_model_len_tokens or self.model_of(pool).max_context_tokens
+        return min(model_len, self.kv_blocks_of(pool) * pool.kv_block_tokens)
 
     def to_yaml(self) -> str:
         """The resolved scenario (defaults filled in) as YAML that loads back to an equal scenario."""
@@ -194,28 +251,40 @@ def _is_relative_file(key: str, value: Any) -> bool:
             and not value.startswith(BUILTIN_PREFIX) and not Path(value).is_absolute())
 
 
-def _yaml_path(loc: tuple[Any, ...], data: Any) -> str:
+def _yaml_path(loc: tuple[Any, ...], data: Any) -> tuple[str, bool]:
     """The error location as the user wrote it: pydantic adds union members (a `kind` tag such as 'roofline',
-    or a type name such as 'GpuSpec') to locations; keep only the segments that index into the input."""
+    or a type name such as 'GpuSpec') to locations; keep only the segments that index into the input. Also says
+    whether a union member was dropped (the error is about one member of a union)."""
     parts: list[str] = []
     node = data
+    member = False
     for i, seg in enumerate(loc):
         last = i == len(loc) - 1
         if isinstance(node, dict) and seg in node:
             node = node[seg]
         elif isinstance(node, list) and isinstance(seg, int) and 0 <= seg < len(node):
             node = node[seg]
-        elif not (last and isinstance(node, dict)):
+        elif not (last and isinstance(node, dict) and not _is_member(seg)):
+            member = True
             continue  # a union member, not part of the input
         parts.append(str(seg))
-    return ".".join(parts) or "(top level)"
+    return ".".join(parts) or "(top level)", member
+
+
+def _is_member(seg: Any) -> bool:
+    """A location segment pydantic adds for a union member of a plain type ('str', 'int', ...)."""
+    return seg in ("str", "int", "float", "bool", "none", "list[str]", "dict[str,str]")
 
 
 def _format_errors(source: str, err: ValidationError, data: Any) -> str:
-    by_path: dict[str, list[str]] = {}
+    found: list[tuple[str, bool, str, str]] = []  # (path, about a union member, error type, message)
     for e in err.errors():
-        path = _yaml_path(tuple(e["loc"]), data)
-        msg = e["msg"].removeprefix("Value error, ")
+        loc = tuple(e["loc"])
+        exc = e.get("ctx", {}).get("error")
+        if isinstance(exc, FieldError):
+            loc = loc + exc.loc
+        path, member = _yaml_path(loc, data)
+        msg = str(exc) if isinstance(exc, FieldError) else e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not a field of this section)"
         elif e["type"] == "missing":
@@ -224,6 +293,14 @@ def _format_errors(source: str, err: ValidationError, data: Any) -> str:
             ctx = e.get("ctx", {})
             got = f", got {ctx['tag']!r}" if "tag" in ctx else ""
             msg = f"expected {ctx.get('discriminator', 'a tag')} to be one of {ctx.get('expected_tags', '?')}{got}"
+        found.append((path, member, e["type"], msg))
+    by_path: dict[str, list[str]] = {}
+    for path, member, kind, msg in found:
+        # A union member the input is not (`gpu: {...}` is not a preset name): its type error is noise when
+        # another member says what is wrong inside the input.
+        if member and kind.endswith("_type") and any(
+                p.startswith(path + ".") or (p == path and not k.endswith("_type")) for p, _, k, _ in found):
+            continue
         if msg not in by_path.setdefault(path, []):
             by_path[path].append(msg)
     n = len(by_path)
@@ -295,23 +372,61 @@ def _check_buildable(scenario: Scenario, source: str) -> None:
             except FitError as exc:
                 raise ScenarioError(f"{source}: {field}: {exc}") from None
     for i, pool in enumerate(scenario.cluster.pools):
+        where = f"{source}: cluster.pools.{i}"
+        _check_parallel(pool, scenario.model_of(pool), where)
         model_len = pool.max_model_len_tokens or scenario.model_of(pool).max_context_tokens
         if not pool.chunked_prefill and pool.max_num_batched_tokens < model_len:
             raise ScenarioError(
-                f"{source}: cluster.pools.{i}.max_num_batched_tokens: with chunked_prefill off it must be >= the "
-                f"max model length ({model_len} tokens; set max_model_len_tokens lower or raise it), as vLLM "
-                "requires")
-        if pool.num_kv_blocks is not None:
-            continue
-        gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
-        blocks = kv_capacity_blocks(gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization,
-                                    pool.kv_block_tokens, scenario.reserve_bytes_of(pool),
-                                    pool.data_parallel_attention)
-        if blocks <= 0:
-            raise ScenarioError(
-                f"{source}: cluster.pools.{i}: model {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) "
-                f"leaves no KV memory on {pool.tensor_parallel} x {gpu.name} at gpu_memory_utilization "
-                f"{pool.gpu_memory_utilization}; raise tensor_parallel or use a larger GPU")
+                f"{where}.max_num_batched_tokens: with chunked_prefill off it must be >= the max model length "
+                f"({model_len} tokens; set max_model_len_tokens lower or raise it), as vLLM requires")
+        _check_memory(scenario, pool, where)
+
+
+def _check_parallel(pool: PoolSpec, model: ModelSpec, where: str) -> None:
+    """vLLM's tensor-parallel rules: the GPUs split the attention heads evenly, and split the KV heads evenly or,
+    when there are more GPUs than KV heads, replicate each on an equal share of them (QKVParallelLinear). MLA has
+    one latent, not KV heads; data-parallel attention splits sequences, not heads."""
+    tp = pool.tensor_parallel
+    if tp == 1 or pool.data_parallel_attention:
+        return
+    heads, kv = model.num_attention_heads, model.num_kv_heads
+
+    def fits(n: int) -> bool:
+        return heads % n == 0 and (model.mla is not None or kv % n == 0 or n % kv == 0)
+
+    valid = ", ".join(str(n) for n in range(1, min(heads, 64) + 1) if fits(n))
+    if heads % tp:
+        raise ScenarioError(f"{where}.tensor_parallel: {tp} does not divide the {heads} attention heads of "
+                            f"{model.name}, as vLLM requires (valid: {valid})")
+    if not fits(tp):
+        raise ScenarioError(f"{where}.tensor_parallel: {tp} and the {kv} KV heads of {model.name}: one must divide "
+                            f"the other, as vLLM requires (it splits the KV heads over the GPUs, or replicates each "
+                            f"on an equal share of them; valid: {valid})")
+
+
+def _check_memory(scenario: Scenario, pool: PoolSpec, where: str) -> None:
+    """The weights fit on the replica's GPUs, and its KV blocks (derived, or `num_kv_blocks` set by hand) in what the
+    weights leave. A hand-set count is held to the memory the weights leave, less `activation_reserve_bytes` only if
+    that is given too (the estimated reserve is conservative: real vLLM servers hold up to 3% more blocks)."""
+    gpu, model, tp = scenario.gpu_of(pool), scenario.model_of(pool), pool.tensor_parallel
+    on = f"{tp} x {gpu.name} at gpu_memory_utilization {pool.gpu_memory_utilization}"
+    hand_set = pool.num_kv_blocks is not None
+    reserve = (pool.activation_reserve_bytes or 0.0) if hand_set else scenario.reserve_bytes_of(pool)
+    free = kv_memory_bytes(gpu, model, tp, pool.gpu_memory_utilization, reserve)
+    if free <= 0:
+        raise ScenarioError(
+            f"{where}: model {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no KV memory on {on}"
+            f"{', num_kv_blocks or not' if hand_set else ''}; raise tensor_parallel or use a larger GPU")
+    block = kv_block_bytes(model, pool.kv_block_tokens, tp, pool.data_parallel_attention)
+    room = math.floor(free / block)
+    left = (f"the {free / 1e9:.2f} GB the weights {'' if hand_set else 'and activations '}leave on {on}")
+    if room <= 0:
+        raise ScenarioError(f"{where}.kv_block_tokens: a block of {pool.kv_block_tokens:,} tokens takes "
+                            f"{block / 1e9:.2f} GB of KV, more than {left}: not one block fits (vLLM uses 16)")
+    if hand_set and pool.num_kv_blocks is not None and pool.num_kv_blocks > room:
+        raise ScenarioError(f"{where}.num_kv_blocks: {pool.num_kv_blocks:,} blocks of {pool.kv_block_tokens} tokens "
+                            f"take {pool.num_kv_blocks * block / 1e9:.2f} GB of KV, more than {left} (at most "
+                            f"{room:,} blocks)")
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

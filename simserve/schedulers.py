@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simserve.request import Request
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Scheduler(Protocol):
@@ -74,9 +74,11 @@ class FcfsSchedulerSpec(BaseModel):
     """First come, first served (vLLM's default policy)."""
 
     model_config = _FROZEN
-    kind: Literal["fcfs"] = "fcfs"
+    kind: Literal["fcfs"] = Field(default="fcfs", description="first come, first served; the newest running "
+                                  "request is preempted first")
 
 
 SchedulerSpec = Annotated[FcfsSchedulerSpec, Field(discriminator="kind")]
+SchedulerKind = Literal["fcfs"]  # kinds a scenario may give as a bare string (`scheduler: fcfs`)
 
 SCHEDULERS: dict[str, type[Scheduler]] = {"fcfs": Fcfs}

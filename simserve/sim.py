@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,20 +18,16 @@ import pandas as pd
 import simpy
 
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
-from simserve.hardware import GpuSpec, ModelSpec, kv_capacity_blocks
+from simserve.hardware import GpuSpec, ModelSpec
 from simserve.metrics import Recorder, busy_seconds, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.request import Request
 from simserve.routing import ROUTERS, StaleView
 from simserve.schedulers import SCHEDULERS
-from simserve.workload import Sessions, build_sessions, generate_requests
+from simserve.workload import Sessions, build_sessions, generate_requests, rng_streams
 
 if TYPE_CHECKING:
     from simserve.scenario import PoolSpec, Scenario
-
-# One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
-# the draws of the others.
-STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions")
 
 
 @dataclass
@@ -130,8 +127,7 @@ class Simulation:
         self.scenario = scenario
         self.base_dir = base_dir
         self.env = simpy.Environment()
-        seeds = np.random.SeedSequence(scenario.seed).spawn(len(STREAMS))
-        self.rngs = {name: np.random.default_rng(s) for name, s in zip(STREAMS, seeds, strict=True)}
+        self.rngs = rng_streams(scenario.seed)
         self.recorder = Recorder(records_dir)
         self.engine = scenario.engine
         self.sessions = build_sessions(scenario.workload, self.rngs, base_dir)
@@ -160,20 +156,22 @@ class Simulation:
         self.num_arrived = 0
         self.num_scheduled_events = 0  # arrivals, follow-up turns and KV transfers
         self.in_system = 0
+        self.num_rejected_too_long = 0  # rejected on arrival here: too long for every decode replica
         self._pending: dict[int, Request] = {}  # follow-up turns scheduled but not arrived, by id(request)
         self._next_id = 0
         self._exhausted = False
         self._all_done = self.env.event()
         self._stop_requested = False
+        self._last_arrival_s = math.inf  # known once the workload is exhausted
+        self._trace_horizon = self.env.event()  # an open-ended trace's horizon, set by its last arrival
+        self._horizon_follows_trace = False
         self._backlog: list[tuple[float, int]] = []  # (time, requests waiting cluster-wide) at sampled arrivals
         self._backlog_every = 1
 
     def _build_pool(self, pool: PoolSpec, entry: list[Replica]) -> None:
         scenario = self.scenario
         gpu, model = scenario.gpu_of(pool), scenario.model_of(pool)
-        blocks = pool.num_kv_blocks or kv_capacity_blocks(
-            gpu, model, pool.tensor_parallel, pool.gpu_memory_utilization, pool.kv_block_tokens,
-            scenario.reserve_bytes_of(pool), pool.data_parallel_attention)
+        blocks = scenario.kv_blocks_of(pool)
         perf = build_perf(scenario.perf, gpu, model, pool, self.base_dir)
         self.pools.append({"pool": pool.name, "gpu": gpu.name, "model": model.name,
                            "replicas": pool.replicas, "tensor_parallel": pool.tensor_parallel,
@@ -210,6 +208,7 @@ class Simulation:
         if self.num_arrived % self._backlog_every == 0:
             self._sample_backlog()
         if self.decoders and req.total_tokens > self._decode_max_tokens:
+            self.num_rejected_too_long += 1
             req.status = "rejected"
             req.reason = (f"needs {req.total_tokens} tokens of KV; decode replicas hold at most "
                           f"{self._decode_max_tokens}")
@@ -245,8 +244,14 @@ class Simulation:
 
     def _on_exhausted(self) -> None:
         self._exhausted = True
+        self._last_arrival_s = self.env.now
         self._sample_backlog()
+        if self._horizon_follows_trace:  # an open-ended trace: the horizon is set by its real last arrival
+            self.env.timeout(self.horizon_s() - self.env.now).callbacks.append(self._reach_trace_horizon)
         self.check_done()
+
+    def _reach_trace_horizon(self, _event: object) -> None:
+        self._trace_horizon.succeed()
 
     def stop(self) -> None:
         """End the run at the current instant, as a user stopping it (Ctrl-C on the command line): run() then
@@ -258,10 +263,15 @@ class Simulation:
             Arrival(self.env, 0.0).callbacks.append(simpy.core.StopSimulation.callback)
 
     def horizon_s(self) -> float:
-        """Simulated time at which the run stops even if requests remain (they are reported unfinished)."""
+        """Simulated time at which the run stops even if requests remain (they are reported unfinished):
+        `engine.horizon_s`, or by default max(2 x span, span + 1 h), the span being the workload's expected last
+        arrival. A trace with no end (no `end_s` or `duration_s`) is replayed whole: its span is its real last
+        arrival, known once it has arrived (math.inf until then)."""
         if self.engine.horizon_s is not None:
             return self.engine.horizon_s
         span = self.scenario.workload.expected_span_s
+        if not math.isfinite(span):
+            span = self._last_arrival_s
         return max(2.0 * span, span + 3600.0)
 
     # ------------------------------------------------------------------------------------------ the run
@@ -278,14 +288,17 @@ class Simulation:
         for r in self.replicas:
             env.process(r.process())
         horizon = self.horizon_s()
+        self._horizon_follows_trace = not math.isfinite(horizon)
+        stop = self._trace_horizon if self._horizon_follows_trace else env.timeout(horizon)
         try:
-            env.run(until=self._all_done | env.timeout(horizon))
+            env.run(until=self._all_done | stop)
         except BaseException:
             self.recorder.abort()  # the .partial files stay as they are; nothing gets a final name
             raise
         end_s = env.now
+        horizon = self.horizon_s()  # an open-ended trace's, known now if its last request arrived
         interrupted = self._stop_requested and not self._all_done.triggered
-        stopped = not self._all_done.triggered and not interrupted
+        stopped = not self._all_done.triggered and not interrupted  # at the horizon, fixed or the trace's
         where_s = f"when the run was stopped ({end_s:g} s)" if interrupted else f"at the horizon ({horizon:g} s)"
         for r in self.replicas:
             r.settle(end_s)
@@ -338,6 +351,7 @@ class Simulation:
         saturated, growth = self._saturation(stopped)
         extra = {
             "stopped_at_horizon": stopped,
+            "num_rejected_too_long": self.num_rejected_too_long + sum(r.num_rejected_too_long for r in self.replicas),
             "queue_growth_requests_per_s": growth,
             # GPU utilisation as a busy share: time the replicas spent stepping over the makespan, per GPU
             "gpu_busy_share": sum(p["busy_share"] * p["replicas"] * p["tensor_parallel"] for p in self.pools)

@@ -116,12 +116,14 @@ def test_ctrl_c_with_partial_writes_what_finished_marked_partial(old_results):
 
 def test_a_second_ctrl_c_stops_at_once(old_results):
     """One request of 600,000 tokens stepped one step at a time (about 15 s): no arrival or completion, the points
-    where a first Ctrl-C can stop the run whole, for seconds; the second Ctrl-C does not wait."""
+    where a first Ctrl-C can stop the run whole, for seconds; the second Ctrl-C does not wait. Two GPUs per
+    replica: its KV (50,000 blocks, 105 GB) does not fit the memory one H100 leaves."""
     out, before = old_results
     one_long_request = ["--exact-steps", "--set", "workload.num_requests=1",
                         "--set", "workload.mix.0.reasoning_tokens={dist: constant, value: 600000}",
                         "--set", "cluster.pools.0.max_model_len_tokens=700000",
-                        "--set", "cluster.pools.0.num_kv_blocks=50000", "--set", "engine.horizon_s=1e6"]
+                        "--set", "cluster.pools.0.tensor_parallel=2", "--set", "cluster.pools.0.num_kv_blocks=50000",
+                        "--set", "engine.horizon_s=1e6"]
     rc, stdout, stderr = interrupt(start(QUICKSTART, "--out", str(out), "--partial", *one_long_request), times=2)
     assert rc == 130, stderr
     assert "Traceback" not in stderr and stdout == ""
@@ -216,6 +218,47 @@ def test_the_monitor_stops_a_run_at_a_request_boundary_with_partial_results():
     done = res.requests[res.requests["status"] == "completed"].set_index("request_id")
     pd.testing.assert_series_equal(done["finish_s"], full.loc[done.index, "finish_s"])  # the same run, cut short
     assert complete.summary["partial"] is False
+
+
+def test_an_open_ended_trace_stopped_before_its_last_arrival_is_partial_not_at_its_horizon():
+    """The trace's horizon follows its last arrival (not known yet when the user stops the run): the run is
+    `partial`, not `stopped_at_horizon`, and summary.json says null for the horizon it never learnt."""
+    from simserve.output import json_safe
+
+    class Stop(Hooks):
+        n = 0
+
+        def finished(self, req) -> None:
+            self.n += 1
+            if self.n == 100:
+                sim.stop()
+
+    sc = load_scenario(ROOT / "scenarios/azure-replay.yaml")
+    sim = Simulation(sc, sc.base_dir, hooks=[Stop()])
+    res = sim.run()
+    s = res.summary
+    assert s["partial"] is True and s["stopped_at_horizon"] is False and s["num_not_arrived"] == 0
+    assert s["num_completed"] >= 100 and s["num_unfinished"] > 0 and s["num_requests"] < 2000
+    reasons = res.requests.loc[res.requests["status"] == "unfinished", "reason"]
+    assert reasons.str.contains("when the run was stopped").all()
+    assert math.isinf(s["horizon_s"]) and json.loads(json.dumps(json_safe(s)))["horizon_s"] is None
+    whole = Simulation(sc, sc.base_dir).run().summary  # unstopped: the horizon is the trace's, known at the end
+    assert whole["partial"] is False and math.isfinite(whole["horizon_s"])
+
+
+def test_a_trace_run_is_sized_by_its_rows():
+    """`run` reads a trace whole before it starts (preflight); its count of rows sizes the run, which the
+    scenario alone cannot (no num_requests)."""
+    import argparse
+
+    from simserve.cli import _load_for_run
+
+    args = argparse.Namespace(scenario=str(ROOT / "scenarios/azure-replay.yaml"), set=None, seed=None,
+                              exact_steps=False)
+    sc, rows = _load_for_run(args)
+    assert expected_requests(sc) is None and estimate(sc) is None and rows == 2000
+    size = estimate(sc, rows)
+    assert size is not None and size.requests == 2000
 
 
 def test_progress_status_line():

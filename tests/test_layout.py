@@ -58,6 +58,7 @@ ABOVE = {
     "engine": ("simserve.sim", "simserve.scenario", "simserve.cli", "simserve.calibration", "simserve.routing"),
     "metrics.py": ("simserve.engine", "simserve.sim", "simserve.scenario", "simserve.cli", "simserve.perf"),
     "sim.py": ("simserve.scenario", "simserve.cli", "simserve.calibration"),
+    "preflight.py": ("simserve.cli", "simserve.calibration"),
 }
 
 

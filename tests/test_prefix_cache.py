@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simserve import Simulation, parse_scenario
+from simserve.hardware import GPUS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MOONCAKE = DATA / "mooncake-conversation" / "conversation_trace.jsonl"
@@ -292,10 +293,14 @@ def test_sessions_and_system_prompts_fast_forward_equals_exact_steps(data):
 # ----------------------------------------------------------------------------------------------- (d) Mooncake
 
 
+ROOMY_GPU = {**GPUS["h100-sxm"].model_dump(), "name": "h100-sxm-roomy", "memory_bytes": 1e15}
+
+
 def mooncake_run(num_kv_blocks):
     data = {
         "name": "mooncake-hits", "seed": 1, "model": "llama-3.1-8b",
-        "cluster": {"pools": [{"name": "main", "gpu": "h100-sxm", "replicas": 1, "num_kv_blocks": num_kv_blocks}]},
+        # An H100 with memory for the unbounded cache (20M blocks: 42 TB), as bench/cluster_tables.py does.
+        "cluster": {"pools": [{"name": "main", "gpu": ROOMY_GPU, "replicas": 1, "num_kv_blocks": num_kv_blocks}]},
         "perf": {"kind": "linear", "step_overhead_s": 0.001, "per_prefill_token_s": 1e-6, "per_decode_seq_s": 1e-5},
         "workload": {"trace": {"format": "mooncake", "path": str(MOONCAKE)}},
     }

@@ -86,3 +86,25 @@ def test_reasoning_end_and_time_to_answer_are_recorded():
     assert np.all(done["reasoning_end_s"] <= done["finish_s"])
     assert np.allclose(done["time_to_answer_s"], done["reasoning_end_s"] - done["arrival_s"])
     assert res.summary["time_to_answer_s_p50"] == pytest.approx(float(np.percentile(done["time_to_answer_s"], 50)))
+
+
+def test_a_reasoning_end_in_a_step_the_horizon_cuts_is_not_recorded():
+    # One request (prompt 1, reasoning 2, answer 5), 1 s steps: the prefill step [0, 1] samples the first reasoning
+    # token, the decode step [1, 2] the last one and starts a fast-forwarded run. The horizon at 1.5 s cuts that
+    # step: stepping never delivers its token, so neither may fast-forward (it once stamped 2.0 at the run's start).
+    data = {"name": "cut", "seed": 1, "model": "llama-3.1-8b",
+            "cluster": {"pools": [{"gpu": "h100-sxm", "num_kv_blocks": 100}]},
+            "perf": {"kind": "linear", "step_overhead_s": 1.0},
+            "workload": {"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1e9},
+                         "mix": [{"query_type": "q", "prompt_tokens": {"dist": "constant", "value": 1},
+                                  "reasoning_tokens": {"dist": "constant", "value": 2},
+                                  "answer_tokens": {"dist": "constant", "value": 5}}]},
+            "engine": {"horizon_s": 1.5}}
+    for exact in (False, True):
+        df = Simulation(scenario(data, exact_steps=exact)).run().requests
+        assert df["status"].tolist() == ["unfinished"]
+        assert np.isnan(df["reasoning_end_s"].iloc[0]), exact
+    data["engine"]["horizon_s"] = 2.5
+    for exact in (False, True):
+        df = Simulation(scenario(data, exact_steps=exact)).run().requests
+        assert df["reasoning_end_s"].iloc[0] == pytest.approx(2.0, abs=1e-6), exact

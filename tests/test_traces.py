@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from simserve import ScenarioError, load_scenario, parse_scenario
-from simserve.workload.traces import TraceSpec, replay
+from simserve.workload.traces import TraceError, TraceSpec, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -146,9 +146,9 @@ def test_corrupt_mooncake_line_names_file_and_line(tmp_path, bad):
     good = '{"timestamp": 0, "input_length": 10, "output_length": 3, "hash_ids": [1]}'
     path.write_text(f"{good}\n{good}\n{bad}\n{good}\n")
     gen = replay(TraceSpec(format="mooncake", path=str(path)))
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(TraceError) as exc:
         list(gen)
-    assert f"{path}:3:" in str(exc.value)
+    assert f"{path}: line 3: " in str(exc.value)
 
 
 def test_azure_csv_without_its_columns_is_named(tmp_path):
@@ -197,3 +197,105 @@ def test_scenario_on_the_shipped_mooncake_sample_completes_and_keeps_the_trace(t
     assert df["prompt_tokens"].tolist() == [p for _, p, _, _ in rows]
     assert (df["reasoning_tokens"] + df["answer_tokens"]).tolist() == [max(o, 1) for _, _, o, _ in rows]
     assert (df["prefix_hit_tokens"] > 0).any()  # the hash ids drive the caches
+
+
+# ----------------------------------------------------------------------------------------------- bad rows
+
+
+AZURE_HEAD = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+AZURE_OK = "2023-11-16 18:15:46.6805900,10,3\n"
+REQUESTS_HEAD = "arrival_s,input_tokens,output_tokens\n"
+
+
+def mooncake_line(**fields):
+    return json.dumps({"timestamp": 0, "input_length": 10, "output_length": 3, **fields}) + "\n"
+
+
+# (format, file text, line, what the message says): every bad row names its line and what was expected.
+BAD_ROWS = [
+    ("azure", AZURE_HEAD + AZURE_OK + "2023-11-16 18:15:47.0,-5,3\n", 3, "ContextTokens: expected a whole number "
+     "of tokens >= 0, got -5"),
+    ("azure", AZURE_HEAD + AZURE_OK + "2023-11-16 18:15:47.0,10,\n", 3, "GeneratedTokens: expected a whole number "
+     "of tokens >= 0, got an empty field"),
+    ("azure", AZURE_HEAD + AZURE_OK + "2023-11-16 18:15:47.0,ten,3\n", 3, "ContextTokens: expected a whole number "
+     "of tokens >= 0, got 'ten'"),
+    ("azure", AZURE_HEAD + AZURE_OK + "2023-11-16 18:15:47.0,10,2.5\n", 3, "GeneratedTokens: expected a whole "
+     "number of tokens >= 0, got 2.5"),
+    ("azure", AZURE_HEAD + AZURE_OK + "yesterday,10,3\n", 3, "TIMESTAMP: expected a date and time"),
+    ("azure", AZURE_HEAD + AZURE_OK + "2023-11-16 18:15:45.0,10,3\n", 3, "TIMESTAMP: 2023-11-16 18:15:45.0 is "
+     "earlier than line 2's 2023-11-16 18:15:46.6805900: timestamps must not decrease"),
+    ("azure", "TIMESTAMP,Context,GeneratedTokens\n" + AZURE_OK, 1, "not an Azure LLM trace CSV: missing column(s) "
+     "ContextTokens"),
+    ("azure", AZURE_HEAD + AZURE_OK + "\n" + "2023-11-16 18:15:47.0,-1,3\n", 4, "ContextTokens"),  # blank line
+    ("requests", REQUESTS_HEAD + "0,1,1\n5,1,1\n3,1,1\n", 4, "arrival_s: 3 is earlier than line 3's 5: "
+     "timestamps must not decrease"),
+    ("requests", REQUESTS_HEAD + "0,1,1\nsoon,1,1\n", 3, "arrival_s: expected a time in seconds, got 'soon'"),
+    ("requests", REQUESTS_HEAD + "0,1,1\n1,-2,1\n", 3, "input_tokens: expected a whole number of tokens >= 0"),
+    ("requests", REQUESTS_HEAD + "0,1,1\n1,2,\n", 3, "output_tokens: expected a whole number of tokens >= 0, got "
+     "an empty field"),
+    ("requests", "arrival_s,input_tokens\n0,1\n", 1, "not a requests CSV: missing column(s) output_tokens"),
+    ("requests", REQUESTS_HEAD.strip() + ",prefix_block_hashes\n0,1,1,1 2\n1,1,1,1 x\n", 3,
+     "prefix_block_hashes: expected space-separated integers, got '1 x'"),
+    ("requests", "arrival_s,engine_arrival_s,input_tokens,output_tokens\n0,1,1,1\n1,0.5,1,1\n", 3,
+     "engine_arrival_s: 0.5 is earlier than line 2's 1"),
+    ("mooncake", mooncake_line() + mooncake_line(timestamp=-1), 2, "timestamp: -1 is earlier than line 1's 0"),
+    ("mooncake", mooncake_line() + mooncake_line(input_length=-3), 2, "input_length: expected a whole number of "
+     "tokens >= 0, got -3"),
+    ("mooncake", mooncake_line() + mooncake_line(output_length="7"), 2, "output_length: expected a whole number of "
+     "tokens >= 0, got '7'"),
+    ("mooncake", mooncake_line() + mooncake_line(timestamp=None), 2, "timestamp: expected a number of "
+     "milliseconds, got None"),
+    ("mooncake", mooncake_line() + mooncake_line(hash_ids=[1, "a"]), 2, "hash_ids: expected a list of integer "
+     "block hashes"),
+    ("mooncake", mooncake_line() + '{"timestamp": 5, "input_length": 10}\n', 2, "missing output_length"),
+    ("mooncake", mooncake_line() + '{"timestamp": 5, "input_length": 10, "outp\n', 2, "not valid JSON"),
+    ("mooncake", mooncake_line() + "[1, 2]\n", 2, "expected a JSON object per line"),
+]
+
+
+@pytest.mark.parametrize("fmt, text, line, what", BAD_ROWS, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_ROWS)])
+def test_a_bad_row_names_the_file_the_line_and_what_was_expected(tmp_path, fmt, text, line, what):
+    path = tmp_path / ("t.jsonl" if fmt == "mooncake" else "t.csv")
+    path.write_text(text)
+    with pytest.raises(TraceError) as exc:
+        list(replay(TraceSpec(format=fmt, path=str(path))))
+    assert str(exc.value).startswith(f"{path}: line {line}: ")
+    assert what in str(exc.value)
+
+
+@pytest.mark.parametrize("text, what", [("", "empty file"), (REQUESTS_HEAD + "0,1,1\n1,2,3,4\n", "Expected 3 fields"),
+                                        (b"arrival_s\xff\n", "not a UTF-8 text file")])
+def test_an_unreadable_csv_is_named(tmp_path, text, what):
+    path = tmp_path / "t.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(TraceError, match=what) as exc:
+        list(replay(TraceSpec(format="requests", path=str(path))))
+    assert str(path) in str(exc.value)
+
+
+def test_equal_timestamps_and_zero_counts_are_accepted(tmp_path):
+    # Ties keep their file order; a count of 0 is read as 1 token (vLLM serves no empty prompt and always
+    # generates a token); the first row's time is the trace's start whatever later rows say.
+    path = tmp_path / "t.csv"
+    path.write_text(REQUESTS_HEAD + "7,5,0\n7,0,4\n9.5,3,3\n")
+    reqs = list(replay(TraceSpec(format="requests", path=str(path))))
+    assert [(r.arrival_s, r.prompt_tokens, r.output_tokens) for r in reqs] == [(0.0, 5, 1), (0.0, 1, 4), (2.5, 3, 3)]
+
+
+def test_a_requests_csv_is_replayed_in_file_order_never_sorted(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(REQUESTS_HEAD + "0,1,1\n2,2,1\n1,3,1\n")
+    with pytest.raises(TraceError, match="line 4: arrival_s: 1 is earlier than line 3's 2"):
+        list(replay(TraceSpec(format="requests", path=str(path))))
+
+
+def test_bad_rows_are_found_past_the_first_chunk(tmp_path, monkeypatch):
+    import simserve.workload.traces as traces
+
+    monkeypatch.setattr(traces, "CHUNK_ROWS", 4)
+    path = tmp_path / "t.csv"
+    path.write_text(REQUESTS_HEAD + "".join(f"{i},1,1\n" for i in range(10)) + "3,1,1\n")
+    with pytest.raises(TraceError, match=r"line 12: arrival_s: 3 is earlier than line 11's 9"):
+        list(replay(TraceSpec(format="requests", path=str(path))))
+    path.write_text(REQUESTS_HEAD + "".join(f"{i},1,1\n" for i in range(4)) + "4,1,1\n")  # a boundary tie is fine
+    assert len(list(replay(TraceSpec(format="requests", path=str(path))))) == 5

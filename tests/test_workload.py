@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from simserve.sim import STREAMS
 from simserve.workload import (
     QUERY_TYPES,
+    STREAMS,
     Constant,
     Empirical,
     GammaArrivals,

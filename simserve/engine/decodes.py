@@ -7,7 +7,7 @@ exactly the times, blocks and token counts that stepping one iteration at a time
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -222,6 +222,7 @@ class FastForwardRun:
     num_decodes: int
     used_at_start: int
     allocated: int = 0
+    first_reasoning_done: list[Request] = field(default_factory=list)  # sampled by its first step
 
     def steps_started(self, now_s: float) -> int:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting

@@ -58,6 +58,7 @@ class Replica:
         self.kv_peak = 0
         self._run: FastForwardRun | None = None  # the fast-forwarded run in flight
         self._run_waiting = 0
+        self.num_rejected_too_long = 0  # requests rejected on arrival: they could never fit here
 
     # ------------------------------------------------------------------------------------------ public surface
 
@@ -92,6 +93,7 @@ class Replica:
         """Accept a routed request now: queue it, or reject it at once if it could never fit."""
         req.pool, req.replica = self.pool, self.index
         if not self.fits(req):
+            self.num_rejected_too_long += 1
             req.status = "rejected"
             req.reason = (f"needs {req.total_tokens} tokens of KV; replica holds at most {self.max_tokens} "
                           f"(KV capacity {self.kv.capacity_tokens}, max_model_len)")
@@ -262,13 +264,11 @@ class Replica:
         dec = self.planner.decodes
         times = self.perf.decode_run_times_s(plan.decode_context_tokens, k)
         bounds = np.cumsum(np.concatenate(([now], times)))
-        run = FastForwardRun(bounds, times, extra, k, dec.n, used)
+        run = FastForwardRun(bounds, times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done)
         self._run = run
         self._run_waiting = num_waiting
         end = env.timeout(bounds[k] - now)
         self.num_events += 1
-        for req in plan.reasoning_done:  # the run's first step, already planned
-            self._reasoning_done(req, float(bounds[1]))
         yield end | self.wake
         if end.processed:
             m = k
@@ -305,6 +305,9 @@ class Replica:
             self.kv.allocate(added - run.allocated)
             run.allocated = added
         last = StepPlan()
+        if done >= 1:  # the first step's reasoning ends, delivered at its end (not if the horizon cut it)
+            for first in run.first_reasoning_done:
+                self._reasoning_done(first, float(run.bounds[1]))
         if m - 1 >= to_reasoning_end:
             for j, tick in dec.reasoning_ended():
                 i = tick - first_tick + 1  # its step in the run, from 1

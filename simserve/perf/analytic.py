@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from simserve.hardware import ModelSpec
 from simserve.perf.base import Batch, PerfContext
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:
@@ -82,11 +82,12 @@ class LinearPerfSpec(BaseModel):
     + per_kv_token_s x context tokens the decoding sequences attend over."""
 
     model_config = _FROZEN
-    kind: Literal["linear"] = "linear"
-    step_overhead_s: float = Field(default=0.0, ge=0)
-    per_prefill_token_s: float = Field(default=0.0, ge=0)
-    per_decode_seq_s: float = Field(default=0.0, ge=0)
-    per_kv_token_s: float = Field(default=0.0, ge=0)
+    kind: Literal["linear"] = Field(default="linear", description="step time linear in the batch's work")
+    step_overhead_s: float = Field(default=0.0, ge=0, description="seconds every step takes")
+    per_prefill_token_s: float = Field(default=0.0, ge=0, description="seconds per prompt token computed")
+    per_decode_seq_s: float = Field(default=0.0, ge=0, description="seconds per decoding sequence")
+    per_kv_token_s: float = Field(default=0.0, ge=0, description="seconds per context token the decoding "
+                                  "sequences attend over")
 
     def build(self, ctx: PerfContext) -> LinearPerf:
         return LinearPerf(self)
@@ -124,9 +125,9 @@ class RooflinePerfSpec(BaseModel):
     """
 
     model_config = _FROZEN
-    kind: Literal["roofline"] = "roofline"
-    memory_efficiency: float = Field(default=0.8, gt=0, le=1)
-    compute_efficiency: float = Field(default=0.7, gt=0, le=1)
+    kind: Literal["roofline"] = Field(default="roofline", description="step time from datasheet peaks")
+    memory_efficiency: float = Field(default=0.8, gt=0, le=1, description="share of HBM bandwidth achieved")
+    compute_efficiency: float = Field(default=0.7, gt=0, le=1, description="share of peak FLOPs achieved")
     step_overhead_s: float = Field(default=0.002, ge=0, description="scheduler, sampling and launch overhead")
     allreduce_latency_s: float = Field(default=30e-6, ge=0, description="per all-reduce call (NCCL floor)")
 

@@ -32,7 +32,7 @@ from simserve.perf.analytic import causal_pairs
 from simserve.perf.base import Batch, PerfContext
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features, fit_for_gpu, load_fit_cached
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class CalibratedPerfSpec(BaseModel):
@@ -41,7 +41,8 @@ class CalibratedPerfSpec(BaseModel):
     the nearest shipped one ported by datasheet."""
 
     model_config = _FROZEN
-    kind: Literal["calibrated"] = "calibrated"
+    kind: Literal["calibrated"] = Field(default="calibrated", description="step time from operations fitted on "
+                                        "measured kernels (docs/calibration.md)")
     fit: str | None = Field(default=None, description="a fit file (simserve calibrate fit); relative to the scenario")
     fits_dir: str | None = Field(default=None, description="a folder of your fits, each named after a GPU preset "
                                  "(h100-sxm.yaml); a pool's GPU's fit there wins over the shipped one; relative to "

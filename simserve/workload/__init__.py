@@ -13,6 +13,7 @@ from simserve.workload.distributions import (
 from simserve.workload.sessions import Sessions, prompt_keys
 from simserve.workload.synthetic import (
     QUERY_TYPES,
+    STREAMS,
     GammaArrivals,
     LengthSampler,
     PoissonArrivals,
@@ -21,12 +22,13 @@ from simserve.workload.synthetic import (
     WorkloadSpec,
     build_sessions,
     generate_requests,
+    rng_streams,
 )
-from simserve.workload.traces import TraceSpec, replay, resolve_path
+from simserve.workload.traces import TraceError, TraceSpec, replay, resolve_path
 
 __all__ = [
-    "QUERY_TYPES", "Constant", "Distribution", "Empirical", "EmpiricalSampler", "GammaArrivals", "LengthSampler",
-    "Lognormal", "PoissonArrivals", "QueryType", "SessionSpec", "Sessions", "TraceSpec", "Uniform", "WorkloadSpec",
-    "build_sessions", "generate_requests", "load_empirical", "lognormal_from_range", "prompt_keys", "replay",
-    "resolve_path",
+    "QUERY_TYPES", "STREAMS", "Constant", "Distribution", "Empirical", "EmpiricalSampler", "GammaArrivals",
+    "LengthSampler", "Lognormal", "PoissonArrivals", "QueryType", "SessionSpec", "Sessions", "TraceError",
+    "TraceSpec", "Uniform", "WorkloadSpec", "build_sessions", "generate_requests", "load_empirical",
+    "lognormal_from_range", "prompt_keys", "replay", "resolve_path", "rng_streams",
 ]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.request import BUILTIN_PREFIX
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _norm_cdf(z: float) -> float:
@@ -29,8 +29,8 @@ class Constant(BaseModel):
     """Always `value`."""
 
     model_config = _FROZEN
-    dist: Literal["constant"] = "constant"
-    value: float = Field(ge=0)
+    dist: Literal["constant"] = Field(default="constant", description="always the same value")
+    value: float = Field(ge=0, description="the value (tokens, seconds, turns...)")
 
     def build(self, base_dir: Path | None = None) -> Constant:
         return self
@@ -47,9 +47,9 @@ class Uniform(BaseModel):
     """Integers uniform on [low, high], both included."""
 
     model_config = _FROZEN
-    dist: Literal["uniform"] = "uniform"
-    low: int = Field(ge=0)
-    high: int = Field(ge=0)
+    dist: Literal["uniform"] = Field(default="uniform", description="integers uniform on [low, high]")
+    low: int = Field(ge=0, description="smallest value, included")
+    high: int = Field(ge=0, description="largest value, included")
 
     @model_validator(mode="after")
     def _ordered(self) -> Uniform:
@@ -71,11 +71,11 @@ class Uniform(BaseModel):
 class Lognormal(BaseModel):
     """Lognormal given by its mean and coefficient of variation, optionally capped at `max` (a token budget)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-    dist: Literal["lognormal"] = "lognormal"
-    mean_value: float = Field(gt=0, alias="mean")
-    cv: float = Field(gt=0)
-    max: float | None = Field(default=None, gt=0)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    dist: Literal["lognormal"] = Field(default="lognormal", description="lognormal by mean and cv")
+    mean_value: float = Field(gt=0, alias="mean", description="mean (before the cap)")
+    cv: float = Field(gt=0, description="coefficient of variation: standard deviation / mean")
+    max: float | None = Field(default=None, gt=0, description="cap: larger draws become max (a token budget)")
 
     @property
     def sigma(self) -> float:
@@ -109,10 +109,11 @@ class Empirical(BaseModel):
     `builtin:NAME` for data shipped with simserve (simserve/data/NAME)."""
 
     model_config = _FROZEN
-    dist: Literal["empirical"] = "empirical"
-    values: list[float] | None = None
-    weights: list[float] | None = None
-    file: str | None = None
+    dist: Literal["empirical"] = Field(default="empirical", description="a discrete distribution")
+    values: list[float] | None = Field(default=None, description="the values, inline (or give file)")
+    weights: list[float] | None = Field(default=None, description="one weight per value; default: equal")
+    file: str | None = Field(default=None, description="CSV of value[,weight] rows, relative to the scenario, or "
+                             "builtin:NAME")
 
     @model_validator(mode="after")
     def _one_source(self) -> Empirical:

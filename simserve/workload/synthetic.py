@@ -18,7 +18,7 @@ from simserve.workload.distributions import Distribution, Lognormal, lognormal_f
 from simserve.workload.sessions import Sessions
 from simserve.workload.traces import TraceSpec, replay
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------- query types
@@ -33,13 +33,19 @@ class QueryType(BaseModel):
     """
 
     model_config = _FROZEN
-    query_type: str = Field(min_length=1)
-    weight: float = Field(default=1.0, gt=0)
-    prompt_tokens: Distribution | None = None
-    reasoning_tokens: Distribution | None = None
-    answer_tokens: Distribution | None = None
-    output_tokens: Distribution | None = None
-    reasoning_share: Distribution | None = None
+    query_type: str = Field(min_length=1, description="its name; a shipped one (factual, coding, math_word, "
+                            "competition_math, proof, deepseek-r1-production) fills in the lengths left out")
+    weight: float = Field(default=1.0, gt=0, description="relative share of arrivals")
+    prompt_tokens: Distribution | None = Field(default=None, description="prompt length (after any system "
+                                               "prompt)")
+    reasoning_tokens: Distribution | None = Field(default=None, description="reasoning length (with "
+                                                  "answer_tokens)")
+    answer_tokens: Distribution | None = Field(default=None, description="visible answer length (with "
+                                               "reasoning_tokens)")
+    output_tokens: Distribution | None = Field(default=None, description="whole output length (with "
+                                               "reasoning_share)")
+    reasoning_share: Distribution | None = Field(default=None, description="share of the output that is "
+                                                 "reasoning, 0..1 (with output_tokens)")
     system_prompt_tokens: int = Field(default=0, ge=0, description="shared by every request of this type; "
                                       "prompt_tokens is the user message after it")
 
@@ -140,8 +146,8 @@ class PoissonArrivals(BaseModel):
     """Poisson process: exponential inter-arrival gaps with mean 1 / rate_per_s."""
 
     model_config = _FROZEN
-    process: Literal["poisson"] = "poisson"
-    rate_per_s: float = Field(gt=0)
+    process: Literal["poisson"] = Field(default="poisson", description="exponential gaps")
+    rate_per_s: float = Field(gt=0, description="mean arrivals per second")
 
     @property
     def mean_gap_s(self) -> float:
@@ -156,9 +162,9 @@ class GammaArrivals(BaseModel):
     (cv > 1 is burstier than Poisson; ServeGen fits most DeepSeek-R1 client windows with a gamma)."""
 
     model_config = _FROZEN
-    process: Literal["gamma"] = "gamma"
-    rate_per_s: float = Field(gt=0)
-    cv: float = Field(gt=0)
+    process: Literal["gamma"] = Field(default="gamma", description="gamma gaps (bursty when cv > 1)")
+    rate_per_s: float = Field(gt=0, description="mean arrivals per second")
+    cv: float = Field(gt=0, description="coefficient of variation of the gaps (1: Poisson)")
 
     @property
     def mean_gap_s(self) -> float:
@@ -177,8 +183,8 @@ class SessionSpec(BaseModel):
     the previous one finishes, its prompt the previous prompt and answer plus a new message (`prompt_tokens`)."""
 
     model_config = _FROZEN
-    turns: Distribution
-    think_time_s: Distribution
+    turns: Distribution = Field(description="turns per session")
+    think_time_s: Distribution = Field(description="seconds from a turn's end to the next turn")
 
 
 class WorkloadSpec(BaseModel):
@@ -186,13 +192,15 @@ class WorkloadSpec(BaseModel):
     `num_requests` arrivals or at `duration_s`, whichever comes first."""
 
     model_config = _FROZEN
-    num_requests: int | None = Field(default=None, gt=0)
-    duration_s: float | None = Field(default=None, gt=0)
-    arrival: Arrival | None = None
-    mix: list[QueryType] | None = Field(default=None, min_length=1)
+    num_requests: int | None = Field(default=None, gt=0, description="stop after this many arrivals")
+    duration_s: float | None = Field(default=None, gt=0, description="stop arrivals at this time (seconds)")
+    arrival: Arrival | None = Field(default=None, description="the arrival process (synthetic workloads)")
+    mix: list[QueryType] | None = Field(default=None, min_length=1, description="the query types and their "
+                                        "weights (synthetic workloads)")
     num_users: int = Field(default=1000, gt=0, description="users drawn uniformly per request")
     trace: TraceSpec | None = Field(default=None, description="replay a trace instead of arrival and mix")
-    sessions: SessionSpec | None = None
+    sessions: SessionSpec | None = Field(default=None, description="multi-turn sessions: each arrival opens "
+                                         "one")
     prefix_unit_tokens: int = Field(default=64, gt=0, description="granularity of synthetic prefix keys; a "
                                     "multiple of the pools' kv_block_tokens for the prefix cache to use them")
 
@@ -213,10 +221,11 @@ class WorkloadSpec(BaseModel):
 
     @property
     def expected_span_s(self) -> float:
-        """Expected time of the last arrival (for a trace: its window, or an hour if open-ended)."""
+        """Expected time of the last arrival. A trace's is its window (`end_s`) or `duration_s`; an open-ended
+        trace's is not known before it is read (math.inf: the run follows its last arrival)."""
         if self.trace is not None:
             t = self.trace
-            window = (t.end_s - t.start_s) if t.end_s is not None else 3600.0
+            window = (t.end_s - t.start_s) if t.end_s is not None else math.inf
             return min(window / t.rate_scale, self.duration_s or math.inf)
         assert self.arrival is not None
         span = math.inf if self.num_requests is None else self.num_requests * self.arrival.mean_gap_s
@@ -233,6 +242,17 @@ def build_sessions(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
         spec.prefix_unit_tokens, spec.sessions.turns.build(base_dir) if spec.sessions else None,
         spec.sessions.think_time_s.build(base_dir) if spec.sessions else None, rngs["sessions"])
     return sessions if sessions.active else None
+
+
+# One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
+# the draws of the others.
+STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions")
+
+
+def rng_streams(seed: int) -> dict[str, np.random.Generator]:
+    """A run's named random streams (STREAMS), split from one seed."""
+    seeds = np.random.SeedSequence(seed).spawn(len(STREAMS))
+    return {name: np.random.default_rng(s) for name, s in zip(STREAMS, seeds, strict=True)}
 
 
 def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
