@@ -19,7 +19,7 @@ class Request:
         "request_id", "user_id", "query_type", "arrival_s", "prompt_tokens", "reasoning_tokens",
         "answer_tokens", "computed_tokens", "generated_tokens", "seq", "slot", "kv", "first_token_s",
         "reasoning_end_s", "finish_s", "num_preemptions", "status", "reason", "pool", "replica", "prefix_keys",
-        "prefix_unit_tokens", "prefix_hit_tokens", "session",
+        "prefix_unit_tokens", "prefix_hit_tokens", "session", "fork_key", "parent", "answer",
     )
 
     def __init__(self, request_id: int, user_id: int, query_type: str, arrival_s: float,
@@ -50,6 +50,12 @@ class Request:
         self.prefix_unit_tokens = 0
         self.prefix_hit_tokens = 0
         self.session: Any = None  # multi-turn session state, owned by the workload
+        # Parallel sampling: samples of one request (and reward-model scoring passes over them) carry the same
+        # non-zero `fork_key`, so their prompt's full blocks are one copy in the prefix cache, as vLLM's n > 1
+        # requests share them; `parent` is the request a sample belongs to (None for a request users sent).
+        self.fork_key = 0
+        self.parent: Request | None = None
+        self.answer: Any = None  # answer-quality state (simserve.quality), None when the workload has none
 
     @property
     def output_tokens(self) -> int:
