@@ -25,6 +25,11 @@ REQUEST_COLUMNS = (
     "finish_s", "prompt_tokens", "prefix_hit_tokens", "reasoning_tokens", "answer_tokens", "generated_tokens",
     "num_preemptions", "status", "reason", "ttft_s", "time_to_answer_s", "tpot_s", "e2e_s",
 )
+# Added to the request rows when the workload models answer quality (docs/quality.md): the question's difficulty
+# level (0: none), samples run, reasoning tokens all samples spent (probes excluded) and their probes' tokens, the
+# mean success probability of its samples at the tokens spent, and whether the answer was right (1), wrong (0) or
+# not given (-1: not completed, or a query type without quality).
+QUALITY_COLUMNS = ("difficulty", "num_samples", "reasoning_tokens_spent", "probe_tokens", "p_correct", "correct")
 SEGMENT_COLUMNS = (
     "pool", "replica", "start_s", "end_s", "num_steps", "batch_size", "num_waiting", "kv_blocks_mean",
     "kv_blocks_end", "prefill_tokens", "decode_tokens",
@@ -62,7 +67,8 @@ _REQUEST_KINDS = {
     "request_id": "q", "user_id": "q", "query_type": "s", "pool": "s", "replica": "q", "arrival_s": "d",
     "first_token_s": "d", "reasoning_end_s": "d", "finish_s": "d", "prompt_tokens": "q", "prefix_hit_tokens": "q",
     "reasoning_tokens": "q", "answer_tokens": "q", "generated_tokens": "q", "num_preemptions": "q", "status": "s",
-    "reason": "s",
+    "reason": "s", "difficulty": "q", "num_samples": "q", "reasoning_tokens_spent": "q", "probe_tokens": "q",
+    "p_correct": "d", "correct": "q",
 }
 _SEGMENT_KINDS = {
     "pool": "s", "replica": "q", "start_s": "d", "end_s": "d", "num_steps": "q", "batch_size": "q",
@@ -114,7 +120,7 @@ class _Sink:
         self.buf = self._empty()
 
     def _empty(self) -> dict[str, Any]:
-        return {k: [] if kind == "s" else array(kind) for k, kind in self.kinds.items()}
+        return {k: [] if self.kinds[k] == "s" else array(self.kinds[k]) for k in self.columns if k in self.kinds}
 
     def full(self) -> bool:
         return len(self.buf["replica"]) >= self.row_group_rows  # every table has a replica column
@@ -166,12 +172,15 @@ class Recorder:
     Files go to `directory`/requests.parquet and replicas.parquet (written as .partial until `close()`), or, with
     no directory, to a temporary folder that lives as long as `tempdir` (the Results of the run hold it)."""
 
-    def __init__(self, directory: Path | None = None, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+    def __init__(self, directory: Path | None = None, row_group_rows: int = ROW_GROUP_ROWS,
+                 quality: bool = False) -> None:
         if row_group_rows < 1:
             raise ValueError(f"'row_group_rows' must be >= 1, got {row_group_rows}")
         self.tempdir = tempfile.TemporaryDirectory(prefix="simserve-") if directory is None else None
         self.directory = Path(self.tempdir.name) if self.tempdir is not None else Path(directory)  # type: ignore[arg-type]
-        self.requests = _Sink(self.directory / "requests.parquet", REQUEST_COLUMNS, _REQUEST_KINDS, row_group_rows,
+        self.quality = quality
+        columns = REQUEST_COLUMNS + (QUALITY_COLUMNS if quality else ())
+        self.requests = _Sink(self.directory / "requests.parquet", columns, _REQUEST_KINDS, row_group_rows,
                               _derive_request_times)
         self.segments = _Sink(self.directory / "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS, row_group_rows)
         self.num_recorded = 0
@@ -196,6 +205,22 @@ class Recorder:
         c["num_preemptions"].append(r.num_preemptions)
         c["status"].append(r.status)
         c["reason"].append(r.reason)
+        if self.quality:
+            a = r.answer
+            if a is None:
+                c["difficulty"].append(0)
+                c["num_samples"].append(1)
+                c["reasoning_tokens_spent"].append(min(r.generated_tokens, r.reasoning_tokens))
+                c["probe_tokens"].append(0)
+                c["p_correct"].append(math.nan)
+                c["correct"].append(-1)
+            else:
+                c["difficulty"].append(a.difficulty)
+                c["num_samples"].append(a.n)
+                c["reasoning_tokens_spent"].append(a.spent_tokens)
+                c["probe_tokens"].append(a.probe_spent)
+                c["p_correct"].append(a.p_correct)
+                c["correct"].append(-1 if a.correct is None or r.status != "completed" else int(a.correct))
         self.num_recorded += 1
         if self.requests.full():
             self.requests.flush()
@@ -507,3 +532,45 @@ def busy_seconds(segments: pd.DataFrame | Path) -> dict[str, float]:
         for name, total in zip(pools.dictionary.to_pylist(), sums.tolist(), strict=True):
             out[name] = out.get(name, 0.0) + total
     return out
+
+
+def quality_summary(requests: pd.DataFrame | Path, cost_usd: float) -> dict[str, Any]:
+    """Answer quality over the requests whose query type models it (docs/quality.md), read a row group at a time:
+    `accuracy` (right answers over answered requests: completed ones), `num_correct`, `usd_per_correct_answer` (the
+    whole run's cost over right answers), `tokens_per_correct_answer` (output tokens of those requests, every sample
+    and probe included, over right answers), and per query type its accuracy and right answers."""
+    batches = _batches(requests)
+    answered = right = tokens = spent = probes = samples = 0
+    p_sum = 0.0
+    by: dict[str, list[int]] = {}
+    for t in batches(["query_type", "correct", "generated_tokens", "reasoning_tokens_spent", "probe_tokens",
+                      "p_correct", "num_samples"]):
+        correct = t["correct"].to_numpy(zero_copy_only=False)
+        modelled = np.isfinite(_float(t["p_correct"]))
+        known = correct >= 0
+        answered += int(known.sum())
+        right += int((correct == 1).sum())
+        tokens += int(t["generated_tokens"].to_numpy(zero_copy_only=False)[modelled].sum())
+        spent += int(t["reasoning_tokens_spent"].to_numpy(zero_copy_only=False)[modelled].sum())
+        probes += int(t["probe_tokens"].to_numpy(zero_copy_only=False)[modelled].sum())
+        samples += int(t["num_samples"].to_numpy(zero_copy_only=False)[modelled].sum())
+        p_sum += float(_float(t["p_correct"])[known].sum())
+        qt = np.asarray(t["query_type"].to_pylist(), dtype=object)
+        for name in dict.fromkeys(qt[known].tolist()):
+            mine = known & (qt == name)
+            row = by.setdefault(name, [0, 0])
+            row[0] += int(mine.sum())
+            row[1] += int((correct[mine] == 1).sum())
+    return {
+        "accuracy": right / answered if answered else math.nan,
+        "num_answered": answered,
+        "num_correct": right,
+        "usd_per_correct_answer": cost_usd / right if right else math.nan,
+        "tokens_per_correct_answer": tokens / right if right else math.nan,
+        "p_correct_mean": p_sum / answered if answered else math.nan,
+        "reasoning_tokens_spent": spent,
+        "probe_tokens": probes,
+        "num_samples": samples,
+        "accuracy_by_query_type": {k: {"num_answered": v[0], "num_correct": v[1],
+                                       "accuracy": v[1] / v[0] if v[0] else math.nan} for k, v in by.items()},
+    }

@@ -21,10 +21,11 @@ from simserve.hardware import (
     kv_memory_bytes,
 )
 from simserve.perf import CalibratedPerfSpec, FitError, PerfSpec, RooflinePerfSpec
+from simserve.quality import resolve
 from simserve.request import BUILTIN_PREFIX
 from simserve.routing import ByQueryTypeRouterSpec, RouterKind, RouterSpec, SimpleRouterSpec
 from simserve.schedulers import FcfsSchedulerSpec, SchedulerKind, SchedulerSpec
-from simserve.workload import WorkloadSpec, load_empirical, resolve_path
+from simserve.workload import QueryType, WorkloadSpec, load_empirical, resolve_path
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -210,6 +211,21 @@ class Scenario(BaseModel):
         assert m is not None, "validated: a scenario model or one on every pool"
         return MODELS[m] if isinstance(m, str) else m
 
+    @property
+    def reward_pools(self) -> set[str]:
+        """Pools that run a reward model for best_of_n (requests are not routed to them)."""
+        return {q.parallel.reward_pool for q in self.workload.mix or [] if q.parallel and q.parallel.reward_pool}
+
+    @property
+    def answer_model(self) -> str:
+        """The model whose answers the quality model describes: the scenario's, else the first serving pool's."""
+        if isinstance(self.model, str):
+            return self.model
+        if self.model is not None:
+            return self.model.name
+        pool = next(p for p in self.cluster.pools if p.name not in self.reward_pools)
+        return self.model_of(pool).name
+
     def reserve_bytes_of(self, pool: PoolSpec) -> float:
         if pool.activation_reserve_bytes is not None:
             return pool.activation_reserve_bytes
@@ -364,6 +380,7 @@ def _check_buildable(scenario: Scenario, source: str) -> None:
                     load_empirical(spec.file, str(scenario.base_dir or "."))
                 except ValueError as exc:
                     raise ScenarioError(f"{source}: workload.mix.{i}.{key}.file: {exc}") from None
+        _check_quality(scenario, q, f"{source}: workload.mix.{i}")
     if isinstance(scenario.perf, CalibratedPerfSpec):
         field = "perf.fit" if scenario.perf.fit else "perf.fits_dir" if scenario.perf.fits_dir else "perf"
         for pool in scenario.cluster.pools:
@@ -380,6 +397,23 @@ def _check_buildable(scenario: Scenario, source: str) -> None:
                 f"{where}.max_num_batched_tokens: with chunked_prefill off it must be >= the max model length "
                 f"({model_len} tokens; set max_model_len_tokens lower or raise it), as vLLM requires")
         _check_memory(scenario, pool, where)
+
+
+def _check_quality(scenario: Scenario, q: QueryType, where: str) -> None:
+    """A reward pool names a pool that requests are not routed to; the quality model's defaults resolve."""
+    names = [p.name for p in scenario.cluster.pools]
+    if q.parallel is not None and q.parallel.reward_pool is not None:
+        if q.parallel.reward_pool not in names:
+            raise ScenarioError(f"{where}.parallel.reward_pool: no pool named {q.parallel.reward_pool!r}; pools: "
+                                f"{names}")
+        if all(name in scenario.reward_pools for name in names):
+            raise ScenarioError(f"{where}.parallel.reward_pool: every pool would run the reward model; requests "
+                                "need a pool of their own")
+    if q.quality_on:
+        try:
+            resolve(q.quality, scenario.answer_model, q.query_type, q.early_exit)
+        except ValueError as exc:
+            raise ScenarioError(f"{where}.quality: {exc}") from None
 
 
 def _check_parallel(pool: PoolSpec, model: ModelSpec, where: str) -> None:

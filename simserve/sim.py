@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import simpy
 
+from simserve.answers import Answers
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
 from simserve.hardware import GpuSpec, ModelSpec
-from simserve.metrics import Recorder, busy_seconds, summarize
+from simserve.metrics import Recorder, busy_seconds, quality_summary, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.request import Request
 from simserve.routing import ROUTERS, StaleView
@@ -54,13 +55,15 @@ class Results:
 
 
 class _Record(Hooks):
-    """Records out: every request that ends (completed or rejected) becomes one row."""
+    """Records out: every request that ends (completed or rejected) becomes one row (a request with parallel
+    samples is one row, written when its answer is decided; its samples are not rows)."""
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
 
     def finished(self, req: Request) -> None:
-        self.recorder.request(req)
+        if req.parent is None:
+            self.recorder.request(req)
 
 
 class _FollowUps(Hooks):
@@ -71,6 +74,8 @@ class _FollowUps(Hooks):
         self.sessions = sessions
 
     def finished(self, req: Request) -> None:
+        if req.parent is not None:
+            return
         follow = self.sessions.next_turn(req)
         if follow is not None:
             think_s, turn = follow
@@ -112,6 +117,8 @@ class _Accounting(Hooks):
         self.sim.in_system += 1
 
     def finished(self, req: Request) -> None:
+        if req.parent is not None:  # a sample or a reward-model pass: its request is in the system
+            return
         sim = self.sim
         sim.in_system -= 1
         sim.check_done()
@@ -128,7 +135,9 @@ class Simulation:
         self.base_dir = base_dir
         self.env = simpy.Environment()
         self.rngs = rng_streams(scenario.seed)
-        self.recorder = Recorder(records_dir)
+        mix = scenario.workload.mix or []
+        self.quality = any(q.quality_on for q in mix)
+        self.recorder = Recorder(records_dir, quality=self.quality)
         self.engine = scenario.engine
         self.sessions = build_sessions(scenario.workload, self.rngs, base_dir)
         chain: list[Hooks] = [_Record(self.recorder)]
@@ -137,6 +146,11 @@ class Simulation:
         roles = [p.role for p in scenario.cluster.pools]
         if "prefill" in roles:
             chain.append(_HandOff(self))
+        self.answers: Answers | None = None
+        reward_pools: dict[str, list[Replica]] = {name: [] for name in scenario.reward_pools}
+        if self.quality:
+            self.answers = Answers(self, reward_pools)
+            chain.insert(0, self.answers)  # decides a request's answer before it is recorded
         chain.extend(hooks)
         chain.append(_Accounting(self))
         self.hooks = HookChain(chain)
@@ -146,7 +160,7 @@ class Simulation:
         entry: list[Replica] = []
         self.decoders: list[Replica] = []
         for pool in scenario.cluster.pools:
-            self._build_pool(pool, entry)
+            self._build_pool(pool, reward_pools.get(pool.name, entry))
         self.router = ROUTERS[scenario.router.kind](scenario.router, self.rngs["routing"])
         staleness = scenario.router.staleness_s
         # The router sees the replicas that take new requests; decode-only replicas get them from prefill ones.
@@ -217,9 +231,15 @@ class Simulation:
         if self._views:
             for v in self._views:
                 v.refresh(self.env.now)
-            self.entry[self.router.choose(req, self._views)].enqueue(req)
+            self._enqueue(self.entry[self.router.choose(req, self._views)], req)
         else:
-            self.entry[self.router.choose(req, self.entry)].enqueue(req)
+            self._enqueue(self.entry[self.router.choose(req, self.entry)], req)
+
+    def _enqueue(self, replica: Replica, req: Request) -> None:
+        if self.answers is not None:
+            self.answers.enqueue(req, replica)  # itself, or its parallel samples
+        else:
+            replica.enqueue(req)
 
     def arrive_later(self, req: Request, delay_s: float) -> None:
         """Schedule a request made during the run (a follow-up turn) to arrive `delay_s` from now."""
@@ -282,7 +302,8 @@ class Simulation:
         wall0 = time.perf_counter()
         env = self.env
         workload: Iterator[Request] = iter(requests) if requests is not None else generate_requests(
-            self.scenario.workload, self.rngs, self.base_dir, sessions=self.sessions)
+            self.scenario.workload, self.rngs, self.base_dir, sessions=self.sessions,
+            model=self.scenario.answer_model)
         counted = _Counted(workload)
         env.process(arrivals(env, counted, self.arrive, self._on_exhausted))
         for r in self.replicas:
@@ -302,10 +323,13 @@ class Simulation:
         where_s = f"when the run was stopped ({end_s:g} s)" if interrupted else f"at the horizon ({horizon:g} s)"
         for r in self.replicas:
             r.settle(end_s)
-            for req, where in r.unfinished():
-                req.status = "unfinished"
-                req.reason = f"still {where} {where_s}"
-                self.recorder.request(req)
+        left: Iterable[tuple[Request, str]] = (pair for r in self.replicas for pair in r.unfinished())
+        if self.answers is not None:
+            left = self.answers.at_end(list(left))  # samples' requests, once each, their tokens counted
+        for req, where in left:
+            req.status = "unfinished"
+            req.reason = f"still {where} {where_s}"
+            self.recorder.request(req)
         if stopped:
             for req in itertools.chain(list(self._pending.values()), counted.rest()):  # streamed, not listed
                 req.request_id = self._next_id
@@ -374,6 +398,8 @@ class Simulation:
                             kv_utilization_mean=float(np.mean(util)), kv_utilization_max=float(np.max(peak)),
                             gpu_hours=gpu_hours, cost_usd=cost, extra=extra)
         summary["saturated"] = saturated
+        if self.quality:
+            summary.update(quality_summary(requests, cost))
         return summary
 
 

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SIMSERVE = ROOT / "simserve"
 
 
-@pytest.mark.parametrize("name", ["simserve.perf", "simserve.calibration", "simserve.engine", "simserve.workload"])
+@pytest.mark.parametrize("name", ["simserve.perf", "simserve.calibration", "simserve.engine", "simserve.workload",
+                                  "simserve.quality"])
 def test_all_matches_the_exports(name: str) -> None:
     pkg = importlib.import_module(name)
     names = pkg.__all__
@@ -51,6 +52,9 @@ ABOVE = {
     "request.py": ("simserve.",),
     "hardware.py": ("simserve.workload", "simserve.perf", "simserve.engine", "simserve.sim", "simserve.scenario",
                     "simserve.cli", "simserve.calibration", "simserve.routing", "simserve.schedulers"),
+    "quality": ("simserve.workload", "simserve.perf", "simserve.engine", "simserve.sim", "simserve.scenario",
+                "simserve.cli", "simserve.calibration", "simserve.routing", "simserve.schedulers", "simserve.metrics",
+                "simserve.request", "simserve.hardware"),
     "workload": ("simserve.perf", "simserve.engine", "simserve.sim", "simserve.scenario", "simserve.cli",
                  "simserve.calibration", "simserve.routing", "simserve.schedulers"),
     "perf": ("simserve.engine", "simserve.sim", "simserve.scenario", "simserve.cli", "simserve.calibration",

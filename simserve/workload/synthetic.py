@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from simserve.quality import Draws, EarlyExitSpec, ParallelSpec, QualityModel, QualitySpec
 from simserve.request import Request
 from simserve.workload.distributions import Distribution, Lognormal, lognormal_from_range
 from simserve.workload.sessions import Sessions
@@ -48,6 +49,15 @@ class QueryType(BaseModel):
                                                  "reasoning, 0..1 (with output_tokens)")
     system_prompt_tokens: int = Field(default=0, ge=0, description="shared by every request of this type; "
                                       "prompt_tokens is the user message after it")
+    quality: QualitySpec | None = Field(default=None, description="answer quality: accuracy against reasoning "
+                                        "tokens, per-question spread, wrong answers (docs/quality.md); {} for the "
+                                        "shipped defaults")
+    max_reasoning_tokens: int | None = Field(default=None, gt=0, description="token budget: reasoning is cut "
+                                             "here")
+    early_exit: EarlyExitSpec | None = Field(default=None, description="stop reasoning once probes find the "
+                                             "answer has settled")
+    parallel: ParallelSpec | None = Field(default=None, description="n samples per request and their "
+                                          "aggregation")
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +86,18 @@ class QueryType(BaseModel):
                 "or 'output_tokens' and 'reasoning_share'"
             )
         return self
+
+    @property
+    def quality_on(self) -> bool:
+        """Whether answers of this type are modelled (any of quality, a budget, early exit, parallel sampling)."""
+        return (self.quality is not None or self.max_reasoning_tokens is not None or self.early_exit is not None
+                or self.parallel is not None)
+
+    def quality_model(self, model: str) -> QualityModel | None:
+        if not self.quality_on:
+            return None
+        return QualityModel.build(self.quality, model, self.query_type, self.max_reasoning_tokens,
+                                  self.early_exit, self.parallel)
 
 
 def _q(prompt: Lognormal, reasoning: Lognormal, answer: Lognormal) -> dict[str, dict]:
@@ -246,7 +268,7 @@ def build_sessions(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
 
 # One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
 # the draws of the others.
-STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions")
+STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions", "quality")
 
 
 def rng_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -257,10 +279,12 @@ def rng_streams(seed: int) -> dict[str, np.random.Generator]:
 
 def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
                       base_dir: Path | None = None, batch: int = 4096,
-                      sessions: Sessions | None = None) -> Iterator[Request]:
+                      sessions: Sessions | None = None, model: str = "") -> Iterator[Request]:
     """Yield requests in arrival order, drawn lazily `batch` at a time from separate RNG streams
     (`arrivals`, `mix`, `lengths`, `users`), so changing one part of the workload leaves the others' draws alone.
-    A trace workload replays the trace instead, cut at `num_requests` and `duration_s` too."""
+    A trace workload replays the trace instead, cut at `num_requests` and `duration_s` too. Query types with answer
+    quality draw their questions from the `quality` stream (for `model`: the shipped defaults are per model) and
+    carry them in `req.answer`."""
     if spec.trace is not None:
         yield from _cut(replay(spec.trace, base_dir), spec.num_requests, spec.duration_s)
         return
@@ -270,6 +294,7 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
     weights = np.array([q.weight for q in spec.mix], float)
     weights /= weights.sum()
     names = [q.query_type for q in spec.mix]
+    quality = [q.quality_model(model) for q in spec.mix]
     limit = spec.num_requests if spec.num_requests is not None else math.inf
     horizon = spec.duration_s if spec.duration_s is not None else math.inf
     t, count = 0.0, 0
@@ -279,6 +304,8 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
         kinds = rngs["mix"].choice(len(samplers), size=n, p=weights)
         users = rngs["users"].integers(0, spec.num_users, size=n)
         lengths = [s.sample(rngs["lengths"], n) for s in samplers]
+        draws = [None if qm is None else _draw(qm, rngs["quality"], kinds == k, lengths[k][1])
+                 for k, qm in enumerate(quality)]
         for i in range(n):
             if times[i] >= horizon:
                 return
@@ -286,11 +313,22 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
             prompt, reasoning, answer = lengths[k]
             req = Request(count, int(users[i]), names[k], float(times[i]),
                           system[k] + int(prompt[i]), int(reasoning[i]), int(answer[i]))
+            drawn, qm = draws[k], quality[k]
+            if drawn is not None and qm is not None:
+                req.answer = drawn[1].answer(int(drawn[0][i]), qm)
+                req.reasoning_tokens = req.answer.engine_reasoning_tokens
             if sessions is not None:
                 sessions.start(req, k)
             yield req
             count += 1
         t = float(times[-1])
+
+
+def _draw(qm: QualityModel, rng: np.random.Generator, mine: np.ndarray,
+          reasoning: np.ndarray) -> tuple[np.ndarray, Draws]:
+    """The batch's questions of one query type: (row of each request of the batch in the draws, the draws)."""
+    rows = np.cumsum(mine) - 1
+    return rows, qm.draw(rng, reasoning[mine])
 
 
 def _cut(requests: Iterator[Request], num_requests: int | None, duration_s: float | None) -> Iterator[Request]:
