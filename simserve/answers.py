@@ -31,6 +31,7 @@ class Answers(Hooks):
         self._next_child_id = -1
         self._children: dict[int, list[Request]] = {}  # id(parent) -> its samples
         self._scoring: dict[int, int] = {}  # id(parent) -> scoring passes still running
+        self.num_samples = 0  # engine requests made for requests routed so far (1 per request without samples)
 
     # ------------------------------------------------------------------------------------------ forking
 
@@ -38,8 +39,10 @@ class Answers(Hooks):
         """Queue a routed request on its replica: itself, or its n samples."""
         a: Answer | None = req.answer
         if a is None or a.n == 1:
+            self.num_samples += 1
             replica.enqueue(req)
             return
+        self.num_samples += a.n
         req.pool, req.replica = replica.pool, replica.index
         children = [self._child(req, req.prompt_tokens, a.sample_reasoning_tokens(j), req.answer_tokens)
                     for j in range(a.n)]

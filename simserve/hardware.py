@@ -199,6 +199,12 @@ MODELS: dict[str, ModelSpec] = {
         num_attention_heads=64, num_kv_heads=8, head_dim=128, max_context_tokens=131072,
         intermediate_size=28672, vocab_size=128256,
     ),
+    # Llama 3.1 405B in Meta's FP8 release (FP8 weights, BF16 KV): the seed's "big" model; 8 x H100 hold it.
+    "llama-3.1-405b-fp8": ModelSpec(
+        name="llama-3.1-405b-fp8", num_params=405.9e9, num_layers=126, hidden_size=16384,
+        num_attention_heads=128, num_kv_heads=8, head_dim=128, bytes_per_value=1.0, kv_bytes_per_value=2.0,
+        max_context_tokens=131072, intermediate_size=53248, vocab_size=128256,
+    ),
     "qwen2.5-32b": ModelSpec(
         name="qwen2.5-32b", num_params=32.8e9, num_layers=64, hidden_size=5120,
         num_attention_heads=40, num_kv_heads=8, head_dim=128, max_context_tokens=32768,

@@ -141,7 +141,8 @@ class RunMonitor(Hooks):
             self._stop()
 
     def finished(self, req: Request) -> None:
-        self.ended += 1
+        if req.parent is None:  # a request users sent, not one of its parallel samples
+            self.ended += 1
         if self.stop_requested and not self._stopping:
             self._stop()
 

@@ -1,8 +1,9 @@
 """The run summary as a capacity planner reads it, drawn with rich: what was simulated, whether the cluster kept
 up (offered against achieved rate, GPU busy share), each SLO's target and attainment, latency percentiles
-overall, per query type and per pool, then throughput, memory and cost. On a terminal it has colour and boxes;
-piped or captured, the same tables as plain text. Part of the command line (with cli.py, the only modules that
-write to the terminal); it reads a summary dict and the pools list, never the engine."""
+overall, per query type and per pool, answer accuracy and the cost of a right answer (when modelled), then
+throughput, memory and cost. On a terminal it has colour and boxes; piped or captured, the same tables as plain
+text. Part of the command line (with cli.py, the only modules that write to the terminal); it reads a summary dict
+and the pools list, never the engine."""
 
 from __future__ import annotations
 
@@ -167,6 +168,20 @@ def _groups(title: str, groups: Mapping[str, Mapping[str, Any]], plain: bool,
     return t
 
 
+def _answers(s: Mapping[str, Any], plain: bool) -> Table:
+    """Answer quality (docs/quality.md): accuracy overall and per query type, and what a right answer costs."""
+    t = _table("answers (accuracy over completed requests)", "", "answered", "right", "accuracy", plain=plain)
+    by = s.get("accuracy_by_query_type") or {}
+    if len(by) > 1:
+        for name, row in by.items():
+            t.add_row(name, count(row["num_answered"]), count(row["num_correct"]), share(row["accuracy"]))
+    t.add_row("all", count(s["num_answered"]), count(s["num_correct"]), share(s["accuracy"]))
+    t.add_row("", "", "", "")
+    t.add_row("USD per right answer", "", "", number(s["usd_per_correct_answer"]))
+    t.add_row("tokens per right answer", "", "", number(s["tokens_per_correct_answer"]))
+    return t
+
+
 def _resources(s: Mapping[str, Any], pools: list[dict[str, Any]], plain: bool) -> Table:
     t = _table("throughput, memory, cost", "", "", plain=plain, header=False)
     rows = [
@@ -201,6 +216,8 @@ def summary_renderable(name: str, seed: int, s: Mapping[str, Any], pools: list[d
     if by_pool and len(by_pool) > 1:
         tables.append(_groups("by pool (where requests ended; latencies in s over completed requests)", by_pool,
                               plain, pools))
+    if "accuracy" in s:
+        tables.append(_answers(s, plain))
     tables.append(_resources(s, pools, plain))
     for t in tables:
         parts += [Text(""), _indent(t)]

@@ -179,7 +179,7 @@ class Simulation:
         self._last_arrival_s = math.inf  # known once the workload is exhausted
         self._trace_horizon = self.env.event()  # an open-ended trace's horizon, set by its last arrival
         self._horizon_follows_trace = False
-        self._backlog: list[tuple[float, int]] = []  # (time, requests waiting cluster-wide) at sampled arrivals
+        self._backlog: list[tuple[float, float]] = []  # (time, requests waiting cluster-wide) at sampled arrivals
         self._backlog_every = 1
 
     def _build_pool(self, pool: PoolSpec, entry: list[Replica]) -> None:
@@ -252,8 +252,12 @@ class Simulation:
         self.arrive(req)
 
     def _sample_backlog(self) -> None:
-        """Keep about 512 samples of the cluster-wide waiting queue at arrivals (for the saturation test)."""
-        self._backlog.append((self.env.now, sum(len(r.waiting) for r in self.replicas)))
+        """Keep about 512 samples of the cluster-wide waiting queue at arrivals (for the saturation test), in
+        requests: parallel samples waiting count as the share of a request they are."""
+        waiting: float = sum(len(r.waiting) for r in self.replicas)
+        if self.answers is not None and self.answers.num_samples > self.num_arrived > 0:
+            waiting = waiting * self.num_arrived / self.answers.num_samples
+        self._backlog.append((self.env.now, waiting))
         if len(self._backlog) >= 1024:
             self._backlog = self._backlog[1::2]
             self._backlog_every *= 2

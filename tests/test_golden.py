@@ -15,7 +15,8 @@ from simserve import load_scenario, run
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SCENARIOS = ["quickstart", "reasoning-mix", "deepseek-r1-production", "mixed-a100-h100", "disaggregated",
-             "mooncake-replay", "azure-replay"]
+             "mooncake-replay", "azure-replay", "test-time-compute/medium-moderate",
+             "test-time-compute/parallel-majority", "test-time-compute/parallel-best-of-n"]
 VOLATILE = {"wall_time_s"}
 
 
@@ -26,7 +27,7 @@ def summary_of(name: str) -> dict:
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_golden_summary(name):
-    expected = json.loads((GOLDEN / f"{name}_summary.json").read_text())
+    expected = json.loads((GOLDEN / f"{name.replace('/', '--')}_summary.json").read_text())
     got = summary_of(name)
     assert set(got) == set(expected)
     for key, want in expected.items():
@@ -44,5 +45,6 @@ if __name__ == "__main__" and "--update" in sys.argv:
     GOLDEN.mkdir(exist_ok=True)
     for name in SCENARIOS:
         s = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary_of(name).items()}
-        (GOLDEN / f"{name}_summary.json").write_text(json.dumps(s, indent=2) + "\n")
-        print(f"wrote {GOLDEN / f'{name}_summary.json'}")
+        path = GOLDEN / f"{name.replace('/', '--')}_summary.json"
+        path.write_text(json.dumps(s, indent=2) + "\n")
+        print(f"wrote {path}")

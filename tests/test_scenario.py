@@ -57,7 +57,7 @@ def test_quickstart_loads():
     assert s.gpu_of(pool) == GPUS["h100-sxm"] and s.model_of(pool) == MODELS["llama-3.1-8b"]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_scenarios_load(path):
     assert load_scenario(path).name == path.stem
 
@@ -427,7 +427,7 @@ def test_to_yaml_fills_in_defaults():
     assert data["workload"]["mix"][0]["prompt_tokens"] == {"dist": "lognormal", "mean": 300.0, "cv": 0.5}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").rglob("*.yaml")), ids=lambda p: p.name)
 def test_to_yaml_round_trips_through_a_file(tmp_path, path):
     # The resolved copy lives elsewhere (results/), so relative data paths in it are made absolute.
     s = load_scenario(path)

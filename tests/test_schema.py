@@ -22,7 +22,7 @@ from simserve.routing import ROUTERS, RouterKind, RouterSpec
 from simserve.schedulers import SCHEDULERS, SchedulerKind, SchedulerSpec
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
+SCENARIOS = sorted((ROOT / "scenarios").rglob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
