@@ -108,7 +108,7 @@ class Answers(Hooks):
         a = parent.answer
         assert a is not None
         children = self._children.pop(id(parent))
-        parent.generated_tokens = a.tokens
+        _add_up(parent, children)
         if a.correct is None:
             parent.status = "rejected"
             reasons = sorted({c.reason for c in children if c.reason})
@@ -170,7 +170,14 @@ class Answers(Hooks):
                 a.recorded = True
                 out.append((parent, where))
         for parent, _ in out:
-            a = parent.answer
-            if a is not None and a.n > 1:
-                parent.generated_tokens = a.tokens
+            if parent.answer is not None and parent.answer.n > 1:
+                _add_up(parent, self._children.get(id(parent), []))
         return out
+
+
+def _add_up(parent: Request, samples: list[Request]) -> None:
+    """A request with parallel samples is recorded with its samples' tokens added up: reasoning (probes included),
+    answer and generated tokens (so its TPOT is per token over all samples)."""
+    parent.reasoning_tokens = sum(min(c.generated_tokens, c.reasoning_tokens) for c in samples)
+    parent.answer_tokens = sum(max(c.generated_tokens - c.reasoning_tokens, 0) for c in samples)
+    parent.generated_tokens = parent.reasoning_tokens + parent.answer_tokens
