@@ -171,3 +171,27 @@ def test_summary_prices_right_answers():
     assert s["usd_per_correct_answer"] == pytest.approx(s["cost_usd"] / s["num_correct"])
     assert s["tokens_per_correct_answer"] == pytest.approx(rows["generated_tokens"].sum() / s["num_correct"])
     assert set(rows["num_samples"]) == {2} and sorted(rows["request_id"]) == list(range(30))  # no ids for samples
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ({"parallel": {"n": 4, "aggregate": "best_of_n"}}, "workload.mix.0.parallel: aggregate best_of_n needs "
+                                                       "'reward_pool'"),
+    ({"parallel": {"n": 2, "aggregate": "best_of_n", "reward_pool": "nope"}},
+     "workload.mix.0.parallel.reward_pool: no pool named 'nope'"),
+    ({"parallel": {"n": 2, "aggregate": "best_of_n", "reward_pool": "main"}},
+     "workload.mix.0.parallel.reward_pool: every pool would run the reward model"),
+    ({"parallel": {"n": 2, "m": 3, "aggregate": "first_finished"}}, "m (3) must be at most n (2)"),
+    ({"quality": {"curve": "nope/none"}}, "workload.mix.0.quality: unknown curve 'nope/none'"),
+    ({"quality": {"pass_at_1": 0.5, "no_thinking_accuracy": 0.6}}, "pass_at_1 (0.5) must lie between"),
+    ({"quality": {"pass_at_1": 1.5}}, "workload.mix.0.quality.pass_at_1"),
+    ({"max_reasoning_tokens": 0}, "workload.mix.0.max_reasoning_tokens"),
+    ({"early_exit": {"probe_every_tokens": 100, "typo": 1}}, "workload.mix.0.early_exit.typo"),
+])
+def test_bad_quality_settings_name_the_field(entry, needle):
+    from simserve import ScenarioError, parse_scenario
+
+    data = tiny()
+    data["workload"]["mix"][0].update(entry)
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario(data, "s.yaml")
+    assert needle in str(err.value), str(err.value)
