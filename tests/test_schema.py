@@ -44,11 +44,16 @@ def test_every_shipped_scenario_validates_against_the_schema(validator, path):
     assert errors(validator, yaml.safe_load(path.read_text())) == []
 
 
-def readme_scenario() -> dict[str, Any]:
+def readme_block(section: str) -> str:
+    """The first YAML block of a README section."""
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"## A scenario\n\n```yaml\n(.*?)```", text, re.S)
+    block = re.search(re.escape(section) + r".*?```yaml\n(.*?)```", text, re.S)
     assert block is not None
-    return yaml.safe_load(block.group(1))
+    return block.group(1)
+
+
+def readme_scenario() -> dict[str, Any]:
+    return yaml.safe_load(readme_block("## A scenario\n"))
 
 
 def with_(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -103,6 +108,15 @@ def readme_forms() -> list[tuple[str, dict[str, Any]]]:
         ("inline model", with_(base, model={"num_params": 8e9, "num_layers": 32, "hidden_size": 4096,
                                             "num_attention_heads": 32, "num_kv_heads": 8, "head_dim": 128})),
         ("engine", with_(base, engine={"horizon_s": 3600, "exact_steps": True})),
+        ("answer quality", with_(base, workload__mix__0={
+            **base["workload"]["mix"][0], **yaml.safe_load(readme_block("## Answer quality"))[0]})),
+        ("quality given", with_(base, workload__mix__0={
+            **base["workload"]["mix"][0], "quality": {"pass_at_1": 0.8, "no_thinking_accuracy": 0.5,
+                                                       "dispersion": 1.0, "difficulty": "none"},
+            "parallel": {"n": 4, "aggregate": "first_finished", "m": 2}})),
+        ("best_of_n", with_(base, workload__mix__0={
+            **base["workload"]["mix"][0], "parallel": {"n": 4, "aggregate": "best_of_n", "reward_pool": "prm"}},
+            cluster={"pools": [base["cluster"]["pools"][0], {"name": "prm", "gpu": "h100-sxm"}]})),
     ]
     return forms
 
