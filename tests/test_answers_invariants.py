@@ -1,0 +1,63 @@
+"""Layer (c) with answer quality on: the hypothesis invariants of tests/test_invariants.py (KV blocks conserved at
+every step, every request recorded exactly once with a status and a reason, simulated time monotone, fast-forward
+equal to exact steps) over random small scenarios whose requests also carry budgets, early exit and parallel
+samples (forked prompt blocks, preemption of samples, samples stopped by first_finished, reward-model passes)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from helpers import by_id, scenario
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_invariants import check_invariants, scenarios
+
+from simserve import Simulation
+
+
+@st.composite
+def quality_scenarios(draw):
+    data = draw(scenarios())
+    entry = data["workload"]["mix"][0]
+    entry["quality"] = {"difficulty": draw(st.sampled_from(["none", "math500"]))}
+    if draw(st.booleans()):
+        entry["max_reasoning_tokens"] = draw(st.integers(1, 60))
+    if draw(st.booleans()):
+        entry["early_exit"] = {"probe_every_tokens": draw(st.integers(1, 20)),
+                               "probe_tokens": draw(st.sampled_from([0, 1, 3]))}
+    aggregate = draw(st.sampled_from(["majority", "best_of_n", None]))
+    if aggregate is not None:
+        n = draw(st.integers(1, 5))
+        par: dict = {"n": n, "aggregate": aggregate}
+        if aggregate == "first_finished":
+            par["m"] = draw(st.integers(1, n))
+        if aggregate == "best_of_n":
+            pools = data["cluster"]["pools"]
+            reward = {**copy.deepcopy(pools[0]), "name": "prm", "role": "both", "replicas": 1}
+            pools.append(reward)
+            par["reward_pool"] = "prm"
+        entry["parallel"] = par
+    return data
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(quality_scenarios())
+def test_invariants_and_fast_forward_equals_exact_steps_with_answer_quality(data):
+    sim_ff = Simulation(scenario(data, check_invariants=True))
+    sim_ex = Simulation(scenario(data, check_invariants=True, exact_steps=True))
+    ff, ex = sim_ff.run(), sim_ex.run()
+    n = data["workload"]["num_requests"]
+    check_invariants(sim_ff, ff, n)
+    check_invariants(sim_ex, ex, n)
+    a, b = by_id(ff.requests), by_id(ex.requests)
+    done = a[a.status == "completed"]
+    assert set(done["correct"]) <= {0, 1} and (a.loc[a.status != "completed", "correct"] == -1).all()
+    assert (done["reasoning_tokens_spent"] + done["probe_tokens"] <= done["reasoning_tokens"]).all()
+    for col in ("status", "num_preemptions", "generated_tokens", "correct", "num_samples"):
+        assert list(a[col]) == list(b[col]), col
+    for col in ("first_token_s", "reasoning_end_s", "finish_s"):
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        assert np.array_equal(np.isnan(x), np.isnan(y))
+        ok = ~np.isnan(x)
+        assert np.allclose(x[ok], y[ok], rtol=1e-9, atol=0), col
