@@ -33,6 +33,10 @@ WRONG_TOKENS_FACTOR = 1.3  # assumed: a wrong sample's reasoning length relative
 SAMPLE_TOKENS_CV = 0.3  # assumed: spread of reasoning length between samples of one question
 MIN_SETTLE_SHARE = 0.31  # 42-69% of MATH-500 thinking comes after the first correct answer: settles after >= 31%
 VOTING_ITERATIONS = 2
+# Where the fits start (the provisional guesses): the fit reads nothing from the defaults it writes, so rerunning
+# it reproduces them.
+START = {"dispersion": 2.0, "top_wrong_share": 0.6, "reward_separation": 1.5, "settle_share": 0.65,
+         "accuracy_change": 0.02, "curve_shape": {"mid_ratio": 0.2, "width": 0.9}}
 
 
 def sigmoid(x: float) -> float:
@@ -313,8 +317,8 @@ def _production(entry: dict[str, Any], curves: dict[str, dict[str, Any]]) -> dic
 
 def fit_all(data: Path) -> dict[str, Any]:
     d = json.loads(OUT.read_text())
-    p = {**qv.shipped(), "num_wrong_answers": NUM_WRONG_ANSWERS, "wrong_tokens_factor": WRONG_TOKENS_FACTOR,
-         "sample_tokens_cv": SAMPLE_TOKENS_CV, "min_settle_share": MIN_SETTLE_SHARE}
+    p: dict[str, Any] = {**START, "num_wrong_answers": NUM_WRONG_ANSWERS, "wrong_tokens_factor": WRONG_TOKENS_FACTOR,
+                         "sample_tokens_cv": SAMPLE_TOKENS_CV, "min_settle_share": MIN_SETTLE_SHARE}
     for i in range(VOTING_ITERATIONS):
         p["math500"] = fit_levels(p, data)
         p["dispersion"], p["top_wrong_share"] = fit_voting(p)
