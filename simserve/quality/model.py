@@ -155,8 +155,10 @@ def resolve(spec: QualitySpec | None, model: str, query_type: str,
     d = defaults()
     model_entry = d["models"].get(model, {})
     qt = model_entry.get(query_type)
-    source = f"{model}/{query_type}: shipped" if qt else f"{model}/{query_type}: generic default for the query type"
-    if qt is None:
+    if qt is not None:
+        source = f"{model}/{query_type}: {qt.get('source', 'shipped')}"
+    else:
+        source = f"{model}/{query_type}: assumed: generic default for the query type (no entry for the model)"
         qt = d["query_types"].get(query_type, d["query_types"]["_other"])
     shape = d["curve_shape"]
     curve: Curve
@@ -165,7 +167,7 @@ def resolve(spec: QualitySpec | None, model: str, query_type: str,
         if c is None:
             raise ValueError(f"unknown curve {spec.curve!r}; shipped: {sorted(d['curves'])}")
         curve = Curve(c["floor"], c["ceiling"], c["mid_ratio"], c["width"])
-        source = f"curve {spec.curve}"
+        source = f"curve {spec.curve}: {c.get('source', 'shipped')}"
     elif "curve" in qt:
         c = d["curves"][qt["curve"]]
         curve = Curve(c["floor"], c["ceiling"], c["mid_ratio"], c["width"])
