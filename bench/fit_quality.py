@@ -204,8 +204,8 @@ PASS_AT_1: dict[tuple[str, str], tuple[float, str]] = {
     ("r1-distill-qwen-32b", "LiveCodeBench"): (0.572, R1_CARD),
     ("r1-distill-qwen-32b", "MATH-500"): (0.943, R1_CARD), ("r1-distill-qwen-32b", "AIME24"): (0.726, R1_CARD),
     ("gpt-oss-120b", "GPQA-Diamond"): (0.731, OSS_CARD), ("gpt-oss-120b", "AIME24"): (0.804, OSS_CARD),
-    ("llama-3.1-405b", "GPQA-Diamond"): (0.511, V3_REPORT), ("llama-3.1-405b", "MATH-500"): (0.738, V3_REPORT),
-    ("llama-3.1-405b", "AIME24"): (0.233, V3_REPORT),
+    ("llama-3.1-405b-fp8", "GPQA-Diamond"): (0.511, V3_REPORT), ("llama-3.1-405b-fp8", "MATH-500"): (0.738, V3_REPORT),
+    ("llama-3.1-405b-fp8", "AIME24"): (0.233, V3_REPORT),
     ("llama-3.1-70b", "MATH-500"): (0.680, "Llama 3.1 model card, MATH 0-shot CoT" + UNVERIFIED),
     ("llama-3.1-8b", "MATH-500"): (0.519, "Llama 3.1 model card, MATH 0-shot CoT" + UNVERIFIED),
     ("qwen2.5-32b", "GPQA-Diamond"): (0.490, "s1 arXiv:2501.19393 Table 1, Qwen2.5-32B-Instruct" + UNVERIFIED),
@@ -218,7 +218,7 @@ NO_THINKING: dict[tuple[str, str], tuple[float, str]] = {
 }
 REASONING = ("deepseek-r1", "r1-distill-qwen-7b", "r1-distill-qwen-32b", "qwen3-30b-a3b", "qwen3-235b-a22b",
              "gpt-oss-120b")
-NON_REASONING = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "qwen2.5-32b")
+NON_REASONING = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b-fp8", "qwen2.5-32b")
 NON_REASONING_FLOOR = 0.95  # assumed: a non-reasoning model's short chain of thought adds 5% to its accuracy
 
 
@@ -259,10 +259,10 @@ def model_table(curves: dict[str, dict[str, Any]], deer: list[qv.DeerRow]) -> di
     # Llama 3.1 70B/8B: GPQA-D and AIME24 from the 405B by their MATH ratio (AIME by its square: harder problems
     # fall faster); LiveCodeBench for the non-reasoning models: GPT-4o-0513's 32.9 (R1 card) scaled the same way.
     for name in ("llama-3.1-70b", "llama-3.1-8b"):
-        r = pass1[(name, "MATH-500")][0] / pass1[("llama-3.1-405b", "MATH-500")][0]
-        pass1[(name, "GPQA-Diamond")] = (pass1[("llama-3.1-405b", "GPQA-Diamond")][0] * r,
+        r = pass1[(name, "MATH-500")][0] / pass1[("llama-3.1-405b-fp8", "MATH-500")][0]
+        pass1[(name, "GPQA-Diamond")] = (pass1[("llama-3.1-405b-fp8", "GPQA-Diamond")][0] * r,
                                          "assumed: Llama-3.1-405B's scaled by the MATH ratio")
-        pass1[(name, "AIME24")] = (pass1[("llama-3.1-405b", "AIME24")][0] * r * r,
+        pass1[(name, "AIME24")] = (pass1[("llama-3.1-405b-fp8", "AIME24")][0] * r * r,
                                    "assumed: Llama-3.1-405B's scaled by the MATH ratio squared")
     for name in NON_REASONING:
         r = pass1[(name, "MATH-500")][0] / 0.746  # GPT-4o-0513's MATH-500 in the R1 card

@@ -22,6 +22,7 @@ from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, Pla
 from simserve.hardware import GpuSpec, ModelSpec
 from simserve.metrics import Recorder, busy_seconds, quality_summary, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
+from simserve.quality import resolve
 from simserve.request import Request
 from simserve.routing import ROUTERS, StaleView
 from simserve.schedulers import SCHEDULERS
@@ -404,6 +405,10 @@ class Simulation:
         summary["saturated"] = saturated
         if self.quality:
             summary.update(quality_summary(requests, cost))
+            model = self.scenario.answer_model
+            summary["quality_sources"] = {  # where each query type's accuracy model came from: data or assumed
+                q.query_type: resolve(q.quality, model, q.query_type, q.early_exit).source
+                for q in self.scenario.workload.mix or [] if q.quality_on}
         return summary
 
 
