@@ -32,6 +32,16 @@ from simserve.request import Request
 from simserve.schedulers import Scheduler
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_FORK_KEYS = 1 << 64  # fork block keys lie in [2**64, 2**129): above every int64 key a workload gives
+
+
+def fork_block_key(fork_key: int, block: int) -> int:
+    """The prefix-cache key of block `block` (from 0) of the prompt shared by the requests forked under
+    `fork_key` (non-zero, an int64). Workloads key prefix units with int64s (synthetic system prompts and
+    sessions below 2**63, trace hash ids) and the pool keys a preempted request's own blocks with negative ints,
+    so keys from 2**64 up cannot collide with them; (fork_key mod 2**64, block < 2**64) maps one to one onto
+    [2**64, 2**129). Equal keys mean equal KV because forked requests share their whole prompt."""
+    return _FORK_KEYS + ((fork_key % _FORK_KEYS) << 64) + block
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +122,27 @@ class Planner:
         return hold
 
     def _prompt_chain(self, req: Request) -> list[tuple[int, int]]:
+        """The prompt's cacheable units as (key, blocks): the full units of its prefix keys (when they are whole
+        blocks), then, for a forked request (parallel sampling), one unit per further full block keyed by
+        `fork_block_key(fork_key, block)`, so the samples of one prompt share its full blocks as vLLM's n
+        children do (the last partial block is each sample's own). Nothing with prefix caching off."""
+        if not self.kv.prefix_caching:
+            return []
         keys, unit = req.prefix_keys, req.prefix_unit_tokens
         bt = self.config.block_tokens
-        if not keys or not self.kv.prefix_caching or unit % bt:
-            return []
-        per_unit = unit // bt
-        return [(k, per_unit) for k in keys[: req.prompt_tokens // unit]]
+        chain: list[tuple[int, int]] = []
+        if keys and unit % bt == 0:
+            per_unit = unit // bt
+            chain = [(k, per_unit) for k in keys[: req.prompt_tokens // unit]]
+        if req.fork_key:
+            start = sum(b for _, b in chain)
+            chain.extend((fork_block_key(req.fork_key, b), 1) for b in range(start, req.prompt_tokens // bt))
+        return chain
 
     def prefix_hit_tokens(self, req: Request) -> int:
-        """Prompt tokens of `req` the prefix cache would serve now."""
-        if not self.kv.prefix_caching or not req.prefix_keys:
+        """Prompt tokens of `req` the prefix cache would serve now (a forked request's siblings' blocks
+        included)."""
+        if not self.kv.prefix_caching or not (req.prefix_keys or req.fork_key):
             return 0
         hold = req.kv if req.kv is not None else KvHold(self._prompt_chain(req))
         _, hit, _ = self.kv.lookup(hold, (req.known_tokens - 1) // self.config.block_tokens)
