@@ -14,6 +14,9 @@ Shaped like vLLM 0.33 (vllm/v1/core/sched/scheduler.py) and checked step for ste
    the whole rest or stop), and admission only if the blocks of the whole known sequence fit in free blocks
    (vLLM's `scheduler_reserve_full_isl`), counting cached blocks it hits that nobody holds.
 
+Forked samples of one prompt (parallel sampling) share its full blocks through the prefix cache, as vLLM's n child
+requests do (`_prompt_chain`); `abort` takes a request out wherever it is, as vLLM's abort does.
+
 Computed-token counts advance when a step is planned (vLLM's `_update_after_schedule`); sampled tokens are
 delivered, and finished requests freed, when the step's outputs are applied (`finish`). Under async scheduling
 (vLLM's two-deep batch queue) the next step is planned before the previous step's outputs are applied: a request
@@ -423,15 +426,22 @@ class Planner:
             return ctx - 1
         return ctx
 
+    def _leave_decodes(self, req: Request) -> int:
+        """Take a decoding request out of the decode arrays (its blocks to its hold); returns the tokens whose full
+        blocks were cached."""
+        dec = self.decodes
+        slot = req.slot
+        hold = req.kv
+        assert hold is not None
+        hold.private_blocks = int(dec.blocks[slot]) - hold.unit_blocks
+        cached = self._cached_tokens(slot)
+        dec.remove(slot)
+        return cached
+
     def finish(self, req: Request) -> None:
         """The step that sampled the request's last token has delivered it: free its KV."""
         if req.slot >= 0:
-            dec = self.decodes
-            hold = req.kv
-            assert hold is not None
-            hold.private_blocks = int(dec.blocks[req.slot]) - hold.unit_blocks
-            cached = self._cached_tokens(req.slot)
-            dec.remove(req.slot)
+            cached = self._leave_decodes(req)
         elif req in self.handing_off:
             self.handing_off.remove(req)
             cached = req.computed_tokens
@@ -441,6 +451,32 @@ class Planner:
         req.generated_tokens = req.output_tokens
         assert req.kv is not None
         self.kv.release(req.kv, cached)
+
+    def abort(self, req: Request) -> bool:
+        """Take `req` out wherever it is and free its KV now, as vLLM's `finish_requests(ids,
+        FINISHED_ABORTED)`: a waiting request (new, or preempted) holds no blocks; a running one (prefilling,
+        decoding, or with its last token in flight) releases its hold as a finished request does, its full
+        computed blocks staying cached in the free queue. Its progress (`computed_tokens`, `generated_tokens`)
+        is left as scheduled so far. False, and nothing done, if it is not here or its KV is in transfer to a
+        decode replica (the transfer holds the blocks until `transfer_done`)."""
+        dec = self.decodes
+        if 0 <= req.slot < dec.n and dec.req[req.slot] is req:
+            dec.sync(req.slot)
+            cached = self._leave_decodes(req)
+        elif req in self.prefilling:
+            self.prefilling.remove(req)
+            cached = req.computed_tokens
+        elif req in self.handing_off:
+            self.handing_off.remove(req)
+            cached = req.computed_tokens
+        elif req in self.waiting:
+            self.waiting.remove(req)
+            return True
+        else:
+            return False
+        assert req.kv is not None
+        self.kv.release(req.kv, cached)
+        return True
 
     def hand_off(self, req: Request) -> bool:
         """A prefill replica's request leaves for a decode replica: it stops running here; its blocks stay held
