@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from simserve import Simulation
+from simserve.engine import Arrival, Hooks
+from simserve.request import Request
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "scenarios" / "quickstart.yaml"
 
@@ -69,7 +71,7 @@ def check_invariants(sim, res, num_requests):
     # Every request of the workload is recorded exactly once, with a status, and a reason unless completed.
     assert len(req) == num_requests
     assert req["request_id"].is_unique
-    assert set(req["status"]) <= {"completed", "rejected", "unfinished", "not_arrived"}
+    assert set(req["status"]) <= {"completed", "rejected", "unfinished", "not_arrived", "cancelled"}
     assert (req.loc[req.status != "completed", "reason"].str.len() > 0).all()
     done = req[req.status == "completed"]
     assert (done["first_token_s"] >= done["arrival_s"]).all()
@@ -83,10 +85,12 @@ def check_invariants(sim, res, num_requests):
     # KV blocks are conserved (checked at every step with check_invariants) and all released once nothing runs.
     if not res.summary["stopped_at_horizon"]:
         assert all(r.kv.used_blocks == 0 for r in sim.replicas)
-        assert set(req["status"]) <= {"completed", "rejected"}
+        assert set(req["status"]) <= {"completed", "rejected", "cancelled"}
     done = req[req.status == "completed"]
     assert (done["reasoning_end_s"] >= done["first_token_s"]).all()
     assert (done["reasoning_end_s"] <= done["finish_s"]).all()
+    cancelled = req[req.status == "cancelled"]
+    assert (cancelled["finish_s"] >= cancelled["arrival_s"]).all()
 
 
 def _pd_case(max_num_seqs: int, max_tokens: int, prompt_high: int, cv: float) -> dict:
@@ -107,18 +111,10 @@ def _pd_case(max_num_seqs: int, max_tokens: int, prompt_high: int, cv: float) ->
             "slo": {"ttft_s": 1.0}}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
-@example(_pd_case(2, 21, 32, 4.0))
-@example(_pd_case(1, 22, 40, 3.0))
-def test_invariants_and_fast_forward_equals_exact_steps(data):
-    sim_ff = Simulation(scenario(data, check_invariants=True))
-    sim_ex = Simulation(scenario(data, check_invariants=True, exact_steps=True))
-    ff, ex = sim_ff.run(), sim_ex.run()
-    n = data["workload"]["num_requests"]
-    check_invariants(sim_ff, ff, n)
-    check_invariants(sim_ex, ex, n)
+def check_same_results(ff, ex):
+    """Fast-forward and exact steps: the same requests, statuses, token counts and times."""
     a, b = by_id(ff.requests), by_id(ex.requests)
+    assert list(a["request_id"]) == list(b["request_id"])
     assert list(a["status"]) == list(b["status"])
     assert list(a["num_preemptions"]) == list(b["num_preemptions"])
     assert list(a["generated_tokens"]) == list(b["generated_tokens"])
@@ -132,6 +128,127 @@ def test_invariants_and_fast_forward_equals_exact_steps(data):
     # The replica timelines cover the same steps and tokens, fast-forwarded runs merged into one segment.
     for col in ("num_steps", "decode_tokens", "prefill_tokens"):
         assert ff.replicas.groupby("replica")[col].sum().equals(ex.replicas.groupby("replica")[col].sum()), col
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+@example(_pd_case(2, 21, 32, 4.0))
+@example(_pd_case(1, 22, 40, 3.0))
+def test_invariants_and_fast_forward_equals_exact_steps(data):
+    sim_ff = Simulation(scenario(data, check_invariants=True))
+    sim_ex = Simulation(scenario(data, check_invariants=True, exact_steps=True))
+    ff, ex = sim_ff.run(), sim_ex.run()
+    n = data["workload"]["num_requests"]
+    check_invariants(sim_ff, ff, n)
+    check_invariants(sim_ex, ex, n)
+    check_same_results(ff, ex)
+
+
+# Parallel sampling and cancellation: some requests are forked into k samples of the same prompt (queued together
+# on the replica the first was routed to, as the feature's wiring does); when m of a request's samples have
+# completed the others are cancelled, and each completion also cancels a few siblings at random; a few requests
+# of any kind are cancelled by a timer, from outside every replica. Every choice is a function of request ids
+# (not of the order of events at one instant), so fast-forward and exact steps must agree.
+
+
+def _draw(seed: int, *ids: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *ids])
+
+
+class _Forking(Hooks):
+    """First m of n finished cancels the rest; every stage after a request ended is an error."""
+
+    def __init__(self, seed: int) -> None:
+        self.sim: Simulation | None = None
+        self.seed = seed
+        self.families: dict[int, list] = {}  # fork_key -> [samples, m, completed]
+        self.ended: dict[int, int] = {}  # request id -> finished calls
+        self.late: list[tuple[str, int]] = []  # a stage that fired for a request that had ended
+
+    def _cancel(self, r: Request) -> None:
+        if not r.status and r.replica >= 0:
+            assert self.sim is not None
+            self.sim.replicas[r.replica].cancel(r)
+
+    def admitted(self, req: Request, replica: object) -> None:
+        if req.status:
+            self.late.append(("admitted", req.request_id))
+
+    def prompt_done(self, req: Request, replica: object) -> None:
+        if req.status:
+            self.late.append(("prompt_done", req.request_id))
+
+    def finished(self, req: Request) -> None:
+        self.ended[req.request_id] = self.ended.get(req.request_id, 0) + 1
+        family = self.families.get(req.fork_key)
+        if family is None or req.status != "completed":
+            return
+        family[2] += 1
+        for s in family[0]:
+            if s is not req and (family[2] >= family[1] or _draw(self.seed, req.request_id, s.request_id)
+                                 .random() < 0.3):
+                self._cancel(s)
+
+
+class _WatchingReasoning(_Forking):
+    """The same, watching reasoning ends too (which makes fast-forwarded runs end at each)."""
+
+    def reasoning_done(self, req: Request, replica: object) -> None:
+        if req.status:
+            self.late.append(("reasoning_done", req.request_id))
+
+
+class _ForkingSimulation(Simulation):
+    def __init__(self, sc) -> None:
+        self.forks = (_WatchingReasoning if sc.seed % 2 else _Forking)(sc.seed)
+        super().__init__(sc, hooks=[self.forks])
+        self.forks.sim = self
+        self.num_forked = 0
+
+    def arrive(self, req: Request) -> None:
+        rng = _draw(self.forks.seed, self.num_arrived)
+        k = int(rng.choice([1, 1, 2, 3, 4]))
+        if k > 1:
+            req.fork_key = self.num_arrived + 1
+        super().arrive(req)
+        samples = [req]
+        for _ in range(1, k):
+            s = Request(-1, req.user_id, req.query_type, req.arrival_s, req.prompt_tokens,
+                        int(rng.integers(0, req.reasoning_tokens + 1)), int(rng.integers(1, req.answer_tokens + 1)))
+            s.prefix_keys, s.prefix_unit_tokens = req.prefix_keys, req.prefix_unit_tokens
+            s.fork_key, s.parent = req.fork_key, req
+            self.num_forked += 1
+            if req.replica < 0:  # rejected by the front end: route it the same way
+                super().arrive(s)
+            else:
+                s.request_id = self._next_id
+                self._next_id += 1
+                self.num_arrived += 1
+                self.hooks.arrived(s)
+                self.replicas[req.replica].enqueue(s)
+            samples.append(s)
+        if k > 1:
+            self.forks.families[req.fork_key] = [samples, int(rng.integers(1, k + 1)), 0]
+        for s in samples:
+            if rng.random() < 0.15:
+                Arrival(self.env, float(rng.uniform(0.0, 2.0))).callbacks.append(
+                    lambda _e, s=s: self.forks._cancel(s))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+@example(_pd_case(2, 21, 32, 4.0))
+def test_invariants_with_forks_and_cancels_and_fast_forward_equals_exact_steps(data):
+    sim_ff = _ForkingSimulation(scenario(data, check_invariants=True))
+    sim_ex = _ForkingSimulation(scenario(data, check_invariants=True, exact_steps=True))
+    ff, ex = sim_ff.run(), sim_ex.run()
+    for sim, res in ((sim_ff, ff), (sim_ex, ex)):
+        check_invariants(sim, res, data["workload"]["num_requests"] + sim.num_forked)
+        assert not sim.forks.late
+        rows = res.requests.set_index("request_id")
+        ended = rows.index[rows.status.isin(["completed", "rejected", "cancelled"])]
+        assert sim.forks.ended == dict.fromkeys(ended.tolist(), 1)  # each ended exactly once, and told so
+    check_same_results(ff, ex)
 
 
 def test_same_seed_gives_byte_identical_requests_parquet(tmp_path):

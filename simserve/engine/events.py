@@ -1,5 +1,6 @@
 """The engine's SimPy events and the arrivals process. One tie-break orders same-time events: SimPy's
-(time, priority, sequence) heap entry, with three priorities: arrivals (URGENT), step ends (NORMAL), plans (LATE)."""
+(time, priority, sequence) heap entry, with four priorities: arrivals (URGENT), step ends (NORMAL), plans (LATE),
+and what must come after every plan at an instant (AFTER_PLANS: a cancel from outside a replica's loop)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,19 @@ def arrivals(env: simpy.Environment, requests: Iterator[Request], arrive: Callab
         yield Arrival(env, max(0.0, req.arrival_s - env.now))
         arrive(req)
     on_exhausted()
+
+
+AFTER_PLANS = 3  # after LATE: every replica that plans at this instant has planned
+
+
+class AfterPlans(simpy.Event):
+    """Resume at the current instant, after every replica that plans at it has planned. A cancel made at time t
+    from outside a replica's loop (another replica's hook, a timer) acts here, so a replica that also plans at t
+    has always planned first, whichever order same-time step ends happen to be processed in (which differs
+    between fast-forward and step-by-step)."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, AFTER_PLANS, 0)  # type: ignore[arg-type]  # a fourth priority, below LATE

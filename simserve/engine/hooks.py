@@ -7,7 +7,7 @@ composes every feature's hooks into one `HookChain` that replicas and the front 
 - `admitted(req, replica)`: scheduled for the first time on a replica (or again after a preemption);
 - `prompt_done(req, replica)`: its prompt (or recomputation) is in the KV cache and a token was sampled;
 - `reasoning_done(req, replica)`: its last reasoning token was sampled (`req.reasoning_end_s` is set);
-- `finished(req)`: completed or rejected (`req.status` says which).
+- `finished(req)`: completed, rejected or cancelled (`req.status` says which).
 
 Recording, multi-turn sessions and prefill/decode hand-off are hooks; so are the planned features (token budgets
 and early exit at `reasoning_done`, trace reuse at `arrived`/`finished`). A hook that overrides
@@ -41,7 +41,7 @@ class Hooks:
         """A request sampled its last reasoning token (req.reasoning_end_s is set)."""
 
     def finished(self, req: Request) -> None:
-        """A request completed or was rejected (req.status, req.reason)."""
+        """A request completed, was rejected or was cancelled (req.status, req.reason)."""
 
 
 def _overrides(hook: Hooks, stage: str) -> bool:

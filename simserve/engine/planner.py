@@ -14,6 +14,9 @@ Shaped like vLLM 0.33 (vllm/v1/core/sched/scheduler.py) and checked step for ste
    the whole rest or stop), and admission only if the blocks of the whole known sequence fit in free blocks
    (vLLM's `scheduler_reserve_full_isl`), counting cached blocks it hits that nobody holds.
 
+Forked samples of one prompt (parallel sampling) share its full blocks through the prefix cache, as vLLM's n child
+requests do (`_prompt_chain`); `abort` takes a request out wherever it is, as vLLM's abort does.
+
 Computed-token counts advance when a step is planned (vLLM's `_update_after_schedule`); sampled tokens are
 delivered, and finished requests freed, when the step's outputs are applied (`finish`). Under async scheduling
 (vLLM's two-deep batch queue) the next step is planned before the previous step's outputs are applied: a request
@@ -32,6 +35,16 @@ from simserve.request import Request
 from simserve.schedulers import Scheduler
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_FORK_KEYS = 1 << 64  # fork block keys lie in [2**64, 2**129): above every int64 key a workload gives
+
+
+def fork_block_key(fork_key: int, block: int) -> int:
+    """The prefix-cache key of block `block` (from 0) of the prompt shared by the requests forked under
+    `fork_key` (non-zero, an int64). Workloads key prefix units with int64s (synthetic system prompts and
+    sessions below 2**63, trace hash ids) and the pool keys a preempted request's own blocks with negative ints,
+    so keys from 2**64 up cannot collide with them; (fork_key mod 2**64, block < 2**64) maps one to one onto
+    [2**64, 2**129). Equal keys mean equal KV because forked requests share their whole prompt."""
+    return _FORK_KEYS + ((fork_key % _FORK_KEYS) << 64) + block
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +125,27 @@ class Planner:
         return hold
 
     def _prompt_chain(self, req: Request) -> list[tuple[int, int]]:
+        """The prompt's cacheable units as (key, blocks): the full units of its prefix keys (when they are whole
+        blocks), then, for a forked request (parallel sampling), one unit per further full block keyed by
+        `fork_block_key(fork_key, block)`, so the samples of one prompt share its full blocks as vLLM's n
+        children do (the last partial block is each sample's own). Nothing with prefix caching off."""
+        if not self.kv.prefix_caching:
+            return []
         keys, unit = req.prefix_keys, req.prefix_unit_tokens
         bt = self.config.block_tokens
-        if not keys or not self.kv.prefix_caching or unit % bt:
-            return []
-        per_unit = unit // bt
-        return [(k, per_unit) for k in keys[: req.prompt_tokens // unit]]
+        chain: list[tuple[int, int]] = []
+        if keys and unit % bt == 0:
+            per_unit = unit // bt
+            chain = [(k, per_unit) for k in keys[: req.prompt_tokens // unit]]
+        if req.fork_key:
+            start = sum(b for _, b in chain)
+            chain.extend((fork_block_key(req.fork_key, b), 1) for b in range(start, req.prompt_tokens // bt))
+        return chain
 
     def prefix_hit_tokens(self, req: Request) -> int:
-        """Prompt tokens of `req` the prefix cache would serve now."""
-        if not self.kv.prefix_caching or not req.prefix_keys:
+        """Prompt tokens of `req` the prefix cache would serve now (a forked request's siblings' blocks
+        included)."""
+        if not self.kv.prefix_caching or not (req.prefix_keys or req.fork_key):
             return 0
         hold = req.kv if req.kv is not None else KvHold(self._prompt_chain(req))
         _, hit, _ = self.kv.lookup(hold, (req.known_tokens - 1) // self.config.block_tokens)
@@ -402,15 +426,22 @@ class Planner:
             return ctx - 1
         return ctx
 
+    def _leave_decodes(self, req: Request) -> int:
+        """Take a decoding request out of the decode arrays (its blocks to its hold); returns the tokens whose full
+        blocks were cached."""
+        dec = self.decodes
+        slot = req.slot
+        hold = req.kv
+        assert hold is not None
+        hold.private_blocks = int(dec.blocks[slot]) - hold.unit_blocks
+        cached = self._cached_tokens(slot)
+        dec.remove(slot)
+        return cached
+
     def finish(self, req: Request) -> None:
         """The step that sampled the request's last token has delivered it: free its KV."""
         if req.slot >= 0:
-            dec = self.decodes
-            hold = req.kv
-            assert hold is not None
-            hold.private_blocks = int(dec.blocks[req.slot]) - hold.unit_blocks
-            cached = self._cached_tokens(req.slot)
-            dec.remove(req.slot)
+            cached = self._leave_decodes(req)
         elif req in self.handing_off:
             self.handing_off.remove(req)
             cached = req.computed_tokens
@@ -420,6 +451,32 @@ class Planner:
         req.generated_tokens = req.output_tokens
         assert req.kv is not None
         self.kv.release(req.kv, cached)
+
+    def abort(self, req: Request) -> bool:
+        """Take `req` out wherever it is and free its KV now, as vLLM's `finish_requests(ids,
+        FINISHED_ABORTED)`: a waiting request (new, or preempted) holds no blocks; a running one (prefilling,
+        decoding, or with its last token in flight) releases its hold as a finished request does, its full
+        computed blocks staying cached in the free queue. Its progress (`computed_tokens`, `generated_tokens`)
+        is left as scheduled so far. False, and nothing done, if it is not here or its KV is in transfer to a
+        decode replica (the transfer holds the blocks until `transfer_done`)."""
+        dec = self.decodes
+        if 0 <= req.slot < dec.n and dec.req[req.slot] is req:
+            dec.sync(req.slot)
+            cached = self._leave_decodes(req)
+        elif req in self.prefilling:
+            self.prefilling.remove(req)
+            cached = req.computed_tokens
+        elif req in self.handing_off:
+            self.handing_off.remove(req)
+            cached = req.computed_tokens
+        elif req in self.waiting:
+            self.waiting.remove(req)
+            return True
+        else:
+            return False
+        assert req.kv is not None
+        self.kv.release(req.kv, cached)
+        return True
 
     def hand_off(self, req: Request) -> bool:
         """A prefill replica's request leaves for a decode replica: it stops running here; its blocks stay held

@@ -6,20 +6,22 @@ its end) is advanced in one event, in closed form (simserve.engine.decodes.FastF
 times that stepping one iteration at a time gives (`engine.exact_steps` turns it off).
 
 Sync scheduling plans step s+1 after step s's outputs are applied; async scheduling (vLLM's two-deep batch
-queue) plans step s+1 first and applies step s's outputs after it, at the same instant.
+queue) plans step s+1 first and applies step s's outputs after it, at the same instant. `cancel` takes a request
+out between steps, as vLLM's abort.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Generator, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
 import simpy
 
 from simserve.engine.decodes import FastForwardRun
-from simserve.engine.events import Settle
+from simserve.engine.events import AfterPlans, Settle
 from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
@@ -59,6 +61,13 @@ class Replica:
         self._run: FastForwardRun | None = None  # the fast-forwarded run in flight
         self._run_waiting = 0
         self.num_rejected_too_long = 0  # requests rejected on arrival: they could never fit here
+        # Cancellation (`cancel`): running requests cancelled while a step is in flight wait here for its end.
+        self._stepping = False  # the loop waits for a step (or a fast-forwarded run) to end
+        self._cancels: dict[Request, str] = {}  # with their reasons, in call order
+        self._delivered: StepPlan | None = None  # a step that has ended, its outputs being (or to be) applied
+        self._changed = False  # a cancel changed the running set after this step's plan
+        self._cut_after_now = False  # the wake came after the plans of its instant (a run keeps its step now)
+        self._process: simpy.Process | None = None
 
     # ------------------------------------------------------------------------------------------ public surface
 
@@ -112,6 +121,79 @@ class Replica:
         if not self.wake.triggered:
             self.wake.succeed()
 
+    def cancel(self, req: Request, reason: str = "cancelled") -> bool:
+        """Cancel a request queued or running here (a sample no longer needed), as vLLM aborts one
+        (`finish_requests(ids, FINISHED_ABORTED)`, between steps): it leaves the waiting queue or the running
+        batch, its KV blocks are freed (its full computed blocks stay cached, as when a request finishes), and it
+        ends with `status` "cancelled", `reason`, `finish_s` = when it was taken out, and one
+        `hooks.finished(req)`; no later stage fires for it, and the outputs of a step in flight that included it
+        are dropped.
+
+        When. From a hook this replica runs (its `_apply`, `admitted`): at once, before the call returns. From
+        anywhere else (another replica's hook, a timer): at this instant but after this replica has planned at
+        it (an `AfterPlans` event), so same-time step ends on two replicas cannot order it differently in
+        fast-forward and step-by-step modes; then a waiting request (new or preempted) is taken out at once, and
+        a running one, if a step (or a fast-forwarded run) is in flight, once that step has ended and its outputs
+        are applied (the run is cut there), as vLLM's engine core handles aborts between steps: before the next
+        plan under sync scheduling, right after it under async scheduling.
+
+        A no-op for a request that has ended, is not queued or running here, has its KV in transfer to a decode
+        replica (cancel it once it is queued there), or whose last token was sampled by a step that has ended
+        (it completes). Returns False for a no-op seen now; True when cancelled (from this replica's hooks) or
+        when the cancel is under way (from elsewhere: `req.status` says how it ended, once it has)."""
+        if req.status or req.replica != self.index:
+            return False
+        if self.env.active_process is not self._process or self._process is None:
+            AfterPlans(self.env).callbacks.append(partial(self._cancel_after_plans, req, reason))
+            return True
+        return self._cancel_now(req, reason)
+
+    def _cancel_after_plans(self, req: Request, reason: str, _event: object) -> None:
+        p = self.planner
+        if req.status or req.replica != self.index:
+            return
+        if not self._stepping:
+            self._cancel_now(req, reason)
+            return
+        if req.slot >= 0 or req in p.prefilling or req in p.handing_off:
+            self._cancels.setdefault(req, reason)
+        elif not self._cancel_now(req, reason):
+            return
+        # A step (or a run) started at or before now is in flight: a fast-forwarded run ends with it.
+        self._cut_after_now = True
+        if not self.wake.triggered:
+            self.wake.succeed()
+
+    def _cancel_now(self, req: Request, reason: str) -> bool:
+        if req.status:
+            return False
+        ended = self._delivered
+        if ended is not None and req in ended.finishing:
+            return False  # its last token is delivered by a step that has ended: it completes
+        if not self.planner.abort(req):
+            return False
+        now = self.env.now
+        req.status = "cancelled"
+        req.reason = reason
+        req.finish_s = now
+        self._changed = True
+        self.running_mon.set(now, self.planner.num_running)
+        self.waiting_mon.set(now, len(self.planner.waiting))
+        if not self.wake.triggered:
+            self.wake.succeed()  # freed blocks may let a waiting request in
+        if self.check_invariants and self._run is None:  # a run's blocks are counted when it ends
+            self.planner.check()
+        self.hooks.finished(req)
+        return True
+
+    def _cancel_pending(self) -> None:
+        """The cancels held while a step was in flight, once its outputs are applied: before the next plan under
+        sync scheduling, after it under async scheduling (vLLM's engine core handles aborts after
+        `update_from_output`, the next batch already scheduled; what that batch computes for them is dropped)."""
+        cancels, self._cancels = self._cancels, {}
+        for req, reason in cancels.items():
+            self._cancel_now(req, reason)
+
     def unfinished(self) -> Iterator[tuple[Request, str]]:
         """Requests still queued or running (at the end of a run that stopped at its horizon), with where."""
         p = self.planner
@@ -139,6 +221,7 @@ class Replica:
     def process(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         planner = self.planner
+        self._process = env.active_process
         inflight: StepPlan | None = None  # async: the step whose outputs are not applied yet
         while True:
             if env.peek() == env.now:
@@ -146,6 +229,9 @@ class Replica:
                 yield Settle(env)
             if self.wake.triggered:
                 self.wake = env.event()
+                self._cut_after_now = False
+            if self._cancels and not self.async_scheduling:
+                self._cancel_pending()  # the step in flight ended and its outputs were applied
             running = planner.num_running
             if inflight is None and running == 0 and not planner.waiting:
                 yield from self._idle(0, 0.0, 0)
@@ -153,12 +239,15 @@ class Replica:
             now = env.now
             num_waiting = len(planner.waiting)
             plan = planner.schedule() if running or planner.waiting else StepPlan()
+            self._changed = False
             self.kv_peak = max(self.kv_peak, self.kv.used_blocks)
             calm = True  # the outputs applied now changed nothing the next plan would see
             if inflight is not None:
                 calm = not inflight.finishing and not (self.stop_at_reasoning_end and inflight.reasoning_done)
                 self._apply(inflight)
-                inflight = None
+                inflight = self._delivered = None
+                if self._cancels:
+                    self._cancel_pending()  # after the outputs, with the next step planned (vLLM's order)
             self._after_plan(plan)
             if plan.empty and not (self.async_scheduling and running):
                 # Nothing can run: what waits needs blocks held by KV transfers in flight. Wait, as when idle,
@@ -166,10 +255,11 @@ class Replica:
                 yield from self._idle(num_waiting, float(self.kv.used_blocks), None)
                 continue
             used = self.kv.used_blocks
-            if plan.decode_only and calm and not self.exact_steps:
+            if plan.decode_only and calm and not self._changed and not self.exact_steps:
                 k, extra = self._run_length(plan)
                 if k > 1:
-                    inflight = yield from self._fast_forward(plan, k, extra, now, used, num_waiting)
+                    inflight = self._delivered = yield from self._fast_forward(plan, k, extra, now, used,
+                                                                               num_waiting)
                     continue
             chunks = plan.chunks
             if plan.empty:
@@ -180,10 +270,12 @@ class Replica:
                     np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
                     np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY))
             self.num_events += 1
+            self._stepping = True
             yield env.timeout(dt)
+            self._stepping = False
             self.kv_area += used * dt
             if self.async_scheduling:
-                inflight = plan
+                inflight = self._delivered = plan
             else:
                 self._apply(plan)
             self.recorder.segment(pool=self.pool, replica=self.index, start_s=now, end_s=env.now, num_steps=1,
@@ -207,7 +299,8 @@ class Replica:
         if plan.admitted or plan.preempted:
             if self._hook_admitted:
                 for req in plan.admitted:
-                    self.hooks.admitted(req, self)
+                    if not req.status:  # not cancelled by an earlier hook
+                        self.hooks.admitted(req, self)
             self.waiting_mon.set(now, len(self.planner.waiting))
             self.running_mon.set(now, self.planner.num_running)
         if self.check_invariants:
@@ -219,17 +312,24 @@ class Replica:
             return
         now = self.env.now
         hooks = self.hooks
+        self._delivered = plan
         for req in plan.sampled:
+            if req.status:
+                continue  # cancelled after this step was planned: its outputs are dropped
             if math.isnan(req.first_token_s):
                 req.first_token_s = now
             hooks.prompt_done(req, self)
         for req in plan.reasoning_done:
-            self._reasoning_done(req, now)
+            if not req.status:
+                self._reasoning_done(req, now)
         for req in plan.finishing:
+            if req.status:
+                continue
             self.planner.finish(req)
             req.finish_s = now
             req.status = "completed"
             hooks.finished(req)
+        self._delivered = None
         if plan.finishing or plan.sampled:
             self.running_mon.set(now, self.planner.num_running)
             self.waiting_mon.set(now, len(self.planner.waiting))
@@ -269,18 +369,20 @@ class Replica:
         self._run_waiting = num_waiting
         end = env.timeout(bounds[k] - now)
         self.num_events += 1
+        self._stepping = True
         yield end | self.wake
         if end.processed:
             m = k
         else:
             t = env.now
             j = int(np.searchsorted(bounds[1:], t, side="right"))  # boundaries at or before t
-            if j >= 1 and bounds[j] == t:
-                m = j
+            if j >= 1 and bounds[j] == t and not self._cut_after_now:
+                m = j  # an arrival at a step boundary: stepping would plan the next step after it
             else:
                 m = j + 1  # let the step in flight finish
                 self.num_events += 1
                 yield env.timeout(bounds[m] - t)
+        self._stepping = False
         last = self._finish_run(run, m, m)
         self._run = None
         if not self.async_scheduling:
