@@ -89,10 +89,10 @@ class Answers(Hooks):
             a.completed.append(j)
             if a.aggregate == "first_finished" and len(a.completed) == a.m and math.isnan(a.decided_s):
                 a.decide(now)
-                replica = self.sim.replicas[req.replica]
                 for other in children:
-                    if not other.status:
-                        replica.cancel(other)  # type: ignore[attr-defined]  # its end (now or at the replica's next step) comes back here
+                    if not other.status:  # its end (now, or once its step in flight is out) comes back here;
+                        # a sample in KV transfer (prefill/decode split) is not stopped: it runs to its end
+                        self.sim.replicas[other.replica].cancel(other)
         if a.resolved < a.n or id(parent) not in self._children:
             return
         if a.aggregate == "best_of_n" and a.completed and math.isnan(a.decided_s):

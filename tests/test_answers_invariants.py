@@ -26,7 +26,7 @@ def quality_scenarios(draw):
     if draw(st.booleans()):
         entry["early_exit"] = {"probe_every_tokens": draw(st.integers(1, 20)),
                                "probe_tokens": draw(st.sampled_from([0, 1, 3]))}
-    aggregate = draw(st.sampled_from(["majority", "best_of_n", None]))
+    aggregate = draw(st.sampled_from(["majority", "first_finished", "best_of_n", None]))
     if aggregate is not None:
         n = draw(st.integers(1, 5))
         par: dict = {"n": n, "aggregate": aggregate}
