@@ -210,6 +210,43 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quality(args: argparse.Namespace) -> int:
+    """The shipped answer-quality defaults: accuracy per (model, query type) with its source, and the named curves."""
+    from rich.table import Table
+
+    from simserve.quality import defaults
+    from simserve.report import console
+
+    d = defaults()
+    if args.model is not None and args.model not in d["models"]:
+        print(f"simserve quality: --model: no shipped defaults for {args.model!r}; models: {sorted(d['models'])} "
+              "(others get the generic defaults of their query type, docs/quality.md)", file=sys.stderr)
+        return 2
+    out = console()
+    models = d["models"] if args.model is None else {args.model: d["models"][args.model]}
+    t = Table(title="accuracy by model and query type (quality: {} uses these; docs/quality.md)", title_justify="left")
+    for col in ("model", "query type", "pass@1", "no thinking", "source"):
+        t.add_column(col, justify="right" if col in ("pass@1", "no thinking") else "left")
+    for model, entries in models.items():
+        for qt, e in entries.items():
+            if qt.startswith("_"):
+                continue
+            curve = d["curves"].get(e.get("curve", ""))
+            p1 = e.get("pass_at_1", curve and curve.get("pass_at_1"))
+            floor = e.get("no_thinking_accuracy", curve and curve.get("floor"))
+            t.add_row(model, qt, f"{p1:.1%}" if p1 is not None else "-", f"{floor:.1%}" if floor is not None else "-",
+                      e.get("source", e.get("curve", "")))
+    out.print(t)
+    c = Table(title="named curves (quality: {curve: NAME})", title_justify="left")
+    for col in ("curve", "floor", "ceiling", "mid_ratio", "width", "source"):
+        c.add_column(col, justify="left" if col in ("curve", "source") else "right")
+    for name, e in d["curves"].items():
+        c.add_row(name, f"{e['floor']:.3f}", f"{e['ceiling']:.3f}", f"{e['mid_ratio']:.3f}", f"{e['width']:.3f}",
+                  str(e.get("source", "")))
+    out.print(c)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simserve", description="Simulate reasoning-model serving clusters.")
     parser.add_argument("--version", action=_Version, help="print simserve's version and exit")
@@ -233,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_check)
     s = sub.add_parser("schema", help="print the scenario JSON Schema")
     s.set_defaults(func=_cmd_schema)
+    q = sub.add_parser("quality", help="list the shipped answer-quality defaults and curves")
+    q.add_argument("--model", help="only this model preset")
+    q.set_defaults(func=_cmd_quality)
     add_commands(sub)
     return parser
 

@@ -200,3 +200,13 @@ def test_bad_quality_settings_name_the_field(entry, needle):
     with pytest.raises(ScenarioError) as err:
         parse_scenario(data, "s.yaml")
     assert needle in str(err.value), str(err.value)
+
+
+def test_the_quality_command_lists_the_shipped_defaults(capsys):
+    from simserve.cli import main
+
+    assert main(["quality", "--model", "r1-distill-qwen-7b"]) == 0
+    out = capsys.readouterr().out
+    assert "math_word" in out and "92.8%" in out and "qwen3-235b-a22b/aime24" in out
+    assert main(["quality", "--model", "nope"]) == 2
+    assert "no shipped defaults for 'nope'" in capsys.readouterr().err

@@ -5,7 +5,8 @@ the table; paste its output into the page once you know why it moved.
 
 Covered: docs/cluster.md (heterogeneous and disaggregated scenarios; with ../shared/data, the Mooncake hit-ratio and
 router tables), docs/calibration.md (the op-level error tables and the shipped fits' figures; with ../shared/data,
-the end-to-end replays of five real vLLM runs). About 40 s in all; tests needing ../shared/data skip without it."""
+the end-to-end replays of five real vLLM runs), docs/test-time-compute.md (the compute-equivalent configurations and
+the parallel-sampling sweep). About 80 s in all; tests needing ../shared/data skip without it."""
 
 from __future__ import annotations
 
@@ -113,3 +114,10 @@ def test_end_to_end_validation_tables_are_current():
         name = cells[0].rstrip(" †‡")
         ours = [c.split("/")[1].strip().strip("*") for c in cells[1:]]
         assert ours == [f"{calibrated[name][f'{k}_rel_error']:.0%}" for k in columns], (name, command)
+
+
+def test_test_time_compute_tables_are_current():
+    ttc = bench("test_time_compute")
+    command = "python bench/test_time_compute.py"
+    assert_current("test-time-compute.md", ttc.configs_table(), command)
+    assert_current("test-time-compute.md", ttc.sweep_table(ttc.sweep()), command)

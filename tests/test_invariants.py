@@ -216,7 +216,7 @@ class _ForkingSimulation(Simulation):
             s = Request(-1, req.user_id, req.query_type, req.arrival_s, req.prompt_tokens,
                         int(rng.integers(0, req.reasoning_tokens + 1)), int(rng.integers(1, req.answer_tokens + 1)))
             s.prefix_keys, s.prefix_unit_tokens = req.prefix_keys, req.prefix_unit_tokens
-            s.fork_key, s.parent = req.fork_key, req
+            s.fork_key = req.fork_key  # recorded as a request of its own (no parent: the Answers hook is not here)
             self.num_forked += 1
             if req.replica < 0:  # rejected by the front end: route it the same way
                 super().arrive(s)
