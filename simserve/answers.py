@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from simserve.engine import Hooks
 from simserve.quality import Answer
 from simserve.request import Request
+from simserve.routing import ByDifficultyRouterSpec
 
 if TYPE_CHECKING:
     from simserve.engine import Replica
@@ -32,12 +33,16 @@ class Answers(Hooks):
         self._children: dict[int, list[Request]] = {}  # id(parent) -> its samples
         self._scoring: dict[int, int] = {}  # id(parent) -> scoring passes still running
         self.num_samples = 0  # engine requests made for requests routed so far (1 per request without samples)
+        self.num_referenced = self.num_reference_correct = self.num_routed_correct = 0
 
     # ------------------------------------------------------------------------------------------ forking
 
     def enqueue(self, req: Request, replica: Replica) -> None:
-        """Queue a routed request on its replica: itself, or its n samples."""
+        """Queue a routed request on its replica: itself, or its n samples. A question drawn for several models
+        and budgets (difficulty routing) takes the one of the pool it was routed to."""
         a: Answer | None = req.answer
+        if a is not None and a.variants is not None:
+            a = self._pick(req, a, replica.pool)
         if a is None or a.n == 1:
             self.num_samples += 1
             replica.enqueue(req)
@@ -49,6 +54,20 @@ class Answers(Hooks):
         self._children[id(req)] = children
         for child in children:
             replica.enqueue(child)
+
+    def _pick(self, req: Request, a: Answer, pool: str) -> Answer:
+        scenario = self.sim.scenario
+        variants = a.variants
+        assert variants is not None
+        chosen = variants[scenario.answer_key(pool, a.route_class)]
+        chosen.route_class = a.route_class
+        router = scenario.router
+        if isinstance(router, ByDifficultyRouterSpec):
+            ref = variants[scenario.answer_key(router.table[router.reference_class], router.reference_class)]
+            chosen.reference_correct = ref.aggregate_all()
+        req.answer = chosen
+        req.reasoning_tokens = chosen.engine_reasoning_tokens
+        return chosen
 
     def _child(self, parent: Request, prompt: int, reasoning: int, answer: int) -> Request:
         child = Request(self._next_child_id, parent.user_id, parent.query_type, self.sim.env.now, prompt,
@@ -70,6 +89,10 @@ class Answers(Hooks):
                 if req.status == "completed":
                     a.completed.append(0)
                     a.decide(req.finish_s)
+            if a is not None and req.status == "completed" and a.reference_correct is not None:
+                self.num_referenced += 1  # difficulty routing: this answer against the reference pool's
+                self.num_reference_correct += a.reference_correct
+                self.num_routed_correct += bool(a.correct)
             return
         if id(parent) in self._scoring:
             self._scored(parent, req)

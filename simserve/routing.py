@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.request import Request
 
@@ -138,6 +138,56 @@ class ByQueryType:
         return _least_loaded(replicas, candidates)
 
 
+class ByDifficulty:
+    """Difficulty routing: a classifier of set quality predicts each question's difficulty class (its true class
+    with probability `classifier_accuracy`, else one of the other classes uniformly; or a `confusion` matrix) and the
+    request goes to that class's pool, least outstanding within it. Requests whose query type has no difficulty
+    go to `default`. The predicted class is kept on the request's answer (its thinking budget, if the class has one,
+    applies there), and the router counts how often it was right."""
+
+    def __init__(self, spec: RouterSpec, rng: np.random.Generator) -> None:
+        assert isinstance(spec, ByDifficultyRouterSpec)
+        self._rng = rng
+        self._table = dict(spec.table)
+        self._default = spec.default
+        self._names = list(spec.classes)
+        self._class_of = {level: name for name, levels in spec.classes.items() for level in levels}
+        k = len(self._names)
+        matrix = np.zeros((k, k))
+        for i, true in enumerate(self._names):
+            if spec.confusion is not None:
+                row = spec.confusion[true]
+                matrix[i] = [row.get(pred, 0.0) for pred in self._names]
+            else:
+                matrix[i] = (1.0 - spec.classifier_accuracy) / max(k - 1, 1)
+                matrix[i, i] = spec.classifier_accuracy if k > 1 else 1.0
+        self._cdf = np.cumsum(matrix / matrix.sum(axis=1, keepdims=True), axis=1)
+        self.num_classified = 0
+        self.num_right = 0
+        self.routed: dict[str, int] = dict.fromkeys(self._names, 0)
+
+    def classify(self, difficulty: int) -> str | None:
+        """The predicted class of a question of this difficulty level (None: no class for it)."""
+        true = self._class_of.get(difficulty)
+        if true is None:
+            return None
+        i = self._names.index(true)
+        j = min(int(np.searchsorted(self._cdf[i], self._rng.random(), side="right")), len(self._names) - 1)
+        self.num_classified += 1
+        self.num_right += j == i
+        self.routed[self._names[j]] += 1
+        return self._names[j]
+
+    def choose(self, request: Request, replicas: Sequence[ReplicaView]) -> int:
+        answer = request.answer
+        cls = self.classify(answer.difficulty) if answer is not None else None
+        if answer is not None:
+            answer.route_class = cls or ""
+        pool = self._table[cls] if cls is not None else self._default
+        candidates = [i for i, r in enumerate(replicas) if pool is None or r.pool == pool]
+        return _least_loaded(replicas, candidates or range(len(replicas)))
+
+
 class StaleView:
     """A replica's load figures as a router sees them: sampled when the router looks and at least `staleness_s`
     has passed since the last sample, then held (sample-and-hold, as routers polling a metrics endpoint see)."""
@@ -194,7 +244,54 @@ class ByQueryTypeRouterSpec(_RouterBase):
     default: str | None = Field(default=None, description="pool for query types not in the table")
 
 
-RouterSpec = Annotated[SimpleRouterSpec | PrefixAffinityRouterSpec | ByQueryTypeRouterSpec,
+class ByDifficultyRouterSpec(_RouterBase):
+    kind: Literal["by_difficulty"] = Field(description="a classifier of set quality predicts each question's "
+                                           "difficulty class; a pool per class (table), least outstanding within it")
+    classes: dict[str, list[int]] = Field(min_length=1, description="class name -> the difficulty levels in it "
+                                          "(MATH-500's 1-5), e.g. {easy: [1, 2, 3], hard: [4, 5]}")
+    table: dict[str, str] = Field(description="class -> pool name")
+    default: str | None = Field(default=None, description="pool for requests without a difficulty (query types "
+                                "without quality or levels); default: the least loaded replica")
+    classifier_accuracy: float = Field(default=1.0, ge=0, le=1, description="probability the classifier predicts "
+                                       "the true class (its errors spread evenly over the other classes)")
+    confusion: dict[str, dict[str, float]] | None = Field(
+        default=None, description="true class -> predicted class -> probability (overrides classifier_accuracy)")
+    budgets: dict[str, int] = Field(default_factory=dict, description="class -> thinking budget "
+                                    "(max_reasoning_tokens) for requests routed as that class")
+    reference: str | None = Field(default=None, description="the class whose pool answers every question in the "
+                                  "counterfactual of accuracy_lost (default: the last class)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ByDifficultyRouterSpec:
+        names = list(self.classes)
+        levels = [lv for lv_list in self.classes.values() for lv in lv_list]
+        if len(levels) != len(set(levels)):
+            raise ValueError(f"a difficulty level is in two classes: {self.classes}")
+        for field, keys in (("table", self.table), ("budgets", self.budgets)):
+            unknown = sorted(set(keys) - set(names))
+            if unknown:
+                raise ValueError(f"{field}: unknown classes {unknown}; classes: {names}")
+        missing = sorted(set(names) - set(self.table))
+        if missing:
+            raise ValueError(f"table: no pool for classes {missing}")
+        if self.confusion is not None:
+            if set(self.confusion) != set(names):
+                raise ValueError(f"confusion: give a row for each class {names}")
+            for true, row in self.confusion.items():
+                if set(row) - set(names) or any(v < 0 for v in row.values()) or abs(sum(row.values()) - 1) > 1e-6:
+                    raise ValueError(f"confusion.{true}: probabilities over the classes {names}, summing to 1")
+        if self.reference is not None and self.reference not in names:
+            raise ValueError(f"reference: {self.reference!r} is not a class ({names})")
+        if any(b < 0 for b in self.budgets.values()):
+            raise ValueError("budgets: token budgets must be >= 0")
+        return self
+
+    @property
+    def reference_class(self) -> str:
+        return self.reference or list(self.classes)[-1]
+
+
+RouterSpec = Annotated[SimpleRouterSpec | PrefixAffinityRouterSpec | ByQueryTypeRouterSpec | ByDifficultyRouterSpec,
                        Field(discriminator="kind")]
 # The kinds whose spec needs no other field: a scenario may give them as a bare string (`router: least_kv`).
 RouterKind = Literal["round_robin", "random", "least_outstanding", "least_kv", "power_of_two", "prefix_affinity"]
@@ -207,4 +304,5 @@ ROUTERS: dict[str, type[Router]] = {
     "power_of_two": PowerOfTwo,
     "prefix_affinity": PrefixAffinity,
     "by_query_type": ByQueryType,
+    "by_difficulty": ByDifficulty,
 }

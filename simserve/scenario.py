@@ -23,7 +23,7 @@ from simserve.hardware import (
 from simserve.perf import CalibratedPerfSpec, FitError, PerfSpec, RooflinePerfSpec
 from simserve.quality import resolve
 from simserve.request import BUILTIN_PREFIX
-from simserve.routing import ByQueryTypeRouterSpec, RouterKind, RouterSpec, SimpleRouterSpec
+from simserve.routing import ByDifficultyRouterSpec, ByQueryTypeRouterSpec, RouterKind, RouterSpec, SimpleRouterSpec
 from simserve.schedulers import FcfsSchedulerSpec, SchedulerKind, SchedulerSpec
 from simserve.workload import QueryType, WorkloadSpec, load_empirical, resolve_path
 
@@ -84,6 +84,9 @@ class PoolSpec(BaseModel):
     async_scheduling: bool = Field(
         default=False, description="plan step s+1 before step s's outputs are applied (vLLM's two-deep batch "
         "queue): a finished request frees its slot and blocks one step later")
+    thinking: bool = Field(default=True, description="false: the model answers without reasoning (a hybrid "
+                           "model with thinking off, or a standard model): no reasoning tokens, and with answer "
+                           "quality modelled, the model's non-thinking accuracy")
 
     @model_validator(mode="after")
     def _limits(self) -> PoolSpec:
@@ -189,7 +192,7 @@ class Scenario(BaseModel):
                 raise FieldError(("model",), f"required field is missing: the model the pools serve (a preset such "
                                  f"as llama-3.1-8b, or an inline spec), or a model on every pool (cluster.pools."
                                  f"{'/'.join(bare)} name{'s' if len(bare) == 1 else ''} none)")
-        if isinstance(self.router, ByQueryTypeRouterSpec):
+        if isinstance(self.router, ByQueryTypeRouterSpec | ByDifficultyRouterSpec):
             pools = {p.name for p in self.cluster.pools}
             targets: list[tuple[tuple[str | int, ...], str | None]] = [
                 (("router", "table", q), pool) for q, pool in self.router.table.items()]
@@ -225,6 +228,27 @@ class Scenario(BaseModel):
             return self.model.name
         pool = next(p for p in self.cluster.pools if p.name not in self.reward_pools)
         return self.model_of(pool).name
+
+    def answer_key(self, pool_name: str, route_class: str = "") -> tuple[str, int | None]:
+        """The (model, thinking budget) a request answered on this pool gets: budget 0 on a pool without thinking,
+        the difficulty class's budget if the router gives one, else None (the mix entry's own)."""
+        pool = next(p for p in self.cluster.pools if p.name == pool_name)
+        if pool.role == "prefill":  # answered on a decode pool: the scenario's model
+            return self.answer_model, None
+        if not pool.thinking:
+            return self.model_of(pool).name, 0
+        budgets = self.router.budgets if isinstance(self.router, ByDifficultyRouterSpec) else {}
+        return self.model_of(pool).name, budgets.get(route_class)
+
+    def answer_variants(self) -> list[tuple[str, int | None]]:
+        """Every (model, budget) a request's answer may be drawn for, the default (the scenario's model, the
+        entry's budget) first; one variant means no choice."""
+        keys: list[tuple[str, int | None]] = [(self.answer_model, None)]
+        serving = [p for p in self.cluster.pools if p.name not in self.reward_pools and p.role != "prefill"]
+        keys += [self.answer_key(p.name) for p in serving]
+        if isinstance(self.router, ByDifficultyRouterSpec):
+            keys += [self.answer_key(pool, cls) for cls, pool in self.router.table.items()]
+        return list(dict.fromkeys(keys))
 
     def reserve_bytes_of(self, pool: PoolSpec) -> float:
         if pool.activation_reserve_bytes is not None:

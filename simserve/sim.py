@@ -24,7 +24,7 @@ from simserve.metrics import Recorder, busy_seconds, quality_summary, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.quality import resolve
 from simserve.request import Request
-from simserve.routing import ROUTERS, StaleView
+from simserve.routing import ROUTERS, ByDifficulty, StaleView
 from simserve.schedulers import SCHEDULERS
 from simserve.workload import Sessions, build_sessions, generate_requests, rng_streams
 
@@ -148,6 +148,7 @@ class Simulation:
         if "prefill" in roles:
             chain.append(_HandOff(self))
         self.answers: Answers | None = None
+        self._no_thinking = {p.name for p in scenario.cluster.pools if not p.thinking}
         reward_pools: dict[str, list[Replica]] = {name: [] for name in scenario.reward_pools}
         if self.quality:
             self.answers = Answers(self, reward_pools)
@@ -237,6 +238,8 @@ class Simulation:
             self._enqueue(self.entry[self.router.choose(req, self.entry)], req)
 
     def _enqueue(self, replica: Replica, req: Request) -> None:
+        if replica.pool in self._no_thinking and req.answer is None:
+            req.reasoning_tokens = 0  # a pool that answers without reasoning
         if self.answers is not None:
             self.answers.enqueue(req, replica)  # itself, or its parallel samples
         else:
@@ -308,7 +311,7 @@ class Simulation:
         env = self.env
         workload: Iterator[Request] = iter(requests) if requests is not None else generate_requests(
             self.scenario.workload, self.rngs, self.base_dir, sessions=self.sessions,
-            model=self.scenario.answer_model)
+            model=self.scenario.answer_model, variants=self.scenario.answer_variants())
         counted = _Counted(workload)
         env.process(arrivals(env, counted, self.arrive, self._on_exhausted))
         for r in self.replicas:
@@ -406,6 +409,15 @@ class Simulation:
         if self.quality:
             summary.update(quality_summary(requests, cost))
             model = self.scenario.answer_model
+            router = self.router
+            if isinstance(router, ByDifficulty) and self.answers is not None:
+                a = self.answers
+                summary["routing_accuracy"] = router.num_right / router.num_classified if router.num_classified else (
+                    math.nan)
+                summary["routed_by_class"] = dict(router.routed)
+                n = a.num_referenced
+                summary["accuracy_reference"] = a.num_reference_correct / n if n else math.nan
+                summary["accuracy_lost"] = (a.num_reference_correct - a.num_routed_correct) / n if n else math.nan
             summary["quality_sources"] = {  # where each query type's accuracy model came from: data or assumed
                 q.query_type: resolve(q.quality, model, q.query_type, q.early_exit).source
                 for q in self.scenario.workload.mix or [] if q.quality_on}

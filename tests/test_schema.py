@@ -114,6 +114,10 @@ def readme_forms() -> list[tuple[str, dict[str, Any]]]:
             **base["workload"]["mix"][0], "quality": {"pass_at_1": 0.8, "no_thinking_accuracy": 0.5,
                                                        "dispersion": 1.0, "difficulty": "none"},
             "parallel": {"n": 4, "aggregate": "first_finished", "m": 2}})),
+        ("by_difficulty", with_(base, router={"kind": "by_difficulty", "classes": {"easy": [1, 2, 3], "hard": [4, 5]},
+                                              "table": {"easy": "main", "hard": "main"}, "classifier_accuracy": 0.9,
+                                              "budgets": {"easy": 1000}, "default": "main"})),
+        ("no thinking", with_(base, cluster__pools__0={**base["cluster"]["pools"][0], "thinking": False})),
         ("best_of_n", with_(base, workload__mix__0={
             **base["workload"]["mix"][0], "parallel": {"n": 4, "aggregate": "best_of_n", "reward_pool": "prm"}},
             cluster={"pools": [base["cluster"]["pools"][0], {"name": "prm", "gpu": "h100-sxm"}]})),

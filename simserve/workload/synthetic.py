@@ -6,7 +6,7 @@ Workloads are generators: requests are drawn lazily in batches, so a run never h
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -93,11 +93,12 @@ class QueryType(BaseModel):
         return (self.quality is not None or self.max_reasoning_tokens is not None or self.early_exit is not None
                 or self.parallel is not None)
 
-    def quality_model(self, model: str) -> QualityModel | None:
+    def quality_model(self, model: str, budget_tokens: int | None = None) -> QualityModel | None:
+        """The entry's quality model on `model`; `budget_tokens` replaces its own budget (0: no thinking)."""
         if not self.quality_on:
             return None
-        return QualityModel.build(self.quality, model, self.query_type, self.max_reasoning_tokens,
-                                  self.early_exit, self.parallel)
+        budget = self.max_reasoning_tokens if budget_tokens is None else budget_tokens
+        return QualityModel.build(self.quality, model, self.query_type, budget, self.early_exit, self.parallel)
 
 
 def _q(prompt: Lognormal, reasoning: Lognormal, answer: Lognormal) -> dict[str, dict]:
@@ -279,12 +280,15 @@ def rng_streams(seed: int) -> dict[str, np.random.Generator]:
 
 def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
                       base_dir: Path | None = None, batch: int = 4096,
-                      sessions: Sessions | None = None, model: str = "") -> Iterator[Request]:
+                      sessions: Sessions | None = None, model: str = "",
+                      variants: Sequence[tuple[str, int | None]] = ()) -> Iterator[Request]:
     """Yield requests in arrival order, drawn lazily `batch` at a time from separate RNG streams
     (`arrivals`, `mix`, `lengths`, `users`), so changing one part of the workload leaves the others' draws alone.
     A trace workload replays the trace instead, cut at `num_requests` and `duration_s` too. Query types with answer
     quality draw their questions from the `quality` stream (for `model`: the shipped defaults are per model) and
-    carry them in `req.answer`."""
+    carry them in `req.answer`; with `variants` ((model, budget) pairs, the first the default; budget None: the
+    entry's own, 0: no thinking), each question is drawn for every variant from the same random numbers and the
+    request's pool picks one when it is routed (difficulty routing)."""
     if spec.trace is not None:
         yield from _cut(replay(spec.trace, base_dir), spec.num_requests, spec.duration_s)
         return
@@ -294,7 +298,9 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
     weights = np.array([q.weight for q in spec.mix], float)
     weights /= weights.sum()
     names = [q.query_type for q in spec.mix]
+    keys = list(dict.fromkeys(variants)) if len(set(variants)) > 1 else []
     quality = [q.quality_model(model) for q in spec.mix]
+    alternatives = [[q.quality_model(m, b) for m, b in keys] if q.quality_on else [] for q in spec.mix]
     limit = spec.num_requests if spec.num_requests is not None else math.inf
     horizon = spec.duration_s if spec.duration_s is not None else math.inf
     t, count = 0.0, 0
@@ -304,7 +310,7 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
         kinds = rngs["mix"].choice(len(samplers), size=n, p=weights)
         users = rngs["users"].integers(0, spec.num_users, size=n)
         lengths = [s.sample(rngs["lengths"], n) for s in samplers]
-        draws = [None if qm is None else _draw(qm, rngs["quality"], kinds == k, lengths[k][1])
+        draws = [None if qm is None else _draw(qm, rngs["quality"], kinds == k, lengths[k][1], alternatives[k])
                  for k, qm in enumerate(quality)]
         for i in range(n):
             if times[i] >= horizon:
@@ -315,7 +321,11 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
                           system[k] + int(prompt[i]), int(reasoning[i]), int(answer[i]))
             drawn, qm = draws[k], quality[k]
             if drawn is not None and qm is not None:
-                req.answer = drawn[1].answer(int(drawn[0][i]), qm)
+                row = int(drawn[0][i])
+                req.answer = drawn[1].answer(row, qm)
+                if drawn[2]:
+                    req.answer.variants = {key: d.answer(row, alt)  # type: ignore[arg-type]
+                                           for key, d, alt in zip(keys, drawn[2], alternatives[k], strict=True)}
                 req.reasoning_tokens = req.answer.engine_reasoning_tokens
             if sessions is not None:
                 sessions.start(req, k)
@@ -324,11 +334,19 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
         t = float(times[-1])
 
 
-def _draw(qm: QualityModel, rng: np.random.Generator, mine: np.ndarray,
-          reasoning: np.ndarray) -> tuple[np.ndarray, Draws]:
-    """The batch's questions of one query type: (row of each request of the batch in the draws, the draws)."""
+def _draw(qm: QualityModel, rng: np.random.Generator, mine: np.ndarray, reasoning: np.ndarray,
+          alternatives: Sequence[QualityModel | None] = ()) -> tuple[np.ndarray, Draws, list[Draws]]:
+    """The batch's questions of one query type: (row of each request of the batch in the draws, the draws, the
+    same questions drawn for each alternative model and budget from the same random numbers)."""
     rows = np.cumsum(mine) - 1
-    return rows, qm.draw(rng, reasoning[mine])
+    state = rng.bit_generator.state
+    others = []
+    for alt in alternatives:
+        assert alt is not None
+        rng.bit_generator.state = state
+        others.append(alt.draw(rng, reasoning[mine]))
+    rng.bit_generator.state = state
+    return rows, qm.draw(rng, reasoning[mine]), others
 
 
 def _cut(requests: Iterator[Request], num_requests: int | None, duration_s: float | None) -> Iterator[Request]:
