@@ -196,11 +196,11 @@ class Simulation:
             block_tokens=pool.kv_block_tokens, chunked_prefill=pool.chunked_prefill,
             long_prefill_token_threshold=pool.long_prefill_token_threshold,
             async_scheduling=pool.async_scheduling, reserve_full_isl=pool.reserve_full_isl,
-            hand_off_after_prompt=pool.role == "prefill")
+            hand_off_after_prompt=pool.role == "prefill", kv_bytes_per_token=model.kv_bytes_per_token)
         scheduler = SCHEDULERS[scenario.scheduler.kind]
         for _ in range(pool.replicas):
             planner = Planner(config, KvBlockPool(blocks, pool.kv_block_tokens, pool.prefix_caching),
-                              scheduler(scenario.scheduler))
+                              scheduler(scenario.scheduler, self.rngs["scheduling"]))
             replica = Replica(
                 self.env, pool=pool.name, index=len(self.replicas), perf=perf, planner=planner,
                 max_model_len_tokens=pool.max_model_len_tokens or model.max_context_tokens,
@@ -392,6 +392,7 @@ class Simulation:
             "wall_time_s": wall_s,
             "horizon_s": self.horizon_s(),
             "exact_steps": self.engine.exact_steps,
+            "swap_bytes": sum(r.planner.swap_bytes for r in self.replicas),
         }
         if len(self.pools) > 1:
             for p in self.pools:
