@@ -368,8 +368,10 @@ class Planner:
     def chunk_boundaries(self, waiting: ReasoningAware) -> tuple[np.ndarray, int, np.ndarray]:
         """Per decode slot, the schedules until its generated tokens g next reach a chunk boundary where the
         reasoning_aware scheduler may preempt it (g > long_after_tokens, g a multiple of chunk_tokens, g less than
-        its reasoning tokens), 0 if it is at one now, -1 if none is ahead; and the fewest schedules to one ahead
-        (a fast-forwarded run ends there while a short request waits), -1 if none; and each slot's g."""
+        its reasoning tokens), 0 if it is at one now, -1 if none is ahead; the fewest of them (-1: none); and each
+        slot's g. Called right after a plan (the replica's fast-forward), a slot whose count is c reaches its
+        boundary at the start of the plan c + 1 steps later (the plan that would preempt it), so a run of decode
+        steps must end there while a short request waits."""
         dec = self.decodes
         n = dec.n
         spec = waiting.spec
@@ -379,7 +381,7 @@ class Planner:
         gen = output - (dec.finish_at[:n] - dec.tick)
         nxt = np.maximum(-(-gen // chunk), long_after // chunk + 1) * chunk  # the next boundary at or after gen
         out = np.where(nxt < reasoning, nxt - gen, -1)
-        ahead = out[out > 0]
+        ahead = out[out >= 0]
         return out, int(ahead.min()) if len(ahead) else -1, gen
 
     def _preempt(self, entry: tuple[int, int, Request | None], plan: StepPlan, gone_slots: list[int],

@@ -356,9 +356,9 @@ class Replica:
             k = min(k, 1 + to_reasoning_end)
         waiting = self.planner.waiting
         if isinstance(waiting, ReasoningAware) and waiting.num_short_waiting:
-            ahead = self.planner.chunk_boundaries(waiting)[1]  # the next plan at which it may preempt
-            if ahead > 0:
-                k = min(k, ahead)
+            ahead = self.planner.chunk_boundaries(waiting)[1]
+            if ahead >= 0:
+                k = min(k, ahead + 1)  # the run ends before the plan at which the scheduler may preempt
         if k <= 1:
             return 1, _EMPTY
         extra = dec.extra_blocks(self.block_tokens, k, self.planner.block_buffer)
