@@ -20,7 +20,7 @@ import simpy
 from simserve.answers import Answers
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
 from simserve.hardware import GpuSpec, ModelSpec
-from simserve.metrics import Recorder, busy_seconds, quality_summary, summarize
+from simserve.metrics import Recorder, busy_seconds, quality_summary, service_summary, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.quality import resolve
 from simserve.request import Request
@@ -404,6 +404,7 @@ class Simulation:
                             kv_utilization_mean=float(np.mean(util)), kv_utilization_max=float(np.max(peak)),
                             gpu_hours=gpu_hours, cost_usd=cost, extra=extra)
         summary["saturated"] = saturated
+        summary.update(service_summary(requests))
         if self.quality:
             summary.update(quality_summary(requests, cost))
             model = self.scenario.answer_model
