@@ -74,6 +74,7 @@ class Answers(Hooks):
                         reasoning, answer)
         self._next_child_id -= 1
         child.parent = parent
+        child.priority = parent.priority
         child.fork_key = parent.request_id + 1
         child.prefix_keys, child.prefix_unit_tokens = parent.prefix_keys, parent.prefix_unit_tokens
         return child

@@ -574,3 +574,22 @@ def quality_summary(requests: pd.DataFrame | Path, cost_usd: float) -> dict[str,
         "accuracy_by_query_type": {k: {"num_answered": v[0], "num_correct": v[1],
                                        "accuracy": v[1] / v[0] if v[0] else math.nan} for k, v in by.items()},
     }
+
+
+def jain_index(values: np.ndarray) -> float:
+    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all are equal, 1/n when one takes everything."""
+    x = np.asarray(values, float)
+    sq = float((x * x).sum())
+    return float(x.sum() ** 2 / (len(x) * sq)) if len(x) and sq > 0 else math.nan
+
+
+def service_summary(requests: pd.DataFrame | Path) -> dict[str, float]:
+    """Starvation and fairness: `max_wait_s`, the longest time a request waited from arrival to its first token
+    (TTFT, its prefill step included; NaN if none got one); `jain_fairness_users`, Jain's index across users of
+    the output tokens generated for them (the service each received)."""
+    cols = ["user_id", "arrival_s", "first_token_s", "generated_tokens"]
+    df = pd.read_parquet(requests, columns=cols) if isinstance(requests, Path) else requests[cols]
+    wait = (df["first_token_s"] - df["arrival_s"]).to_numpy()
+    wait = wait[~np.isnan(wait)]
+    served = df.groupby("user_id")["generated_tokens"].sum().to_numpy()
+    return {"max_wait_s": float(wait.max()) if len(wait) else math.nan, "jain_fairness_users": jain_index(served)}

@@ -20,7 +20,7 @@ import simpy
 from simserve.answers import Answers
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
 from simserve.hardware import GpuSpec, ModelSpec
-from simserve.metrics import Recorder, busy_seconds, quality_summary, summarize
+from simserve.metrics import Recorder, busy_seconds, quality_summary, service_summary, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.quality import resolve
 from simserve.request import Request
@@ -197,11 +197,11 @@ class Simulation:
             block_tokens=pool.kv_block_tokens, chunked_prefill=pool.chunked_prefill,
             long_prefill_token_threshold=pool.long_prefill_token_threshold,
             async_scheduling=pool.async_scheduling, reserve_full_isl=pool.reserve_full_isl,
-            hand_off_after_prompt=pool.role == "prefill")
+            hand_off_after_prompt=pool.role == "prefill", kv_bytes_per_token=model.kv_bytes_per_token)
         scheduler = SCHEDULERS[scenario.scheduler.kind]
         for _ in range(pool.replicas):
             planner = Planner(config, KvBlockPool(blocks, pool.kv_block_tokens, pool.prefix_caching),
-                              scheduler(scenario.scheduler))
+                              scheduler(scenario.scheduler, self.rngs["scheduling"]))
             replica = Replica(
                 self.env, pool=pool.name, index=len(self.replicas), perf=perf, planner=planner,
                 max_model_len_tokens=pool.max_model_len_tokens or model.max_context_tokens,
@@ -395,6 +395,7 @@ class Simulation:
             "wall_time_s": wall_s,
             "horizon_s": self.horizon_s(),
             "exact_steps": self.engine.exact_steps,
+            "swap_bytes": sum(r.planner.swap_bytes for r in self.replicas),
         }
         if len(self.pools) > 1:
             for p in self.pools:
@@ -406,6 +407,7 @@ class Simulation:
                             kv_utilization_mean=float(np.mean(util)), kv_utilization_max=float(np.max(peak)),
                             gpu_hours=gpu_hours, cost_usd=cost, extra=extra)
         summary["saturated"] = saturated
+        summary.update(service_summary(requests))
         if self.quality:
             summary.update(quality_summary(requests, cost))
             model = self.scenario.answer_model

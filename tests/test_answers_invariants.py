@@ -19,6 +19,7 @@ from simserve import Simulation
 @st.composite
 def quality_scenarios(draw):
     data = draw(scenarios())
+    data["workload"]["mix"] = data["workload"]["mix"][:1]  # one query type, with answer quality
     entry = data["workload"]["mix"][0]
     entry["quality"] = {"difficulty": draw(st.sampled_from(["none", "math500"]))}
     if draw(st.booleans()):

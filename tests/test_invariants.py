@@ -53,7 +53,7 @@ def scenarios(draw):
     elif layout == "disaggregated":
         pools = [{**pool, "role": "prefill"}, {**pool, "name": "q", "role": "decode",
                                                "replicas": draw(st.integers(1, 2))}]
-    return {
+    return with_scheduler({
         "name": "prop", "seed": draw(st.integers(0, 2**32 - 1)), "model": "llama-3.1-8b",
         "cluster": {"pools": pools, "kv_transfer": {"bandwidth_bytes_per_s": draw(st.sampled_from([1e9, 50e9])),
                                                     "latency_s": draw(st.sampled_from([0.0, 0.002]))}},
@@ -63,7 +63,51 @@ def scenarios(draw):
                      "mix": [{"query_type": "q", **lengths}]},
         "slo": {"ttft_s": 1.0},
         "engine": {"horizon_s": draw(st.sampled_from([1e6, 1e6, 0.5, 3.0]))},
-    }
+        "__sched__": draw(schedulers()),
+    })
+
+
+@st.composite
+def schedulers(draw):
+    """A scheduler kind and its fields, with a second query type of another priority and several users."""
+    kind = draw(st.sampled_from(["fcfs", "fcfs", "priority", "shortest_predicted_first", "fair_share",
+                                 "reasoning_aware"]))
+    spec: dict = {"kind": kind}
+    if kind == "shortest_predicted_first":
+        spec.update(log_error=draw(st.sampled_from([0.0, 0.5, 2.0])),
+                    refine_after_tokens=draw(st.sampled_from([0, 3])),
+                    aging_tokens_per_s=draw(st.sampled_from([0.0, 10.0])))
+    elif kind == "fair_share":
+        spec.update(prompt_weight=draw(st.sampled_from([0.0, 1.0])), output_weight=draw(st.sampled_from([1.0, 2.0])))
+    elif kind == "reasoning_aware":
+        spec.update(chunk_tokens=draw(st.integers(1, 16)), long_after_tokens=draw(st.integers(0, 20)),
+                    preempt_mode=draw(st.sampled_from(["swap", "recompute"])),
+                    pcie_bandwidth_bytes_per_s=draw(st.sampled_from([1e9, 25e9])),
+                    host_capacity_bytes=draw(st.sampled_from([None, 2e6])))
+    extra = {"scheduler": spec}
+    if kind != "fcfs":
+        extra["users"] = draw(st.integers(1, 3))
+        extra["short"] = draw(st.booleans())
+    return extra
+
+
+def with_scheduler(data: dict) -> dict:
+    """Apply a drawn scheduler: its spec, users, and a short second query type of priority -1."""
+    data = dict(data)
+    extra = data.pop("__sched__", None)
+    if extra is None:
+        return data
+    data["scheduler"] = extra["scheduler"]
+    if "users" in extra:
+        data["workload"] = dict(data["workload"], num_users=extra["users"])
+        if extra["short"]:
+            mix = data["workload"]["mix"]
+            short = {"query_type": "short", "priority": -1,
+                     "prompt_tokens": {"dist": "uniform", "low": 1, "high": 8},
+                     "reasoning_tokens": {"dist": "uniform", "low": 0, "high": 2},
+                     "answer_tokens": {"dist": "uniform", "low": 1, "high": 3}}
+            data["workload"] = dict(data["workload"], mix=[*mix, short])
+    return data
 
 
 def check_invariants(sim, res, num_requests):

@@ -15,6 +15,7 @@ from simserve import Simulation, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pre_quality"
+NEWER = {"wall_time_s", "swap_bytes", "max_wait_s", "jain_fairness_users"}  # summary keys added since (schedulers)
 
 
 @pytest.mark.parametrize("name", ["reasoning-mix", "disaggregated"])
@@ -22,7 +23,7 @@ def test_no_quality_settings_gives_the_same_records_as_before(tmp_path, name):
     data = yaml.safe_load((ROOT / "scenarios" / f"{name}.yaml").read_text())
     data["workload"]["num_requests"] = 200
     results = Simulation(parse_scenario(data, name, ROOT / "scenarios"), records_dir=tmp_path).run()
-    summary = json.loads(json.dumps({k: v for k, v in results.summary.items() if k != "wall_time_s"},
+    summary = json.loads(json.dumps({k: v for k, v in results.summary.items() if k not in NEWER},
                                     sort_keys=True, default=str))
     assert summary == json.loads((FIXTURES / name / "summary.json").read_text())
     for table in ("requests.parquet", "replicas.parquet"):

@@ -82,6 +82,16 @@ def readme_forms() -> list[tuple[str, dict[str, Any]]]:
                                               "default": "main"})),
         ("scheduler: fcfs", with_(base, scheduler="fcfs")),
         ("scheduler mapping", with_(base, scheduler={"kind": "fcfs"})),
+        *[(f"scheduler: {kind}", with_(base, scheduler=kind)) for kind in get_args(SchedulerKind)],
+        ("priority classes", with_(base, scheduler="priority", workload__mix=[
+            {"query_type": "factual", "priority": 0}, {"query_type": "proof", "priority": 1}])),
+        ("shortest_predicted_first", with_(base, scheduler={
+            "kind": "shortest_predicted_first", "log_error": 0.5, "refine_after_tokens": 256, "refine_factor": 0.5,
+            "aging_tokens_per_s": 100.0})),
+        ("fair_share", with_(base, scheduler={"kind": "fair_share", "prompt_weight": 1.0, "output_weight": 2.0})),
+        ("reasoning_aware", with_(base, scheduler={
+            "kind": "reasoning_aware", "chunk_tokens": 1024, "long_after_tokens": 2048, "preempt_mode": "swap",
+            "pcie_bandwidth_bytes_per_s": 25e9, "host_capacity_bytes": 64e9})),
         ("pool options", with_(base, cluster__pools__0={
             **base["cluster"]["pools"][0], "role": "both", "prefix_caching": False, "num_kv_blocks": 1000,
             "chunked_prefill": True, "long_prefill_token_threshold": 0, "reserve_full_isl": False,

@@ -32,7 +32,7 @@ import numpy as np
 from simserve.engine.decodes import Decodes
 from simserve.engine.kv import Extent, KvBlockPool, KvHold, blocks_for
 from simserve.request import Request
-from simserve.schedulers import Scheduler
+from simserve.schedulers import FairShare, ReasoningAware, Scheduler
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _FORK_KEYS = 1 << 64  # fork block keys lie in [2**64, 2**129): above every int64 key a workload gives
@@ -59,13 +59,14 @@ class PlannerConfig:
     async_scheduling: bool = False
     reserve_full_isl: bool = True  # admit only if the whole known sequence fits (vLLM's scheduler_reserve_full_isl)
     hand_off_after_prompt: bool = False  # a prefill replica of a disaggregated cluster
+    kv_bytes_per_token: float = 0.0  # for KV swapped to host memory (the reasoning_aware scheduler's swap mode)
 
 
 class StepPlan:
     """What one planned step computes and what it will deliver."""
 
     __slots__ = ("decode_context_tokens", "chunks", "preempted", "admitted", "sampled", "reasoning_done",
-                 "finishing", "all_decodes")
+                 "finishing", "all_decodes", "swap_s")
 
     def __init__(self) -> None:
         self.decode_context_tokens: np.ndarray = _EMPTY  # per scheduled decode, its new token included
@@ -76,6 +77,7 @@ class StepPlan:
         self.reasoning_done: list[Request] = []  # sample their last reasoning token in this step
         self.finishing: list[Request] = []  # sample their last token in this step
         self.all_decodes = False  # every running request is a decode and was scheduled, and nothing else
+        self.swap_s = 0.0  # KV moved between host and GPU for this step (swap out and in), seconds of PCIe
 
     @property
     def num_decodes(self) -> int:
@@ -109,6 +111,9 @@ class Planner:
         self.transferring: dict[int, Request] = {}  # prefill role: KV on its way to a decode replica
         self._next_seq = 0
         self.block_buffer = np.zeros(config.block_tokens + 1, np.int64)  # scratch for Decodes.extra_blocks
+        self.swap_bytes = 0.0  # KV bytes moved to and from host memory (both directions)
+        self._swapped: dict[Request, float] = {}  # waiting requests whose KV is in host memory, their bytes
+        self._host_bytes = 0.0
 
     # ------------------------------------------------------------------------------------------ counts
 
@@ -164,13 +169,18 @@ class Planner:
         threshold = cfg.long_prefill_token_threshold
         if threshold and dec.n + len(self.prefilling) + len(self.handing_off) + len(waiting) <= 1:
             threshold = 0  # nobody to starve (vLLM)
+        if waiting and isinstance(waiting, FairShare):
+            waiting.charge({r: r.output_tokens - dec.left(j) for j, r in enumerate(dec.req[: dec.n]) if r})
+        yielded = 0
+        if isinstance(waiting, ReasoningAware) and waiting.num_short_waiting and dec.n:
+            yielded = self._yield_long(plan, waiting)
         if not self._schedule_decodes_first(plan, budget):
             budget = self._schedule_running(plan, budget, threshold, self._running_order())
         else:
             budget -= len(plan.decode_context_tokens)
             if self.prefilling or self.handing_off:
                 budget = self._schedule_running(plan, budget, threshold, self._running_order(decodes=False))
-        if waiting and not plan.preempted:
+        if waiting and len(plan.preempted) == yielded:
             self._schedule_waiting(plan, budget, threshold)
         plan.all_decodes = (not plan.chunks and not plan.preempted and not self.prefilling and not self.handing_off
                             and len(plan.decode_context_tokens) == dec.n)
@@ -191,6 +201,8 @@ class Planner:
             return False
         need, needs = dec.schedule_all(self.config.block_tokens, kv.free_blocks)
         if need < 0:
+            if not self.waiting.newest_victim:
+                return False  # the general pass chooses the scheduler's victims
             self._schedule_decodes_preempting(plan, needs, others)
             return True
         if need:
@@ -272,6 +284,7 @@ class Planner:
         dec, kv = self.decodes, self.kv
         bt = self.config.block_tokens
         tail = len(order)  # entries from `tail` on were preempted in this step
+        newest = self.waiting.newest_victim
         sched_slots: list[int] = []
         gone_slots: list[int] = []
         i = 0
@@ -295,6 +308,13 @@ class Planner:
             scheduled = True
             while need > kv.free_blocks:
                 tail -= 1
+                if not newest:  # the scheduler's victim among those not yet scheduled: moved to the tail
+                    v = max(range(i, tail + 1), key=lambda t: (self.waiting.victim_key(self._entry_req(order[t]))))
+                    order.insert(tail, order.pop(v))
+                    if v == i:
+                        self._preempt(order[tail], plan, gone_slots)
+                        scheduled = False
+                        break
                 self._preempt(order[tail], plan, gone_slots)
                 if tail == i:
                     scheduled = False
@@ -319,9 +339,57 @@ class Planner:
         self._end_running_pass(gone_slots)
         return budget
 
-    def _preempt(self, entry: tuple[int, int, Request | None], plan: StepPlan, gone_slots: list[int]) -> None:
+    def _entry_req(self, entry: tuple[int, int, Request | None]) -> Request:
+        """The request of a running-order entry, its progress written back (for the scheduler's victim key)."""
+        _, slot, req = entry
+        return self.decodes.sync(slot) if slot >= 0 else req  # type: ignore[return-value]
+
+    def _yield_long(self, plan: StepPlan, waiting: ReasoningAware) -> int:
+        """The reasoning_aware scheduler's chunk boundaries: while a short request waits that could not be
+        admitted as things are (max_num_seqs running, or the blocks of its known tokens not free), preempt
+        decoding requests still reasoning whose generated tokens g > long_after_tokens are a multiple of
+        chunk_tokens, the longest first, one per short request waiting. Returns how many were preempted."""
+        cfg, dec = self.config, self.decodes
+        short = waiting.peek()
+        if self.num_running < cfg.max_num_seqs and blocks_for(short.known_tokens, cfg.block_tokens) <= \
+                self.kv.free_blocks:
+            return 0
+        steps, _, gen = self.chunk_boundaries(waiting)
+        at = np.flatnonzero(steps == 0).tolist()
+        if not at:
+            return 0
+        at.sort(key=lambda j: (-int(gen[j]), int(dec.seq[j])))  # the most generated first, then the oldest
+        gone: list[int] = []
+        for j in at[: waiting.num_short_waiting]:
+            self._preempt((int(dec.seq[j]), j, None), plan, gone, yielded=True)
+        self._end_running_pass(gone)
+        return len(gone)
+
+    def chunk_boundaries(self, waiting: ReasoningAware) -> tuple[np.ndarray, int, np.ndarray]:
+        """Per decode slot, the schedules until its generated tokens g next reach a chunk boundary where the
+        reasoning_aware scheduler may preempt it (g > long_after_tokens, g a multiple of chunk_tokens, g less than
+        its reasoning tokens), 0 if it is at one now, -1 if none is ahead; the fewest of them (-1: none); and each
+        slot's g. Called right after a plan (the replica's fast-forward), a slot whose count is c reaches its
+        boundary at the start of the plan c + 1 steps later (the plan that would preempt it), so a run of decode
+        steps must end there while a short request waits."""
+        dec = self.decodes
+        n = dec.n
+        spec = waiting.spec
+        chunk, long_after = spec.chunk_tokens, spec.long_after_tokens
+        reasoning = np.fromiter((r.reasoning_tokens for r in dec.req[:n]), np.int64, n)  # type: ignore[union-attr]
+        output = np.fromiter((r.output_tokens for r in dec.req[:n]), np.int64, n)  # type: ignore[union-attr]
+        gen = output - (dec.finish_at[:n] - dec.tick)
+        nxt = np.maximum(-(-gen // chunk), long_after // chunk + 1) * chunk  # the next boundary at or after gen
+        out = np.where(nxt < reasoning, nxt - gen, -1)
+        ahead = out[out >= 0]
+        return out, int(ahead.min()) if len(ahead) else -1, gen
+
+    def _preempt(self, entry: tuple[int, int, Request | None], plan: StepPlan, gone_slots: list[int],
+                 yielded: bool = False) -> None:
         """Preempt a running request by recompute: keep its full blocks cached (prefix caching), free its KV,
-        put it back at the front of the waiting queue with the tokens it has generated."""
+        put it back at the front of the waiting queue with the tokens it has generated. `yielded`: preempted by
+        the reasoning_aware scheduler at a chunk boundary, its KV swapped to host memory if the scheduler says so
+        (freed here, restored on readmission), and queued behind the short requests."""
         _, slot, req = entry
         dec = self.decodes
         if slot >= 0:
@@ -339,12 +407,32 @@ class Planner:
             cached = req.computed_tokens
         hold = req.kv
         assert hold is not None
+        req.num_preemptions += 1
+        plan.preempted.append(req)
+        if yielded:
+            waiting = self.waiting
+            assert isinstance(waiting, ReasoningAware)
+            spec = waiting.spec
+            size = req.computed_tokens * self.config.kv_bytes_per_token
+            cap = spec.host_capacity_bytes
+            if spec.preempt_mode == "swap" and (cap is None or self._host_bytes + size <= cap):
+                self.kv.release(hold, cached)  # its full blocks stay findable in the free queue, as at a finish
+                req.kv = None  # readmitted with its computed tokens, as KV arriving from elsewhere
+                self._swapped[req] = size
+                self._host_bytes += size
+                self.swap_bytes += size
+                plan.swap_s += size / spec.pcie_bandwidth_bytes_per_s
+                waiting.push_yielded(req)
+                return
+            self.kv.keep(hold, cached)
+            self.kv.release(hold, cached)
+            req.computed_tokens = 0
+            waiting.push_yielded(req)
+            return
         self.kv.keep(hold, cached)
         self.kv.release(hold, cached)
         req.computed_tokens = 0
-        req.num_preemptions += 1
         self.waiting.push_front(req)
-        plan.preempted.append(req)
 
     def _advance_prefill(self, plan: StepPlan, req: Request, new: int, admitted: bool = False) -> None:
         """A prefill chunk of `new` tokens was scheduled: advance, cache the blocks it fills, and sample a token
@@ -399,6 +487,8 @@ class Planner:
             if blocks_for(admit_tokens, bt) - hit + evictable > kv.free_blocks:
                 break
             waiting.pop()
+            if self._swapped:
+                self._swap_in(plan, req)
             kv.acquire(hold, units)
             if req.computed_tokens:
                 kv.grow(hold, blocks_for(tokens, bt))
@@ -413,6 +503,21 @@ class Planner:
             plan.admitted.append(req)
             self._advance_prefill(plan, req, new, admitted=True)
             budget -= new
+
+    def _swap_in(self, plan: StepPlan, req: Request) -> None:
+        size = self._swapped.pop(req, None)
+        if size is None:
+            return
+        waiting = self.waiting
+        assert isinstance(waiting, ReasoningAware)
+        self._host_bytes -= size
+        self.swap_bytes += size
+        plan.swap_s += size / waiting.spec.pcie_bandwidth_bytes_per_s
+
+    def _done(self, req: Request) -> None:
+        """The request leaves this replica: a fair-share scheduler charges the rest of its output."""
+        if isinstance(self.waiting, FairShare):
+            self.waiting.done(req)
 
     # ------------------------------------------------------------------------------------------ outputs
 
@@ -447,10 +552,12 @@ class Planner:
             cached = req.computed_tokens
         else:
             self.waiting.remove(req)  # preempted after its last token was scheduled (async): already freed
+            self._done(req)
             return
         req.generated_tokens = req.output_tokens
         assert req.kv is not None
         self.kv.release(req.kv, cached)
+        self._done(req)
 
     def abort(self, req: Request) -> bool:
         """Take `req` out wherever it is and free its KV now, as vLLM's `finish_requests(ids,
@@ -471,11 +578,14 @@ class Planner:
             cached = req.computed_tokens
         elif req in self.waiting:
             self.waiting.remove(req)
+            self._host_bytes -= self._swapped.pop(req, 0.0)
+            self._done(req)
             return True
         else:
             return False
         assert req.kv is not None
         self.kv.release(req.kv, cached)
+        self._done(req)
         return True
 
     def hand_off(self, req: Request) -> bool:
@@ -485,6 +595,7 @@ class Planner:
             return False
         self.handing_off.remove(req)
         self.transferring[req.request_id] = req
+        self._done(req)
         return True
 
     def transfer_done(self, req: Request) -> None:

@@ -27,6 +27,7 @@ from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel
 from simserve.request import Request
+from simserve.schedulers import ReasoningAware
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -269,6 +270,7 @@ class Replica:
                     plan.decode_context_tokens,
                     np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
                     np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY))
+            dt += plan.swap_s  # KV swapped to or from host memory in this step (blocking, as vLLM's swap was)
             self.num_events += 1
             self._stepping = True
             yield env.timeout(dt)
@@ -352,6 +354,11 @@ class Replica:
             if plan.reasoning_done:
                 return 1, _EMPTY
             k = min(k, 1 + to_reasoning_end)
+        waiting = self.planner.waiting
+        if isinstance(waiting, ReasoningAware) and waiting.num_short_waiting:
+            ahead = self.planner.chunk_boundaries(waiting)[1]
+            if ahead >= 0:
+                k = min(k, ahead + 1)  # the run ends before the plan at which the scheduler may preempt
         if k <= 1:
             return 1, _EMPTY
         extra = dec.extra_blocks(self.block_tokens, k, self.planner.block_buffer)

@@ -88,6 +88,7 @@ class Sessions:
         think_s, message, reasoning, answer = state.turns[0]
         prompt = prev.prompt_tokens + prev.answer_tokens + message
         req = Request(-1, prev.user_id, prev.query_type, prev.finish_s + think_s, prompt, reasoning, answer)
+        req.priority = prev.priority
         req.session = SessionState(state.session_id, state.query_index, state.turns[1:])
         req.prefix_keys = prompt_keys(state.session_id, state.query_index, self.system_tokens[state.query_index],
                                       prompt, self.unit_tokens)

@@ -58,6 +58,8 @@ class QueryType(BaseModel):
                                              "answer has settled")
     parallel: ParallelSpec | None = Field(default=None, description="n samples per request and their "
                                           "aggregation")
+    priority: int = Field(default=0, description="its class for the priority scheduler: lower is more urgent "
+                          "(vLLM's priority); every request of this type carries it")
 
     @model_validator(mode="before")
     @classmethod
@@ -269,7 +271,7 @@ def build_sessions(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
 
 # One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
 # the draws of the others.
-STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions", "quality")
+STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions", "quality", "scheduling")
 
 
 def rng_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -299,6 +301,7 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
     weights /= weights.sum()
     names = [q.query_type for q in spec.mix]
     keys = list(dict.fromkeys(variants)) if len(set(variants)) > 1 else []
+    priorities = [q.priority for q in spec.mix]
     quality = [q.quality_model(model) for q in spec.mix]
     alternatives = [[q.quality_model(m, b) for m, b in keys] if q.quality_on else [] for q in spec.mix]
     limit = spec.num_requests if spec.num_requests is not None else math.inf
@@ -319,6 +322,7 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
             prompt, reasoning, answer = lengths[k]
             req = Request(count, int(users[i]), names[k], float(times[i]),
                           system[k] + int(prompt[i]), int(reasoning[i]), int(answer[i]))
+            req.priority = priorities[k]
             drawn, qm = draws[k], quality[k]
             if drawn is not None and qm is not None:
                 row = int(drawn[0][i])
