@@ -19,7 +19,7 @@ class Request:
         "request_id", "user_id", "query_type", "arrival_s", "prompt_tokens", "reasoning_tokens",
         "answer_tokens", "computed_tokens", "generated_tokens", "seq", "slot", "kv", "first_token_s",
         "reasoning_end_s", "finish_s", "num_preemptions", "status", "reason", "pool", "replica", "prefix_keys",
-        "prefix_unit_tokens", "prefix_hit_tokens", "session", "fork_key", "parent", "answer",
+        "prefix_unit_tokens", "prefix_hit_tokens", "session", "fork_key", "parent", "answer", "kv_keep_tokens",
     )
 
     def __init__(self, request_id: int, user_id: int, query_type: str, arrival_s: float,
@@ -56,6 +56,8 @@ class Request:
         self.fork_key = 0
         self.parent: Request | None = None
         self.answer: Any = None  # answer-quality state (simserve.quality), None when the workload has none
+        # KV compression on its replica: most tokens of KV kept (prompt + budget); 0: everything is kept.
+        self.kv_keep_tokens = 0
 
     @property
     def output_tokens(self) -> int:

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from simserve.quality import Draws, EarlyExitSpec, ParallelSpec, QualityModel, QualitySpec
+from simserve.quality import Draws, EarlyExitSpec, KvCompressionSpec, ParallelSpec, QualityModel, QualitySpec
 from simserve.request import Request
 from simserve.workload.distributions import Distribution, Lognormal, lognormal_from_range
 from simserve.workload.sessions import Sessions
@@ -93,11 +93,11 @@ class QueryType(BaseModel):
         return (self.quality is not None or self.max_reasoning_tokens is not None or self.early_exit is not None
                 or self.parallel is not None)
 
-    def quality_model(self, model: str) -> QualityModel | None:
+    def quality_model(self, model: str, kv_compression: KvCompressionSpec | None = None) -> QualityModel | None:
         if not self.quality_on:
             return None
         return QualityModel.build(self.quality, model, self.query_type, self.max_reasoning_tokens,
-                                  self.early_exit, self.parallel)
+                                  self.early_exit, self.parallel, kv_compression)
 
 
 def _q(prompt: Lognormal, reasoning: Lognormal, answer: Lognormal) -> dict[str, dict]:
@@ -279,12 +279,15 @@ def rng_streams(seed: int) -> dict[str, np.random.Generator]:
 
 def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
                       base_dir: Path | None = None, batch: int = 4096,
-                      sessions: Sessions | None = None, model: str = "") -> Iterator[Request]:
+                      sessions: Sessions | None = None, model: str = "",
+                      kv_compression: KvCompressionSpec | None = None) -> Iterator[Request]:
     """Yield requests in arrival order, drawn lazily `batch` at a time from separate RNG streams
     (`arrivals`, `mix`, `lengths`, `users`), so changing one part of the workload leaves the others' draws alone.
     A trace workload replays the trace instead, cut at `num_requests` and `duration_s` too. Query types with answer
     quality draw their questions from the `quality` stream (for `model`: the shipped defaults are per model) and
-    carry them in `req.answer`."""
+    carry them in `req.answer`. Under `kv_compression` (the serving pools'), answers follow its accuracy retention
+    and reasoning lengthens at low kept shares (query types without quality: their drawn reasoning lengthens; trace
+    rows are replayed as they are)."""
     if spec.trace is not None:
         yield from _cut(replay(spec.trace, base_dir), spec.num_requests, spec.duration_s)
         return
@@ -294,7 +297,7 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
     weights = np.array([q.weight for q in spec.mix], float)
     weights /= weights.sum()
     names = [q.query_type for q in spec.mix]
-    quality = [q.quality_model(model) for q in spec.mix]
+    quality = [q.quality_model(model, kv_compression) for q in spec.mix]
     limit = spec.num_requests if spec.num_requests is not None else math.inf
     horizon = spec.duration_s if spec.duration_s is not None else math.inf
     t, count = 0.0, 0
@@ -317,6 +320,9 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
             if drawn is not None and qm is not None:
                 req.answer = drawn[1].answer(int(drawn[0][i]), qm)
                 req.reasoning_tokens = req.answer.engine_reasoning_tokens
+            elif kv_compression is not None and req.reasoning_tokens:
+                factor = kv_compression.lengthening(kv_compression.kept_share(np.array([req.reasoning_tokens])))
+                req.reasoning_tokens = int(np.rint(req.reasoning_tokens * float(factor[0])))
             if sessions is not None:
                 sessions.start(req, k)
             yield req
