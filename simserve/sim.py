@@ -392,6 +392,10 @@ class Simulation:
             "wall_time_s": wall_s,
             "horizon_s": self.horizon_s(),
             "exact_steps": self.engine.exact_steps,
+            # KV tokens attended over (kept KV) per token of KV blocks reserved, time-weighted over all replicas
+            "kv_memory_efficiency": sum(r.kv_token_area for r in self.replicas)
+            / max(sum(r.kv_area * r.block_tokens for r in self.replicas), 1e-12),
+            "peak_running": max(r.running_mon.peak for r in self.replicas),
         }
         if len(self.pools) > 1:
             for p in self.pools:
