@@ -144,3 +144,17 @@ def test_pools_must_share_compression():
             {**pool, "name": "a", "kv_compression": HALF}, {**pool, "name": "b"}]},
             "workload": {"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
                          "mix": [{"query_type": "factual"}]}})
+
+
+def test_retention_validation_table_in_docs_is_current():
+    rows = pd.read_csv(CSV, comment="#")
+    k = (rows.kv_budget_tokens / rows.benchmark.map({"MATH-500": 2979, "AIME24": 15536})).to_numpy()
+    doc = (Path(__file__).resolve().parents[1] / "docs/quality.md").read_text()
+    for method, col in (("rkv", "rkv_acc"), ("snapkv", "snapkv_acc")):
+        spec = KvCompressionSpec(method=method, budget_tokens=1, window_tokens=0)
+        err = spec.retention(k) * rows.fullkv_acc - rows[col]
+        groups = [(f"{m} {b}", g) for (m, b), g in rows.assign(err=err).groupby(["model", "benchmark"])]
+        for name, g in [*groups, ("all", rows.assign(err=err))]:
+            line = (f"| {method} | {name} | {len(g)} | {np.sqrt((g.err ** 2).mean()):.1f} | "
+                    f"{g.err.abs().max():.1f} |")
+            assert line in doc, line
