@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simserve import load_scenario, run  # noqa: E402
+from simserve.metrics import group_summary  # noqa: E402
 
 SERVING = ROOT / "scenarios" / "reasoning-serving"
 # Seed 002, section 8: throughput (tok/s), mean and p99 time to answer (s), memory efficiency (words).
@@ -57,11 +58,82 @@ def serving_table(rows: list[tuple[str, dict[str, Any], tuple[Any, ...]]]) -> li
     return lines
 
 
+SCHEDULERS = (
+    ("fcfs", "fcfs"),
+    ("priority (short first)", "{kind: priority}"),
+    ("shortest predicted first, perfect predictor", "{kind: shortest_predicted_first}"),
+    ("shortest predicted first, log error 0.5, aging", "{kind: shortest_predicted_first, log_error: 0.5, "
+     "aging_tokens_per_s: 50}"),
+    ("fair share (VTC)", "{kind: fair_share}"),
+    ("reasoning-aware, recompute", "{kind: reasoning_aware, preempt_mode: recompute}"),
+    ("reasoning-aware, swap", "{kind: reasoning_aware, preempt_mode: swap}"),
+)
+
+
+def jain(values: Any) -> float:
+    """Jain's fairness index: (sum x)^2 / (n sum x^2); 1 when every value is equal."""
+    import numpy as np
+
+    x = np.asarray(values, float)
+    return float(x.sum() ** 2 / (len(x) * (x**2).sum())) if len(x) else math.nan
+
+
+def scheduler_rows() -> list[dict[str, Any]]:
+    rows = []
+    for label, spec in SCHEDULERS:
+        res = run(load_scenario(SERVING / "scheduler-mix.yaml", [f"scheduler={spec}"]))
+        s, req = res.summary, res.requests
+        done = req[req.status == "completed"]
+        row = {"scheduler": label, "summary": s,
+               "jain_tta": jain(done.groupby("user_id")["time_to_answer_s"].mean())}
+        groups = group_summary(res.requests_path, "query_type")
+        for q, name in (("factual", "short"), ("competition_math", "long")):
+            g = groups[q]
+            row[f"{name}_p50"], row[f"{name}_p99"] = g["time_to_answer_s_p50"], g["time_to_answer_s_p99"]
+        rows.append(row)
+    return rows
+
+
+def scheduler_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| scheduler | short: time to answer p50 / p99 (s) | long: p50 / p99 (s) | longest wait (s) | "
+             "Jain's index, users' mean time to answer | time-to-answer SLO met | accuracy | swapped GB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["summary"]
+        lines.append(f"| {r['scheduler']} | {r['short_p50']:.1f} / {r['short_p99']:.1f} | {r['long_p50']:.0f} / "
+                     f"{r['long_p99']:.0f} | {s['max_wait_s']:.0f} | {r['jain_tta']:.3f} | "
+                     f"{s['slo_attainment_time_to_answer_s']:.1%} | {s['accuracy']:.1%} | "
+                     f"{s['swap_bytes'] / 1e9:.1f} |")
+    return lines
+
+
+def scheduler_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    """p50 and p99 time to answer of short and long requests per scheduler, as an SVG (vl-convert, offline)."""
+    import altair as alt
+    import pandas as pd
+    import vl_convert as vlc
+
+    frame = pd.DataFrame([{"scheduler": r["scheduler"], "requests": name, "percentile": q,
+                           "time to answer (s)": r[f"{name}_{q}"]}
+                          for r in rows for name in ("short", "long") for q in ("p50", "p99")])
+    chart = alt.Chart(frame, width=260, height=180).mark_bar().encode(
+        y=alt.Y("scheduler:N", sort=None, title=None), x=alt.X("time to answer (s):Q", scale=alt.Scale(type="symlog")),
+        color="percentile:N", yOffset="percentile:N").facet(column=alt.Column("requests:N", sort=["short", "long"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(vlc.vegalite_to_svg(chart.to_dict()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chart", type=Path, help="also write the scheduler comparison's chart (SVG) here")
-    parser.parse_args()
+    args = parser.parse_args()
     print("\n".join(serving_table(serving_rows())))
+    print()
+    rows = scheduler_rows()
+    print("\n".join(scheduler_table(rows)))
+    if args.chart:
+        scheduler_chart(rows, args.chart)
+        print(f"\nwrote {args.chart}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def max_request_tokens(scenario: Scenario) -> int:
 def _requests(scenario: Scenario, source: str) -> Iterator[Request]:
     """The workload's requests as the run draws them (first turns only: follow-up turns depend on the run)."""
     requests = generate_requests(scenario.workload, rng_streams(scenario.seed), scenario.base_dir,
-                                 model=scenario.answer_model)
+                                 model=scenario.answer_model, kv_compression=scenario.answer_compression)
     while True:
         try:
             yield next(requests)

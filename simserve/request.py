@@ -20,6 +20,7 @@ class Request:
         "answer_tokens", "computed_tokens", "generated_tokens", "seq", "slot", "kv", "first_token_s",
         "reasoning_end_s", "finish_s", "num_preemptions", "status", "reason", "pool", "replica", "prefix_keys",
         "prefix_unit_tokens", "prefix_hit_tokens", "session", "fork_key", "parent", "answer", "priority", "length_z",
+        "kv_keep_tokens",
     )
 
     def __init__(self, request_id: int, user_id: int, query_type: str, arrival_s: float,
@@ -58,6 +59,8 @@ class Request:
         self.answer: Any = None  # answer-quality state (simserve.quality), None when the workload has none
         self.priority = 0  # its class for the priority scheduler: lower is more urgent (vLLM's priority)
         self.length_z = math.nan  # the length predictor's standard normal error (shortest_predicted_first)
+        # KV compression on its replica: most tokens of KV kept (prompt + budget); 0: everything is kept.
+        self.kv_keep_tokens = 0
 
     @property
     def output_tokens(self) -> int:

@@ -21,7 +21,7 @@ from simserve.hardware import (
     kv_memory_bytes,
 )
 from simserve.perf import CalibratedPerfSpec, FitError, PerfSpec, RooflinePerfSpec
-from simserve.quality import resolve
+from simserve.quality import KvCompressionSpec, resolve
 from simserve.request import BUILTIN_PREFIX
 from simserve.routing import ByDifficultyRouterSpec, ByQueryTypeRouterSpec, RouterKind, RouterSpec, SimpleRouterSpec
 from simserve.schedulers import FcfsSchedulerSpec, SchedulerKind, SchedulerSpec
@@ -87,6 +87,9 @@ class PoolSpec(BaseModel):
     thinking: bool = Field(default=True, description="false: the model answers without reasoning (a hybrid "
                            "model with thinking off, or a standard model): no reasoning tokens, and with answer "
                            "quality modelled, the model's non-thinking accuracy")
+    kv_compression: KvCompressionSpec | None = Field(
+        default=None, description="KV compression of generated tokens (R-KV / SnapKV / H2O style eviction): a "
+        "sequence keeps its prompt and at most a budget of generated KV; default off")
 
     @model_validator(mode="after")
     def _limits(self) -> PoolSpec:
@@ -199,7 +202,23 @@ class Scenario(BaseModel):
             for loc, target in [*targets, (("router", "default"), self.router.default)]:
                 if target is not None and target not in pools:
                     raise FieldError(loc, f"pool {target!r} is not in cluster.pools ({', '.join(sorted(pools))})")
+        serving = [(i, p) for i, p in enumerate(self.cluster.pools)
+                   if p.role != "prefill" and p.name not in self.reward_pools]
+        for i, p in serving[1:]:
+            if p.kv_compression != serving[0][1].kv_compression:
+                raise FieldError(("cluster", "pools", i, "kv_compression"), "pools that decode requests must "
+                                 "share one kv_compression (answers are drawn at arrival, before routing): "
+                                 "different ones per pool are not supported yet")
         return self
+
+    @property
+    def answer_compression(self) -> KvCompressionSpec | None:
+        """The KV compression of the pools that decode requests (one for all of them, validated): the quality
+        model draws answers and lengths with it."""
+        for p in self.cluster.pools:
+            if p.role != "prefill" and p.name not in self.reward_pools:
+                return p.kv_compression
+        return None
 
     @property
     def base_dir(self) -> Path | None:

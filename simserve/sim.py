@@ -197,7 +197,8 @@ class Simulation:
             block_tokens=pool.kv_block_tokens, chunked_prefill=pool.chunked_prefill,
             long_prefill_token_threshold=pool.long_prefill_token_threshold,
             async_scheduling=pool.async_scheduling, reserve_full_isl=pool.reserve_full_isl,
-            hand_off_after_prompt=pool.role == "prefill", kv_bytes_per_token=model.kv_bytes_per_token)
+            hand_off_after_prompt=pool.role == "prefill", kv_bytes_per_token=model.kv_bytes_per_token,
+            kv_compression=pool.kv_compression is not None)
         scheduler = SCHEDULERS[scenario.scheduler.kind]
         for _ in range(pool.replicas):
             planner = Planner(config, KvBlockPool(blocks, pool.kv_block_tokens, pool.prefix_caching),
@@ -207,7 +208,7 @@ class Simulation:
                 max_model_len_tokens=pool.max_model_len_tokens or model.max_context_tokens,
                 recorder=self.recorder, hooks=self.hooks, exact_steps=self.engine.exact_steps,
                 check_invariants=self.engine.check_invariants,
-                stop_at_reasoning_end=self.hooks.wants("reasoning_done"))
+                stop_at_reasoning_end=self.hooks.wants("reasoning_done"), kv_compression=pool.kv_compression)
             self.replicas.append(replica)
             self.kv_bytes_per_token.append(model.kv_bytes_per_token)
             (self.decoders if pool.role == "decode" else entry).append(replica)
@@ -311,7 +312,8 @@ class Simulation:
         env = self.env
         workload: Iterator[Request] = iter(requests) if requests is not None else generate_requests(
             self.scenario.workload, self.rngs, self.base_dir, sessions=self.sessions,
-            model=self.scenario.answer_model, variants=self.scenario.answer_variants())
+            model=self.scenario.answer_model, variants=self.scenario.answer_variants(),
+            kv_compression=self.scenario.answer_compression)
         counted = _Counted(workload)
         env.process(arrivals(env, counted, self.arrive, self._on_exhausted))
         for r in self.replicas:
@@ -396,6 +398,10 @@ class Simulation:
             "horizon_s": self.horizon_s(),
             "exact_steps": self.engine.exact_steps,
             "swap_bytes": sum(r.planner.swap_bytes for r in self.replicas),
+            # KV tokens attended over (kept KV) per token of KV blocks reserved, time-weighted over all replicas
+            "kv_memory_efficiency": sum(r.kv_token_area for r in self.replicas)
+            / max(sum(r.kv_area * r.block_tokens for r in self.replicas), 1e-12),
+            "peak_running": max(r.running_mon.peak for r in self.replicas),
         }
         if len(self.pools) > 1:
             for p in self.pools:

@@ -29,6 +29,12 @@ def scenarios(draw):
         "long_prefill_token_threshold": draw(st.sampled_from([0, 0, 3, 16])),
         "reserve_full_isl": draw(st.sampled_from([True, True, False])),
     }
+    compression = draw(st.sampled_from(["off", "off", "tokens", "share"]))  # KV compression (issue 17)
+    if compression == "tokens":
+        pool["kv_compression"] = {"method": draw(st.sampled_from(["rkv", "snapkv", "h2o"])),
+                                  "budget_tokens": draw(st.integers(1, 40)), "window_tokens": 0}
+    elif compression == "share":
+        pool["kv_compression"] = {"method": "rkv", "budget_share": draw(st.floats(0.05, 1.0)), "window_tokens": 0}
     if not draw(st.booleans()):  # chunked prefill off: vLLM needs max_model_len <= max_num_batched_tokens
         pool.update(chunked_prefill=False, max_model_len_tokens=budget)
     kind = draw(st.sampled_from(["linear", "roofline", "calibrated"]))

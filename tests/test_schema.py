@@ -96,6 +96,13 @@ def readme_forms() -> list[tuple[str, dict[str, Any]]]:
             **base["cluster"]["pools"][0], "role": "both", "prefix_caching": False, "num_kv_blocks": 1000,
             "chunked_prefill": True, "long_prefill_token_threshold": 0, "reserve_full_isl": False,
             "async_scheduling": True, "max_model_len_tokens": 32768, "model": "qwen2.5-32b"})),
+        ("kv_compression tokens", with_(base, cluster__pools__0={
+            **base["cluster"]["pools"][0], "kv_compression": {"method": "rkv", "budget_tokens": 1024,
+                                                              "window_tokens": 128}})),
+        ("kv_compression share", with_(base, cluster__pools__0={
+            **base["cluster"]["pools"][0], "kv_compression": {
+                "method": "snapkv", "budget_share": 0.5, "window_tokens": 64, "lengthen_factor": 0.3,
+                "lengthen_below_share": 0.25}})),
         ("disaggregated", with_(base, cluster={"pools": [{"name": "p", "role": "prefill"},
                                                          {"name": "d", "role": "decode"}],
                                                "kv_transfer": {"bandwidth_bytes_per_s": 5e10, "latency_s": 0.001}})),

@@ -26,11 +26,14 @@ class Decodes:
     slot is then one increment of `tick`, whatever the batch size (`left(j)` = finish_at[j] - tick).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, block_tokens: int = 1, compressed: bool = False) -> None:
         # One row per field (a slot moves or joins in one numpy call): ctx, blocks, seq, ctx0 (ctx when it
-        # joined: a decode step was scheduled iff ctx > ctx0), finish_at, reasoning_at.
-        self._rows = np.zeros((6, capacity), np.int64)
-        self.ctx, self.blocks, self.seq, self.ctx0, self.finish_at, self.reasoning_at = self._rows
+        # joined: a decode step was scheduled iff ctx > ctx0), finish_at, reasoning_at, and under KV compression
+        # keep (most tokens of KV kept, _NEVER: all) and cap (the blocks that holds: blocks never grow past it).
+        self._rows = np.zeros((8, capacity), np.int64)
+        (self.ctx, self.blocks, self.seq, self.ctx0, self.finish_at, self.reasoning_at, self.keep,
+         self.cap) = self._rows
+        self.compressed = compressed
         # Events without scanning the batch each step: `tick` counts schedules given to every slot; a slot
         # samples its last token at tick `finish_at` and its last reasoning token at `reasoning_at` (_NEVER once
         # done); the earliest of each is kept (None: to recount).
@@ -39,6 +42,7 @@ class Decodes:
         self._min_reasoning: int | None = _NEVER
         self.req: list[Request | None] = [None] * capacity
         self.n = 0
+        self._block_tokens = block_tokens  # for the caps of compressed slots
         self._laps: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def add(self, req: Request, num_blocks: int) -> None:
@@ -47,7 +51,10 @@ class Decodes:
         answer = req.answer_tokens
         finish_at = self.tick + left
         reasoning_at = self.tick + left - answer if left > answer else _NEVER
-        self._rows[:, j] = (req.computed_tokens, num_blocks, req.seq, req.computed_tokens, finish_at, reasoning_at)
+        keep = req.kv_keep_tokens or _NEVER
+        cap = -(-keep // self._block_tokens) if req.kv_keep_tokens else _NEVER
+        self._rows[:, j] = (req.computed_tokens, num_blocks, req.seq, req.computed_tokens, finish_at, reasoning_at,
+                            keep, cap)
         self.req[j] = req
         req.slot = j
         self.n = j + 1
@@ -115,6 +122,8 @@ class Decodes:
         n = self.n
         ctx, blocks = self.ctx[:n], self.blocks[:n]
         needs = ctx >= blocks * block_tokens
+        if self.compressed:
+            needs &= blocks < self.cap[:n]  # a compressed sequence at its cap overwrites evicted slots
         need = int(np.count_nonzero(needs))
         if need > free_blocks:
             return -1, needs
@@ -123,6 +132,13 @@ class Decodes:
         ctx += 1
         self.tick += 1
         return need, needs
+
+    def kept(self, slots: np.ndarray | None = None) -> np.ndarray:
+        """Context tokens whose KV is kept (attention reads them): min(ctx, keep), for these slots (all if None).
+        A new array."""
+        if slots is None:
+            return np.minimum(self.ctx[: self.n], self.keep[: self.n])
+        return np.minimum(self.ctx[slots], self.keep[slots])
 
     def schedule_some(self, slots: np.ndarray, needs: np.ndarray) -> None:
         """One decode token for these slots only (their new blocks' `needs` allocated by the caller): their last
@@ -165,10 +181,16 @@ class Decodes:
         the step index with period B (block_tokens)."""
         n = self.n
         first = self.blocks[:n] * block_tokens - self.ctx[:n]  # further steps that fit in the blocks held
+        room = None
+        if self.compressed:
+            room = self.cap[:n] - self.blocks[:n]  # blocks a slot may still take (0 at its cap)
+            first = np.where(room > 0, first, 0)
         np.cumsum(np.bincount(first, minlength=block_tokens), out=buf[1:])
         laps, phase = self._step_laps(num_steps, block_tokens)
         extra = laps * n
         extra += buf[phase]
+        if room is not None:
+            extra -= _capped_growth(first + np.minimum(room, num_steps) * block_tokens, block_tokens, num_steps)
         return extra
 
     def _step_laps(self, num_steps: int, block_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +211,8 @@ class Decodes:
         ctx += num_steps
         grown = ctx + (block_tokens - 1)
         grown //= block_tokens
+        if self.compressed:
+            np.minimum(grown, self.cap[:n], out=grown)
         np.maximum(self.blocks[:n], grown, out=self.blocks[:n])
 
     def finished(self) -> list[int]:
@@ -208,6 +232,21 @@ class Decodes:
         return out
 
 
+def _capped_growth(stop: np.ndarray, block_tokens: int, num_steps: int) -> np.ndarray:
+    """out[s] = sum over slots of #{j >= 0: stop_i + j * B < s}, for s in range(num_steps): the blocks a slot
+    would take past its cap (its periodic demand continued from `stop_i` = first_i + room_i * B), which the
+    caller subtracts. Its first difference is a stride-B cumulative sum of bincount(stop)."""
+    stop = stop[stop < num_steps - 1]
+    out = np.zeros(num_steps, np.int64)
+    if not len(stop):
+        return out
+    laps = -(-num_steps // block_tokens)
+    g = np.bincount(stop, minlength=laps * block_tokens).reshape(laps, block_tokens)
+    h = np.cumsum(g, axis=0).ravel()[: num_steps - 1]  # D(s + 1) - D(s)
+    np.cumsum(h, out=out[1:])
+    return out
+
+
 @dataclass(slots=True)
 class FastForwardRun:
     """A run of decode-only steps in flight: `bounds[i]` is the end of step i (bounds[0] its start), `times[i]`
@@ -223,6 +262,8 @@ class FastForwardRun:
     used_at_start: int
     allocated: int = 0
     first_reasoning_done: list[Request] = field(default_factory=list)  # sampled by its first step
+    contexts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # kept, at its first step
+    caps: np.ndarray | None = None  # under KV compression, each decode's kept-token cap (same order)
 
     def steps_started(self, now_s: float) -> int:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting

@@ -60,6 +60,13 @@ class PlannerConfig:
     reserve_full_isl: bool = True  # admit only if the whole known sequence fits (vLLM's scheduler_reserve_full_isl)
     hand_off_after_prompt: bool = False  # a prefill replica of a disaggregated cluster
     kv_bytes_per_token: float = 0.0  # for KV swapped to host memory (the reasoning_aware scheduler's swap mode)
+    kv_compression: bool = False  # requests may keep less KV than their context (Request.kv_keep_tokens)
+
+
+def _cacheable(req: Request, tokens: int) -> int:
+    """Of a request's first `tokens` tokens, those whose full blocks may be cached: all of them, or under KV
+    compression the prompt's only (the kept generated KV differs from an uncompressed sequence's)."""
+    return min(tokens, req.prompt_tokens) if req.kv_keep_tokens else tokens
 
 
 class StepPlan:
@@ -105,7 +112,7 @@ class Planner:
         self.config = config
         self.kv = kv
         self.waiting = waiting
-        self.decodes = Decodes(config.max_num_seqs)
+        self.decodes = Decodes(config.max_num_seqs, config.block_tokens, config.kv_compression)
         self.prefilling: list[Request] = []  # running, known tokens not all computed, in running order
         self.handing_off: list[Request] = []  # prefill role: prompt done, first token in flight
         self.transferring: dict[int, Request] = {}  # prefill role: KV on its way to a decode replica
@@ -209,8 +216,11 @@ class Planner:
             kv.allocate(need)
         if dec.events_due:
             self._decode_events(plan, *dec.events())
-        ctx = dec.ctx[:n]
-        plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
+        if dec.compressed:
+            plan.decode_context_tokens = dec.kept()
+        else:
+            ctx = dec.ctx[:n]
+            plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
         return True
 
     def _schedule_decodes_preempting(self, plan: StepPlan, needs: np.ndarray, others: list[Request]) -> None:
@@ -245,7 +255,7 @@ class Planner:
         sched = order[:pos]
         if pos:
             dec.schedule_some(sched, needs[sched])
-            plan.decode_context_tokens = dec.ctx[sched]
+            plan.decode_context_tokens = dec.kept(sched) if dec.compressed else dec.ctx[sched]
             self._decode_events(plan, *dec.events(sched))
         self._end_running_pass(gone)
 
@@ -295,6 +305,7 @@ class Planner:
                 continue
             if slot >= 0:
                 new, have, computed = 1, int(dec.blocks[slot]), int(dec.ctx[slot])
+                keep = int(dec.keep[slot])
             else:
                 assert req is not None
                 new = req.known_tokens - req.computed_tokens
@@ -304,7 +315,8 @@ class Planner:
                 hold = req.kv
                 assert hold is not None
                 have, computed = hold.num_blocks, req.computed_tokens
-            need = max(blocks_for(computed + new, bt) - have, 0)
+                keep = req.kv_keep_tokens or computed + new
+            need = max(blocks_for(min(computed + new, keep), bt) - have, 0)
             scheduled = True
             while need > kv.free_blocks:
                 tail -= 1
@@ -334,7 +346,7 @@ class Planner:
             i += 1
         if sched_slots:
             slots = np.array(sched_slots, np.int64)
-            plan.decode_context_tokens = dec.ctx[slots]
+            plan.decode_context_tokens = dec.kept(slots) if dec.compressed else dec.ctx[slots]
             self._decode_events(plan, *dec.events(slots))
         self._end_running_pass(gone_slots)
         return budget
@@ -404,7 +416,7 @@ class Planner:
                 self.handing_off.remove(req)
             else:
                 req.slot = -3  # leaves `prefilling` at the end of the pass
-            cached = req.computed_tokens
+            cached = _cacheable(req, req.computed_tokens)
         hold = req.kv
         assert hold is not None
         req.num_preemptions += 1
@@ -441,7 +453,7 @@ class Planner:
         req.computed_tokens += new
         hold = req.kv
         assert hold is not None
-        self.kv.cache_computed(hold, req.computed_tokens // self.config.block_tokens)
+        self.kv.cache_computed(hold, _cacheable(req, req.computed_tokens) // self.config.block_tokens)
         if req.computed_tokens < req.known_tokens:
             if admitted:
                 self.prefilling.append(req)
@@ -484,16 +496,19 @@ class Planner:
                 break
             new = min(new, budget)
             admit_tokens = tokens if cfg.reserve_full_isl else hit_tokens + new
+            if req.kv_keep_tokens:
+                admit_tokens = min(admit_tokens, req.kv_keep_tokens)
             if blocks_for(admit_tokens, bt) - hit + evictable > kv.free_blocks:
                 break
             waiting.pop()
             if self._swapped:
                 self._swap_in(plan, req)
             kv.acquire(hold, units)
+            keep = req.kv_keep_tokens or tokens
             if req.computed_tokens:
-                kv.grow(hold, blocks_for(tokens, bt))
+                kv.grow(hold, blocks_for(min(tokens, keep), bt))
             else:
-                kv.grow(hold, blocks_for(hit_tokens + new, bt) - hit)
+                kv.grow(hold, blocks_for(min(hit_tokens + new, keep), bt) - hit)
                 if req.num_preemptions == 0:
                     req.prefix_hit_tokens = hit_tokens
             req.computed_tokens = hit_tokens
@@ -528,7 +543,11 @@ class Planner:
         dec = self.decodes
         ctx = int(dec.ctx[slot])
         if self.config.async_scheduling and ctx > dec.ctx0[slot]:
-            return ctx - 1
+            ctx -= 1
+        if dec.compressed:
+            req = dec.req[slot]
+            assert req is not None
+            return _cacheable(req, ctx)
         return ctx
 
     def _leave_decodes(self, req: Request) -> int:
@@ -549,7 +568,7 @@ class Planner:
             cached = self._leave_decodes(req)
         elif req in self.handing_off:
             self.handing_off.remove(req)
-            cached = req.computed_tokens
+            cached = _cacheable(req, req.computed_tokens)
         else:
             self.waiting.remove(req)  # preempted after its last token was scheduled (async): already freed
             self._done(req)
@@ -572,10 +591,10 @@ class Planner:
             cached = self._leave_decodes(req)
         elif req in self.prefilling:
             self.prefilling.remove(req)
-            cached = req.computed_tokens
+            cached = _cacheable(req, req.computed_tokens)
         elif req in self.handing_off:
             self.handing_off.remove(req)
-            cached = req.computed_tokens
+            cached = _cacheable(req, req.computed_tokens)
         elif req in self.waiting:
             self.waiting.remove(req)
             self._host_bytes -= self._swapped.pop(req, 0.0)
@@ -601,7 +620,7 @@ class Planner:
     def transfer_done(self, req: Request) -> None:
         del self.transferring[req.request_id]
         assert req.kv is not None
-        self.kv.release(req.kv, req.computed_tokens)
+        self.kv.release(req.kv, _cacheable(req, req.computed_tokens))
         req.kv = None
 
     def check(self) -> None:
@@ -612,11 +631,17 @@ class Planner:
             req = dec.req[j]
             assert req is not None and req.kv is not None and req.slot == j
             private += int(dec.blocks[j]) - req.kv.unit_blocks
-            assert dec.blocks[j] * self.config.block_tokens >= dec.ctx[j]
+            kept = min(int(dec.ctx[j]), req.kv_keep_tokens or int(dec.ctx[j]))
+            assert dec.blocks[j] * self.config.block_tokens >= kept
+            if req.kv_keep_tokens:  # a compressed sequence never holds more than its prompt and budget need
+                assert dec.blocks[j] == blocks_for(kept, self.config.block_tokens), (j, kept, dec.blocks[j])
         for req in [*self.prefilling, *self.handing_off, *self.transferring.values()]:
             assert req.kv is not None
             private += req.kv.private_blocks
-            assert req.kv.num_blocks * self.config.block_tokens >= req.computed_tokens
+            kept = min(req.computed_tokens, req.kv_keep_tokens or req.computed_tokens)
+            assert req.kv.num_blocks * self.config.block_tokens >= kept
+            if req.kv_keep_tokens:
+                assert req.kv.num_blocks <= blocks_for(req.kv_keep_tokens, self.config.block_tokens)
         assert private + kv.held_unit_blocks() + kv.free_blocks == kv.capacity_blocks, (
             private, kv.held_unit_blocks(), kv.free_blocks, kv.capacity_blocks)
         kv.check()

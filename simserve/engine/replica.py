@@ -25,7 +25,8 @@ from simserve.engine.events import AfterPlans, Settle
 from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
-from simserve.perf import Batch, PerfModel
+from simserve.perf import Batch, PerfModel, kept_context_sums
+from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import ReasoningAware
 
@@ -37,7 +38,8 @@ class Replica:
 
     def __init__(self, env: simpy.Environment, *, pool: str, index: int, perf: PerfModel, planner: Planner,
                  max_model_len_tokens: int, recorder: Recorder, hooks: Hooks, exact_steps: bool = False,
-                 check_invariants: bool = False, stop_at_reasoning_end: bool = False) -> None:
+                 check_invariants: bool = False, stop_at_reasoning_end: bool = False,
+                 kv_compression: KvCompressionSpec | None = None) -> None:
         self.env = env
         self.pool = pool
         self.index = index
@@ -47,6 +49,8 @@ class Replica:
         self.block_tokens = planner.config.block_tokens
         self.async_scheduling = planner.config.async_scheduling
         self.max_tokens = min(max_model_len_tokens, self.kv.capacity_tokens)
+        self.max_model_len_tokens = max_model_len_tokens
+        self.kv_compression = kv_compression
         self.recorder = recorder
         self.hooks = hooks
         self.exact_steps = exact_steps
@@ -58,6 +62,7 @@ class Replica:
         self.running_mon = LevelMonitor(env.now)
         self.waiting_mon = LevelMonitor(env.now)
         self.kv_area = 0.0  # integral of used blocks over time
+        self.kv_token_area = 0.0  # integral of KV tokens the running steps attend over (kept KV) over time
         self.kv_peak = 0
         self._run: FastForwardRun | None = None  # the fast-forwarded run in flight
         self._run_waiting = 0
@@ -96,12 +101,18 @@ class Replica:
         return self.planner.prefix_hit_tokens(req)
 
     def fits(self, req: Request) -> bool:
-        """Whether the request's whole sequence can ever be held here."""
+        """Whether the request's whole sequence can ever be held here (under KV compression: its kept KV)."""
+        if req.kv_keep_tokens:
+            return (req.total_tokens <= self.max_model_len_tokens
+                    and min(req.total_tokens, req.kv_keep_tokens) <= self.kv.capacity_tokens)
         return req.total_tokens <= self.max_tokens
 
     def enqueue(self, req: Request) -> None:
-        """Accept a routed request now: queue it, or reject it at once if it could never fit."""
+        """Accept a routed request now: queue it, or reject it at once if it could never fit. Under KV
+        compression the request keeps its prompt and at most the budget's generated tokens here."""
         req.pool, req.replica = self.pool, self.index
+        comp = self.kv_compression
+        req.kv_keep_tokens = 0 if comp is None else req.prompt_tokens + comp.budget_of(req.reasoning_tokens)
         if not self.fits(req):
             self.num_rejected_too_long += 1
             req.status = "rejected"
@@ -276,6 +287,7 @@ class Replica:
             yield env.timeout(dt)
             self._stepping = False
             self.kv_area += used * dt
+            self.kv_token_area += dt * float(plan.decode_context_tokens.sum() + sum(c + h for _, c, h in chunks))
             if self.async_scheduling:
                 inflight = self._delivered = plan
             else:
@@ -369,9 +381,14 @@ class Replica:
         """Run k decode steps (the first one planned) as one event, or fewer if something arrives."""
         env = self.env
         dec = self.planner.decodes
-        times = self.perf.decode_run_times_s(plan.decode_context_tokens, k)
+        if dec.compressed:  # every slot was scheduled: kept contexts and caps in slot order
+            contexts, caps = dec.kept(), dec.keep[: dec.n].copy()
+        else:
+            contexts, caps = plan.decode_context_tokens.copy(), None
+        times = self.perf.decode_run_times_s(contexts, k, caps)
         bounds = np.cumsum(np.concatenate(([now], times)))
-        run = FastForwardRun(bounds, times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done)
+        run = FastForwardRun(bounds, times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done,
+                             contexts=contexts, caps=caps)
         self._run = run
         self._run_waiting = num_waiting
         end = env.timeout(bounds[k] - now)
@@ -409,7 +426,7 @@ class Replica:
             dec.advance(m - 1, self.block_tokens)
         added = int(run.extra[m - 1])
         if self.check_invariants:
-            assert (dec.blocks[:n] * self.block_tokens >= dec.ctx[:n]).all()
+            assert (dec.blocks[:n] * self.block_tokens >= dec.kept()).all()
         if added > run.allocated:
             self.kv.allocate(added - run.allocated)
             run.allocated = added
@@ -437,6 +454,9 @@ class Replica:
         span = float(run.bounds[done] - run.bounds[0])
         area = run.used_at_start * span + float(np.dot(run.extra[:done], run.times[:done]))
         self.kv_area += area
+        if done:
+            sums, _ = kept_context_sums(run.contexts, run.caps, done)
+            self.kv_token_area += float(np.dot(sums, run.times[:done]))
         if done == 0:
             return
         self.recorder.segment(pool=self.pool, replica=self.index, start_s=float(run.bounds[0]),

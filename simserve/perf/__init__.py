@@ -19,7 +19,7 @@ from simserve.perf.analytic import (
     step_quantities,
     step_tokens,
 )
-from simserve.perf.base import Batch, PerfContext, PerfModel
+from simserve.perf.base import Batch, PerfContext, PerfModel, kept_context_sums
 from simserve.perf.calibrated import CalibratedPerf, CalibratedPerfSpec
 from simserve.perf.fits import (
     SHIPPED_FITS_DIR,
@@ -36,6 +36,7 @@ from simserve.perf.fits import (
 PerfSpec = Annotated[RooflinePerfSpec | LinearPerfSpec | CalibratedPerfSpec, Field(discriminator="kind")]
 
 __all__ = [
+    "kept_context_sums",
     "SHIPPED_FITS_DIR",
     "TABLES",
     "Batch",

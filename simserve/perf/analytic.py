@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simserve.hardware import ModelSpec
-from simserve.perf.base import Batch, PerfContext
+from simserve.perf.base import Batch, PerfContext, kept_context_sums
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -107,9 +107,13 @@ class LinearPerf:
         return float(self.c0 + self.c_prefill * float(batch.prefill_new_tokens.sum()) + self.c_seq * n
                      + self.c_kv * float(batch.decode_context_tokens.sum()))
 
-    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
+    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int,
+                           caps: np.ndarray | None = None) -> np.ndarray:
         n = len(decode_context_tokens)
-        kv = float(decode_context_tokens.sum()) + n * np.arange(num_steps, dtype=float)
+        if caps is not None:
+            kv, _ = kept_context_sums(decode_context_tokens, caps, num_steps)
+        else:
+            kv = float(decode_context_tokens.sum()) + n * np.arange(num_steps, dtype=float)
         return self.c0 + self.c_seq * n + self.c_kv * kv
 
 
@@ -171,7 +175,14 @@ class RooflinePerf:
         compute = self.linear_s_per_token * tokens + self.attn_s_per_pair * pairs
         return self.overhead_s + max(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * tokens
 
-    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
+    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int,
+                           caps: np.ndarray | None = None) -> np.ndarray:
+        if caps is not None:  # kept contexts stop growing at their caps: no longer affine in the step index
+            n = len(decode_context_tokens)
+            ctx, _ = kept_context_sums(decode_context_tokens, caps, num_steps)
+            mem = self._weight_s(n) + self.kv_s_per_token * (ctx + n)
+            compute = self.linear_s_per_token * n + self.attn_s_per_pair * ctx
+            return self.overhead_s + np.maximum(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * n
         # step_tokens of decode-only steps over the run: n tokens, ctx + n KV tokens, ctx pairs, with ctx growing by
         # n a step. Memory and compute time are both affine in the step index, so their maximum is one line up to
         # where they cross and the other after it: two affine fills, not a max over two arrays.

@@ -47,10 +47,39 @@ class PerfModel(Protocol):
         """Seconds one step of `batch` takes."""
         ...
 
-    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
+    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int,
+                           caps: np.ndarray | None = None) -> np.ndarray:
         """Seconds of each of `num_steps` decode-only steps; step s (from 0) has contexts
-        decode_context_tokens + s. Element s equals step_time_s of that step's batch."""
+        decode_context_tokens + s, or under KV compression min(decode_context_tokens + s, caps) (each sequence's
+        kept KV stops growing at its cap). Element s equals step_time_s of that step's batch."""
         ...
+
+
+def kept_context_sums(contexts: np.ndarray, caps: np.ndarray | None, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sum, max) over the decodes of min(contexts + s, caps) for each step s < num_steps, as float arrays, in
+    O(n log n + num_steps): a sequence d_i = caps_i - contexts_i steps from its cap adds one token a step until
+    then, so the sum loses sum_i max(0, s - d_i) (a double cumulative sum of bincount(d)), and the max is the
+    larger of the uncapped sequences' largest context + s and the capped ones' largest cap."""
+    n = len(contexts)
+    steps = np.arange(num_steps, dtype=float)
+    total = float(contexts.sum()) + n * steps
+    if caps is None or n == 0:
+        return total, float(contexts.max(initial=0)) + steps
+    d = caps - contexts
+    near = d[d < num_steps]
+    if len(near):
+        below = np.cumsum(np.bincount(near, minlength=num_steps)[:num_steps])  # #{d_i <= t}
+        lost = np.zeros(num_steps, np.int64)
+        np.cumsum(below[: num_steps - 1], out=lost[1:])
+        total -= lost
+    order = np.argsort(d, kind="stable")
+    d_sorted = d[order]
+    suffix = np.maximum.accumulate(contexts[order][::-1])[::-1].astype(float)  # largest context with d >= d_j
+    prefix = np.maximum.accumulate(caps[order]).astype(float)  # largest cap with d <= d_j
+    j = np.searchsorted(d_sorted, steps, side="left")  # sequences capped by step s: d < s
+    grow = np.where(j < n, suffix[np.minimum(j, n - 1)] + steps, -np.inf)
+    flat = np.where(j > 0, prefix[np.maximum(j - 1, 0)], -np.inf)
+    return total, np.maximum(grow, flat)
 
 
 @dataclass(frozen=True, slots=True)

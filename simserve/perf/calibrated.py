@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.hardware import GpuSpec, ModelSpec, datasheet_of
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, PerfContext
+from simserve.perf.base import Batch, PerfContext, kept_context_sums
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features, fit_for_gpu, load_fit_cached
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -375,8 +375,13 @@ class CalibratedPerf:
                 attn += float(chunks.sum())
         return self.overhead_s + self._tokens_s(m, r) + self.model.num_layers * attn
 
-    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int) -> np.ndarray:
+    def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int,
+                           caps: np.ndarray | None = None) -> np.ndarray:
         n = len(decode_context_tokens)
+        if caps is not None:  # kept contexts stop growing at their caps
+            total, longest_s = kept_context_sums(decode_context_tokens, caps, num_steps)
+            attn = self._decode_attn_s(self._rank_batch(n), total / n, longest_s)
+            return self.overhead_s + self._tokens_s(n, n) + self.model.num_layers * attn
         s = np.arange(num_steps, dtype=float)
         mean, longest = float(decode_context_tokens.sum()) / n, float(decode_context_tokens.max())
         attn = self._decode_attn_s(self._rank_batch(n), mean + s, longest + s)

@@ -1,6 +1,7 @@
 """Answer quality and test-time compute: accuracy against reasoning tokens, per-question success rates, wrong
-answers, voting, budgets, early exit and parallel sampling (docs/quality.md)."""
+answers, voting, budgets, early exit and parallel sampling, KV compression's effect (docs/quality.md)."""
 
+from simserve.quality.compression import RETENTION_FITS, KvCompressionSpec
 from simserve.quality.model import (
     Answer,
     Curve,
@@ -15,6 +16,7 @@ from simserve.quality.model import (
 from simserve.quality.spec import DifficultyLevel, EarlyExitSpec, ParallelSpec, QualitySpec
 
 __all__ = [
+    "RETENTION_FITS", "KvCompressionSpec",
     "Answer", "Curve", "DifficultyLevel", "Draws", "EarlyExitSpec", "ParallelSpec", "QualityModel", "QualitySpec",
     "Resolved", "defaults", "majority_accuracy", "plurality", "resolve",
 ]

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from simserve.quality.compression import KvCompressionSpec
 from simserve.quality.spec import DifficultyLevel, EarlyExitSpec, ParallelSpec, QualitySpec
 
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(48)  # E[f(z)], z ~ N(0, 1)
@@ -218,8 +219,10 @@ class QualityModel:
     """Draws questions, samples, lengths and answers for one query type."""
 
     def __init__(self, params: Resolved, budget_tokens: int | None = None,
-                 early_exit: EarlyExitSpec | None = None, parallel: ParallelSpec | None = None) -> None:
+                 early_exit: EarlyExitSpec | None = None, parallel: ParallelSpec | None = None,
+                 compression: KvCompressionSpec | None = None) -> None:
         self.params = params
+        self.compression = compression
         self.budget_tokens = budget_tokens
         self.early_exit = early_exit
         self.parallel = parallel
@@ -236,8 +239,9 @@ class QualityModel:
 
     @classmethod
     def build(cls, spec: QualitySpec | None, model: str, query_type: str, budget_tokens: int | None = None,
-              early_exit: EarlyExitSpec | None = None, parallel: ParallelSpec | None = None) -> QualityModel:
-        return cls(resolve(spec, model, query_type, early_exit), budget_tokens, early_exit, parallel)
+              early_exit: EarlyExitSpec | None = None, parallel: ParallelSpec | None = None,
+              compression: KvCompressionSpec | None = None) -> QualityModel:
+        return cls(resolve(spec, model, query_type, early_exit), budget_tokens, early_exit, parallel, compression)
 
     def success(self, x: np.ndarray, level: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Per-question success rate at reasoning share x (arrays broadcast)."""
@@ -285,6 +289,11 @@ class QualityModel:
             cut &= ~exited
             prob = np.where(exited, np.clip(p_nat + p.accuracy_change, 0.0, 1.0), prob)
             probes = (spent // every) * ee.probe_tokens
+        comp = self.compression
+        if comp is not None:  # KV compression: no RNG call (the same questions and u as without it)
+            kept = comp.kept_share(natural)
+            prob = prob * comp.retention(kept)
+            spent = np.rint(spent * comp.lengthening(kept)).astype(np.int64)
         correct = u < prob
         k = p.num_wrong_answers
         if k == 1:

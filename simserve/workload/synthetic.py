@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from simserve.quality import Draws, EarlyExitSpec, ParallelSpec, QualityModel, QualitySpec
+from simserve.quality import Draws, EarlyExitSpec, KvCompressionSpec, ParallelSpec, QualityModel, QualitySpec
 from simserve.request import Request
 from simserve.workload.distributions import Distribution, Lognormal, lognormal_from_range
 from simserve.workload.sessions import Sessions
@@ -95,12 +95,15 @@ class QueryType(BaseModel):
         return (self.quality is not None or self.max_reasoning_tokens is not None or self.early_exit is not None
                 or self.parallel is not None)
 
-    def quality_model(self, model: str, budget_tokens: int | None = None) -> QualityModel | None:
-        """The entry's quality model on `model`; `budget_tokens` replaces its own budget (0: no thinking)."""
+    def quality_model(self, model: str, budget_tokens: int | None = None,
+                      kv_compression: KvCompressionSpec | None = None) -> QualityModel | None:
+        """The entry's quality model on `model`; `budget_tokens` replaces its own budget (0: no thinking); under
+        `kv_compression`, accuracy retention and lengthening follow it."""
         if not self.quality_on:
             return None
         budget = self.max_reasoning_tokens if budget_tokens is None else budget_tokens
-        return QualityModel.build(self.quality, model, self.query_type, budget, self.early_exit, self.parallel)
+        return QualityModel.build(self.quality, model, self.query_type, budget, self.early_exit, self.parallel,
+                                  kv_compression)
 
 
 def _q(prompt: Lognormal, reasoning: Lognormal, answer: Lognormal) -> dict[str, dict]:
@@ -283,14 +286,17 @@ def rng_streams(seed: int) -> dict[str, np.random.Generator]:
 def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
                       base_dir: Path | None = None, batch: int = 4096,
                       sessions: Sessions | None = None, model: str = "",
-                      variants: Sequence[tuple[str, int | None]] = ()) -> Iterator[Request]:
+                      variants: Sequence[tuple[str, int | None]] = (),
+                      kv_compression: KvCompressionSpec | None = None) -> Iterator[Request]:
     """Yield requests in arrival order, drawn lazily `batch` at a time from separate RNG streams
     (`arrivals`, `mix`, `lengths`, `users`), so changing one part of the workload leaves the others' draws alone.
     A trace workload replays the trace instead, cut at `num_requests` and `duration_s` too. Query types with answer
     quality draw their questions from the `quality` stream (for `model`: the shipped defaults are per model) and
     carry them in `req.answer`; with `variants` ((model, budget) pairs, the first the default; budget None: the
     entry's own, 0: no thinking), each question is drawn for every variant from the same random numbers and the
-    request's pool picks one when it is routed (difficulty routing)."""
+    request's pool picks one when it is routed (difficulty routing). Under `kv_compression` (the serving pools'),
+    answers follow its accuracy retention and reasoning lengthens at low kept shares (query types without quality:
+    their drawn reasoning lengthens; trace rows are replayed as they are)."""
     if spec.trace is not None:
         yield from _cut(replay(spec.trace, base_dir), spec.num_requests, spec.duration_s)
         return
@@ -302,8 +308,9 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
     names = [q.query_type for q in spec.mix]
     keys = list(dict.fromkeys(variants)) if len(set(variants)) > 1 else []
     priorities = [q.priority for q in spec.mix]
-    quality = [q.quality_model(model) for q in spec.mix]
-    alternatives = [[q.quality_model(m, b) for m, b in keys] if q.quality_on else [] for q in spec.mix]
+    quality = [q.quality_model(model, None, kv_compression) for q in spec.mix]
+    alternatives = [[q.quality_model(m, b, kv_compression) for m, b in keys] if q.quality_on else []
+                    for q in spec.mix]
     limit = spec.num_requests if spec.num_requests is not None else math.inf
     horizon = spec.duration_s if spec.duration_s is not None else math.inf
     t, count = 0.0, 0
@@ -331,6 +338,9 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
                     req.answer.variants = {key: d.answer(row, alt)  # type: ignore[arg-type]
                                            for key, d, alt in zip(keys, drawn[2], alternatives[k], strict=True)}
                 req.reasoning_tokens = req.answer.engine_reasoning_tokens
+            elif kv_compression is not None and req.reasoning_tokens:
+                factor = kv_compression.lengthening(kv_compression.kept_share(np.array([req.reasoning_tokens])))
+                req.reasoning_tokens = int(np.rint(req.reasoning_tokens * float(factor[0])))
             if sessions is not None:
                 sessions.start(req, k)
             yield req
