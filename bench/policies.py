@@ -46,13 +46,15 @@ def serving_rows() -> list[tuple[str, dict[str, Any], tuple[Any, ...]]]:
 
 
 def serving_table(rows: list[tuple[str, dict[str, Any], tuple[Any, ...]]]) -> list[str]:
-    lines = ["| configuration | throughput tok/s | mean / p99 time to answer (s) | KV memory efficiency | accuracy "
-             "| USD per right answer | seed: tok/s | seed: mean / p99 TTA (s) | seed: memory efficiency |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | throughput tok/s | mean / p99 time to answer (s) | KV memory efficiency "
+             "| KV used, mean | mean batch | accuracy | USD per right answer | seed: tok/s "
+             "| seed: mean / p99 TTA (s) | seed: memory efficiency |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, s, seed in rows:
         lines.append(
             f"| {label} | {s['throughput_output_tokens_per_s']:,.0f} | {s['time_to_answer_s_mean']:.1f} / "
             f"{s['time_to_answer_s_p99']:.1f} | {_f(s.get('kv_memory_efficiency'), '.1%')} | "
+            f"{s['kv_utilization_mean']:.1%} | {s['batch_size_mean']:.1f} | "
             f"{s['accuracy']:.1%} | {s['usd_per_correct_answer']:.4f} | {seed[0]:,} | {seed[1]} / {seed[2]} | "
             f"{seed[3]} |")
     return lines

@@ -6,7 +6,8 @@ the table; paste its output into the page once you know why it moved.
 Covered: docs/cluster.md (heterogeneous and disaggregated scenarios; with ../shared/data, the Mooncake hit-ratio and
 router tables), docs/calibration.md (the op-level error tables and the shipped fits' figures; with ../shared/data,
 the end-to-end replays of five real vLLM runs), docs/test-time-compute.md (the compute-equivalent configurations and
-the parallel-sampling sweep). About 80 s in all; tests needing ../shared/data skip without it."""
+the parallel-sampling sweep), docs/policies.md (the seed's serving table and the scheduler comparison). About 100 s
+in all; tests needing ../shared/data skip without it."""
 
 from __future__ import annotations
 
@@ -121,3 +122,10 @@ def test_test_time_compute_tables_are_current():
     command = "python bench/test_time_compute.py"
     assert_current("test-time-compute.md", ttc.configs_table(), command)
     assert_current("test-time-compute.md", ttc.sweep_table(ttc.sweep()), command)
+
+
+def test_policies_tables_are_current():
+    pol = bench("policies")
+    command = "python bench/policies.py"
+    assert_current("policies.md", pol.serving_table(pol.serving_rows()), command)
+    assert_current("policies.md", pol.scheduler_table(pol.scheduler_rows()), command)

@@ -20,7 +20,7 @@ from simserve.routing import (
 )
 
 ALL_KINDS = ("round_robin", "random", "least_outstanding", "least_kv", "power_of_two", "prefix_affinity",
-             "by_query_type")
+             "by_query_type", "by_difficulty")
 
 
 class FakeReplica:
