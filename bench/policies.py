@@ -39,23 +39,27 @@ def _f(x: Any, fmt: str) -> str:
 def serving_rows() -> list[tuple[str, dict[str, Any], tuple[Any, ...]]]:
     out = []
     for label, name, seed in ROWS:
-        path = SERVING / f"{name}.yaml"
-        if path.is_file():
-            out.append((label, run(load_scenario(path)).summary, seed))
+        scenario = load_scenario(SERVING / f"{name}.yaml")
+        s = run(scenario).summary
+        # The GPU time spent stepping, priced: what a fleet sized to this load would pay (the run's fleet is fixed).
+        s["busy_usd"] = sum(s.get(f"gpu_busy_share_{p.name}", s["gpu_busy_share"])
+                            * s.get(f"cost_usd_{p.name}", s["cost_usd"]) for p in scenario.cluster.pools)
+        out.append((label, s, seed))
     return out
 
 
 def serving_table(rows: list[tuple[str, dict[str, Any], tuple[Any, ...]]]) -> list[str]:
     lines = ["| configuration | throughput tok/s | mean / p99 time to answer (s) | KV memory efficiency "
-             "| KV used, mean | mean batch | accuracy | USD per right answer | seed: tok/s "
+             "| KV used, mean | mean batch | accuracy | USD per right answer | busy USD per right answer | seed: tok/s "
              "| seed: mean / p99 TTA (s) | seed: memory efficiency |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, s, seed in rows:
         lines.append(
             f"| {label} | {s['throughput_output_tokens_per_s']:,.0f} | {s['time_to_answer_s_mean']:.1f} / "
             f"{s['time_to_answer_s_p99']:.1f} | {_f(s.get('kv_memory_efficiency'), '.1%')} | "
             f"{s['kv_utilization_mean']:.1%} | {s['batch_size_mean']:.1f} | "
-            f"{s['accuracy']:.1%} | {s['usd_per_correct_answer']:.4f} | {seed[0]:,} | {seed[1]} / {seed[2]} | "
+            f"{s['accuracy']:.1%} | {s['usd_per_correct_answer']:.4f} | {s['busy_usd'] / s['num_correct']:.4f} | "
+            f"{seed[0]:,} | {seed[1]} / {seed[2]} | "
             f"{seed[3]} |")
     return lines
 
