@@ -64,6 +64,22 @@ def serving_table(rows: list[tuple[str, dict[str, Any], tuple[Any, ...]]]) -> li
     return lines
 
 
+DISTILLED = (("every question to the teacher (DeepSeek-R1, 8 x H200)", "teacher-only"),
+             ("easy to DeepSeek-R1-Distill-Qwen-7B (2 x H100), hard to the teacher", "distilled-routing"))
+
+
+def distilled_table() -> list[str]:
+    lines = ["| configuration | accuracy | routing accuracy | accuracy lost | mean / p99 time to answer (s) | GPU cost "
+             "USD/h | USD per right answer |", "|---|---|---|---|---|---|---|"]
+    for label, name in DISTILLED:
+        s = run(load_scenario(SERVING / f"{name}.yaml")).summary
+        per_hour = s["cost_usd"] / s["makespan_s"] * 3600
+        lines.append(f"| {label} | {s['accuracy']:.1%} | {_f(s.get('routing_accuracy'), '.1%')} | "
+                     f"{_f(s.get('accuracy_lost'), '.1%')} | {s['time_to_answer_s_mean']:.0f} / "
+                     f"{s['time_to_answer_s_p99']:.0f} | {per_hour:.1f} | {s['usd_per_correct_answer']:.4f} |")
+    return lines
+
+
 SCHEDULERS = (
     ("fcfs", "fcfs"),
     ("priority (short first)", "{kind: priority}"),
@@ -134,6 +150,8 @@ def main() -> None:
     parser.add_argument("--chart", type=Path, help="also write the scheduler comparison's chart (SVG) here")
     args = parser.parse_args()
     print("\n".join(serving_table(serving_rows())))
+    print()
+    print("\n".join(distilled_table()))
     print()
     rows = scheduler_rows()
     print("\n".join(scheduler_table(rows)))

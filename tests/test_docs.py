@@ -128,4 +128,5 @@ def test_policies_tables_are_current():
     pol = bench("policies")
     command = "python bench/policies.py"
     assert_current("policies.md", pol.serving_table(pol.serving_rows()), command)
+    assert_current("policies.md", pol.distilled_table(), command)
     assert_current("policies.md", pol.scheduler_table(pol.scheduler_rows()), command)
