@@ -176,6 +176,11 @@ def _answers(s: Mapping[str, Any], plain: bool) -> Table:
         for name, row in by.items():
             t.add_row(name, count(row["num_answered"]), count(row["num_correct"]), share(row["accuracy"]))
     t.add_row("all", count(s["num_answered"]), count(s["num_correct"]), share(s["accuracy"]))
+    if "routing_accuracy" in s:
+        t.add_row("", "", "", "")
+        t.add_row("difficulty routing: classifier right", "", "", share(s["routing_accuracy"]))
+        t.add_row("accuracy with every question on the reference pool", "", "", share(s["accuracy_reference"]))
+        t.add_row("accuracy lost to routing", "", "", share(s["accuracy_lost"]))
     t.add_row("", "", "", "")
     t.add_row("USD per right answer", "", "", number(s["usd_per_correct_answer"]))
     t.add_row("tokens per right answer", "", "", number(s["tokens_per_correct_answer"]))
@@ -192,10 +197,16 @@ def _resources(s: Mapping[str, Any], pools: list[dict[str, Any]], plain: bool) -
         ("prefix cache hit ratio", share(s["prefix_cache_hit_ratio"])),
         ("mean batch size", number(s["batch_size_mean"])),
         ("mean queue length", number(s["queue_len_mean"])),
+        ("longest wait before the first token (s)", number(s.get("max_wait_s"))),
+        ("fairness across users (Jain, tokens served)", number(s.get("jain_fairness_users"))),
         ("GPU-hours", number(s["gpu_hours"])),
         ("cost USD", f"{s['cost_usd']:,.2f}"),
         ("cost USD per 1k completed", number(s["cost_usd_per_1k_completed"])),
     ]
+    if s.get("swap_bytes"):
+        rows.append(("KV swapped to host (GB)", number(s["swap_bytes"] / 1e9)))
+    if s.get("kv_memory_efficiency") is not None:
+        rows.append(("KV memory efficiency", share(s["kv_memory_efficiency"])))
     for name, value in rows:
         t.add_row(name, value)
     return t
