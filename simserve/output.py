@@ -132,7 +132,8 @@ def _replace_by_two_renames(staging: Path, target: Path) -> None:
 
 
 def group_tables(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
-    """The per-query-type and per-pool tables of summary.json. Every pool is listed (a prefill pool hands its
+    """The per-query-type and per-pool tables of summary.json (and per difficulty level when answer quality is
+    modelled). Every pool is listed (a prefill pool hands its
     requests on and ends none), with its GPUs, busy share and cost; requests that never reached a pool (rejected
     up front, not arrived) are under '(none)'."""
     from simserve.metrics import GROUP_METRICS, group_summary
@@ -150,7 +151,10 @@ def group_tables(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
         by_pool[p["pool"]] = {**info, **rows.pop(p["pool"], empty)}
     if "" in rows:
         by_pool["(none)"] = rows.pop("")
-    return {"by_query_type": by_type, "by_pool": by_pool}
+    tables = {"by_query_type": by_type, "by_pool": by_pool}
+    if "accuracy" in results.summary:  # answer quality modelled: latency by difficulty level too (0: no levels)
+        tables["by_difficulty"] = {str(k): v for k, v in group_summary(results.requests_path, "difficulty").items()}
+    return tables
 
 
 def summary_document(results: Results, tables: dict[str, Any]) -> dict[str, Any]:

@@ -210,3 +210,13 @@ def test_the_quality_command_lists_the_shipped_defaults(capsys):
     assert "math_word" in out and "92.8%" in out and "qwen3-235b-a22b/aime24" in out
     assert main(["quality", "--model", "nope"]) == 2
     assert "no shipped defaults for 'nope'" in capsys.readouterr().err
+
+
+def test_summary_json_groups_latency_by_difficulty_when_quality_is_modelled():
+    from simserve.output import group_tables
+
+    _, res = run_requests(lever_scenario({}), None)
+    by = group_tables(res)["by_difficulty"]
+    assert sum(row["num_requests"] for row in by.values()) == 30 and set(by) <= {"1", "2", "3", "4", "5"}
+    _, plain = run_requests(tiny(), None)
+    assert "by_difficulty" not in group_tables(plain)
