@@ -20,7 +20,7 @@ class Request:
         "answer_tokens", "computed_tokens", "generated_tokens", "seq", "slot", "kv", "first_token_s",
         "reasoning_end_s", "finish_s", "num_preemptions", "status", "reason", "pool", "replica", "prefix_keys",
         "prefix_unit_tokens", "prefix_hit_tokens", "session", "fork_key", "parent", "answer", "priority", "length_z",
-        "kv_keep_tokens",
+        "kv_keep_tokens", "concept", "reuse", "reused_reasoning_tokens",
     )
 
     def __init__(self, request_id: int, user_id: int, query_type: str, arrival_s: float,
@@ -61,6 +61,11 @@ class Request:
         self.length_z = math.nan  # the length predictor's standard normal error (shortest_predicted_first)
         # KV compression on its replica: most tokens of KV kept (prompt + budget); 0: everything is kept.
         self.kv_keep_tokens = 0
+        # Trace reuse (simserve.reuse): the concept it asks about (-1: none), how its reasoning was reused ("none",
+        # "exact") and the reasoning tokens the reuse saved (its reasoning_tokens is then what is left to decode).
+        self.concept = -1
+        self.reuse = "none"
+        self.reused_reasoning_tokens = 0
 
     @property
     def output_tokens(self) -> int:

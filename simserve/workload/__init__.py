@@ -1,5 +1,12 @@
 """Workloads: length distributions, synthetic query-type mixes and arrival processes, trace replay, sessions."""
 
+from simserve.workload.concepts import (
+    ConceptDrawer,
+    ConceptSpec,
+    TraceCacheSpec,
+    ZipfSampler,
+    zipf_probabilities,
+)
 from simserve.workload.distributions import (
     Constant,
     Distribution,
@@ -27,8 +34,9 @@ from simserve.workload.synthetic import (
 from simserve.workload.traces import TraceError, TraceSpec, replay, resolve_path
 
 __all__ = [
-    "QUERY_TYPES", "STREAMS", "Constant", "Distribution", "Empirical", "EmpiricalSampler", "GammaArrivals",
-    "LengthSampler", "Lognormal", "PoissonArrivals", "QueryType", "SessionSpec", "Sessions", "TraceError",
-    "TraceSpec", "Uniform", "WorkloadSpec", "build_sessions", "generate_requests", "load_empirical",
-    "lognormal_from_range", "prompt_keys", "replay", "resolve_path", "rng_streams",
+    "QUERY_TYPES", "STREAMS", "ConceptDrawer", "ConceptSpec", "Constant", "Distribution", "Empirical",
+    "EmpiricalSampler", "GammaArrivals", "LengthSampler", "Lognormal", "PoissonArrivals", "QueryType", "SessionSpec",
+    "Sessions", "TraceCacheSpec", "TraceError", "TraceSpec", "Uniform", "WorkloadSpec", "ZipfSampler",
+    "build_sessions", "generate_requests", "load_empirical", "lognormal_from_range", "prompt_keys", "replay",
+    "resolve_path", "rng_streams", "zipf_probabilities",
 ]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.quality import Draws, EarlyExitSpec, KvCompressionSpec, ParallelSpec, QualityModel, QualitySpec
 from simserve.request import Request
+from simserve.workload.concepts import ConceptDrawer, ConceptSpec, TraceCacheSpec
 from simserve.workload.distributions import Distribution, Lognormal, lognormal_from_range
 from simserve.workload.sessions import Sessions
 from simserve.workload.traces import TraceSpec, replay
@@ -60,6 +61,8 @@ class QueryType(BaseModel):
                                           "aggregation")
     priority: int = Field(default=0, description="its class for the priority scheduler: lower is more urgent "
                           "(vLLM's priority); every request of this type carries it")
+    concepts: ConceptSpec | None = Field(default=None, description="each request asks about a concept of a "
+                                         "Zipf-popular universe (trace reuse, docs/model.md)")
 
     @model_validator(mode="before")
     @classmethod
@@ -87,6 +90,9 @@ class QueryType(BaseModel):
                 f"query type {self.query_type!r} needs either 'reasoning_tokens' and 'answer_tokens', "
                 "or 'output_tokens' and 'reasoning_share'"
             )
+        if self.concepts is not None and self.quality_on:
+            raise ValueError(f"query type {self.query_type!r}: 'concepts' (trace reuse) with answer quality is not "
+                             "modelled yet (issue 18)")
         return self
 
     @property
@@ -231,6 +237,8 @@ class WorkloadSpec(BaseModel):
                                          "one")
     prefix_unit_tokens: int = Field(default=64, gt=0, description="granularity of synthetic prefix keys; a "
                                     "multiple of the pools' kv_block_tokens for the prefix cache to use them")
+    trace_cache: TraceCacheSpec | None = Field(default=None, description="a cluster-wide cache of reasoning "
+                                               "traces reused by requests of the same concept (docs/model.md)")
 
     @model_validator(mode="after")
     def _stops(self) -> WorkloadSpec:
@@ -274,7 +282,7 @@ def build_sessions(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
 
 # One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
 # the draws of the others.
-STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions", "quality", "scheduling")
+STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions", "quality", "scheduling", "concepts")
 
 
 def rng_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -311,6 +319,7 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
     quality = [q.quality_model(model, None, kv_compression) for q in spec.mix]
     alternatives = [[q.quality_model(m, b, kv_compression) for m, b in keys] if q.quality_on else []
                     for q in spec.mix]
+    drawers = [None if q.concepts is None else ConceptDrawer(q.concepts) for q in spec.mix]
     limit = spec.num_requests if spec.num_requests is not None else math.inf
     horizon = spec.duration_s if spec.duration_s is not None else math.inf
     t, count = 0.0, 0
@@ -322,6 +331,7 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
         lengths = [s.sample(rngs["lengths"], n) for s in samplers]
         draws = [None if qm is None else _draw(qm, rngs["quality"], kinds == k, lengths[k][1], alternatives[k])
                  for k, qm in enumerate(quality)]
+        concepts = _concepts(drawers, rngs["concepts"], kinds, times, users)
         for i in range(n):
             if times[i] >= horizon:
                 return
@@ -330,6 +340,8 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
             req = Request(count, int(users[i]), names[k], float(times[i]),
                           system[k] + int(prompt[i]), int(reasoning[i]), int(answer[i]))
             req.priority = priorities[k]
+            if concepts is not None:
+                req.concept = int(concepts[i])
             drawn, qm = draws[k], quality[k]
             if drawn is not None and qm is not None:
                 row = int(drawn[0][i])
@@ -346,6 +358,20 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
             yield req
             count += 1
         t = float(times[-1])
+
+
+def _concepts(drawers: Sequence[ConceptDrawer | None], rng: np.random.Generator, kinds: np.ndarray,
+              times: np.ndarray, users: np.ndarray) -> np.ndarray | None:
+    """The batch's concept ids (-1: a query type without concepts), or None if no query type has concepts (the
+    `concepts` stream is then never drawn from)."""
+    if all(d is None for d in drawers):
+        return None
+    out = np.full(len(kinds), -1, dtype=np.int64)
+    for k, d in enumerate(drawers):
+        if d is not None:
+            mine = kinds == k
+            out[mine] = d.draw(rng, times[mine], users[mine])
+    return out
 
 
 def _draw(qm: QualityModel, rng: np.random.Generator, mine: np.ndarray, reasoning: np.ndarray,

@@ -1,0 +1,115 @@
+"""Concepts of queries (issue 18, trace reuse): which concept each request asks about, drawn from a Zipf popularity
+over a universe of concepts, with per-user locality and novelty; and the trace cache's spec. Users and concepts are
+counts and rates, never objects: memory is bounded by a fixed table and a capped LRU, not by users or concepts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+ZIPF_TABLE_RANKS = 1 << 16  # exact CDF for the most popular ranks; beyond, a continuous approximation (docs/model.md)
+USER_MEMORY_CAP = 1 << 16  # users whose last concept is remembered for locality (least recently seen dropped first)
+
+
+class ConceptSpec(BaseModel):
+    """Each request of a mix entry asks about one concept of a universe of `num_concepts` with Zipf popularity:
+    the concept of rank r is asked with probability proportional to r ** -zipf_exponent."""
+
+    model_config = _FROZEN
+    num_concepts: int = Field(gt=0, description="size of the concept universe")
+    zipf_exponent: float = Field(default=0.8, ge=0, description="Zipf exponent of concept popularity (0.8: an "
+                                 "assumption; no measurement on LLM prompts exists)")
+    user_locality: float = Field(default=0.0, ge=0, le=1, description="share of a user's queries that repeat "
+                                 "the user's own last concept (when it is remembered)")
+    novelty_per_s: float = Field(default=0.0, ge=0, description="new concepts per second: each enters as the "
+                                 "most popular and every other concept moves down one rank")
+
+
+class TraceCacheSpec(BaseModel):
+    """A cluster-wide cache of whole reasoning traces, keyed by (query type, concept): exact reuse."""
+
+    model_config = _FROZEN
+    kind: Literal["exact"] = Field(default="exact", description="exact: same concept, same query")
+    capacity_entries: int | None = Field(default=None, gt=0, description="traces held at most (null: unbounded)")
+    eviction: Literal["lru", "lfu"] = Field(default="lru", description="which trace leaves a full cache")
+    ttl_s: float | None = Field(default=None, gt=0, description="a trace expires this long after it was stored "
+                                "(null: never)")
+    lookup_latency_s: float = Field(default=0.002, ge=0, description="delay before a request with a concept "
+                                    "enters the cluster (about 2 ms for an in-memory index)")
+
+
+def zipf_probabilities(n: int, exponent: float) -> np.ndarray:
+    """Exact Zipf probabilities of ranks 1..n (for tests and analytic checks; costs memory per concept)."""
+    w = np.arange(1, n + 1, dtype=float) ** -exponent
+    return w / w.sum()
+
+
+class ZipfSampler:
+    """Zipf ranks 1..n by inverse CDF: an exact table over the first ZIPF_TABLE_RANKS ranks, and beyond them the
+    continuous approximation sum_{i=K+1}^{m} i^-s ~ integral from K+1/2 to m+1/2 of x^-s dx, inverted in closed
+    form. Memory is the table's, whatever n is."""
+
+    def __init__(self, n: int, exponent: float) -> None:
+        self.n, self.s = n, exponent
+        k = min(n, ZIPF_TABLE_RANKS)
+        head = np.cumsum(np.arange(1, k + 1, dtype=float) ** -exponent)
+        self.k = k
+        tail = self._integral(k + 0.5, n + 0.5) if n > k else 0.0
+        self.total = float(head[-1]) + tail
+        self.head_cdf = head / self.total
+
+    def _integral(self, a: float, b: float) -> float:
+        s = self.s
+        return math.log(b / a) if s == 1.0 else (b ** (1 - s) - a ** (1 - s)) / (1 - s)
+
+    def ranks(self, u: np.ndarray) -> np.ndarray:
+        """Ranks (1-based int64) of uniforms `u` in [0, 1)."""
+        r = np.searchsorted(self.head_cdf, u, side="right") + 1
+        tail = r > self.k
+        if tail.any():
+            s, a = self.s, self.k + 0.5
+            rest = (u[tail] - self.head_cdf[-1]) * self.total  # mass past the table
+            x = a * np.exp(rest) if s == 1.0 else (a ** (1 - s) + (1 - s) * rest) ** (1 / (1 - s))
+            r[tail] = np.clip(np.floor(x + 0.5), self.k + 1, self.n)
+        return r.astype(np.int64)
+
+
+class ConceptDrawer:
+    """The concepts of one mix entry's requests, a batch at a time. The concept of rank r at time t has id
+    k(t) + num_concepts - r, k(t) = floor(novelty_per_s * t) (ids are never reused: a concept leaves the universe
+    and is not asked again). With locality, each request repeats its user's last concept with probability
+    `user_locality` if the user is among the USER_MEMORY_CAP users seen most recently."""
+
+    def __init__(self, spec: ConceptSpec) -> None:
+        self.spec = spec
+        self.zipf = ZipfSampler(spec.num_concepts, spec.zipf_exponent)
+        self.last: OrderedDict[int, int] = OrderedDict()  # user -> last concept, LRU over users
+
+    def draw(self, rng: np.random.Generator, times_s: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """Concept ids of a batch of requests (arrival times, users); two uniforms per request from `rng`."""
+        n = len(times_s)
+        u = rng.random((2, n))
+        spec = self.spec
+        shift = np.floor(spec.novelty_per_s * times_s).astype(np.int64)
+        ids = shift + spec.num_concepts - self.zipf.ranks(u[0])
+        if spec.user_locality <= 0.0:
+            return ids
+        repeat = u[1] < spec.user_locality
+        last = self.last
+        for i in range(n):
+            user = int(users[i])
+            old = last.get(user)
+            if old is not None and repeat[i] and old >= shift[i]:  # still in the universe
+                ids[i] = old
+            last[user] = int(ids[i])
+            last.move_to_end(user)
+            if len(last) > USER_MEMORY_CAP:
+                last.popitem(last=False)
+        return ids
