@@ -30,6 +30,9 @@ REQUEST_COLUMNS = (
 # mean success probability of its samples at the tokens spent, and whether the answer was right (1), wrong (0) or
 # not given (-1: not completed, or a query type without quality).
 QUALITY_COLUMNS = ("difficulty", "num_samples", "reasoning_tokens_spent", "probe_tokens", "p_correct", "correct")
+# Added to the request rows when a trace cache is configured (simserve/reuse.py): how the request's reasoning was
+# reused ("none", "exact") and the reasoning tokens that saved.
+REUSE_COLUMNS = ("reuse", "reused_reasoning_tokens")
 SEGMENT_COLUMNS = (
     "pool", "replica", "start_s", "end_s", "num_steps", "batch_size", "num_waiting", "kv_blocks_mean",
     "kv_blocks_end", "prefill_tokens", "decode_tokens",
@@ -68,7 +71,7 @@ _REQUEST_KINDS = {
     "first_token_s": "d", "reasoning_end_s": "d", "finish_s": "d", "prompt_tokens": "q", "prefix_hit_tokens": "q",
     "reasoning_tokens": "q", "answer_tokens": "q", "generated_tokens": "q", "num_preemptions": "q", "status": "s",
     "reason": "s", "difficulty": "q", "num_samples": "q", "reasoning_tokens_spent": "q", "probe_tokens": "q",
-    "p_correct": "d", "correct": "q",
+    "p_correct": "d", "correct": "q", "reuse": "s", "reused_reasoning_tokens": "q",
 }
 _SEGMENT_KINDS = {
     "pool": "s", "replica": "q", "start_s": "d", "end_s": "d", "num_steps": "q", "batch_size": "q",
@@ -173,13 +176,14 @@ class Recorder:
     no directory, to a temporary folder that lives as long as `tempdir` (the Results of the run hold it)."""
 
     def __init__(self, directory: Path | None = None, row_group_rows: int = ROW_GROUP_ROWS,
-                 quality: bool = False) -> None:
+                 quality: bool = False, reuse: bool = False) -> None:
         if row_group_rows < 1:
             raise ValueError(f"'row_group_rows' must be >= 1, got {row_group_rows}")
         self.tempdir = tempfile.TemporaryDirectory(prefix="simserve-") if directory is None else None
         self.directory = Path(self.tempdir.name) if self.tempdir is not None else Path(directory)  # type: ignore[arg-type]
         self.quality = quality
-        columns = REQUEST_COLUMNS + (QUALITY_COLUMNS if quality else ())
+        self.reuse = reuse
+        columns = REQUEST_COLUMNS + (QUALITY_COLUMNS if quality else ()) + (REUSE_COLUMNS if reuse else ())
         self.requests = _Sink(self.directory / "requests.parquet", columns, _REQUEST_KINDS, row_group_rows,
                               _derive_request_times)
         self.segments = _Sink(self.directory / "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS, row_group_rows)
@@ -221,6 +225,9 @@ class Recorder:
                 c["probe_tokens"].append(a.probe_spent)
                 c["p_correct"].append(a.p_correct)
                 c["correct"].append(-1 if a.correct is None or r.status != "completed" else int(a.correct))
+        if self.reuse:
+            c["reuse"].append(r.reuse)
+            c["reused_reasoning_tokens"].append(r.reused_reasoning_tokens)
         self.num_recorded += 1
         if self.requests.full():
             self.requests.flush()

@@ -24,6 +24,7 @@ from simserve.metrics import Recorder, busy_seconds, quality_summary, service_su
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.quality import resolve
 from simserve.request import Request
+from simserve.reuse import TraceReuse
 from simserve.routing import ROUTERS, ByDifficulty, StaleView
 from simserve.schedulers import SCHEDULERS
 from simserve.workload import Sessions, build_sessions, generate_requests, rng_streams
@@ -138,7 +139,8 @@ class Simulation:
         self.rngs = rng_streams(scenario.seed)
         mix = scenario.workload.mix or []
         self.quality = any(q.quality_on for q in mix)
-        self.recorder = Recorder(records_dir, quality=self.quality)
+        trace_cache = scenario.workload.trace_cache
+        self.recorder = Recorder(records_dir, quality=self.quality, reuse=trace_cache is not None)
         self.engine = scenario.engine
         self.sessions = build_sessions(scenario.workload, self.rngs, base_dir)
         chain: list[Hooks] = [_Record(self.recorder)]
@@ -153,6 +155,12 @@ class Simulation:
         if self.quality:
             self.answers = Answers(self, reward_pools)
             chain.insert(0, self.answers)  # decides a request's answer before it is recorded
+        self.reuse: TraceReuse | None = None
+        self._lookup_latency_s = 0.0
+        if trace_cache is not None:
+            self.reuse = TraceReuse(self, trace_cache)
+            chain.insert(0, self.reuse)
+            self._lookup_latency_s = trace_cache.lookup_latency_s
         chain.extend(hooks)
         chain.append(_Accounting(self))
         self.hooks = HookChain(chain)
@@ -238,6 +246,14 @@ class Simulation:
         else:
             self._enqueue(self.entry[self.router.choose(req, self.entry)], req)
 
+    def _enter(self, req: Request) -> None:
+        """Where the workload's requests come in: a request with a concept first waits out the trace cache's
+        lookup latency (a scheduled arrival, as a follow-up turn's), then arrives; the lookup is answered then."""
+        if req.concept >= 0 and self._lookup_latency_s > 0.0:
+            self.arrive_later(req, self._lookup_latency_s)
+        else:
+            self.arrive(req)
+
     def _enqueue(self, replica: Replica, req: Request) -> None:
         if replica.pool in self._no_thinking and req.answer is None:
             req.reasoning_tokens = 0  # a pool that answers without reasoning
@@ -315,7 +331,8 @@ class Simulation:
             model=self.scenario.answer_model, variants=self.scenario.answer_variants(),
             kv_compression=self.scenario.answer_compression)
         counted = _Counted(workload)
-        env.process(arrivals(env, counted, self.arrive, self._on_exhausted))
+        env.process(arrivals(env, counted, self._enter if self.reuse is not None else self.arrive,
+                             self._on_exhausted))
         for r in self.replicas:
             env.process(r.process())
         horizon = self.horizon_s()
@@ -414,6 +431,8 @@ class Simulation:
                             gpu_hours=gpu_hours, cost_usd=cost, extra=extra)
         summary["saturated"] = saturated
         summary.update(service_summary(requests))
+        if self.reuse is not None:
+            summary.update(self.reuse.summary())
         if self.quality:
             summary.update(quality_summary(requests, cost))
             model = self.scenario.answer_model

@@ -1,0 +1,257 @@
+"""Trace reuse, first step (issue 18): the concept workload, the exact trace cache against theory (an unbounded
+cache's expected hits on a stationary Zipf stream; an LRU cache against Che's approximation), the hook in a run, and
+runs without a trace cache unchanged byte for byte (tests/fixtures/pre_reuse: written by commit 4b09a21, before
+trace reuse, running each scenario cut to 200 requests as below)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from helpers import by_id, scenario, tiny
+from scipy.optimize import brentq
+
+from simserve import Simulation, parse_scenario
+from simserve.reuse import TraceCache
+from simserve.workload import (
+    ConceptDrawer,
+    ConceptSpec,
+    TraceCacheSpec,
+    WorkloadSpec,
+    ZipfSampler,
+    generate_requests,
+    rng_streams,
+    zipf_probabilities,
+)
+from simserve.workload.concepts import ZIPF_TABLE_RANKS
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pre_reuse"
+
+
+# ------------------------------------------------------------------------------------------ reuse off: unchanged
+
+
+@pytest.mark.parametrize("rel", ["reasoning-mix.yaml", "test-time-compute/parallel-majority.yaml"])
+def test_no_trace_cache_gives_the_same_records_and_summary_as_before(tmp_path, rel):
+    path = ROOT / "scenarios" / rel
+    data = yaml.safe_load(path.read_text())
+    data["workload"]["num_requests"] = 200
+    results = Simulation(parse_scenario(data, path.stem, path.parent), records_dir=tmp_path).run()
+    summary = json.loads(json.dumps({k: v for k, v in results.summary.items() if k != "wall_time_s"},
+                                    sort_keys=True, default=str))
+    assert summary == json.loads((FIXTURES / path.stem / "summary.json").read_text())
+    for table in ("requests.parquet", "replicas.parquet"):
+        before, now = FIXTURES / path.stem / table, tmp_path / table
+        assert pq.read_table(now).equals(pq.read_table(before), check_metadata=True)
+        if pq.ParquetFile(now).metadata.created_by == pq.ParquetFile(before).metadata.created_by:
+            assert now.read_bytes() == before.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ the concept workload
+
+
+def _workload(concepts: dict | None, n: int = 2000, num_users: int = 1000, rate: float = 1.0) -> WorkloadSpec:
+    entry = {"query_type": "factual"} | ({"concepts": concepts} if concepts is not None else {})
+    return WorkloadSpec.model_validate({"num_requests": n, "num_users": num_users,
+                                        "mix": [entry, {"query_type": "coding"}],
+                                        "arrival": {"process": "poisson", "rate_per_s": rate}})
+
+
+def _requests(spec: WorkloadSpec, seed: int = 3) -> list:
+    return list(generate_requests(spec, rng_streams(seed)))
+
+
+def test_concepts_leave_every_other_draw_unchanged():
+    plain = _requests(_workload(None))
+    with_concepts = _requests(_workload({"num_concepts": 100, "user_locality": 0.3, "novelty_per_s": 0.1}))
+    fields = ("arrival_s", "user_id", "query_type", "prompt_tokens", "reasoning_tokens", "answer_tokens")
+    assert [[getattr(r, f) for f in fields] for r in plain] == [[getattr(r, f) for f in fields] for r in with_concepts]
+    assert all(r.concept == -1 for r in plain)
+    assert all((r.concept >= 0) == (r.query_type == "factual") for r in with_concepts)
+
+
+def test_zipf_ranks_follow_the_exact_probabilities_in_the_table():
+    n, s = 50, 0.8
+    ranks = ZipfSampler(n, s).ranks(np.random.default_rng(0).random(200_000))
+    freq = np.bincount(ranks, minlength=n + 1)[1:] / len(ranks)
+    p = zipf_probabilities(n, s)
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / len(ranks)))
+
+
+def test_zipf_tail_past_the_table_has_the_right_mass_and_bounded_memory():
+    n, s = 4 * ZIPF_TABLE_RANKS, 0.8
+    sampler = ZipfSampler(n, s)
+    ranks = sampler.ranks(np.random.default_rng(1).random(400_000))
+    p = zipf_probabilities(n, s)
+    assert ranks.min() >= 1 and ranks.max() <= n
+    for lo, hi in [(ZIPF_TABLE_RANKS + 1, 2 * ZIPF_TABLE_RANKS), (2 * ZIPF_TABLE_RANKS + 1, n)]:
+        mass = p[lo - 1:hi].sum()
+        seen = np.mean((ranks >= lo) & (ranks <= hi))
+        assert abs(seen - mass) <= 5 * math.sqrt(mass * (1 - mass) / len(ranks)), (lo, hi, seen, mass)
+    assert ZipfSampler(10**9, s).head_cdf.nbytes == 8 * ZIPF_TABLE_RANKS  # a billion concepts: the same table
+
+
+def test_user_locality_repeats_the_users_last_concept_at_its_rate():
+    drawer = ConceptDrawer(ConceptSpec(num_concepts=10**6, zipf_exponent=0.0, user_locality=0.4))
+    users = np.random.default_rng(2).integers(0, 50, size=20_000)
+    ids = drawer.draw(np.random.default_rng(3), np.zeros(len(users)), users)
+    last: dict[int, int] = {}
+    repeats = seen = 0
+    for u, c in zip(users.tolist(), ids.tolist(), strict=True):
+        if u in last:
+            seen += 1
+            repeats += last[u] == c
+        last[u] = c
+    assert abs(repeats / seen - 0.4) < 0.02  # uniform over a million: repeats by chance are negligible
+    assert ConceptDrawer(ConceptSpec(num_concepts=100, user_locality=0.0)).last == {}
+
+
+def test_novelty_shifts_the_universe_and_locality_never_returns_a_departed_concept():
+    spec = ConceptSpec(num_concepts=10, zipf_exponent=3.0, user_locality=1.0, novelty_per_s=1.0)
+    times = np.arange(0.0, 100.0, 0.5)
+    ids = ConceptDrawer(spec).draw(np.random.default_rng(4), times, np.zeros(len(times), dtype=np.int64))
+    shift = np.floor(times).astype(int)
+    assert np.all((ids >= shift) & (ids < shift + 10))  # always one of the 10 concepts alive at its time
+    assert ids[-1] > 80
+
+
+# ------------------------------------------------------------------------------------------ the cache against theory
+
+
+def _stream(num_concepts: int, s: float, n: int, seed: int) -> list[int]:
+    spec = _workload({"num_concepts": num_concepts, "zipf_exponent": s}, n=3 * n)  # about half are factual
+    out = [r.concept for r in _requests(spec, seed) if r.concept >= 0][:n]
+    assert len(out) == n
+    return out
+
+
+def _hits(cache: TraceCache, concepts: list[int]) -> int:
+    hits = 0
+    for t, c in enumerate(concepts):
+        if cache.lookup(("factual", c), float(t)):
+            hits += 1
+        else:
+            cache.insert(("factual", c), float(t))
+    return hits
+
+
+def test_unbounded_cache_hits_match_the_expected_distinct_concepts():
+    num_concepts, s, m = 2000, 0.8, 5000
+    p = zipf_probabilities(num_concepts, s)
+    seen = 1 - (1 - p) ** m  # chance each concept was asked at least once
+    expected_hits = m - seen.sum()  # E[hits] = m - E[distinct]
+    sd = math.sqrt((seen * (1 - seen)).sum())  # occupancy indicators are negatively correlated: an upper bound
+    for seed in range(3):
+        hits = _hits(TraceCache(TraceCacheSpec()), _stream(num_concepts, s, m, seed))
+        assert abs(hits - expected_hits) <= 4 * sd, (hits, expected_hits, sd)
+
+
+def che_hit_ratio(p: np.ndarray, capacity: int) -> float:
+    """Che's approximation of an LRU cache under the independent reference model: the characteristic time T
+    solves sum_i (1 - exp(-p_i T)) = capacity, and the hit ratio is sum_i p_i (1 - exp(-p_i T))."""
+    t = brentq(lambda x: np.sum(1 - np.exp(-p * x)) - capacity, 1e-9, 1e12)
+    return float(np.sum(p * (1 - np.exp(-p * t))))
+
+
+@pytest.mark.parametrize(("capacity", "s"), [(100, 0.8), (300, 1.0)])
+def test_lru_hit_ratio_matches_ches_approximation(capacity, s):
+    num_concepts, m, warm = 2000, 60_000, 10_000
+    concepts = _stream(num_concepts, s, m, seed=5)
+    cache = TraceCache(TraceCacheSpec(capacity_entries=capacity))
+    _hits(cache, concepts[:warm])
+    ratio = _hits(cache, concepts[warm:]) / (m - warm)
+    che = che_hit_ratio(zipf_probabilities(num_concepts, s), capacity)
+    assert len(cache) == capacity
+    assert abs(ratio - che) / che < 0.03, (ratio, che)
+
+
+def test_lfu_keeps_the_most_used_and_lru_the_most_recent():
+    lfu = TraceCache(TraceCacheSpec(capacity_entries=2, eviction="lfu"))
+    lru = TraceCache(TraceCacheSpec(capacity_entries=2, eviction="lru"))
+    for cache in (lfu, lru):
+        cache.insert(("q", 1), 0.0)
+        for _ in range(3):
+            assert cache.lookup(("q", 1), 1.0)
+        cache.insert(("q", 2), 2.0)
+        cache.insert(("q", 3), 3.0)  # full: LFU drops 2 (one use), LRU drops 1 (used longest ago)
+    assert lfu.lookup(("q", 1), 4.0) and not lfu.lookup(("q", 2), 4.0) and lfu.lookup(("q", 3), 4.0)
+    assert not lru.lookup(("q", 1), 4.0) and lru.lookup(("q", 2), 4.0) and lru.lookup(("q", 3), 4.0)
+    assert lfu.num_evictions == lru.num_evictions == 1
+
+
+def test_ttl_expires_a_trace():
+    cache = TraceCache(TraceCacheSpec(ttl_s=10.0))
+    cache.insert(("q", 1), 0.0)
+    assert cache.lookup(("q", 1), 9.9)
+    assert not cache.lookup(("q", 1), 10.0)
+    assert len(cache) == 0
+
+
+# ------------------------------------------------------------------------------------------ the hook in a run
+
+
+def _reuse_run(tmp_path: Path, cache: dict, n: int = 400, rate: float = 0.05, concepts: dict | None = None,
+               **engine):
+    data = tiny()
+    data["workload"]["num_requests"] = n
+    data["workload"]["arrival"]["rate_per_s"] = rate
+    data["workload"]["mix"][0]["concepts"] = concepts or {"num_concepts": 50}
+    data["workload"]["trace_cache"] = cache
+    return Simulation(scenario(data, **engine), records_dir=tmp_path).run()
+
+
+def test_exact_hits_skip_reasoning_and_match_the_analytic_hit_ratio(tmp_path):
+    # Arrivals 20 s apart on average, requests done in well under a second: every trace is stored before the next
+    # request of its concept arrives, so the stream sees the cache of the analytic count.
+    results = _reuse_run(tmp_path, {"kind": "exact"}, check_invariants=True)
+    df = by_id(results.requests)
+    assert (df["status"] == "completed").all()
+    hit = df["reuse"] == "exact"
+    assert set(df["reuse"]) == {"none", "exact"}
+    assert (df.loc[hit, "reasoning_tokens"] == 0).all() and (df.loc[hit, "reused_reasoning_tokens"] == 5).all()
+    assert (df.loc[hit, "generated_tokens"] == 1).all()  # the answer is still generated
+    assert (df.loc[~hit, "reused_reasoning_tokens"] == 0).all() and (df.loc[~hit, "generated_tokens"] == 6).all()
+    s = results.summary
+    assert s["trace_cache_lookups"] == 400 and s["trace_cache_hits"] == hit.sum()
+    assert s["trace_cache_hit_ratio"] == hit.mean() and s["reused_reasoning_tokens"] == 5 * hit.sum()
+    p = zipf_probabilities(50, 0.8)
+    expected = (400 - (1 - (1 - p) ** 400).sum()) / 400
+    assert abs(s["trace_cache_hit_ratio"] - expected) < 0.03
+
+
+def test_lookup_latency_delays_entry_but_not_the_users_arrival(tmp_path):
+    results = _reuse_run(tmp_path, {"lookup_latency_s": 0.5}, n=50)
+    df = by_id(results.requests)
+    assert (df["first_token_s"] - df["arrival_s"] >= 0.5).all()
+    plain = _reuse_run(tmp_path / "b", {"lookup_latency_s": 0.0}, n=50)
+    ttft = (df["first_token_s"] - df["arrival_s"]).to_numpy()
+    ttft0 = by_id(plain.requests).eval("first_token_s - arrival_s").to_numpy()
+    assert np.allclose(ttft, ttft0 + 0.5)  # sparse arrivals: no queueing, the lookup adds exactly its latency
+
+
+def test_a_trace_cache_without_concepts_changes_nothing_but_adds_its_columns(tmp_path):
+    data = tiny()
+    off = Simulation(scenario(data), records_dir=tmp_path / "off").run()
+    on_data = copy.deepcopy(data)
+    on_data["workload"]["trace_cache"] = {"kind": "exact"}
+    on = Simulation(scenario(on_data), records_dir=tmp_path / "on").run()
+    a, b = by_id(off.requests), by_id(on.requests)
+    assert list(b.columns) == [*a.columns, "reuse", "reused_reasoning_tokens"]
+    assert b[a.columns].equals(a) and set(b["reuse"]) == {"none"}
+    assert math.isnan(on.summary["trace_cache_hit_ratio"]) and "trace_cache_hit_ratio" not in off.summary
+
+
+def test_concepts_with_answer_quality_are_refused_for_now():
+    with pytest.raises(ValueError, match="not modelled yet"):
+        WorkloadSpec.model_validate({"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
+                                     "mix": [{"query_type": "factual", "quality": {},
+                                              "concepts": {"num_concepts": 10}}]})
+    with pytest.raises(ValueError):
+        TraceCacheSpec.model_validate({"capacity": 10})  # misspelt: extra keys are errors
