@@ -248,10 +248,97 @@ def test_a_trace_cache_without_concepts_changes_nothing_but_adds_its_columns(tmp
     assert math.isnan(on.summary["trace_cache_hit_ratio"]) and "trace_cache_hit_ratio" not in off.summary
 
 
-def test_concepts_with_answer_quality_are_refused_for_now():
+def test_concepts_with_parallel_sampling_are_refused_for_now():
     with pytest.raises(ValueError, match="not modelled yet"):
         WorkloadSpec.model_validate({"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
-                                     "mix": [{"query_type": "factual", "quality": {},
+                                     "mix": [{"query_type": "factual", "quality": {}, "parallel": {"n": 4},
                                               "concepts": {"num_concepts": 10}}]})
+    WorkloadSpec.model_validate({"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
+                                 "mix": [{"query_type": "factual", "quality": {}, "concepts": {"num_concepts": 10}}]})
     with pytest.raises(ValueError):
         TraceCacheSpec.model_validate({"capacity": 10})  # misspelt: extra keys are errors
+    with pytest.raises(ValueError):
+        TraceCacheSpec.model_validate({"kind": "semantic", "false_hit_rate": 1.5})
+
+
+# ------------------------------------------------------------------------------------------ semantic and step reuse
+
+
+def _quality_run(tmp_path: Path, cache: dict | None, n: int, concepts: dict, reasoning: int = 5):
+    data = tiny()
+    data["workload"]["num_requests"] = n
+    data["workload"]["arrival"]["rate_per_s"] = 0.05
+    entry = data["workload"]["mix"][0]
+    entry["reasoning_tokens"]["value"] = reasoning
+    entry["concepts"] = concepts
+    entry["quality"] = {}
+    if cache is not None:
+        data["workload"]["trace_cache"] = cache
+    return Simulation(scenario(data), records_dir=tmp_path).run()
+
+
+def test_semantic_true_hits_are_the_exact_hits_and_keep_the_answer(tmp_path):
+    exact = by_id(_reuse_run(tmp_path / "e", {"kind": "exact"}).requests)
+    semantic = _reuse_run(tmp_path / "s", {"kind": "semantic", "false_hit_rate": 0.0})
+    df = by_id(semantic.requests)
+    assert list(df["reuse"].replace("semantic", "exact")) == list(exact["reuse"])
+    assert df["reasoning_tokens"].equals(exact["reasoning_tokens"]) and semantic.summary["trace_cache_false_hits"] == 0
+    # With answer quality, a true hit keeps the request's own answer: correctness as with no cache at all.
+    off = by_id(_quality_run(tmp_path / "qo", None, 400, {"num_concepts": 50}).requests)
+    on = by_id(_quality_run(tmp_path / "qs", {"kind": "semantic", "false_hit_rate": 0.0}, 400,
+                            {"num_concepts": 50}).requests)
+    hit = on["reuse"] == "semantic"
+    assert hit.sum() > 100 and (on.loc[hit, "reasoning_tokens_spent"] == 0).all()
+    assert on["correct"].equals(off["correct"])
+
+
+def test_false_hits_lower_accuracy_by_their_rate_times_the_accuracy_gap(tmp_path):
+    # A billion equally popular concepts: every lookup misses, so once a trace is cached each request is a false
+    # hit with probability f, and a false hit is wrong (accuracy 0): accuracy falls by f * (accuracy - 0) in
+    # expectation. Same seed: the questions are the same, and a request that is not a false hit keeps its answer.
+    n, f = 3000, 0.2
+    concepts = {"num_concepts": 10**9, "zipf_exponent": 0.0}
+    off = _quality_run(tmp_path / "off", {"kind": "semantic", "false_hit_rate": 0.0}, n, concepts)
+    on = _quality_run(tmp_path / "on", {"kind": "semantic", "false_hit_rate": f}, n, concepts)
+    a, b = by_id(off.requests), by_id(on.requests)
+    assert set(a["reuse"]) == {"none"} and set(b["reuse"]) == {"none", "semantic_false"}
+    false = b["reuse"] == "semantic_false"
+    assert (b.loc[false, "correct"] == 0).all() and (b.loc[false, "reasoning_tokens"] == 0).all()
+    assert (b.loc[false, "p_correct"] == 0).all()
+    assert (b.loc[false, "reused_reasoning_tokens"] == a.loc[false, "reasoning_tokens"]).all()
+    assert b.loc[~false, "correct"].equals(a.loc[~false, "correct"])
+    assert on.summary["trace_cache_false_hits"] == false.sum() == on.summary["trace_cache_hits"]
+    eligible = n - 1  # the first lookup finds an empty cache; arrivals 20 s apart: every later one finds a trace
+    assert abs(false.sum() - f * eligible) <= 4 * math.sqrt(eligible * f * (1 - f))
+    acc = off.summary["accuracy"]
+    lost = ((a["correct"] == 1) & false).sum()
+    assert on.summary["num_correct"] == off.summary["num_correct"] - lost  # exactly the right answers turned wrong
+    drop = lost / n
+    sd = math.sqrt(acc * eligible * f * (1 - f)) / n  # the right answers among the eligible, each lost w.p. f
+    assert abs(drop - f * acc) <= 4 * sd + 1 / n, (drop, f * acc, sd)
+
+
+def test_step_reuse_prefills_a_share_of_the_reasoning(tmp_path):
+    data = tiny()
+    data["workload"]["num_requests"] = 300
+    data["workload"]["arrival"]["rate_per_s"] = 0.05
+    data["workload"]["mix"][0]["reasoning_tokens"]["value"] = 100
+    data["workload"]["mix"][0]["concepts"] = {"num_concepts": 50}
+    data["workload"]["trace_cache"] = {"kind": "step", "step_reuse_share": 0.35}
+    results = Simulation(scenario(data, check_invariants=True), records_dir=tmp_path).run()
+    df = by_id(results.requests)
+    hit = df["reuse"] == "step"
+    assert set(df["reuse"]) == {"none", "step"} and hit.sum() > 100
+    assert (df.loc[hit, "reasoning_tokens"] == 65).all() and (df.loc[hit, "reused_reasoning_tokens"] == 35).all()
+    assert (df.loc[hit, "prompt_tokens"] == 45).all() and (df.loc[hit, "generated_tokens"] == 66).all()
+    assert (df.loc[~hit, "prompt_tokens"] == 10).all() and (df.loc[~hit, "generated_tokens"] == 101).all()
+    assert results.summary["reused_reasoning_tokens"] == 35 * hit.sum()
+    # With answer quality, step reuse keeps correctness (Retrieval-of-Thought: equal accuracy) and cuts the
+    # reasoning spent by the share.
+    off = by_id(_quality_run(tmp_path / "qo", None, 300, {"num_concepts": 50}, reasoning=100).requests)
+    on = by_id(_quality_run(tmp_path / "qs", {"kind": "step"}, 300, {"num_concepts": 50}, reasoning=100).requests)
+    hit = on["reuse"] == "step"
+    assert hit.sum() > 100 and on["correct"].equals(off["correct"])
+    cut = (0.35 * off.loc[hit, "reasoning_tokens"]).round().astype(int)
+    assert (on.loc[hit, "reasoning_tokens"] == off.loc[hit, "reasoning_tokens"] - cut).all()
+    assert (on.loc[hit, "reasoning_tokens_spent"] == off.loc[hit, "reasoning_tokens_spent"] - cut).all()

@@ -33,10 +33,20 @@ class ConceptSpec(BaseModel):
 
 
 class TraceCacheSpec(BaseModel):
-    """A cluster-wide cache of whole reasoning traces, keyed by (query type, concept): exact reuse."""
+    """A cluster-wide cache of reasoning traces, keyed by (query type, concept): `exact` reuse (same concept, the
+    whole trace), `semantic` (same concept, the whole trace, plus false hits: a lookup of a concept not cached
+    returns another cached trace, whose answer is wrong), or `step` (same concept: a share of the reasoning is given
+    as prompt tokens, prefilled instead of decoded)."""
 
     model_config = _FROZEN
-    kind: Literal["exact"] = Field(default="exact", description="exact: same concept, same query")
+    kind: Literal["exact", "semantic", "step"] = Field(
+        default="exact", description="exact: same concept, same query; semantic: same concept above the similarity "
+        "threshold, with false hits; step: cached steps of the same concept prefilled as prompt tokens")
+    false_hit_rate: float = Field(default=0.05, ge=0, le=1, description="semantic: chance that a lookup of a concept "
+                                  "not cached returns another cached trace, with a wrong answer (0.05: an "
+                                  "assumption, range 0.01-0.30; a bounded-error cache such as vCache: 0.02)")
+    step_reuse_share: float = Field(default=0.35, ge=0, le=1, description="step: share of a hit's reasoning tokens "
+                                    "given as prompt tokens instead of decoded (Retrieval-of-Thought: -40% tokens)")
     capacity_entries: int | None = Field(default=None, gt=0, description="traces held at most (null: unbounded)")
     eviction: Literal["lru", "lfu"] = Field(default="lru", description="which trace leaves a full cache")
     ttl_s: float | None = Field(default=None, gt=0, description="a trace expires this long after it was stored "

@@ -90,9 +90,9 @@ class QueryType(BaseModel):
                 f"query type {self.query_type!r} needs either 'reasoning_tokens' and 'answer_tokens', "
                 "or 'output_tokens' and 'reasoning_share'"
             )
-        if self.concepts is not None and self.quality_on:
-            raise ValueError(f"query type {self.query_type!r}: 'concepts' (trace reuse) with answer quality is not "
-                             "modelled yet (issue 18)")
+        if self.concepts is not None and self.parallel is not None:
+            raise ValueError(f"query type {self.query_type!r}: 'concepts' (trace reuse) with parallel sampling is "
+                             "not modelled yet (issue 18)")
         return self
 
     @property
@@ -282,7 +282,8 @@ def build_sessions(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
 
 # One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
 # the draws of the others.
-STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions", "quality", "scheduling", "concepts")
+STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions", "quality", "scheduling", "concepts",
+           "trace_cache")
 
 
 def rng_streams(seed: int) -> dict[str, np.random.Generator]:
