@@ -30,8 +30,9 @@ REQUEST_COLUMNS = (
 # mean success probability of its samples at the tokens spent, and whether the answer was right (1), wrong (0) or
 # not given (-1: not completed, or a query type without quality).
 QUALITY_COLUMNS = ("difficulty", "num_samples", "reasoning_tokens_spent", "probe_tokens", "p_correct", "correct")
-# Added to the request rows when a trace cache is configured (simserve/reuse.py): how the request's reasoning was
-# reused ("none", "exact", "semantic", "semantic_false", "step") and the reasoning tokens that saved.
+# Added to the request rows when a trace cache or minting is configured (simserve/reuse.py): how the request's
+# reasoning was reused ("none", "exact", "semantic", "semantic_false", "step", "minted") and the reasoning tokens
+# that saved.
 REUSE_COLUMNS = ("reuse", "reused_reasoning_tokens")
 SEGMENT_COLUMNS = (
     "pool", "replica", "start_s", "end_s", "num_steps", "batch_size", "num_waiting", "kv_blocks_mean",

@@ -62,7 +62,7 @@ class Request:
         # KV compression on its replica: most tokens of KV kept (prompt + budget); 0: everything is kept.
         self.kv_keep_tokens = 0
         # Trace reuse (simserve.reuse): the concept it asks about (-1: none), how its reasoning was reused ("none",
-        # "exact", "semantic", "semantic_false", "step") and the reasoning tokens the reuse saved (its
+        # "exact", "semantic", "semantic_false", "step", "minted") and the reasoning tokens the reuse saved (its
         # reasoning_tokens is then what is left to decode; under step reuse, its prompt_tokens include them).
         self.concept = -1
         self.reuse = "none"

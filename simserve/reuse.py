@@ -18,6 +18,14 @@ With answer quality (one sample per request), a whole-trace true hit keeps the r
 (the cached trace's, taken as the request's own success at its natural length or budget), a false hit is wrong
 (success probability 0), and step reuse keeps correctness (Retrieval-of-Thought: equal accuracy); the answer's
 reasoning spent shrinks the same way (every model and budget it was drawn for, under difficulty routing).
+
+Minted tokens (`Minting`): the queries of each (query type, concept) are counted on arrival; a job at every
+multiple of `job_every_s` mints the concepts counted at least `min_count` times before it, most frequent first, up
+to the store limit. A later request of a minted concept that is not a whole-trace hit (exact, semantic or false)
+decodes round(compression x) of its reasoning x (reuse "minted"; minting takes the place of step reuse), and with
+answer quality its success probability drops by `accuracy_penalty`: a right sample stays right iff a uniform v
+(the `minting` stream, drawn only when the penalty is positive) has v p < p - penalty -- given u < p, u is uniform
+on [0, p), so this is u < p - penalty in distribution; a penalty of 0 changes nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import numpy as np
 from simserve.engine import Hooks
 from simserve.quality import Answer
 from simserve.request import Request
-from simserve.workload import TraceCacheSpec
+from simserve.workload import MintingSpec, TraceCacheSpec
 
 if TYPE_CHECKING:
     from simserve.sim import Simulation
@@ -103,39 +111,121 @@ class TraceCache:
                 return
 
 
+class Minting:
+    """The minting job's state: queries counted per (query type, concept) seen -- a dict, so memory grows with the
+    distinct concepts seen, not with the universe or the users -- and the minted set (at most the store limit).
+    Jobs run lazily: `run_due(now)` runs every job due at or before `now` from the counts so far, which are the
+    counts before the job's time when called before counting anything at `now`."""
+
+    def __init__(self, spec: MintingSpec) -> None:
+        self.spec = spec
+        self.counts: dict[Key, int] = {}
+        self.minted: set[Key] = set()
+        self.num_jobs = 0  # jobs run (due by the last call to run_due)
+        self.num_paid_jobs = 0  # jobs that minted at least one pattern: each costs job_gpu_hours
+        self.num_minted_requests = 0
+
+    def run_due(self, now_s: float) -> None:
+        due = int(now_s // self.spec.job_every_s)
+        if due <= self.num_jobs:
+            return
+        self.num_jobs = due  # later jobs before now see the same counts: only the first can mint anything
+        limit = self.spec.store_limit_patterns
+        room = (limit - len(self.minted)) if limit is not None else len(self.counts)
+        if room <= 0:
+            return
+        ready = [(-c, k) for k, c in self.counts.items() if c >= self.spec.min_count and k not in self.minted]
+        if ready:
+            ready.sort()
+            self.minted.update(k for _, k in ready[:room])
+            self.num_paid_jobs += 1
+
+    def count(self, key: Key) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.num_paid_jobs * self.spec.job_gpu_hours
+
+
 class TraceReuse(Hooks):
     """The trace cache at the front end: looks up each arriving request with a concept, and stores the trace of
-    each such request that completes without reusing one."""
+    each such request that completes without reusing a whole one; and the minted tokens, if any (either may be
+    absent)."""
 
-    def __init__(self, sim: Simulation, spec: TraceCacheSpec) -> None:
+    def __init__(self, sim: Simulation, spec: TraceCacheSpec | None, minting: MintingSpec | None = None) -> None:
         self.sim = sim
         self.spec = spec
-        self.cache = TraceCache(spec)
+        self.cache = TraceCache(spec) if spec is not None else None
+        self.minting = Minting(minting) if minting is not None else None
         self.rng = sim.rngs["trace_cache"]
+        self.mint_rng = sim.rngs["minting"]
         self.num_lookups = self.num_hits = self.num_false_hits = self.reused_reasoning_tokens = 0
 
     def arrived(self, req: Request) -> None:
         if req.concept < 0 or req.parent is not None:
             return
+        key = (req.query_type, req.concept)
+        mint = self.minting
+        minted = False
+        if mint is not None:
+            mint.run_due(self.sim.env.now)
+            minted = key in mint.minted
+            mint.count(key)
+        if not self._lookup(req, key, minted) and minted:
+            self._mint(req)
+
+    def _lookup(self, req: Request, key: Key, minted: bool) -> bool:
+        """Consult the trace cache; whether the request reused a whole trace or cached steps."""
+        spec, cache = self.spec, self.cache
+        if spec is None or cache is None:
+            return False
         self.num_lookups += 1
-        spec = self.spec
-        hit = self.cache.lookup((req.query_type, req.concept), self.sim.env.now)
+        hit = cache.lookup(key, self.sim.env.now)
         if spec.kind == "semantic":
             u = float(self.rng.random())  # drawn for every lookup: the stream does not depend on hits
             if hit:
                 self._skip(req, "semantic", wrong=False)
-            elif u < spec.false_hit_rate and len(self.cache):
+            elif u < spec.false_hit_rate and len(cache):
                 self.num_false_hits += 1
                 self._skip(req, "semantic_false", wrong=True)
             else:
-                return
-        elif not hit:
-            return
+                return False
+        elif not hit or (spec.kind == "step" and minted):  # a minted concept: its minted tokens, not its steps
+            return False
         elif spec.kind == "step":
             self._step(req, spec.step_reuse_share)
         else:
             self._skip(req, "exact", wrong=False)
         self.num_hits += 1
+        return True
+
+    def _mint(self, req: Request) -> None:
+        """A minted concept: round(compression x) of the reasoning x is decoded; with answer quality, each right
+        sample stays right iff v p < p - penalty (v uniform, drawn only for a positive penalty)."""
+        assert self.minting is not None
+        spec = self.minting.spec
+        self.minting.num_minted_requests += 1
+        c = spec.compression
+        kept = int(round(c * req.reasoning_tokens))
+        req.reuse = "minted"
+        req.reused_reasoning_tokens = req.reasoning_tokens - kept
+        self.reused_reasoning_tokens += req.reasoning_tokens - kept
+        req.reasoning_tokens = kept
+        answers = _answers(req)
+        v = self.mint_rng.random(answers[0].n) if answers and spec.accuracy_penalty > 0 else None
+        for a in answers:
+            engine = a.engine_reasoning_tokens
+            cut = engine - int(round(c * engine))
+            from_reasoning = np.minimum(a.reasoning, cut)
+            a.reasoning = a.reasoning - from_reasoning
+            a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
+            if v is not None:
+                p = a.p
+                lost = a.correct_samples & ~(v * p < p - spec.accuracy_penalty)
+                a.p = np.maximum(p - spec.accuracy_penalty, 0.0)
+                a.correct_samples = a.correct_samples & ~lost
+                a.answer_id = np.where(lost, 1, a.answer_id)  # a right answer lost: wrong answer 1
 
     def _skip(self, req: Request, kind: str, wrong: bool) -> None:
         """A whole trace reused: the reasoning is skipped (and with answer quality, the answer wrong if `wrong`)."""
@@ -166,18 +256,30 @@ class TraceReuse(Hooks):
             a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
 
     def finished(self, req: Request) -> None:
-        if req.concept >= 0 and req.parent is None and req.status == "completed" and req.reuse == "none":
+        if (self.cache is not None and req.concept >= 0 and req.parent is None and req.status == "completed"
+                and req.reuse in ("none", "minted")):
             self.cache.insert((req.query_type, req.concept), self.sim.env.now)
 
     def summary(self) -> dict[str, Any]:
         """`trace_cache_hit_ratio` (hits, false hits included, over lookups; NaN with none), lookups, hits, false
         hits (semantic), reasoning tokens saved (decoded no more: skipped, or prefilled under step reuse),
-        evictions and the traces held at the end."""
+        evictions and the traces held at the end (with a trace cache); with minting, `minted_patterns` (held at the
+        end), `minted_requests`, the jobs due by the end and those that minted something (each paid
+        job_gpu_hours: `minting_gpu_hours`, `minting_cost_usd`, added by the simulation)."""
+        out: dict[str, Any] = {}
         n = self.num_lookups
-        return {"trace_cache_hit_ratio": self.num_hits / n if n else float("nan"), "trace_cache_lookups": n,
-                "trace_cache_hits": self.num_hits, "trace_cache_false_hits": self.num_false_hits,
-                "reused_reasoning_tokens": self.reused_reasoning_tokens,
-                "trace_cache_evictions": self.cache.num_evictions, "trace_cache_entries": len(self.cache)}
+        if self.cache is not None:
+            out = {"trace_cache_hit_ratio": self.num_hits / n if n else float("nan"), "trace_cache_lookups": n,
+                   "trace_cache_hits": self.num_hits, "trace_cache_false_hits": self.num_false_hits,
+                   "reused_reasoning_tokens": self.reused_reasoning_tokens,
+                   "trace_cache_evictions": self.cache.num_evictions, "trace_cache_entries": len(self.cache)}
+        if self.minting is not None:
+            out["reused_reasoning_tokens"] = self.reused_reasoning_tokens
+            out["minted_patterns"] = len(self.minting.minted)
+            out["minted_requests"] = self.minting.num_minted_requests
+            out["minting_jobs"] = self.minting.num_jobs
+            out["minting_jobs_paid"] = self.minting.num_paid_jobs
+        return out
 
 
 def _answers(req: Request) -> list[Answer]:

@@ -139,8 +139,9 @@ class Simulation:
         self.rngs = rng_streams(scenario.seed)
         mix = scenario.workload.mix or []
         self.quality = any(q.quality_on for q in mix)
-        trace_cache = scenario.workload.trace_cache
-        self.recorder = Recorder(records_dir, quality=self.quality, reuse=trace_cache is not None)
+        trace_cache, minting = scenario.workload.trace_cache, scenario.workload.minting
+        self.recorder = Recorder(records_dir, quality=self.quality,
+                                 reuse=trace_cache is not None or minting is not None)
         self.engine = scenario.engine
         self.sessions = build_sessions(scenario.workload, self.rngs, base_dir)
         chain: list[Hooks] = [_Record(self.recorder)]
@@ -157,10 +158,10 @@ class Simulation:
             chain.insert(0, self.answers)  # decides a request's answer before it is recorded
         self.reuse: TraceReuse | None = None
         self._lookup_latency_s = 0.0
-        if trace_cache is not None:
-            self.reuse = TraceReuse(self, trace_cache)
+        if trace_cache is not None or minting is not None:
+            self.reuse = TraceReuse(self, trace_cache, minting)
             chain.insert(0, self.reuse)
-            self._lookup_latency_s = trace_cache.lookup_latency_s
+            self._lookup_latency_s = trace_cache.lookup_latency_s if trace_cache is not None else 0.0
         chain.extend(hooks)
         chain.append(_Accounting(self))
         self.hooks = HookChain(chain)
@@ -398,6 +399,15 @@ class Simulation:
         gpu_hours = sum(p["gpu_hours"] for p in self.pools)
         num_gpus = sum(p["replicas"] * p["tensor_parallel"] for p in self.pools)
         cost = sum(p["cost_usd"] for p in self.pools)
+        mint_extra: dict[str, Any] = {}
+        mint = self.reuse.minting if self.reuse is not None else None
+        if mint is not None:  # the minting jobs' GPU-hours, counted into the run's GPU-hours and cost
+            mint.run_due(end_s)
+            price = mint.spec.usd_per_gpu_hour
+            price = self.pools[0]["usd_per_gpu_hour"] if price is None else price
+            mint_extra = {"minting_gpu_hours": mint.gpu_hours, "minting_cost_usd": mint.gpu_hours * price}
+            gpu_hours += mint.gpu_hours
+            cost += mint.gpu_hours * price
         num_events = self.num_arrived + self.num_scheduled_events + sum(r.num_events for r in self.replicas)
         saturated, growth = self._saturation(stopped)
         extra = {
@@ -433,6 +443,7 @@ class Simulation:
         summary.update(service_summary(requests))
         if self.reuse is not None:
             summary.update(self.reuse.summary())
+            summary.update(mint_extra)
         if self.quality:
             summary.update(quality_summary(requests, cost))
             model = self.scenario.answer_model

@@ -22,6 +22,7 @@ from simserve.reuse import TraceCache
 from simserve.workload import (
     ConceptDrawer,
     ConceptSpec,
+    MintingSpec,
     TraceCacheSpec,
     WorkloadSpec,
     ZipfSampler,
@@ -342,3 +343,106 @@ def test_step_reuse_prefills_a_share_of_the_reasoning(tmp_path):
     cut = (0.35 * off.loc[hit, "reasoning_tokens"]).round().astype(int)
     assert (on.loc[hit, "reasoning_tokens"] == off.loc[hit, "reasoning_tokens"] - cut).all()
     assert (on.loc[hit, "reasoning_tokens_spent"] == off.loc[hit, "reasoning_tokens_spent"] - cut).all()
+
+
+# ------------------------------------------------------------------------------------------ minted tokens
+
+
+def _mint_run(tmp_path: Path, minting: dict | None, n: int = 400, reasoning: int = 100, quality: bool = False,
+              cache: dict | None = None, concepts: dict | None = None):
+    data = tiny()
+    data["workload"]["num_requests"] = n
+    data["workload"]["arrival"]["rate_per_s"] = 0.05
+    entry = data["workload"]["mix"][0]
+    entry["reasoning_tokens"]["value"] = reasoning
+    entry["concepts"] = concepts or {"num_concepts": 50}
+    if quality:
+        entry["quality"] = {}
+    if minting is not None:
+        data["workload"]["minting"] = minting
+    if cache is not None:
+        data["workload"]["trace_cache"] = cache
+    sc = scenario(data, check_invariants=True)
+    return sc, Simulation(sc, records_dir=tmp_path).run()
+
+
+def _expected_minted(sc, min_count: int, every_s: float, limit: int | None) -> list[bool]:
+    """Which requests (in id order) find their concept minted: a job at each multiple of every_s mints the
+    concepts seen at least min_count times before it, most frequent first (ties: smallest concept), to the limit."""
+    reqs = list(generate_requests(sc.workload, rng_streams(sc.seed)))
+    counts: dict[int, int] = {}
+    minted: set[int] = set()
+    jobs = 0
+    out = []
+    for r in reqs:
+        while (jobs + 1) * every_s <= r.arrival_s:
+            jobs += 1
+            ready = sorted((-c, k) for k, c in counts.items() if c >= min_count and k not in minted)
+            room = len(ready) if limit is None else limit - len(minted)
+            minted.update(k for _, k in ready[:max(room, 0)])
+        out.append(r.concept in minted)
+        counts[r.concept] = counts.get(r.concept, 0) + 1
+    return out
+
+
+def test_minted_requests_decode_the_compressed_share_of_their_reasoning(tmp_path):
+    spec = {"min_count": 3, "job_every_s": 1000.0, "compression": 0.3, "store_limit_patterns": 20,
+            "job_gpu_hours": 2.0, "usd_per_gpu_hour": 4.0}
+    sc, on = _mint_run(tmp_path / "on", spec)
+    _, off = _mint_run(tmp_path / "off", None)
+    a, b = by_id(off.requests), by_id(on.requests)
+    minted = b["reuse"] == "minted"
+    assert list(minted) == _expected_minted(sc, 3, 1000.0, 20) and minted.sum() > 100
+    assert set(b["reuse"]) == {"none", "minted"}
+    assert (b.loc[minted, "reasoning_tokens"] == 30).all() and (b.loc[minted, "reused_reasoning_tokens"] == 70).all()
+    assert b.loc[~minted, "reasoning_tokens"].equals(a.loc[~minted, "reasoning_tokens"])
+    assert (b.loc[~minted, "reused_reasoning_tokens"] == 0).all()
+    s = on.summary
+    assert s["minted_patterns"] == 20 and s["minted_requests"] == minted.sum()
+    assert s["reused_reasoning_tokens"] == 70 * minted.sum()
+    # Jobs that minted something are paid; their GPU-hours and cost are counted into the run's.
+    assert s["minting_jobs_paid"] >= 1 and s["minting_gpu_hours"] == 2.0 * s["minting_jobs_paid"]
+    assert s["minting_cost_usd"] == 4.0 * s["minting_gpu_hours"]
+    serving = s["makespan_s"] / 3600.0  # one replica, one GPU
+    assert math.isclose(s["gpu_hours"], serving + s["minting_gpu_hours"])
+    assert math.isclose(s["cost_usd"], serving * 2.90 + s["minting_cost_usd"])  # h100-sxm: 2.90 USD per hour
+    assert "minted_patterns" not in off.summary and "reuse" not in a.columns
+
+
+def test_minting_with_no_penalty_never_changes_correctness_and_a_penalty_lowers_it(tmp_path):
+    spec = {"min_count": 2, "job_every_s": 500.0}
+    _, off = _mint_run(tmp_path / "off", None, n=1000, quality=True)
+    _, on = _mint_run(tmp_path / "on", spec, n=1000, quality=True)
+    a, b = by_id(off.requests), by_id(on.requests)
+    minted = b["reuse"] == "minted"
+    assert minted.sum() > 500 and b["correct"].equals(a["correct"]) and b["p_correct"].equals(a["p_correct"])
+    cut = (a.loc[minted, "reasoning_tokens"] - (0.5 * a.loc[minted, "reasoning_tokens"]).round()).astype(int)
+    assert (b.loc[minted, "reasoning_tokens_spent"] == a.loc[minted, "reasoning_tokens_spent"] - cut).all()
+    # A penalty of 0.3: a minted request's success probability falls by 0.3 (floored at 0), a wrong answer stays
+    # wrong, and right answers turn wrong at the rate the penalty implies.
+    pen = 0.3
+    _, hit = _mint_run(tmp_path / "pen", spec | {"accuracy_penalty": pen}, n=1000, quality=True)
+    c = by_id(hit.requests)
+    assert list(c["reuse"]) == list(b["reuse"])
+    assert np.allclose(c.loc[minted, "p_correct"], np.maximum(a.loc[minted, "p_correct"] - pen, 0.0))
+    assert c.loc[~minted, "correct"].equals(a.loc[~minted, "correct"])
+    assert not ((a["correct"] == 0) & (c["correct"] == 1)).any()
+    right = minted & (a["correct"] == 1)
+    expected_lost = np.minimum(pen / a.loc[right, "p_correct"], 1.0)
+    lost = ((c["correct"] == 0) & right).sum()
+    assert lost > 0 and hit.summary["accuracy"] < off.summary["accuracy"]
+    sd = math.sqrt((expected_lost * (1 - expected_lost)).sum())
+    assert abs(lost - expected_lost.sum()) <= 4 * sd + 1, (lost, expected_lost.sum(), sd)
+
+
+def test_minting_with_a_trace_cache_leaves_whole_hits_alone(tmp_path):
+    spec = {"min_count": 2, "job_every_s": 500.0}
+    cache = {"kind": "exact", "ttl_s": 1000.0}  # expired traces miss: some misses are of minted concepts
+    _, exact = _mint_run(tmp_path / "e", None, cache=cache)
+    _, both = _mint_run(tmp_path / "b", spec, cache=cache)
+    a, b = by_id(exact.requests), by_id(both.requests)
+    assert list(a["reuse"] == "exact") == list(b["reuse"] == "exact")  # minting never takes a whole hit
+    assert 0 < (b["reuse"] == "minted").sum() == both.summary["minted_requests"]
+    assert "trace_cache_hit_ratio" in both.summary and "minted_patterns" in both.summary
+    with pytest.raises(ValueError):
+        MintingSpec.model_validate({"compression": 1.5})

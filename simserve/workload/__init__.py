@@ -3,6 +3,7 @@
 from simserve.workload.concepts import (
     ConceptDrawer,
     ConceptSpec,
+    MintingSpec,
     TraceCacheSpec,
     ZipfSampler,
     zipf_probabilities,
@@ -36,7 +37,7 @@ from simserve.workload.traces import TraceError, TraceSpec, replay, resolve_path
 __all__ = [
     "QUERY_TYPES", "STREAMS", "ConceptDrawer", "ConceptSpec", "Constant", "Distribution", "Empirical",
     "EmpiricalSampler", "GammaArrivals", "LengthSampler", "Lognormal", "PoissonArrivals", "QueryType", "SessionSpec",
-    "Sessions", "TraceCacheSpec", "TraceError", "TraceSpec", "Uniform", "WorkloadSpec", "ZipfSampler",
+    "MintingSpec", "Sessions", "TraceCacheSpec", "TraceError", "TraceSpec", "Uniform", "WorkloadSpec", "ZipfSampler",
     "build_sessions", "generate_requests", "load_empirical", "lognormal_from_range", "prompt_keys", "replay",
     "resolve_path", "rng_streams", "zipf_probabilities",
 ]

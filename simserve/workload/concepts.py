@@ -55,6 +55,30 @@ class TraceCacheSpec(BaseModel):
                                     "enters the cluster (about 2 ms for an in-memory index)")
 
 
+class MintingSpec(BaseModel):
+    """Minted reasoning tokens: a periodic offline job (a fine-tuning run in idle GPU time) mints a token for each
+    (query type, concept) whose queries were seen at least `min_count` times, most frequent first, up to the store
+    limit; a later request of a minted concept that is not a whole-trace cache hit decodes `compression` of its
+    reasoning, with its success probability lowered by `accuracy_penalty` (docs/model.md, "Minted tokens")."""
+
+    model_config = _FROZEN
+    min_count: int = Field(default=5, gt=0, description="queries of a concept seen (arrived) before a job for it "
+                           "to be minted (5: an assumption)")
+    compression: float = Field(default=0.5, ge=0, le=1, description="share of a minted request's reasoning left "
+                               "to decode, at equal accuracy (0.5: TokenSkip -40% at <0.4 pt, C3oT -50%, "
+                               "Metacognitive Reuse -46%; the seed's 50 -> 10: 0.2)")
+    accuracy_penalty: float = Field(default=0.0, ge=0, le=1, description="success probability a minted request "
+                                    "loses (0: equal accuracy; cuts of 75-92% cost 4-9 accuracy points)")
+    store_limit_patterns: int | None = Field(default=10_000, gt=0, description="minted patterns held at most; "
+                                             "none is ever dropped (null: no limit; 10000: an assumption)")
+    job_every_s: float = Field(default=86_400.0, gt=0, description="the minting job runs at every multiple of "
+                               "this time (a day: the night trough)")
+    job_gpu_hours: float = Field(default=8.0, ge=0, description="GPU-hours of one job that mints at least one "
+                                 "pattern (8: an assumption, a LoRA fine-tune of about an hour on 8 GPUs)")
+    usd_per_gpu_hour: float | None = Field(default=None, ge=0, description="price of the job's GPU-hours (null: "
+                                           "the first pool's GPU price)")
+
+
 def zipf_probabilities(n: int, exponent: float) -> np.ndarray:
     """Exact Zipf probabilities of ranks 1..n (for tests and analytic checks; costs memory per concept)."""
     w = np.arange(1, n + 1, dtype=float) ** -exponent

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.quality import Draws, EarlyExitSpec, KvCompressionSpec, ParallelSpec, QualityModel, QualitySpec
 from simserve.request import Request
-from simserve.workload.concepts import ConceptDrawer, ConceptSpec, TraceCacheSpec
+from simserve.workload.concepts import ConceptDrawer, ConceptSpec, MintingSpec, TraceCacheSpec
 from simserve.workload.distributions import Distribution, Lognormal, lognormal_from_range
 from simserve.workload.sessions import Sessions
 from simserve.workload.traces import TraceSpec, replay
@@ -239,6 +239,8 @@ class WorkloadSpec(BaseModel):
                                     "multiple of the pools' kv_block_tokens for the prefix cache to use them")
     trace_cache: TraceCacheSpec | None = Field(default=None, description="a cluster-wide cache of reasoning "
                                                "traces reused by requests of the same concept (docs/model.md)")
+    minting: MintingSpec | None = Field(default=None, description="minted reasoning tokens for frequent concepts "
+                                        "(docs/model.md)")
 
     @model_validator(mode="after")
     def _stops(self) -> WorkloadSpec:
@@ -283,7 +285,7 @@ def build_sessions(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
 # One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
 # the draws of the others.
 STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions", "quality", "scheduling", "concepts",
-           "trace_cache")
+           "trace_cache", "minting")
 
 
 def rng_streams(seed: int) -> dict[str, np.random.Generator]:
