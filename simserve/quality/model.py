@@ -400,23 +400,18 @@ class Answer:
         self.probe_spent += probe
         self.spent_tokens += ran - probe
 
+    def _right(self, idx: np.ndarray) -> bool:
+        """Whether aggregating the samples `idx` gives the right answer."""
+        if self.aggregate == "best_of_n":
+            return bool(self.correct_samples[idx[int(np.argmax(self.score[idx]))]])
+        return plurality(self.answer_id[idx], self.tiebreak[idx]) == 0
+
     def aggregate_all(self) -> bool:
         """Whether aggregating every sample gives the right answer (no serving: for counterfactuals)."""
-        idx = np.arange(self.n)
-        if self.aggregate == "best_of_n":
-            return bool(self.correct_samples[int(np.argmax(self.score))])
-        return plurality(self.answer_id[idx], self.tiebreak[idx]) == 0
+        return self._right(np.arange(self.n))
 
     def decide(self, now_s: float, chosen: list[int] | None = None) -> None:
         """Aggregate the samples in `chosen` (default: every completed sample) and fix the answer."""
         pick = self.completed if chosen is None else chosen
         self.decided_s = now_s
-        if not pick:
-            self.correct = None
-            return
-        idx = np.asarray(pick)
-        if self.aggregate == "best_of_n":
-            best = idx[int(np.argmax(self.score[idx]))]
-            self.correct = bool(self.correct_samples[best])
-        else:
-            self.correct = plurality(self.answer_id[idx], self.tiebreak[idx]) == 0
+        self.correct = self._right(np.asarray(pick)) if pick else None
