@@ -18,6 +18,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from test_time_compute import busy_usd  # noqa: E402
+
 from simserve import load_scenario, run  # noqa: E402
 from simserve.metrics import group_summary  # noqa: E402
 
@@ -41,9 +45,7 @@ def serving_rows() -> list[tuple[str, dict[str, Any], tuple[Any, ...]]]:
     for label, name, seed in ROWS:
         scenario = load_scenario(SERVING / f"{name}.yaml")
         s = run(scenario).summary
-        # The GPU time spent stepping, priced: what a fleet sized to this load would pay (the run's fleet is fixed).
-        s["busy_usd"] = sum(s.get(f"gpu_busy_share_{p.name}", s["gpu_busy_share"])
-                            * s.get(f"cost_usd_{p.name}", s["cost_usd"]) for p in scenario.cluster.pools)
+        s["busy_usd"] = busy_usd(s, scenario)
         out.append((label, s, seed))
     return out
 

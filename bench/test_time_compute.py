@@ -35,11 +35,16 @@ SAMPLES = (1, 4, 16, 64)
 SEED_VOTING = {("majority", 16): 0.85, ("majority", 64): 0.90, ("best_of_n", 16): 0.91, ("best_of_n", 64): 0.94}
 
 
+def busy_usd(s: dict[str, Any], scenario: Any) -> float:
+    """The GPU time a run spent stepping, priced: what a fleet sized to its load would pay (its fleet is fixed)."""
+    return sum(s.get(f"gpu_busy_share_{p.name}", s["gpu_busy_share"]) * s.get(f"cost_usd_{p.name}", s["cost_usd"])
+               for p in scenario.cluster.pools)
+
+
 def simulate(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
     scenario = load_scenario(SCENARIOS / f"{name}.yaml", overrides or [])
     s = run(scenario).summary
-    s["busy_usd"] = sum(s.get(f"gpu_busy_share_{p.name}", s["gpu_busy_share"])
-                        * s.get(f"cost_usd_{p.name}", s["cost_usd"]) for p in scenario.cluster.pools)
+    s["busy_usd"] = busy_usd(s, scenario)
     return s
 
 
