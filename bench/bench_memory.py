@@ -14,6 +14,12 @@ Records stream to disk, so peak memory should not grow with the number of reques
 a 1M-request run peaks no higher than 10% above a 100k-request run of the same scenario (--target-ratio).
 
     python bench/bench_memory.py --requests 100000 1000000 --rate 1.2 --out /tmp/bench_memory.json
+
+Any scenario and overrides: `--scenario PATH` and `--set KEY=VALUE` (repeatable, as `simserve run --set`); `--rate`
+applies only when given, or to the default scenario (1.2/s). The trace-reuse scale run of docs/performance.md:
+
+    python bench/bench_memory.py --scenario scenarios/network-effects.yaml --requests 100000 1000000 \
+        --set workload.num_users=10000000 ... (the exact command is in docs/performance.md)
 """
 
 from __future__ import annotations
@@ -57,12 +63,17 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def child(num_requests: int, rate: float, seed: int) -> dict[str, Any]:
+REPORTED = ("trace_cache_hit_ratio", "trace_cache_entries", "minted_patterns", "accuracy")  # when present
+
+
+def child(scenario_path: Path, num_requests: int, rate: float | None, seed: int,
+          overrides: list[str]) -> dict[str, Any]:
     """One run, in this (fresh) process."""
     from simserve import Simulation, load_scenario
 
-    scenario = load_scenario(SCENARIO, [f"workload.num_requests={num_requests}",
-                                        f"workload.arrival.rate_per_s={rate}", f"seed={seed}"])
+    rate_set = [] if rate is None else [f"workload.arrival.rate_per_s={rate}"]
+    scenario = load_scenario(scenario_path, [f"workload.num_requests={num_requests}", *rate_set, f"seed={seed}",
+                                             *overrides])
     import_rss = rss_mib()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         t0 = time.perf_counter()
@@ -76,6 +87,7 @@ def child(num_requests: int, rate: float, seed: int) -> dict[str, Any]:
         "num_completed": s["num_completed"], "saturated": s["saturated"], "num_events": s["num_events"],
         "makespan_s": s["makespan_s"], "ttft_s_p99": s["ttft_s_p99"], "goodput": s["goodput"],
         "requests_parquet_bytes": sizes["requests.parquet"], "replicas_parquet_bytes": sizes["replicas.parquet"],
+        **{k: s[k] for k in REPORTED if k in s},
     }
 
 
@@ -99,33 +111,47 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, nargs="+", default=[100_000, 1_000_000],
                    help="run sizes, each in a fresh subprocess (default 100000 1000000); the first is the baseline")
-    p.add_argument("--rate", type=float, default=1.2, help="Poisson arrivals per second (default 1.2: stable)")
+    p.add_argument("--scenario", type=Path, default=SCENARIO, help="the scenario (default scenarios/quickstart.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario value, as `simserve run --set` (repeatable)")
+    p.add_argument("--rate", type=float, default=None, help="Poisson arrivals per second (default: 1.2, stable, "
+                   "for the default scenario; the scenario's own rate otherwise)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--target-ratio", type=float, default=1.10,
                    help="largest peak RSS allowed, as a multiple of the first size's (default 1.10)")
     p.add_argument("--out", metavar="FILE.json", help="write every figure, and the machine, here")
     p.add_argument("--child", type=int, metavar="N", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    scenario = args.scenario.resolve()
+    if args.rate is None and scenario == SCENARIO:
+        args.rate = 1.2
     if args.child is not None:
-        print(json.dumps(child(args.child, args.rate, args.seed)))
+        print(json.dumps(child(scenario, args.child, args.rate, args.seed, args.overrides)))
         return 0
 
     info = machine_info()
     print(f"# {info['cpu_model']}, nproc {info['nproc']}; Python {info['python']}, numpy {info['numpy']}, "
           f"pandas {info['pandas']}, pyarrow {info['pyarrow']}")
-    print(f"# {SCENARIO.relative_to(ROOT)} at {args.rate}/s, seed {args.seed}, each size in a fresh subprocess")
+    where = scenario.relative_to(ROOT) if scenario.is_relative_to(ROOT) else scenario
+    rate = "its own rate" if args.rate is None else f"{args.rate}/s"
+    print(f"# {where} at {rate}, seed {args.seed}, {' '.join(args.overrides) or 'no overrides'}; each size in a "
+          "fresh subprocess")
     print(f"{'requests':>10} {'wall_s':>8} {'peak_MiB':>9} {'import_MiB':>10} {'completed':>10} {'saturated':>9} "
           f"{'events':>10} {'requests.parquet_MB':>19}", flush=True)
     runs = []
     for n in args.requests:
-        out = subprocess.run([sys.executable, __file__, "--child", str(n), "--rate", str(args.rate),
-                              "--seed", str(args.seed)], capture_output=True, text=True, check=True)
+        cmd = [sys.executable, __file__, "--child", str(n), "--scenario", str(scenario), "--seed", str(args.seed),
+               *[a for o in args.overrides for a in ("--set", o)]]
+        if args.rate is not None:
+            cmd += ["--rate", str(args.rate)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         r["ru_maxrss_children_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         runs.append(r)
         print(f"{n:>10} {r['wall_s']:>8.1f} {r['peak_rss_mib']:>9.1f} {r['import_rss_mib']:>10.1f} "
               f"{r['num_completed']:>10} {r['saturated']!s:>9} {r['num_events']:>10} "
-              f"{r['requests_parquet_bytes'] / 1e6:>19.1f}", flush=True)
+              f"{r['requests_parquet_bytes'] / 1e6:>19.1f}"
+              + "".join(f" {k}={r[k]:.4g}" for k in REPORTED if k in r), flush=True)
     base = runs[0]["peak_rss_mib"]
     worst = max(r["peak_rss_mib"] for r in runs[1:]) if len(runs) > 1 else base
     ratio = worst / base
@@ -134,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(target <= {args.target_ratio}); {'MET' if ok else 'NOT MET'}")
     if args.out:
         Path(args.out).write_text(json.dumps({"machine": info, "argv": sys.argv if argv is None else argv,
-                                              "scenario": str(SCENARIO.relative_to(ROOT)), "rate_per_s": args.rate,
+                                              "scenario": str(where), "overrides": args.overrides,
+                                              "rate_per_s": args.rate,
                                               "runs": runs, "peak_rss_ratio": ratio, "target_met": ok},
                                              indent=2) + "\n")
     return 0 if ok else 1
