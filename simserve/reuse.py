@@ -251,7 +251,8 @@ class TraceReuse(Hooks):
             self._steps.setdefault(q.query_type, ConceptSteps(q.concepts.steps))
         self._plain = ConceptSteps(None)
         self._stepped = any(s.spec is not None for s in self._steps.values())
-        self._reused: dict[int, set[int]] = {}  # id(request) -> step keys it took from a cache, while in flight
+        # id(request) -> (its step keys, those it took from the cache) while in flight, when a step cache was consulted
+        self._looked_up: dict[int, tuple[list[int], set[int]]] = {}
         self.extended = self._stepped or (spec is not None and (spec.step_fallback or spec.scope == "replica"))
 
     def _key(self, query_type: str, ident: int) -> int:
@@ -329,8 +330,7 @@ class TraceReuse(Hooks):
         self.num_step_lookups += 1
         found = sum(k in taken for k in keys)
         self.found_share_sum += found / len(keys)
-        if taken:
-            self._reused[id(req)] = taken
+        self._looked_up[id(req)] = (keys, taken)  # for its completion: the keys are not hashed again
         return found
 
     def _shrink(self, req: Request, minted_share: float, found_share: float) -> None:
@@ -386,7 +386,7 @@ class TraceReuse(Hooks):
                 a.answer_id = np.ones_like(a.answer_id)  # wrong answer 1
 
     def finished(self, req: Request) -> None:
-        taken = self._reused.pop(id(req), None)
+        keys, taken = self._looked_up.pop(id(req), (None, None))
         store = self._store_done(req)
         if (store is None or req.concept < 0 or req.parent is not None or req.status != "completed"
                 or req.reuse in WHOLE_REUSE):
@@ -395,7 +395,7 @@ class TraceReuse(Hooks):
         if store.whole is not None:
             store.whole.insert(self._key(req.query_type, req.concept), now)
         if store.steps is not None:
-            for k in dict.fromkeys(self._keys(req)):
+            for k in dict.fromkeys(keys if keys is not None else self._keys(req)):
                 if taken is None or k not in taken:
                     store.steps.insert(k, now)
 
