@@ -1,6 +1,10 @@
-"""Reasoning-trace reuse (issue 18, first step): a cluster-wide exact trace cache as a plain object, and the hook
-that consults it when a request arrives and fills it when a request completes (docs/model.md, "Trace reuse, first
-step").
+"""Reasoning-trace reuse (issue 18): trace caches as plain objects (cluster-wide, or one per replica), minted tokens,
+and the hook that consults them when a request arrives (or is routed, per replica) and fills them when a request
+completes (docs/model.md, "Trace reuse").
+
+Keys are compact ints: (query type's index among the sorted names) << 40 | id, the id a concept's (whole traces) or
+a step's (step reuse, minting). Without concept steps a concept is its own single step (step id = concept id,
+per_query P = 1) and every rule below reduces to the first step's (the same lookups, inserts, draws and tokens).
 
 Exact reuse: a request whose (query type, concept) has a cached trace skips its reasoning (its reasoning tokens
 become 0 before routing; the answer is still generated) -- the simplification being that one concept is one query,
@@ -11,27 +15,36 @@ Semantic reuse: a true hit is an exact one (same concept, taken as above the sim
 misses becomes a false hit with probability `false_hit_rate` if any trace is cached: the request skips its
 reasoning too, and its answer is wrong. One uniform per lookup from the `trace_cache` stream.
 
-Step reuse: on a hit (same concept cached) a share `step_reuse_share` of the reasoning is given to the model as
-prompt tokens (prefilled) instead of decoded: reasoning tokens shrink by it and prompt tokens grow by it.
+Step reuse: the cache holds (query type, step) keys. A request of P steps looks up each distinct step once (a use
+each), finds F positions whose step is held and not minted, f = F / P, and gives round(step_reuse_share f x) of
+its reasoning x to the model as prompt tokens (prefilled) instead of decoded: reasoning tokens shrink by it and
+prompt tokens grow by it. A hit (hit ratio) is f > 0. On completion, a request that reused no whole trace stores
+its steps, but for those it took from the cache (touched at lookup: storing them again would count a second use).
+With `step_fallback`, an exact or semantic cache's miss (not a false hit) does the same from a second, step-keyed
+cache; a whole-trace hit ratio stays the whole cache's.
 
 With answer quality (one sample per request), a whole-trace true hit keeps the request's own drawn correctness
 (the cached trace's, taken as the request's own success at its natural length or budget), a false hit is wrong
 (success probability 0), and step reuse keeps correctness (Retrieval-of-Thought: equal accuracy); the answer's
 reasoning spent shrinks the same way (every model and budget it was drawn for, under difficulty routing).
 
-Minted tokens (`Minting`): the queries of each (query type, concept) are counted on arrival; a job at every
-multiple of `job_every_s` mints the concepts counted at least `min_count` times before it, most frequent first, up
-to the store limit. A later request of a minted concept that is not a whole-trace hit (exact, semantic or false)
-decodes round(compression x) of its reasoning x (reuse "minted"; minting takes the place of step reuse), and with
-answer quality its success probability drops by `accuracy_penalty`: a right sample stays right iff a uniform v
-(the `minting` stream, drawn only when the penalty is positive) has v p < p - penalty -- given u < p, u is uniform
-on [0, p), so this is u < p - penalty in distribution; a penalty of 0 changes nothing.
+Minted tokens (`Minting`): the queries using each (query type, step) are counted on arrival (a step once per query)
+in a Misra-Gries counter of `counter_entries` keys; a job at every multiple of `job_every_s` mints the steps counted
+at least `min_count` times before it, most frequent first (ties: the smaller key), up to the store limit. A later
+request with m of its P positions minted that is not a whole-trace hit (exact, semantic or false) has minted
+reasoning y = round(m x / P), of which it decodes round(compression y): round(compression x) when every step is
+minted (reuse "minted" if m > 0, else "step" if f > 0; minted positions never count for step reuse). With answer
+quality its success probability drops by accuracy_penalty m / P (in proportion to the reasoning the minted steps
+stand for: the penalty of compressing a whole trace, spread over its steps): a right sample stays right iff a
+uniform v (the `minting` stream, drawn only when the penalty is positive) has v p < p - penalty m / P -- given u <
+p, u is uniform on [0, p), so this is u < p - penalty m / P in distribution; a penalty of 0 changes nothing.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,20 +52,22 @@ import numpy as np
 from simserve.engine import Hooks
 from simserve.quality import Answer
 from simserve.request import Request
-from simserve.workload import MintingSpec, TraceCacheSpec
+from simserve.workload import ConceptSteps, MintingSpec, TraceCacheSpec
 
 if TYPE_CHECKING:
     from simserve.sim import Simulation
 
-Key = tuple[str, int]  # (query type, concept)
+Key = Hashable  # the hook's keys are ints: query-type index << ID_BITS | concept or step id
+ID_BITS = 40
+WHOLE_REUSE = ("exact", "semantic", "semantic_false")
 
 
 class TraceCache:
-    """Whole traces keyed by (query type, concept): `lookup` and `insert` at a time in seconds. Capacity in
-    entries (None: unbounded), eviction LRU (least recently stored or hit) or LFU (fewest hits since stored, ties
-    to the least recently used; counts are forgotten on eviction), an optional time to live from storage (an
-    expired trace is a miss and is dropped when looked up). Memory: the entries held, and for LFU a heap of at most
-    about four times as many."""
+    """Whole traces (or steps) keyed by (query type, concept or step): `lookup` and `insert` at a time in seconds.
+    Capacity in entries (None: unbounded), eviction LRU (least recently stored or hit) or LFU (fewest hits since
+    stored, ties to the least recently used; counts are forgotten on eviction), an optional time to live from
+    storage (an expired trace is a miss and is dropped when looked up). Memory: the entries held, and for LFU a heap
+    of at most about four times as many."""
 
     def __init__(self, spec: TraceCacheSpec) -> None:
         self.capacity = spec.capacity_entries
@@ -111,19 +126,50 @@ class TraceCache:
                 return
 
 
+
+class FrequentCounter:
+    """Counts of a stream's keys in at most `capacity` entries: Misra and Gries' frequent-items summary (1982). A
+    new key when the table is full is not stored and every count drops by one (zeros leave). Exact while fewer than
+    capacity + 1 distinct keys were seen; otherwise each count is low by at most `num_decrements` <= n /
+    (capacity + 1) of the n keys counted (each decrement round removes capacity + 1 units of count), never high.
+    Amortised O(1) per key: a round costs O(capacity) and happens at most n / (capacity + 1) times."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.counts: dict[Key, int] = {}
+        self.num_counted = 0  # n
+        self.num_decrements = 0  # the most any count is low by
+
+    def add(self, key: Key) -> None:
+        self.num_counted += 1
+        counts = self.counts
+        c = counts.get(key)
+        if c is not None:
+            counts[key] = c + 1
+        elif len(counts) < self.capacity:
+            counts[key] = 1
+        else:
+            self.num_decrements += 1
+            self.counts = {k: v - 1 for k, v in counts.items() if v > 1}
+
+
 class Minting:
-    """The minting job's state: queries counted per (query type, concept) seen -- a dict, so memory grows with the
-    distinct concepts seen, not with the universe or the users -- and the minted set (at most the store limit).
-    Jobs run lazily: `run_due(now)` runs every job due at or before `now` from the counts so far, which are the
-    counts before the job's time when called before counting anything at `now`."""
+    """The minting job's state: queries counted per step pattern (query type, step) seen, in a FrequentCounter of
+    `counter_entries` keys (bounded memory, exact below it), and the minted set (at most the store limit). Jobs run
+    lazily: `run_due(now)` runs every job due at or before `now` from the counts so far, which are the counts before
+    the job's time when called before counting anything at `now`."""
 
     def __init__(self, spec: MintingSpec) -> None:
         self.spec = spec
-        self.counts: dict[Key, int] = {}
+        self.counter = FrequentCounter(spec.counter_entries)
         self.minted: set[Key] = set()
         self.num_jobs = 0  # jobs run (due by the last call to run_due)
         self.num_paid_jobs = 0  # jobs that minted at least one pattern: each costs job_gpu_hours
         self.num_minted_requests = 0
+
+    @property
+    def counts(self) -> dict[Key, int]:
+        return self.counter.counts
 
     def run_due(self, now_s: float) -> None:
         due = int(now_s // self.spec.job_every_s)
@@ -141,89 +187,187 @@ class Minting:
             self.num_paid_jobs += 1
 
     def count(self, key: Key) -> None:
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self.counter.add(key)
 
     @property
     def gpu_hours(self) -> float:
         return self.num_paid_jobs * self.spec.job_gpu_hours
 
 
+class TraceStore:
+    """The caches of one scope (the cluster, or one replica): whole traces keyed by (query type, concept) for kinds
+    exact and semantic, and steps keyed by (query type, step) for kind step or a step fallback."""
+
+    def __init__(self, spec: TraceCacheSpec) -> None:
+        self.whole = TraceCache(spec) if spec.kind != "step" else None
+        self.steps = TraceCache(spec) if spec.kind == "step" or spec.step_fallback else None
+
+    def caches(self) -> list[TraceCache]:
+        return [c for c in (self.whole, self.steps) if c is not None]
+
+
+class TraceStores:
+    """Every scope's TraceStore (scope -1: the cluster; else a replica's index, made on first use); `len` and
+    `num_evictions` sum all their caches (the summary's trace_cache_entries and trace_cache_evictions)."""
+
+    def __init__(self, spec: TraceCacheSpec) -> None:
+        self.spec = spec
+        self.by_scope: dict[int, TraceStore] = {}
+
+    def at(self, scope: int) -> TraceStore:
+        store = self.by_scope.get(scope)
+        if store is None:
+            store = self.by_scope[scope] = TraceStore(self.spec)
+        return store
+
+    def __len__(self) -> int:
+        return sum(len(c) for s in self.by_scope.values() for c in s.caches())
+
+    @property
+    def num_evictions(self) -> int:
+        return sum(c.num_evictions for s in self.by_scope.values() for c in s.caches())
+
+
 class TraceReuse(Hooks):
-    """The trace cache at the front end: looks up each arriving request with a concept, and stores the trace of
-    each such request that completes without reusing a whole one; and the minted tokens, if any (either may be
-    absent)."""
+    """The trace cache at the front end, cluster-wide: looks up each arriving request with a concept, and stores the
+    trace (and steps) of each such request that completes without reusing a whole one; and the minted tokens, if
+    any (either may be absent)."""
 
     def __init__(self, sim: Simulation, spec: TraceCacheSpec | None, minting: MintingSpec | None = None) -> None:
         self.sim = sim
         self.spec = spec
-        self.cache = TraceCache(spec) if spec is not None else None
+        self.cache = TraceStores(spec) if spec is not None else None
         self.minting = Minting(minting) if minting is not None else None
         self.rng = sim.rngs["trace_cache"]
         self.mint_rng = sim.rngs["minting"]
         self.num_lookups = self.num_hits = self.num_false_hits = self.reused_reasoning_tokens = 0
+        self.num_step_lookups = self.num_fallback_hits = 0
+        self.found_share_sum = 0.0
+        mix = [q for q in sim.scenario.workload.mix or () if q.concepts is not None]
+        self._qindex = {name: i for i, name in enumerate(sorted({q.query_type for q in mix}))}
+        self._steps: dict[str, ConceptSteps] = {}
+        for q in mix:  # entries of one query type share its keys: the first entry's steps spec holds for all
+            assert q.concepts is not None
+            self._steps.setdefault(q.query_type, ConceptSteps(q.concepts.steps))
+        self._plain = ConceptSteps(None)
+        self._stepped = any(s.spec is not None for s in self._steps.values())
+        # id(request) -> (its step keys, those it took from the cache) while in flight, when a step cache was consulted
+        self._looked_up: dict[int, tuple[list[int], set[int]]] = {}
+        self.extended = self._stepped or (spec is not None and (spec.step_fallback or spec.scope == "replica"))
+
+    def _key(self, query_type: str, ident: int) -> int:
+        q = self._qindex.get(query_type)
+        if q is None:
+            q = self._qindex[query_type] = len(self._qindex)
+        if not 0 <= ident < 1 << ID_BITS:
+            raise ValueError(f"concept or step id {ident} of query type {query_type!r} is outside [0, 2**{ID_BITS})")
+        return q << ID_BITS | ident
+
+    def _keys(self, req: Request) -> list[int]:
+        """The request's step keys at positions 0..P-1."""
+        steps = self._steps.get(req.query_type, self._plain)
+        return [self._key(req.query_type, s) for s in steps.of(req.concept)]
 
     def arrived(self, req: Request) -> None:
         if req.concept < 0 or req.parent is not None:
             return
-        key = (req.query_type, req.concept)
-        mint = self.minting
-        minted = False
-        if mint is not None:
-            mint.run_due(self.sim.env.now)
-            minted = key in mint.minted
-            mint.count(key)
-        if not self._lookup(req, key, minted) and minted:
-            self._mint(req)
+        keys = self._keys(req)
+        minted = self._count(keys)
+        self._reuse(req, self.cache.at(-1) if self.cache is not None else None, keys, minted)
 
-    def _lookup(self, req: Request, key: Key, minted: bool) -> bool:
-        """Consult the trace cache; whether the request reused a whole trace or cached steps."""
-        spec, cache = self.spec, self.cache
-        if spec is None or cache is None:
-            return False
-        self.num_lookups += 1
+    def _count(self, keys: list[int]) -> list[bool]:
+        """Run the minting jobs due, say which positions are minted, then count the request's distinct steps."""
+        mint = self.minting
+        if mint is None:
+            return [False] * len(keys)
+        mint.run_due(self.sim.env.now)
+        minted = [k in mint.minted for k in keys]
+        for k in dict.fromkeys(keys):
+            mint.count(k)
+        return minted
+
+    def _reuse(self, req: Request, store: TraceStore | None, keys: list[int], minted: list[bool]) -> None:
+        """Consult the store's caches (a whole trace first, then steps), then apply minted and reused steps."""
+        found = 0
+        if store is not None:
+            self.num_lookups += 1
+            if store.whole is not None and self._whole(req, store.whole, self._key(req.query_type, req.concept)):
+                self.num_hits += 1
+                return
+            if store.steps is not None:
+                found = self._found(req, store.steps, keys, minted)
+                if found and store.whole is None:
+                    self.num_hits += 1  # kind step: a hit is f > 0
+                elif found:
+                    self.num_fallback_hits += 1
+        m = sum(minted)
+        if m or found:
+            self._shrink(req, m / len(keys), found / len(keys))
+
+    def _whole(self, req: Request, cache: TraceCache, key: int) -> bool:
+        """An exact or semantic lookup: whether the request reused a whole trace (a false hit included)."""
+        assert self.spec is not None
         hit = cache.lookup(key, self.sim.env.now)
-        if spec.kind == "semantic":
+        if self.spec.kind == "semantic":
             u = float(self.rng.random())  # drawn for every lookup: the stream does not depend on hits
             if hit:
                 self._skip(req, "semantic", wrong=False)
-            elif u < spec.false_hit_rate and len(cache):
+            elif u < self.spec.false_hit_rate and len(cache):
                 self.num_false_hits += 1
                 self._skip(req, "semantic_false", wrong=True)
             else:
                 return False
-        elif not hit or (spec.kind == "step" and minted):  # a minted concept: its minted tokens, not its steps
-            return False
-        elif spec.kind == "step":
-            self._step(req, spec.step_reuse_share)
-        else:
+            return True
+        if hit:
             self._skip(req, "exact", wrong=False)
-        self.num_hits += 1
-        return True
+        return hit
 
-    def _mint(self, req: Request) -> None:
-        """A minted concept: round(compression x) of the reasoning x is decoded; with answer quality, each right
-        sample stays right iff v p < p - penalty (v uniform, drawn only for a positive penalty)."""
-        assert self.minting is not None
-        spec = self.minting.spec
-        self.minting.num_minted_requests += 1
-        c = spec.compression
-        kept = int(round(c * req.reasoning_tokens))
-        req.reuse = "minted"
-        req.reused_reasoning_tokens = req.reasoning_tokens - kept
-        self.reused_reasoning_tokens += req.reasoning_tokens - kept
-        req.reasoning_tokens = kept
+    def _found(self, req: Request, cache: TraceCache, keys: list[int], minted: list[bool]) -> int:
+        """Look up each distinct step once (a use each); the positions whose step is held and not minted."""
+        now = self.sim.env.now
+        held = {k for k in dict.fromkeys(keys) if cache.lookup(k, now)}
+        taken = {k for k, mt in zip(keys, minted, strict=True) if k in held and not mt}
+        self.num_step_lookups += 1
+        found = sum(k in taken for k in keys)
+        self.found_share_sum += found / len(keys)
+        self._looked_up[id(req)] = (keys, taken)  # for its completion: the keys are not hashed again
+        return found
+
+    def _shrink(self, req: Request, minted_share: float, found_share: float) -> None:
+        """Minted steps and cached steps: of the reasoning x, the minted y = round(minted_share x) decodes as
+        round(compression y), and round(step_reuse_share found_share x) more (at most what is left) is prefilled
+        as prompt tokens. With answer quality the same cut applies to every answer's reasoning spent (then its
+        probes), and a minted request's right samples turn wrong at the penalty times its minted share."""
+        c = self.minting.spec.compression if self.minting is not None else 1.0
+        share = self.spec.step_reuse_share if self.spec is not None else 0.0
+
+        def cuts(x: int) -> tuple[int, int]:
+            y = int(round(minted_share * x))
+            saved = y - int(round(c * y))
+            return saved, min(int(round(share * found_share * x)), x - saved)
+
+        saved, moved = cuts(req.reasoning_tokens)
+        req.reuse = "minted" if minted_share > 0 else "step"
+        req.reused_reasoning_tokens = saved + moved
+        self.reused_reasoning_tokens += saved + moved
+        req.reasoning_tokens -= saved + moved
+        req.prompt_tokens += moved
         answers = _answers(req)
-        v = self.mint_rng.random(answers[0].n) if answers and spec.accuracy_penalty > 0 else None
+        penalty = 0.0
+        if minted_share > 0:
+            assert self.minting is not None
+            self.minting.num_minted_requests += 1
+            penalty = self.minting.spec.accuracy_penalty * minted_share
+        v = self.mint_rng.random(answers[0].n) if answers and penalty > 0 else None
         for a in answers:
-            engine = a.engine_reasoning_tokens
-            cut = engine - int(round(c * engine))
+            cut = sum(cuts(a.engine_reasoning_tokens))
             from_reasoning = np.minimum(a.reasoning, cut)
             a.reasoning = a.reasoning - from_reasoning
             a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
             if v is not None:
                 p = a.p
-                lost = a.correct_samples & ~(v * p < p - spec.accuracy_penalty)
-                a.p = np.maximum(p - spec.accuracy_penalty, 0.0)
+                lost = a.correct_samples & ~(v * p < p - penalty)
+                a.p = np.maximum(p - penalty, 0.0)
                 a.correct_samples = a.correct_samples & ~lost
                 a.answer_id = np.where(lost, 1, a.answer_id)  # a right answer lost: wrong answer 1
 
@@ -241,24 +385,23 @@ class TraceReuse(Hooks):
                 a.correct_samples = np.zeros_like(a.correct_samples)
                 a.answer_id = np.ones_like(a.answer_id)  # wrong answer 1
 
-    def _step(self, req: Request, share: float) -> None:
-        """Cached steps reused: `share` of the reasoning becomes prompt tokens (prefilled, not decoded)."""
-        reused = int(round(share * req.reasoning_tokens))
-        req.reuse = "step"
-        req.reused_reasoning_tokens = reused
-        self.reused_reasoning_tokens += reused
-        req.reasoning_tokens -= reused
-        req.prompt_tokens += reused
-        for a in _answers(req):
-            cut = int(round(share * a.engine_reasoning_tokens))
-            from_reasoning = np.minimum(a.reasoning, cut)
-            a.reasoning = a.reasoning - from_reasoning
-            a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
-
     def finished(self, req: Request) -> None:
-        if (self.cache is not None and req.concept >= 0 and req.parent is None and req.status == "completed"
-                and req.reuse in ("none", "minted")):
-            self.cache.insert((req.query_type, req.concept), self.sim.env.now)
+        keys, taken = self._looked_up.pop(id(req), (None, None))
+        store = self._store_done(req)
+        if (store is None or req.concept < 0 or req.parent is not None or req.status != "completed"
+                or req.reuse in WHOLE_REUSE):
+            return
+        now = self.sim.env.now
+        if store.whole is not None:
+            store.whole.insert(self._key(req.query_type, req.concept), now)
+        if store.steps is not None:
+            for k in dict.fromkeys(keys if keys is not None else self._keys(req)):
+                if taken is None or k not in taken:
+                    store.steps.insert(k, now)
+
+    def _store_done(self, req: Request) -> TraceStore | None:
+        """The store a finished request fills: the cluster's."""
+        return self.cache.at(-1) if self.cache is not None else None
 
     def summary(self) -> dict[str, Any]:
         """`trace_cache_hit_ratio` (hits, false hits included, over lookups; NaN with none), lookups, hits, false
@@ -279,7 +422,54 @@ class TraceReuse(Hooks):
             out["minted_requests"] = self.minting.num_minted_requests
             out["minting_jobs"] = self.minting.num_jobs
             out["minting_jobs_paid"] = self.minting.num_paid_jobs
+        out.update(self._steps_summary())
         return out
+
+    def _steps_summary(self) -> dict[str, Any]:
+        """With concept steps, a step fallback or per-replica caches: lookups that consulted a step cache, the mean
+        share f of a request's steps found there (NaN with none), fallback hits; and the minting counter's largest
+        possible undercount (Misra-Gries: 0 while exact)."""
+        if not self.extended:
+            return {}
+        out: dict[str, Any] = {}
+        n = self.num_step_lookups
+        if self.spec is not None and (self.spec.kind == "step" or self.spec.step_fallback):
+            out = {"step_lookups": n, "step_found_share_mean": self.found_share_sum / n if n else float("nan")}
+            if self.spec.step_fallback:
+                out["step_fallback_hits"] = self.num_fallback_hits
+        if self.minting is not None:
+            out["minting_count_error_max"] = self.minting.counter.num_decrements
+        return out
+
+
+class ReplicaTraceReuse(TraceReuse):
+    """Per-replica caches (scope replica): each replica holds its own TraceStore of the same spec. Minting stays
+    the model's, cluster-wide: counted and decided on arrival. The cache is looked up once the router has chosen
+    the request's replica (the `routed` stage, before the replica enqueues it; the reuse then shrinks it after the
+    routing decision, not before), and a completed request fills the caches of the replica it was routed to."""
+
+    def __init__(self, sim: Simulation, spec: TraceCacheSpec | None, minting: MintingSpec | None = None) -> None:
+        super().__init__(sim, spec, minting)
+        self._pending: dict[int, tuple[list[int], list[bool]]] = {}  # id(request) -> (keys, minted), not routed
+        self._routed_to: dict[int, int] = {}  # id(request) -> its replica's index, while in flight
+
+    def arrived(self, req: Request) -> None:
+        if req.concept < 0 or req.parent is not None:
+            return
+        keys = self._keys(req)
+        self._pending[id(req)] = (keys, self._count(keys))
+
+    def routed(self, req: Request, replica: Any) -> None:
+        pending = self._pending.pop(id(req), None)
+        if pending is None or self.cache is None:
+            return
+        self._routed_to[id(req)] = replica.index
+        self._reuse(req, self.cache.at(replica.index), *pending)
+
+    def _store_done(self, req: Request) -> TraceStore | None:
+        self._pending.pop(id(req), None)  # rejected before routing
+        scope = self._routed_to.pop(id(req), None)
+        return None if scope is None or self.cache is None else self.cache.at(scope)
 
 
 def _answers(req: Request) -> list[Answer]:

@@ -24,7 +24,7 @@ from simserve.metrics import Recorder, busy_seconds, quality_summary, service_su
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.quality import resolve
 from simserve.request import Request
-from simserve.reuse import TraceReuse
+from simserve.reuse import ReplicaTraceReuse, TraceReuse
 from simserve.routing import ROUTERS, ByDifficulty, StaleView
 from simserve.schedulers import SCHEDULERS
 from simserve.workload import Sessions, build_sessions, generate_requests, rng_streams
@@ -159,12 +159,14 @@ class Simulation:
         self.reuse: TraceReuse | None = None
         self._lookup_latency_s = 0.0
         if trace_cache is not None or minting is not None:
-            self.reuse = TraceReuse(self, trace_cache, minting)
+            per_replica = trace_cache is not None and trace_cache.scope == "replica"
+            self.reuse = (ReplicaTraceReuse if per_replica else TraceReuse)(self, trace_cache, minting)
             chain.insert(0, self.reuse)
             self._lookup_latency_s = trace_cache.lookup_latency_s if trace_cache is not None else 0.0
         chain.extend(hooks)
         chain.append(_Accounting(self))
         self.hooks = HookChain(chain)
+        self._hook_routed = self.hooks.wants("routed")
         self.replicas: list[Replica] = []
         self.kv_bytes_per_token: list[float] = []
         self.pools: list[dict[str, Any]] = []
@@ -256,6 +258,8 @@ class Simulation:
             self.arrive(req)
 
     def _enqueue(self, replica: Replica, req: Request) -> None:
+        if self._hook_routed:
+            self.hooks.routed(req, replica)
         if replica.pool in self._no_thinking and req.answer is None:
             req.reasoning_tokens = 0  # a pool that answers without reasoning
         if self.answers is not None:

@@ -4,6 +4,8 @@
 composes every feature's hooks into one `HookChain` that replicas and the front end call. The stages:
 
 - `arrived(req)`: every request entering the system (synthetic, trace rows, follow-up turns), before routing;
+- `routed(req, replica)`: the router chose `replica` for it, before the replica (or its parallel samples'
+  fan-out) enqueues it -- called only when some hook overrides it;
 - `admitted(req, replica)`: scheduled for the first time on a replica (or again after a preemption);
 - `prompt_done(req, replica)`: its prompt (or recomputation) is in the KV cache and a token was sampled;
 - `reasoning_done(req, replica)`: its last reasoning token was sampled (`req.reasoning_end_s` is set);
@@ -22,7 +24,7 @@ from typing import Any
 
 from simserve.request import Request
 
-STAGES = ("arrived", "admitted", "prompt_done", "reasoning_done", "finished")
+STAGES = ("arrived", "routed", "admitted", "prompt_done", "reasoning_done", "finished")
 
 
 class Hooks:
@@ -30,6 +32,9 @@ class Hooks:
 
     def arrived(self, req: Request) -> None:
         """A request enters the system (before routing)."""
+
+    def routed(self, req: Request, replica: Any) -> None:
+        """The router sent a request to `replica` (an entry replica), before the replica enqueues it."""
 
     def admitted(self, req: Request, replica: Any) -> None:
         """A request is scheduled on a replica (first admission or readmission after preemption)."""
@@ -63,6 +68,10 @@ class HookChain(Hooks):
     def arrived(self, req: Request) -> None:
         for call in self._calls["arrived"]:
             call(req)
+
+    def routed(self, req: Request, replica: Any) -> None:
+        for call in self._calls["routed"]:
+            call(req, replica)
 
     def admitted(self, req: Request, replica: Any) -> None:
         for call in self._calls["admitted"]:

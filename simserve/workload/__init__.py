@@ -3,7 +3,9 @@
 from simserve.workload.concepts import (
     ConceptDrawer,
     ConceptSpec,
+    ConceptSteps,
     MintingSpec,
+    StepsSpec,
     TraceCacheSpec,
     ZipfSampler,
     zipf_probabilities,
@@ -35,9 +37,10 @@ from simserve.workload.synthetic import (
 from simserve.workload.traces import TraceError, TraceSpec, replay, resolve_path
 
 __all__ = [
-    "QUERY_TYPES", "STREAMS", "ConceptDrawer", "ConceptSpec", "Constant", "Distribution", "Empirical",
-    "EmpiricalSampler", "GammaArrivals", "LengthSampler", "Lognormal", "PoissonArrivals", "QueryType", "SessionSpec",
-    "MintingSpec", "Sessions", "TraceCacheSpec", "TraceError", "TraceSpec", "Uniform", "WorkloadSpec", "ZipfSampler",
+    "QUERY_TYPES", "STREAMS", "ConceptDrawer", "ConceptSpec", "ConceptSteps", "Constant", "Distribution",
+    "Empirical", "EmpiricalSampler", "GammaArrivals", "LengthSampler", "Lognormal", "PoissonArrivals", "QueryType",
+    "SessionSpec", "MintingSpec", "Sessions", "StepsSpec", "TraceCacheSpec", "TraceError", "TraceSpec", "Uniform",
+    "WorkloadSpec", "ZipfSampler",
     "build_sessions", "generate_requests", "load_empirical", "lognormal_from_range", "prompt_keys", "replay",
     "resolve_path", "rng_streams", "zipf_probabilities",
 ]

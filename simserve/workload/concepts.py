@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -18,9 +18,25 @@ ZIPF_TABLE_RANKS = 1 << 16  # exact CDF for the most popular ranks; beyond, a co
 USER_MEMORY_CAP = 1 << 16  # users whose last concept is remembered for locality (least recently seen dropped first)
 
 
+class StepsSpec(BaseModel):
+    """A concept's reasoning as `per_query` steps drawn from a vocabulary of `vocabulary` steps with their own Zipf
+    popularity, so different concepts share steps (issue 18: [Identify animal] -> [Recall leg count: 8]). Every
+    default is an assumption: no measurement of reasoning-step reuse across queries exists."""
+
+    model_config = _FROZEN
+    vocabulary: int = Field(default=100_000, gt=0, description="distinct reasoning steps of the query type "
+                            "(100000: an assumption)")
+    per_query: int = Field(default=8, gt=0, description="steps in one query's reasoning, each standing for an equal "
+                           "share of its reasoning tokens (8: an assumption)")
+    zipf_exponent: float = Field(default=1.0, ge=0, description="Zipf exponent of step popularity, the step of rank "
+                                 "r drawn with probability proportional to r ** -zipf_exponent (1.0: an assumption)")
+
+
 class ConceptSpec(BaseModel):
     """Each request of a mix entry asks about one concept of a universe of `num_concepts` with Zipf popularity:
-    the concept of rank r is asked with probability proportional to r ** -zipf_exponent."""
+    the concept of rank r is asked with probability proportional to r ** -zipf_exponent. With `steps`, the
+    concept's reasoning is a sequence of steps shared with other concepts (ConceptSteps); without, a concept is its
+    own single step."""
 
     model_config = _FROZEN
     num_concepts: int = Field(gt=0, description="size of the concept universe")
@@ -30,13 +46,16 @@ class ConceptSpec(BaseModel):
                                  "the user's own last concept (when it is remembered)")
     novelty_per_s: float = Field(default=0.0, ge=0, description="new concepts per second: each enters as the "
                                  "most popular and every other concept moves down one rank")
+    steps: StepsSpec | None = Field(default=None, description="the concept's reasoning as steps of a shared, "
+                                    "Zipf-popular step vocabulary (null: the concept is its own single step)")
 
 
 class TraceCacheSpec(BaseModel):
-    """A cluster-wide cache of reasoning traces, keyed by (query type, concept): `exact` reuse (same concept, the
-    whole trace), `semantic` (same concept, the whole trace, plus false hits: a lookup of a concept not cached
-    returns another cached trace, whose answer is wrong), or `step` (same concept: a share of the reasoning is given
-    as prompt tokens, prefilled instead of decoded)."""
+    """A cache of reasoning traces, cluster-wide or one per replica: `exact` reuse (same concept, the whole trace,
+    keyed by (query type, concept)), `semantic` (the same, plus false hits: a lookup of a concept not cached
+    returns another cached trace, whose answer is wrong), or `step` (keyed by (query type, step): the share of a
+    request's steps found cached, times `step_reuse_share`, of its reasoning is given as prompt tokens, prefilled
+    instead of decoded). `step_fallback` adds a step cache behind an exact or semantic one."""
 
     model_config = _FROZEN
     kind: Literal["exact", "semantic", "step"] = Field(
@@ -53,22 +72,38 @@ class TraceCacheSpec(BaseModel):
                                 "(null: never)")
     lookup_latency_s: float = Field(default=0.002, ge=0, description="delay before a request with a concept "
                                     "enters the cluster (about 2 ms for an in-memory index)")
+    step_fallback: bool = Field(default=False, description="exact or semantic: a whole-trace miss (not a false "
+                                "hit) falls back to step reuse from a second, step-keyed cache of the same "
+                                "capacity, eviction and time to live")
+    scope: Literal["cluster", "replica"] = Field(default="cluster", description="cluster: one cache looked up "
+                                                 "before routing; replica: each replica holds its own (the same "
+                                                 "spec), looked up once the request is routed to it and filled "
+                                                 "by requests completed there")
+
+    @model_validator(mode="after")
+    def _fallback_needs_whole_traces(self) -> TraceCacheSpec:
+        if self.step_fallback and self.kind == "step":
+            raise ValueError("'step_fallback' falls back from whole traces to steps: it needs kind 'exact' or "
+                             "'semantic', not 'step' (a step cache already reuses steps)")
+        return self
 
 
 class MintingSpec(BaseModel):
     """Minted reasoning tokens: a periodic offline job (a fine-tuning run in idle GPU time) mints a token for each
-    (query type, concept) whose queries were seen at least `min_count` times, most frequent first, up to the store
-    limit; a later request of a minted concept that is not a whole-trace cache hit decodes `compression` of its
-    reasoning, with its success probability lowered by `accuracy_penalty` (docs/model.md, "Minted tokens")."""
+    step pattern (query type, step) seen in at least `min_count` queries, most frequent first, up to the store
+    limit (without concept steps, a step is the concept); a later request that is not a whole-trace cache hit
+    decodes `compression` of the reasoning its minted steps stand for, with its success probability lowered by
+    `accuracy_penalty` times its minted share (docs/model.md, "Minted tokens")."""
 
     model_config = _FROZEN
-    min_count: int = Field(default=5, gt=0, description="queries of a concept seen (arrived) before a job for it "
-                           "to be minted (5: an assumption)")
+    min_count: int = Field(default=5, gt=0, description="queries using a step pattern seen (arrived) before a job "
+                           "for it to be minted (5: an assumption)")
     compression: float = Field(default=0.5, ge=0, le=1, description="share of a minted request's reasoning left "
                                "to decode, at equal accuracy (0.5: TokenSkip -40% at <0.4 pt, C3oT -50%, "
                                "Metacognitive Reuse -46%; the seed's 50 -> 10: 0.2)")
-    accuracy_penalty: float = Field(default=0.0, ge=0, le=1, description="success probability a minted request "
-                                    "loses (0: equal accuracy; cuts of 75-92% cost 4-9 accuracy points)")
+    accuracy_penalty: float = Field(default=0.0, ge=0, le=1, description="success probability a request with "
+                                    "all its steps minted loses, in proportion to its minted share (0: equal "
+                                    "accuracy; cuts of 75-92% cost 4-9 accuracy points)")
     store_limit_patterns: int | None = Field(default=10_000, gt=0, description="minted patterns held at most; "
                                              "none is ever dropped (null: no limit; 10000: an assumption)")
     job_every_s: float = Field(default=86_400.0, gt=0, description="the minting job runs at every multiple of "
@@ -77,6 +112,9 @@ class MintingSpec(BaseModel):
                                  "pattern (8: an assumption, a LoRA fine-tune of about an hour on 8 GPUs)")
     usd_per_gpu_hour: float | None = Field(default=None, ge=0, description="price of the job's GPU-hours (null: "
                                            "the first pool's GPU price)")
+    counter_entries: int = Field(default=262_144, gt=0, description="step patterns the job counts at most (a "
+                                 "Misra-Gries frequent-items counter: exact while fewer distinct patterns are seen, "
+                                 "else each count is low by at most n / (counter_entries + 1) of n counted)")
 
 
 def zipf_probabilities(n: int, exponent: float) -> np.ndarray:
@@ -147,3 +185,41 @@ class ConceptDrawer:
             if len(last) > USER_MEMORY_CAP:
                 last.popitem(last=False)
         return ids
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function (Steele, Lea and Flood 2014) on a uint64 array: a bijective 64-bit mix whose
+    outputs of consecutive inputs pass BigCrush. Arithmetic wraps modulo 2**64 (numpy arrays wrap silently)."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+class ConceptSteps:
+    """The steps of a concept's reasoning, a deterministic function of (concept id, position) computed on demand
+    with no memory per concept: position j of concept c is the step of rank r = Zipf(u) over the vocabulary, u =
+    splitmix64(splitmix64(c) + j) / 2**64 (its top 53 bits), so two concepts share a step at a position with
+    probability sum_r p_r ** 2. Step ids are rank - 1 (0: the most popular). Without a steps spec a concept is its
+    own single step: its step id is its concept id. Memory: one ZipfSampler table."""
+
+    def __init__(self, spec: StepsSpec | None) -> None:
+        self.spec = spec
+        self.per_query = spec.per_query if spec is not None else 1
+        self.zipf = ZipfSampler(spec.vocabulary, spec.zipf_exponent) if spec is not None else None
+        self._positions = np.arange(self.per_query, dtype=np.uint64)
+
+    def uniforms(self, concept: int) -> np.ndarray:
+        """The per_query uniforms in [0, 1) of a concept's positions (the hash, before the Zipf map)."""
+        h = splitmix64(splitmix64(np.array([concept], dtype=np.uint64)) + self._positions)
+        return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def of(self, concept: int) -> list[int]:
+        """Step ids of `concept` at positions 0..per_query-1 (a step may recur within one concept)."""
+        if self.zipf is None:
+            return [concept]
+        return (self.zipf.ranks(self.uniforms(concept)) - 1).tolist()
