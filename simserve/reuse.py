@@ -43,8 +43,9 @@ p, u is uniform on [0, p), so this is u < p - penalty m / P in distribution; a p
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -164,6 +165,7 @@ class Minting:
         self.counter = FrequentCounter(spec.counter_entries)
         self.minted: set[Key] = set()
         self.num_jobs = 0  # jobs run (due by the last call to run_due)
+        self.first_job = 0  # num_jobs when the run started (below 0 after a history)
         self.num_paid_jobs = 0  # jobs that minted at least one pattern: each costs job_gpu_hours
         self.num_minted_requests = 0
 
@@ -188,6 +190,10 @@ class Minting:
 
     def count(self, key: Key) -> None:
         self.counter.add(key)
+
+    def start_at(self, t_s: float) -> None:
+        """Start the job clock at `t_s` (a history before time 0): the jobs due after it will run."""
+        self.num_jobs = int(t_s // self.spec.job_every_s)
 
     @property
     def gpu_hours(self) -> float:
@@ -254,6 +260,64 @@ class TraceReuse(Hooks):
         # id(request) -> (its step keys, those it took from the cache) while in flight, when a step cache was consulted
         self._looked_up: dict[int, tuple[list[int], set[int]]] = {}
         self.extended = self._stepped or (spec is not None and (spec.step_fallback or spec.scope == "replica"))
+        self._clock_s: float | None = None  # the history's time while it is replayed (else the simulation's)
+        self.history_summary: dict[str, Any] = {}
+
+    def _now(self) -> float:
+        return self.sim.env.now if self._clock_s is None else self._clock_s
+
+    def history(self, requests: Iterator[Request], span_s: float, limit: int | None = None) -> Iterator[Request]:
+        """The provider's history before the run (`workload.reuse_history_s`): the requests arriving before
+        `span_s` pass through the caches and the minting counts only, at their own times shifted to [-span_s, 0)
+        (looked up, then stored as answered on arrival; minting jobs due in the history run then); they are not
+        served, recorded or priced. The rest are yielded shifted by -span_s and numbered from 0, at most `limit`
+        of them. The counters the summary reports start after the history (its own are in `history_summary`)."""
+        if self.minting is not None:
+            self.minting.start_at(-span_s)
+        rest: Request | None = None
+        n = 0
+        for req in requests:
+            if req.arrival_s >= span_s:
+                rest = req
+                break
+            self._clock_s = req.arrival_s - span_s
+            self._replay(req, n)
+            n += 1
+        self._clock_s = None
+        self._end_history(n)
+        if rest is None:
+            return
+        chain = itertools.chain((rest,), requests)
+        for i, req in enumerate(itertools.islice(chain, limit)):
+            req.arrival_s -= span_s
+            req.request_id = i
+            yield req
+
+    def _replay(self, req: Request, index: int) -> None:
+        """One request of the history: looked up (and counted for minting) as on arrival, stored as on completion."""
+        if req.concept < 0:
+            return
+        self.arrived(req)
+        self._route_history(req, index)
+        req.status = "completed"
+        self.finished(req)
+
+    def _route_history(self, req: Request, index: int) -> None:
+        """Cluster scope: nothing (looked up on arrival)."""
+
+    def _end_history(self, num_requests: int) -> None:
+        """Keep the history's counts apart and start the run's from zero."""
+        n = self.num_lookups
+        self.history_summary = {"reuse_history_requests": num_requests}
+        if self.cache is not None:
+            self.history_summary["reuse_history_hit_ratio"] = self.num_hits / n if n else float("nan")
+        self.num_lookups = self.num_hits = self.num_false_hits = self.reused_reasoning_tokens = 0
+        self.num_step_lookups = self.num_fallback_hits = 0
+        self.found_share_sum = 0.0
+        if self.minting is not None:
+            self.history_summary["reuse_history_minted_patterns"] = len(self.minting.minted)
+            self.minting.num_paid_jobs = self.minting.num_minted_requests = 0
+            self.minting.first_job = self.minting.num_jobs  # the run's jobs are those due after the history
 
     def _key(self, query_type: str, ident: int) -> int:
         q = self._qindex.get(query_type)
@@ -280,7 +344,7 @@ class TraceReuse(Hooks):
         mint = self.minting
         if mint is None:
             return [False] * len(keys)
-        mint.run_due(self.sim.env.now)
+        mint.run_due(self._now())
         minted = [k in mint.minted for k in keys]
         for k in dict.fromkeys(keys):
             mint.count(k)
@@ -307,7 +371,7 @@ class TraceReuse(Hooks):
     def _whole(self, req: Request, cache: TraceCache, key: int) -> bool:
         """An exact or semantic lookup: whether the request reused a whole trace (a false hit included)."""
         assert self.spec is not None
-        hit = cache.lookup(key, self.sim.env.now)
+        hit = cache.lookup(key, self._now())
         if self.spec.kind == "semantic":
             u = float(self.rng.random())  # drawn for every lookup: the stream does not depend on hits
             if hit:
@@ -324,7 +388,7 @@ class TraceReuse(Hooks):
 
     def _found(self, req: Request, cache: TraceCache, keys: list[int], minted: list[bool]) -> int:
         """Look up each distinct step once (a use each); the positions whose step is held and not minted."""
-        now = self.sim.env.now
+        now = self._now()
         held = {k for k in dict.fromkeys(keys) if cache.lookup(k, now)}
         taken = {k for k, mt in zip(keys, minted, strict=True) if k in held and not mt}
         self.num_step_lookups += 1
@@ -391,7 +455,7 @@ class TraceReuse(Hooks):
         if (store is None or req.concept < 0 or req.parent is not None or req.status != "completed"
                 or req.reuse in WHOLE_REUSE):
             return
-        now = self.sim.env.now
+        now = self._now()
         if store.whole is not None:
             store.whole.insert(self._key(req.query_type, req.concept), now)
         if store.steps is not None:
@@ -420,9 +484,10 @@ class TraceReuse(Hooks):
             out["reused_reasoning_tokens"] = self.reused_reasoning_tokens
             out["minted_patterns"] = len(self.minting.minted)
             out["minted_requests"] = self.minting.num_minted_requests
-            out["minting_jobs"] = self.minting.num_jobs
+            out["minting_jobs"] = self.minting.num_jobs - self.minting.first_job
             out["minting_jobs_paid"] = self.minting.num_paid_jobs
         out.update(self._steps_summary())
+        out.update(self.history_summary)
         return out
 
     def _steps_summary(self) -> dict[str, Any]:
@@ -466,10 +531,21 @@ class ReplicaTraceReuse(TraceReuse):
         self._routed_to[id(req)] = replica.index
         self._reuse(req, self.cache.at(replica.index), *pending)
 
+    def _route_history(self, req: Request, index: int) -> None:
+        """Replica scope: history requests go to the replicas in turn (round robin), for want of a router."""
+        self.routed(req, _Index(index % len(self.sim.replicas)))
+
     def _store_done(self, req: Request) -> TraceStore | None:
         self._pending.pop(id(req), None)  # rejected before routing
         scope = self._routed_to.pop(id(req), None)
         return None if scope is None or self.cache is None else self.cache.at(scope)
+
+
+class _Index:
+    """A replica as `routed` needs one for a history request: its index."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
 
 
 def _answers(req: Request) -> list[Answer]:

@@ -331,10 +331,18 @@ class Simulation:
         the scenario's synthetic workload (replaying a list of requests made elsewhere)."""
         wall0 = time.perf_counter()
         env = self.env
+        spec = self.scenario.workload
+        history_s = spec.reuse_history_s if requests is None else None
+        if history_s is not None:  # the generator runs through the history, then the run's own window
+            spec = spec.model_copy(update={"num_requests": None, "duration_s": (
+                history_s + spec.duration_s if spec.duration_s is not None else None)})
         workload: Iterator[Request] = iter(requests) if requests is not None else generate_requests(
-            self.scenario.workload, self.rngs, self.base_dir, sessions=self.sessions,
+            spec, self.rngs, self.base_dir, sessions=self.sessions,
             model=self.scenario.answer_model, variants=self.scenario.answer_variants(),
             kv_compression=self.scenario.answer_compression)
+        if history_s is not None:
+            assert self.reuse is not None
+            workload = self.reuse.history(workload, history_s, self.scenario.workload.num_requests)
         counted = _Counted(workload)
         env.process(arrivals(env, counted, self._enter if self.reuse is not None else self.arrive,
                              self._on_exhausted))

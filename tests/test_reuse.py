@@ -446,3 +446,88 @@ def test_minting_with_a_trace_cache_leaves_whole_hits_alone(tmp_path):
     assert "trace_cache_hit_ratio" in both.summary and "minted_patterns" in both.summary
     with pytest.raises(ValueError):
         MintingSpec.model_validate({"compression": 1.5})
+
+
+# ------------------------------------------------------------------------------------------ a provider's history
+
+
+def _stream_with_history(sc, history_s: float, served: int) -> tuple[list, list]:
+    """The workload's requests split as the run splits them: those before history_s, then `served` more."""
+    spec = sc.workload.model_copy(update={"num_requests": None, "duration_s": None, "reuse_history_s": None})
+    gen = generate_requests(spec, rng_streams(sc.seed))
+    before, after = [], []
+    for r in gen:
+        (before if r.arrival_s < history_s else after).append(r)
+        if len(after) == served:
+            return before, after
+    raise AssertionError("the stream ended")
+
+
+def test_history_fills_the_cache_before_the_run_and_serves_only_the_window(tmp_path):
+    data = tiny()
+    data["workload"].update(num_requests=300, reuse_history_s=4000.0, trace_cache={"kind": "exact"})
+    data["workload"]["arrival"]["rate_per_s"] = 0.05
+    data["workload"]["mix"][0]["concepts"] = {"num_concepts": 200}
+    sc = scenario(data, check_invariants=True)
+    results = Simulation(sc, records_dir=tmp_path).run()
+    df = by_id(results.requests)
+    before, after = _stream_with_history(sc, 4000.0, 300)
+    assert len(df) == 300 and list(df["request_id"]) == list(range(300))
+    assert np.allclose(df["arrival_s"].to_numpy(), [r.arrival_s - 4000.0 for r in after])
+    # Sparse arrivals: a trace is stored before the next request of its concept arrives, so a served request hits
+    # iff its concept was asked in the history or earlier in the run.
+    seen = {r.concept for r in before}
+    expected = []
+    for r in after:
+        expected.append(r.concept in seen)
+        seen.add(r.concept)
+    assert list(df["reuse"] == "exact") == expected
+    s = results.summary
+    assert s["reuse_history_requests"] == len(before) and s["trace_cache_lookups"] == 300
+    assert s["trace_cache_hits"] == sum(expected)
+    hist_hits = sum(r.concept in {q.concept for q in before[:i]} for i, r in enumerate(before))
+    assert s["reuse_history_hit_ratio"] == hist_hits / len(before)
+    cold = Simulation(scenario(data | {"workload": data["workload"] | {"reuse_history_s": None}}),
+                      records_dir=tmp_path / "cold").run().summary
+    assert s["trace_cache_hit_ratio"] > cold["trace_cache_hit_ratio"] + 0.1
+
+
+def test_history_runs_the_minting_jobs_due_in_it_and_charges_only_the_runs(tmp_path):
+    data = tiny()
+    history_s, every_s = 5000.0, 1000.0
+    data["workload"].update(num_requests=200, reuse_history_s=history_s,
+                            minting={"min_count": 3, "job_every_s": every_s, "compression": 0.5,
+                                     "job_gpu_hours": 2.0, "usd_per_gpu_hour": 4.0})
+    data["workload"]["arrival"]["rate_per_s"] = 0.05
+    entry = data["workload"]["mix"][0]
+    entry["reasoning_tokens"]["value"] = 100
+    entry["concepts"] = {"num_concepts": 50}
+    sc = scenario(data, check_invariants=True)
+    results = Simulation(sc, records_dir=tmp_path).run()
+    before, after = _stream_with_history(sc, history_s, 200)
+    counts: dict[int, int] = {}
+    minted: set[int] = set()
+    job, paid, expected = int(-history_s // every_s), 0, []
+    for r in [*before, *after]:
+        t = r.arrival_s - history_s
+        if (job + 1) * every_s <= t:  # the jobs due by t see the same counts: only the first can mint
+            job = int(t // every_s)
+            ready = sorted((-c, k) for k, c in counts.items() if c >= 3 and k not in minted)
+            minted.update(k for _, k in ready)
+            paid += bool(ready) and t >= 0
+        if t >= 0:
+            expected.append(r.concept in minted)
+        counts[r.concept] = counts.get(r.concept, 0) + 1
+    df = by_id(results.requests)
+    assert list(df["reuse"] == "minted") == expected and expected[0]  # minted in the history, used at once
+    assert (df.loc[df["reuse"] == "minted", "reasoning_tokens"] == 50).all()
+    s = results.summary
+    assert s["minted_requests"] == sum(expected) and s["minting_jobs_paid"] == paid
+    assert s["minting_cost_usd"] == pytest.approx(paid * 2.0 * 4.0)
+
+
+def test_history_needs_something_to_fill():
+    data = tiny()
+    data["workload"]["reuse_history_s"] = 100.0
+    with pytest.raises(Exception, match="reuse_history_s' needs a 'trace_cache' or 'minting'"):
+        scenario(data)

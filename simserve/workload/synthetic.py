@@ -241,9 +241,20 @@ class WorkloadSpec(BaseModel):
                                                "traces reused by requests of the same concept (docs/model.md)")
     minting: MintingSpec | None = Field(default=None, description="minted reasoning tokens for frequent concepts "
                                         "(docs/model.md)")
+    reuse_history_s: float | None = Field(default=None, gt=0, description="the provider's history before the run: "
+                                          "this many seconds of the same traffic pass through the trace cache and "
+                                          "the minting counts (stored as answered on arrival) before time 0, "
+                                          "unserved and unpriced; duration_s and num_requests count the run after "
+                                          "it (a multiple of a diurnal period keeps the phase)")
 
     @model_validator(mode="after")
     def _stops(self) -> WorkloadSpec:
+        if self.reuse_history_s is not None:
+            if self.trace_cache is None and self.minting is None:
+                raise ValueError("'reuse_history_s' needs a 'trace_cache' or 'minting' to replay the history into")
+            if self.sessions is not None:
+                raise ValueError("'reuse_history_s' with 'sessions' is not supported: a history replays single "
+                                 "queries")
         if self.trace is not None:
             if self.arrival is not None or self.mix is not None or self.sessions is not None:
                 raise ValueError("give either 'trace' or 'arrival' and 'mix' (and 'sessions'), not both")
