@@ -125,8 +125,15 @@ class Minting:
         self.num_paid_jobs = 0  # jobs that minted at least one pattern: each costs job_gpu_hours
         self.num_minted_requests = 0
 
+    def jobs_due(self, now_s: float) -> int:
+        """Jobs at or before `now_s`: those at job_offset_s + k x job_every_s (k = 0, 1, ...) after t = 0."""
+        offset, every = self.spec.job_offset_s, self.spec.job_every_s
+        if now_s < offset:
+            return 0
+        return int((now_s - offset) // every) + (1 if offset > 0 else 0)
+
     def run_due(self, now_s: float) -> None:
-        due = int(now_s // self.spec.job_every_s)
+        due = self.jobs_due(now_s)
         if due <= self.num_jobs:
             return
         self.num_jobs = due  # later jobs before now see the same counts: only the first can mint anything

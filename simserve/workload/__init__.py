@@ -22,6 +22,7 @@ from simserve.workload.sessions import Sessions, prompt_keys
 from simserve.workload.synthetic import (
     QUERY_TYPES,
     STREAMS,
+    DiurnalArrivals,
     GammaArrivals,
     LengthSampler,
     PoissonArrivals,
@@ -35,7 +36,8 @@ from simserve.workload.synthetic import (
 from simserve.workload.traces import TraceError, TraceSpec, replay, resolve_path
 
 __all__ = [
-    "QUERY_TYPES", "STREAMS", "ConceptDrawer", "ConceptSpec", "Constant", "Distribution", "Empirical",
+    "QUERY_TYPES", "STREAMS", "ConceptDrawer", "ConceptSpec", "Constant", "DiurnalArrivals", "Distribution",
+    "Empirical",
     "EmpiricalSampler", "GammaArrivals", "LengthSampler", "Lognormal", "PoissonArrivals", "QueryType", "SessionSpec",
     "MintingSpec", "Sessions", "TraceCacheSpec", "TraceError", "TraceSpec", "Uniform", "WorkloadSpec", "ZipfSampler",
     "build_sessions", "generate_requests", "load_empirical", "lognormal_from_range", "prompt_keys", "replay",

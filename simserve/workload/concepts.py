@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -71,12 +71,23 @@ class MintingSpec(BaseModel):
                                     "loses (0: equal accuracy; cuts of 75-92% cost 4-9 accuracy points)")
     store_limit_patterns: int | None = Field(default=10_000, gt=0, description="minted patterns held at most; "
                                              "none is ever dropped (null: no limit; 10000: an assumption)")
-    job_every_s: float = Field(default=86_400.0, gt=0, description="the minting job runs at every multiple of "
-                               "this time (a day: the night trough)")
+    job_every_s: float = Field(default=86_400.0, gt=0, description="the minting job runs every this long (a "
+                               "day), at job_offset_s + k x job_every_s")
+    job_offset_s: float = Field(default=0.0, ge=0, description="time of the first job within a period, less than "
+                                "job_every_s (e.g. the night trough of a diurnal arrival rate); jobs at t = 0 are "
+                                "not run")
     job_gpu_hours: float = Field(default=8.0, ge=0, description="GPU-hours of one job that mints at least one "
                                  "pattern (8: an assumption, a LoRA fine-tune of about an hour on 8 GPUs)")
     usd_per_gpu_hour: float | None = Field(default=None, ge=0, description="price of the job's GPU-hours (null: "
                                            "the first pool's GPU price)")
+
+
+    @model_validator(mode="after")
+    def _offset_in_period(self) -> MintingSpec:
+        if self.job_offset_s >= self.job_every_s:
+            raise ValueError(f"job_offset_s ({self.job_offset_s:g}) must be less than job_every_s "
+                             f"({self.job_every_s:g}): it is the job's time within each period")
+        return self
 
 
 def zipf_probabilities(n: int, exponent: float) -> np.ndarray:
