@@ -63,6 +63,11 @@ class TraceCache:
         self._heap: list[tuple[int, int, Key]] = []  # LFU: (uses, tick, key), stale entries skipped
         self._tick = 0
         self.num_evictions = 0
+        # Storage: bytes each trace holds, their sum, and its time integral (exact: updated as entries change).
+        self._bytes: dict[Key, float] = {}
+        self.bytes_held = 0.0
+        self._byte_s = 0.0
+        self._last_s = 0.0
 
     def __len__(self) -> int:
         return len(self.stored_s)
@@ -75,16 +80,30 @@ class TraceCache:
         if self.ttl_s is not None and now_s - stored >= self.ttl_s:
             del self.stored_s[key]
             self._uses.pop(key, None)
+            self._hold(key, 0.0, now_s)
             return False
         self._use(key)
         return True
 
-    def insert(self, key: Key, now_s: float) -> None:
-        """Store (or refresh) the trace of `key`, evicting one first if the cache is full."""
+    def insert(self, key: Key, now_s: float, size_bytes: float = 0.0) -> None:
+        """Store (or refresh) the trace of `key`, `size_bytes` long, evicting one first if the cache is full."""
         if key not in self.stored_s and self.capacity is not None and len(self.stored_s) >= self.capacity:
-            self._evict()
+            self._evict(now_s)
         self.stored_s[key] = now_s
         self._use(key)
+        self._hold(key, size_bytes, now_s)
+
+    def _hold(self, key: Key, size_bytes: float, now_s: float) -> None:
+        """The trace of `key` now holds `size_bytes` (0: removed); the byte-seconds integral is brought to now."""
+        self._byte_s += self.bytes_held * (now_s - self._last_s)
+        self._last_s = now_s
+        self.bytes_held += size_bytes - self._bytes.pop(key, 0.0)
+        if size_bytes:
+            self._bytes[key] = size_bytes
+
+    def byte_seconds(self, now_s: float) -> float:
+        """Integral of the bytes held from the start to `now_s`."""
+        return self._byte_s + self.bytes_held * (now_s - self._last_s)
 
     def _use(self, key: Key) -> None:
         self.stored_s.move_to_end(key)
@@ -98,16 +117,18 @@ class TraceCache:
             self._heap = [(u, t, k) for k, (u, t) in self._uses.items()]
             heapq.heapify(self._heap)
 
-    def _evict(self) -> None:
+    def _evict(self, now_s: float) -> None:
         self.num_evictions += 1
         if not self.lfu:
-            self.stored_s.popitem(last=False)
+            key, _ = self.stored_s.popitem(last=False)
+            self._hold(key, 0.0, now_s)
             return
         while True:
             uses, tick, key = heapq.heappop(self._heap)
             if self._uses.get(key) == (uses, tick):
                 del self._uses[key]
                 del self.stored_s[key]
+                self._hold(key, 0.0, now_s)
                 return
 
 
@@ -168,6 +189,7 @@ class TraceReuse(Hooks):
         self.rng = sim.rngs["trace_cache"]
         self.mint_rng = sim.rngs["minting"]
         self.num_lookups = self.num_hits = self.num_false_hits = self.reused_reasoning_tokens = 0
+        self.hit_saved_tokens = 0  # reasoning tokens the cache's hits saved (whole, false and step hits)
 
     def arrived(self, req: Request) -> None:
         if req.concept < 0 or req.parent is not None:
@@ -205,6 +227,7 @@ class TraceReuse(Hooks):
         else:
             self._skip(req, "exact", wrong=False)
         self.num_hits += 1
+        self.hit_saved_tokens += req.reused_reasoning_tokens
         return True
 
     def _mint(self, req: Request) -> None:
@@ -265,7 +288,30 @@ class TraceReuse(Hooks):
     def finished(self, req: Request) -> None:
         if (self.cache is not None and req.concept >= 0 and req.parent is None and req.status == "completed"
                 and req.reuse in ("none", "minted")):
-            self.cache.insert((req.query_type, req.concept), self.sim.env.now)
+            spec = self.spec
+            assert spec is not None
+            samples = req.answer.n if req.answer is not None else 1  # one sample's trace is stored: the mean
+            tokens = (req.reasoning_tokens + req.answer_tokens) / samples
+            self.cache.insert((req.query_type, req.concept), self.sim.env.now,
+                              spec.bytes_per_entry + spec.bytes_per_token * tokens)
+
+    def costs(self, end_s: float) -> dict[str, Any]:
+        """The trace cache's money and time (with a trace cache; none without): `trace_cache_lookup_cost_usd`
+        (lookups x the cost of one), `trace_cache_storage_cost_usd` (bytes held integrated over the run, to
+        `end_s`, x the price per GB-hour), `trace_cache_byte_hours` (that integral), `trace_cache_lookup_usd`
+        and `trace_cache_lookup_latency_s` (of one lookup: every request with a concept waits it before entering
+        the cluster), and `trace_cache_saved_tokens_per_hit` (reasoning tokens a hit saved, on average; NaN with
+        no hit). The simulation adds the two costs into the run's cost_usd."""
+        spec, cache = self.spec, self.cache
+        if spec is None or cache is None:
+            return {}
+        byte_hours = cache.byte_seconds(end_s) / 3600.0
+        return {"trace_cache_lookup_cost_usd": self.num_lookups * spec.lookup_cost_usd,
+                "trace_cache_storage_cost_usd": byte_hours / 1e9 * spec.storage_price_usd_per_gb_hour,
+                "trace_cache_byte_hours": byte_hours, "trace_cache_lookup_usd": spec.lookup_cost_usd,
+                "trace_cache_lookup_latency_s": spec.lookup_latency,
+                "trace_cache_saved_tokens_per_hit": (self.hit_saved_tokens / self.num_hits if self.num_hits
+                                                     else float("nan"))}
 
     def summary(self) -> dict[str, Any]:
         """`trace_cache_hit_ratio` (hits, false hits included, over lookups; NaN with none), lookups, hits, false

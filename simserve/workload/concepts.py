@@ -32,6 +32,18 @@ class ConceptSpec(BaseModel):
                                  "most popular and every other concept moves down one rank")
 
 
+# Presets of a trace cache's location: (lookup latency s, USD per lookup, USD per GB-hour held). Issue 18: an
+# in-memory index about 2 ms, a remote vector database about 30 ms, an embedding about 1e-6 USD per query. Remote
+# prices are Pinecone serverless Standard's list prices (AWS us-east-1, pinecone.io/pricing): 16 USD per million
+# read units, a query taken as 1 read unit (Pinecone charges about 1 per GB of namespace: an assumption), plus the
+# embedding; storage 0.33 USD per GB-month (730 hours). The in-memory storage price, 0.01 USD per GB-hour, is an
+# assumption (about the memory share of a cloud memory-optimised instance).
+LOCATIONS: dict[str, tuple[float, float, float]] = {
+    "memory": (0.002, 1e-6, 0.01),
+    "remote": (0.030, 1e-6 + 16e-6, 0.33 / 730.0),
+}
+
+
 class TraceCacheSpec(BaseModel):
     """A cluster-wide cache of reasoning traces, keyed by (query type, concept): `exact` reuse (same concept, the
     whole trace), `semantic` (same concept, the whole trace, plus false hits: a lookup of a concept not cached
@@ -51,8 +63,36 @@ class TraceCacheSpec(BaseModel):
     eviction: Literal["lru", "lfu"] = Field(default="lru", description="which trace leaves a full cache")
     ttl_s: float | None = Field(default=None, gt=0, description="a trace expires this long after it was stored "
                                 "(null: never)")
-    lookup_latency_s: float = Field(default=0.002, ge=0, description="delay before a request with a concept "
-                                    "enters the cluster (about 2 ms for an in-memory index)")
+    location: Literal["memory", "remote"] = Field(
+        default="memory", description="where the index lives, a preset of lookup latency and prices: memory (2 ms, "
+        "1e-6 USD per lookup, 0.01 USD per GB-hour) or remote, a managed vector database (30 ms, 1.7e-5 USD, "
+        "0.33 USD per GB-month); fields given override it (docs/model.md, sources)")
+    lookup_latency_s: float | None = Field(default=None, ge=0, description="delay before a request with a concept "
+                                           "enters the cluster (null: the location's, memory 2 ms, remote 30 ms)")
+    lookup_usd: float | None = Field(default=None, ge=0, description="cost of one lookup, embedding plus vector "
+                                     "search (null: the location's, memory 1e-6 USD, remote 1.7e-5 USD)")
+    bytes_per_token: float = Field(default=4.0, ge=0, description="bytes a stored trace holds per token of text "
+                                   "(4: about 4 characters of UTF-8 per token, an assumption)")
+    bytes_per_entry: float = Field(default=6144.0, ge=0, description="bytes a stored trace holds besides its text: "
+                                   "its embedding (6144: 1536 float32 dimensions, an assumption)")
+    storage_usd_per_gb_hour: float | None = Field(
+        default=None, ge=0, description="price of the bytes held, per GB (1e9 bytes) per hour (null: the location's, "
+        "memory 0.01 USD, an assumption; remote 0.33 / 730 USD, a managed vector database's storage price)")
+
+    @property
+    def lookup_latency(self) -> float:
+        """Seconds a lookup takes: lookup_latency_s, or the location's."""
+        return LOCATIONS[self.location][0] if self.lookup_latency_s is None else self.lookup_latency_s
+
+    @property
+    def lookup_cost_usd(self) -> float:
+        """USD a lookup costs: lookup_usd, or the location's."""
+        return LOCATIONS[self.location][1] if self.lookup_usd is None else self.lookup_usd
+
+    @property
+    def storage_price_usd_per_gb_hour(self) -> float:
+        """USD per GB-hour of traces held: storage_usd_per_gb_hour, or the location's."""
+        return LOCATIONS[self.location][2] if self.storage_usd_per_gb_hour is None else self.storage_usd_per_gb_hour
 
 
 class MintingSpec(BaseModel):
