@@ -190,6 +190,8 @@ class TraceReuse(Hooks):
         self.mint_rng = sim.rngs["minting"]
         self.num_lookups = self.num_hits = self.num_false_hits = self.reused_reasoning_tokens = 0
         self.hit_saved_tokens = 0  # reasoning tokens the cache's hits saved (whole, false and step hits)
+        self._moved: dict[int, int] = {}  # step reuse, requests in flight: id -> cached steps put in the prompt
+        self.step_prompt_tokens = 0  # those of completed requests (not billed as the user's input)
 
     def arrived(self, req: Request) -> None:
         if req.concept < 0 or req.parent is not None:
@@ -279,6 +281,7 @@ class TraceReuse(Hooks):
         self.reused_reasoning_tokens += reused
         req.reasoning_tokens -= reused
         req.prompt_tokens += reused
+        self._moved[id(req)] = reused
         for a in _answers(req):
             cut = int(round(share * a.engine_reasoning_tokens))
             from_reasoning = np.minimum(a.reasoning, cut)
@@ -286,6 +289,9 @@ class TraceReuse(Hooks):
             a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
 
     def finished(self, req: Request) -> None:
+        moved = self._moved.pop(id(req), 0) if self._moved and req.parent is None else 0
+        if req.status == "completed":
+            self.step_prompt_tokens += moved
         if (self.cache is not None and req.concept >= 0 and req.parent is None and req.status == "completed"
                 and req.reuse in ("none", "minted")):
             spec = self.spec

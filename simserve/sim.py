@@ -20,7 +20,7 @@ import simpy
 from simserve.answers import Answers
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
 from simserve.hardware import GpuSpec, ModelSpec
-from simserve.metrics import Recorder, busy_seconds, quality_summary, service_summary, summarize
+from simserve.metrics import Recorder, busy_seconds, quality_summary, revenue_summary, service_summary, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.quality import resolve
 from simserve.request import Request
@@ -466,6 +466,13 @@ class Simulation:
             summary["quality_sources"] = {  # where each query type's accuracy model came from: data or assumed
                 q.query_type: resolve(q.quality, model, q.query_type, q.early_exit).source
                 for q in self.scenario.workload.mix or [] if q.quality_on}
+        pricing = self.scenario.pricing
+        if pricing is not None:
+            summary.update(revenue_summary(
+                requests, input_usd_per_mtok=pricing.input_usd_per_mtok,
+                output_usd_per_mtok=pricing.output_usd_per_mtok, bill_reused_reasoning=pricing.bill_reused_reasoning,
+                cost_usd=cost, reuse_columns=self.recorder.reuse,
+                step_prompt_tokens=self.reuse.step_prompt_tokens if self.reuse is not None else 0))
         return summary
 
 

@@ -3,13 +3,14 @@ against a hand computation on a tiny deterministic run; pricing, revenue and mar
 
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
 
 import pytest
 from helpers import by_id, scenario, tiny
 
 from simserve import Simulation
+from simserve.scenario import ScenarioError, apply_overrides
 from simserve.workload import TraceCacheSpec
 
 H100_USD_PER_HOUR = 2.90
@@ -78,3 +79,66 @@ def test_the_remote_preset_and_explicit_fields_override_it(tmp_path):
     assert s["trace_cache_storage_cost_usd"] == pytest.approx(byte_hours / 1e9 * 0.33 / 730, rel=1e-12)
     with pytest.raises(ValueError):
         TraceCacheSpec.model_validate({"location": "disk"})
+
+
+# ------------------------------------------------------------------------------------------ pricing and margin
+
+
+def test_revenue_and_margin_without_reuse_and_pricing_off_adds_nothing(tmp_path):
+    data = tiny()
+    data["workload"]["num_requests"] = 40
+    off = Simulation(scenario(data), records_dir=tmp_path / "off").run().summary
+    data["pricing"] = {"input_usd_per_mtok": 3.0, "output_usd_per_mtok": 15.0}
+    on = Simulation(scenario(data), records_dir=tmp_path / "on").run().summary
+    added = {"billed_input_tokens", "billed_output_tokens", "revenue_usd", "margin_usd", "margin_ratio",
+             "usd_per_query", "revenue_per_query_usd"}
+    assert set(on) - set(off) == added and not set(off) & added
+    same = [k for k in off if k != "wall_time_s"]
+    assert json.dumps([on[k] for k in same], default=str) == json.dumps([off[k] for k in same], default=str)
+    n = on["num_completed"]
+    assert n == 40 and on["billed_input_tokens"] == 10 * n and on["billed_output_tokens"] == 6 * n
+    revenue = n * (10 * 3.0 + 6 * 15.0) / 1e6  # prompt 10 tokens, reasoning 5 + answer 1
+    assert on["revenue_usd"] == pytest.approx(revenue, rel=1e-12)
+    assert on["margin_usd"] == pytest.approx(revenue - on["cost_usd"], rel=1e-12)
+    assert on["margin_ratio"] == pytest.approx(1 - on["cost_usd"] / revenue, rel=1e-12)
+    assert on["usd_per_query"] == pytest.approx(on["cost_usd"] / n, rel=1e-12)
+    assert on["revenue_per_query_usd"] == pytest.approx(revenue / n, rel=1e-12)
+    assert TraceCacheSpec().lookup_cost_usd == 1e-6
+    d = scenario(tiny(pricing={})).pricing
+    assert d is not None and (d.input_usd_per_mtok, d.output_usd_per_mtok, d.bill_reused_reasoning) == (
+        0.55, 2.19, True)
+    with pytest.raises(ScenarioError, match="pricing.input_usd_per_mtok"):
+        scenario(tiny(pricing={"input_usd_per_mtok": -1}))
+    with pytest.raises(ScenarioError, match="pricing.usd_per_mtok: unknown key"):
+        scenario(tiny(pricing={"usd_per_mtok": 1}))
+    over = apply_overrides(tiny(), ["pricing.output_usd_per_mtok=60", "pricing.bill_reused_reasoning=false"])
+    p = scenario(over).pricing
+    assert p is not None and (p.input_usd_per_mtok, p.output_usd_per_mtok, p.bill_reused_reasoning) == (
+        0.55, 60.0, False)
+
+
+@pytest.mark.parametrize("kind", ["exact", "step"])
+def test_reused_reasoning_is_billed_or_not_and_step_prompts_are_not_the_users(tmp_path, kind):
+    price = {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 10.0}
+    reasoning = 100
+    runs = {}
+    for bill in (True, False):
+        data = tiny(pricing=price | {"bill_reused_reasoning": bill})
+        data["workload"]["num_requests"] = 150
+        data["workload"]["arrival"]["rate_per_s"] = 0.05
+        data["workload"]["mix"][0]["reasoning_tokens"]["value"] = reasoning
+        data["workload"]["mix"][0]["concepts"] = {"num_concepts": 30}
+        data["workload"]["trace_cache"] = {"kind": kind}
+        runs[bill] = Simulation(scenario(data), records_dir=tmp_path / str(bill)).run()
+    df = by_id(runs[True].requests)
+    hit = df["reuse"] == kind
+    saved = 100 if kind == "exact" else 35
+    assert hit.sum() > 50 and (df.loc[hit, "reused_reasoning_tokens"] == saved).all()
+    n = len(df)
+    for bill, res in runs.items():
+        s = res.summary
+        assert s["billed_input_tokens"] == 10 * n  # the user's prompt: the cached steps prefilled are not billed
+        generated = 101 * n - saved * hit.sum()
+        assert s["billed_output_tokens"] == (101 * n if bill else generated)
+        assert s["revenue_usd"] == pytest.approx((10 * n * 1.0 + s["billed_output_tokens"] * 10.0) / 1e6)
+    assert runs[True].summary["margin_usd"] > runs[False].summary["margin_usd"]

@@ -129,6 +129,8 @@ def readme_forms() -> list[tuple[str, dict[str, Any]]]:
         ("inline model", with_(base, model={"num_params": 8e9, "num_layers": 32, "hidden_size": 4096,
                                             "num_attention_heads": 32, "num_kv_heads": 8, "head_dim": 128})),
         ("engine", with_(base, engine={"horizon_s": 3600, "exact_steps": True})),
+        ("pricing", with_(base, pricing={"input_usd_per_mtok": 0.55, "output_usd_per_mtok": 2.19,
+                                         "bill_reused_reasoning": True})),
         ("answer quality", with_(base, workload__mix__0={
             **base["workload"]["mix"][0], **yaml.safe_load(readme_block("## Answer quality"))[0]})),
         ("quality given", with_(base, workload__mix__0={
