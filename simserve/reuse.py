@@ -241,31 +241,42 @@ class TraceReuse(Hooks):
         c = spec.compression
         kept = int(round(c * req.reasoning_tokens))
         req.reuse = "minted"
-        req.reused_reasoning_tokens = req.reasoning_tokens - kept
-        self.reused_reasoning_tokens += req.reasoning_tokens - kept
-        req.reasoning_tokens = kept
         answers = _answers(req)
+        saved = req.reasoning_tokens - kept
+        if answers and answers[0].n > 1:  # parallel samples: each keeps round(c x its own reasoning)
+            engine = answers[0].reasoning + answers[0].probes
+            saved = int((engine - np.rint(c * engine)).sum())
+        req.reused_reasoning_tokens = saved
+        self.reused_reasoning_tokens += saved
+        req.reasoning_tokens = kept
         v = self.mint_rng.random(answers[0].n) if answers and spec.accuracy_penalty > 0 else None
         for a in answers:
-            engine = a.engine_reasoning_tokens
-            cut = engine - int(round(c * engine))
-            from_reasoning = np.minimum(a.reasoning, cut)
-            a.reasoning = a.reasoning - from_reasoning
-            a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
+            engine = a.reasoning + a.probes  # per sample
+            _shorten(a, engine - np.rint(c * engine).astype(engine.dtype))
             if v is not None:
                 p = a.p
                 lost = a.correct_samples & ~(v * p < p - spec.accuracy_penalty)
                 a.p = np.maximum(p - spec.accuracy_penalty, 0.0)
                 a.correct_samples = a.correct_samples & ~lost
                 a.answer_id = np.where(lost, 1, a.answer_id)  # a right answer lost: wrong answer 1
+        if answers and answers[0].n > 1:
+            req.reasoning_tokens = answers[0].engine_reasoning_tokens
 
     def _skip(self, req: Request, kind: str, wrong: bool) -> None:
-        """A whole trace reused: the reasoning is skipped (and with answer quality, the answer wrong if `wrong`)."""
+        """A whole trace reused: the reasoning is skipped (and with answer quality, the answer wrong if `wrong`).
+        With parallel samples the cached answer is returned once: the request is not forked, it keeps its first
+        drawn sample only (its answer is that sample's), and every sample's reasoning counts as saved."""
+        answers = _answers(req)
+        saved = req.reasoning_tokens
+        if answers and answers[0].n > 1:
+            saved = int((answers[0].reasoning + answers[0].probes).sum())
+            for a in answers:
+                _first_sample_only(a)
         req.reuse = kind
-        req.reused_reasoning_tokens = req.reasoning_tokens
-        self.reused_reasoning_tokens += req.reasoning_tokens
+        req.reused_reasoning_tokens = saved
+        self.reused_reasoning_tokens += saved
         req.reasoning_tokens = 0
-        for a in _answers(req):
+        for a in answers:
             a.reasoning = np.zeros_like(a.reasoning)
             a.probes = np.zeros_like(a.probes)
             if wrong:
@@ -277,16 +288,21 @@ class TraceReuse(Hooks):
         """Cached steps reused: `share` of the reasoning becomes prompt tokens (prefilled, not decoded)."""
         reused = int(round(share * req.reasoning_tokens))
         req.reuse = "step"
-        req.reused_reasoning_tokens = reused
-        self.reused_reasoning_tokens += reused
-        req.reasoning_tokens -= reused
         req.prompt_tokens += reused
         self._moved[id(req)] = reused
-        for a in _answers(req):
-            cut = int(round(share * a.engine_reasoning_tokens))
-            from_reasoning = np.minimum(a.reasoning, cut)
-            a.reasoning = a.reasoning - from_reasoning
-            a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
+        answers = _answers(req)
+        saved = reused
+        for i, a in enumerate(answers):
+            engine = a.reasoning + a.probes  # per sample: each decodes (1 - share) of its own reasoning
+            cut = np.rint(share * engine).astype(engine.dtype)
+            _shorten(a, cut)
+            if i == 0 and a.n > 1:  # parallel samples: the tokens no sample decodes any more, added up
+                saved = int(cut.sum())
+        req.reused_reasoning_tokens = saved
+        self.reused_reasoning_tokens += saved
+        req.reasoning_tokens -= reused
+        if answers and answers[0].n > 1:
+            req.reasoning_tokens = answers[0].engine_reasoning_tokens
 
     def finished(self, req: Request) -> None:
         moved = self._moved.pop(id(req), 0) if self._moved and req.parent is None else 0
@@ -339,6 +355,21 @@ class TraceReuse(Hooks):
             out["minting_jobs"] = self.minting.num_jobs
             out["minting_jobs_paid"] = self.minting.num_paid_jobs
         return out
+
+
+def _shorten(a: Answer, cut: np.ndarray) -> None:
+    """Each sample of `a` decodes `cut` fewer tokens (an array, per sample): from its reasoning, then from its
+    early-exit probes."""
+    from_reasoning = np.minimum(a.reasoning, cut)
+    a.reasoning = a.reasoning - from_reasoning
+    a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
+
+
+def _first_sample_only(a: Answer) -> None:
+    """A request answered once from the cache: its answer keeps the first drawn sample alone (not forked)."""
+    for name in ("reasoning", "probes", "p", "correct_samples", "answer_id", "score", "tiebreak", "exited", "cut"):
+        setattr(a, name, getattr(a, name)[:1])
+    a.n, a.m, a.aggregate, a.reward_pool = 1, 1, "majority", None
 
 
 def _answers(req: Request) -> list[Answer]:

@@ -249,11 +249,11 @@ def test_a_trace_cache_without_concepts_changes_nothing_but_adds_its_columns(tmp
     assert math.isnan(on.summary["trace_cache_hit_ratio"]) and "trace_cache_hit_ratio" not in off.summary
 
 
-def test_concepts_with_parallel_sampling_are_refused_for_now():
-    with pytest.raises(ValueError, match="not modelled yet"):
-        WorkloadSpec.model_validate({"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
-                                     "mix": [{"query_type": "factual", "quality": {}, "parallel": {"n": 4},
-                                              "concepts": {"num_concepts": 10}}]})
+def test_trace_cache_specs_refuse_bad_input():
+    WorkloadSpec.model_validate({"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
+                                 "mix": [{"query_type": "factual", "quality": {}, "parallel": {"n": 4},
+                                          "concepts": {"num_concepts": 10}}]})  # with parallel samples: tests/
+    # test_reuse_econ.py
     WorkloadSpec.model_validate({"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
                                  "mix": [{"query_type": "factual", "quality": {}, "concepts": {"num_concepts": 10}}]})
     with pytest.raises(ValueError):

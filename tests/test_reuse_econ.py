@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import by_id, scenario, tiny
 
 from simserve import Simulation
 from simserve.scenario import ScenarioError, apply_overrides
-from simserve.workload import TraceCacheSpec
+from simserve.workload import TraceCacheSpec, generate_requests, rng_streams
 
 H100_USD_PER_HOUR = 2.90
 TRACE_BYTES = 6144 + 4 * (5 + 1)  # the embedding, plus 4 bytes per token of the trace (5 reasoning, 1 answer)
@@ -142,3 +143,85 @@ def test_reused_reasoning_is_billed_or_not_and_step_prompts_are_not_the_users(tm
         assert s["billed_output_tokens"] == (101 * n if bill else generated)
         assert s["revenue_usd"] == pytest.approx((10 * n * 1.0 + s["billed_output_tokens"] * 10.0) / 1e6)
     assert runs[True].summary["margin_usd"] > runs[False].summary["margin_usd"]
+
+
+# ------------------------------------------------------------------------------------------ parallel samples
+
+
+def _parallel(tmp_path: Path, cache: dict | None, n: int = 300, samples: int = 4, minting: dict | None = None):
+    data = tiny()
+    data["workload"]["num_requests"] = n
+    data["workload"]["arrival"]["rate_per_s"] = 0.05
+    entry = data["workload"]["mix"][0]
+    entry["reasoning_tokens"] = {"dist": "uniform", "low": 20, "high": 200}
+    entry["quality"] = {}
+    entry["parallel"] = {"n": samples, "aggregate": "majority"}
+    entry["concepts"] = {"num_concepts": 30}
+    if cache is not None:
+        data["workload"]["trace_cache"] = cache
+    if minting is not None:
+        data["workload"]["minting"] = minting
+    sc = scenario(data, check_invariants=True)
+    drawn = {r.request_id: r.answer for r in generate_requests(sc.workload, rng_streams(sc.seed),
+                                                                model=sc.answer_model)}
+    return Simulation(sc, records_dir=tmp_path).run(), drawn
+
+
+def test_a_whole_hit_with_parallel_samples_is_answered_once_without_reasoning(tmp_path):
+    on, drawn = _parallel(tmp_path / "on", {"kind": "exact"})
+    off, _ = _parallel(tmp_path / "off", None)
+    a, b = by_id(off.requests), by_id(on.requests)
+    hit = b["reuse"] == "exact"
+    assert hit.sum() > 100 and (b["status"] == "completed").all()
+    # One answer's tokens, no reasoning, one sample; the reasoning of all 4 samples counted as saved.
+    assert (b.loc[hit, "num_samples"] == 1).all() and (b.loc[~hit, "num_samples"] == 4).all()
+    assert (b.loc[hit, "reasoning_tokens"] == 0).all() and (b.loc[hit, "generated_tokens"] == 1).all()
+    assert (b.loc[hit, "reasoning_tokens_spent"] == 0).all()
+    assert (b.loc[hit, "reused_reasoning_tokens"] == a.loc[hit, "reasoning_tokens"]).all()
+    # Its answer is the first drawn sample's; a miss is forked and aggregated as without a cache.
+    first = [bool(drawn[i].correct_samples[0]) for i in b.loc[hit, "request_id"]]
+    assert list(b.loc[hit, "correct"] == 1) == first
+    assert b.loc[~hit, "correct"].equals(a.loc[~hit, "correct"])
+    assert b.loc[~hit, "generated_tokens"].equals(a.loc[~hit, "generated_tokens"])
+    hits = b.loc[hit, "correct"].sum() - a.loc[hit, "correct"].sum()
+    assert on.summary["num_correct"] == off.summary["num_correct"] + hits  # accuracy accounting exact
+
+
+def test_step_reuse_and_minted_tokens_shrink_every_sample(tmp_path):
+    on, drawn = _parallel(tmp_path / "on", {"kind": "step", "step_reuse_share": 0.35})
+    off, _ = _parallel(tmp_path / "off", None)
+    a, b = by_id(off.requests), by_id(on.requests)
+    hit = b["reuse"] == "step"
+    assert hit.sum() > 100 and (b["num_samples"] == 4).all()
+    for i in b.loc[hit, "request_id"]:
+        r = drawn[i].reasoning + drawn[i].probes  # each of the 4 samples' reasoning, as drawn
+        cut = np.rint(0.35 * r)
+        row = b.loc[b["request_id"] == i].iloc[0]
+        assert row["reused_reasoning_tokens"] == cut.sum()
+        assert row["reasoning_tokens"] == (r - cut).sum()  # what the 4 samples decoded, added up
+        assert row["prompt_tokens"] == 10 + round(0.35 * r.max())  # the cached steps, prefilled once and shared
+    assert b["correct"].equals(a["correct"])  # step reuse keeps every sample's answer
+    assert on.summary["reused_reasoning_tokens"] == b.loc[hit, "reused_reasoning_tokens"].sum()
+    minted, drawn = _parallel(tmp_path / "m", None, minting={"min_count": 2, "job_every_s": 500.0,
+                                                             "compression": 0.3})
+    c = by_id(minted.requests)
+    m = c["reuse"] == "minted"
+    assert m.sum() > 100 and c["correct"].equals(a["correct"])
+    for i in c.loc[m, "request_id"]:
+        r = drawn[i].reasoning + drawn[i].probes
+        row = c.loc[c["request_id"] == i].iloc[0]
+        assert row["reasoning_tokens"] == np.rint(0.3 * r).sum()
+        assert row["reused_reasoning_tokens"] == (r - np.rint(0.3 * r)).sum()
+
+
+def test_false_hits_with_parallel_samples_are_wrong_once_and_the_rest_unchanged(tmp_path):
+    data_cache = {"kind": "semantic", "false_hit_rate": 0.3}
+    on, _ = _parallel(tmp_path / "on", data_cache)
+    off, _ = _parallel(tmp_path / "off", {"kind": "semantic", "false_hit_rate": 0.0})
+    a, b = by_id(off.requests), by_id(on.requests)
+    false = b["reuse"] == "semantic_false"
+    assert false.sum() > 10
+    assert (b.loc[false, "correct"] == 0).all() and (b.loc[false, "num_samples"] == 1).all()
+    assert (b.loc[false, "generated_tokens"] == 1).all()
+    same = ~false & (a["reuse"] == b["reuse"])
+    assert b.loc[same, "correct"].equals(a.loc[same, "correct"])

@@ -90,9 +90,6 @@ class QueryType(BaseModel):
                 f"query type {self.query_type!r} needs either 'reasoning_tokens' and 'answer_tokens', "
                 "or 'output_tokens' and 'reasoning_share'"
             )
-        if self.concepts is not None and self.parallel is not None:
-            raise ValueError(f"query type {self.query_type!r}: 'concepts' (trace reuse) with parallel sampling is "
-                             "not modelled yet (issue 18)")
         return self
 
     @property
