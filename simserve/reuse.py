@@ -19,13 +19,18 @@ With answer quality (one sample per request), a whole-trace true hit keeps the r
 (success probability 0), and step reuse keeps correctness (Retrieval-of-Thought: equal accuracy); the answer's
 reasoning spent shrinks the same way (every model and budget it was drawn for, under difficulty routing).
 
-Minted tokens (`Minting`): the queries of each (query type, concept) are counted on arrival; a job at every
-multiple of `job_every_s` mints the concepts counted at least `min_count` times before it, most frequent first, up
+Minted tokens (`Minting`): the queries of each (query type, concept) are counted on arrival; a job at each
+job_offset_s + k x job_every_s mints the concepts counted at least `min_count` times before it, most frequent first, up
 to the store limit. A later request of a minted concept that is not a whole-trace hit (exact, semantic or false)
 decodes round(compression x) of its reasoning x (reuse "minted"; minting takes the place of step reuse), and with
 answer quality its success probability drops by `accuracy_penalty`: a right sample stays right iff a uniform v
 (the `minting` stream, drawn only when the penalty is positive) has v p < p - penalty -- given u < p, u is uniform
 on [0, p), so this is u < p - penalty in distribution; a penalty of 0 changes nothing.
+
+With parallel samples the hook runs on the request before it is forked: a whole-trace hit keeps its first drawn
+sample only (answered once, unforked); step reuse and minted tokens cut each sample's own reasoning. Costs: the
+lookups, and the bytes of the traces held integrated over time (`TraceReuse.costs`; docs/model.md, "Economics of
+trace reuse").
 """
 
 from __future__ import annotations
@@ -327,7 +332,7 @@ class TraceReuse(Hooks):
         spec, cache = self.spec, self.cache
         if spec is None or cache is None:
             return {}
-        byte_hours = cache.byte_seconds(end_s) / 3600.0
+        byte_hours = float(cache.byte_seconds(end_s)) / 3600.0
         return {"trace_cache_lookup_cost_usd": self.num_lookups * spec.lookup_cost_usd,
                 "trace_cache_storage_cost_usd": byte_hours / 1e9 * spec.storage_price_usd_per_gb_hour,
                 "trace_cache_byte_hours": byte_hours, "trace_cache_lookup_usd": spec.lookup_cost_usd,

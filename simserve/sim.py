@@ -481,7 +481,7 @@ def _break_even(costs: dict[str, Any], serving_cost_usd: float, output_tokens: i
     reasoning tokens a hit saved on average x the run's GPU USD per generated token (its serving GPUs' cost over
     the output tokens they generated: idle time included, minting and the cache's own costs not). A hit ratio
     above it pays for the lookups. NaN with no hit or no token generated."""
-    per_token = serving_cost_usd / output_tokens if output_tokens else math.nan
+    per_token = float(serving_cost_usd) / output_tokens if output_tokens else math.nan
     saved = costs["trace_cache_saved_tokens_per_hit"] * per_token
     return {"gpu_usd_per_generated_token": per_token, "trace_cache_usd_saved_per_hit": saved,
             "trace_cache_break_even_hit_ratio": costs["trace_cache_lookup_usd"] / saved if saved > 0 else math.nan}
