@@ -584,6 +584,41 @@ def quality_summary(requests: pd.DataFrame | Path, cost_usd: float) -> dict[str,
     }
 
 
+def revenue_summary(requests: pd.DataFrame | Path, *, input_usd_per_mtok: float, output_usd_per_mtok: float,
+                    bill_reused_reasoning: bool, cost_usd: float, reuse_columns: bool = False,
+                    step_prompt_tokens: int = 0) -> dict[str, Any]:
+    """What completed requests are billed at a price per million tokens, read a row group at a time: input, their
+    prompt tokens less the cached steps step reuse put in them (`step_prompt_tokens`, over completed requests: the
+    user did not send them); output, the tokens generated (reasoning, probes and answer, every sample), plus with
+    `bill_reused_reasoning` the reasoning that reuse saved (`reused_reasoning_tokens`, recorded when
+    `reuse_columns`). Then
+    `revenue_usd`, `margin_usd` = revenue - cost_usd, `margin_ratio` = margin / revenue, `usd_per_query` (cost per
+    completed request) and `revenue_per_query_usd`."""
+    batches = _batches(requests)
+    prompt = generated = reused = completed = 0
+    for t in batches(["status", "prompt_tokens", "generated_tokens"]):
+        done = pc.equal(t["status"], "completed").to_numpy(zero_copy_only=False)
+        completed += int(done.sum())
+        prompt += int(t["prompt_tokens"].to_numpy()[done].sum())
+        generated += int(t["generated_tokens"].to_numpy()[done].sum())
+    if bill_reused_reasoning and reuse_columns:
+        for t in batches(["status", "reused_reasoning_tokens"]):
+            done = pc.equal(t["status"], "completed").to_numpy(zero_copy_only=False)
+            reused += int(t["reused_reasoning_tokens"].to_numpy()[done].sum())
+    billed_in, billed_out = prompt - step_prompt_tokens, generated + reused
+    revenue = (billed_in * input_usd_per_mtok + billed_out * output_usd_per_mtok) / 1e6
+    margin = revenue - cost_usd
+    return {
+        "billed_input_tokens": billed_in,
+        "billed_output_tokens": billed_out,
+        "revenue_usd": revenue,
+        "margin_usd": margin,
+        "margin_ratio": margin / revenue if revenue else math.nan,
+        "usd_per_query": cost_usd / completed if completed else math.nan,
+        "revenue_per_query_usd": revenue / completed if completed else math.nan,
+    }
+
+
 def jain_index(values: np.ndarray) -> float:
     """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all are equal, 1/n when one takes everything."""
     x = np.asarray(values, float)

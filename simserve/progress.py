@@ -55,7 +55,7 @@ def expected_requests(scenario: Scenario) -> float | None:
     assert w.arrival is not None
     n = float(w.num_requests) if w.num_requests is not None else math.inf
     if w.duration_s is not None:
-        n = min(n, w.duration_s / w.arrival.mean_gap_s)
+        n = min(n, w.duration_s / w.arrival_process.mean_gap_s)
     if w.sessions is not None:
         n *= max(1.0, w.sessions.turns.build(scenario.base_dir).mean)
     return n

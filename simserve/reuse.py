@@ -38,6 +38,11 @@ quality its success probability drops by accuracy_penalty m / P (in proportion t
 stand for: the penalty of compressing a whole trace, spread over its steps): a right sample stays right iff a
 uniform v (the `minting` stream, drawn only when the penalty is positive) has v p < p - penalty m / P -- given u <
 p, u is uniform on [0, p), so this is u < p - penalty m / P in distribution; a penalty of 0 changes nothing.
+
+With parallel samples the hook runs on the request before it is forked: a whole-trace hit keeps its first drawn
+sample only (answered once, unforked); step reuse and minted tokens cut each sample's own reasoning. Costs: the
+lookups, and the bytes of the traces held integrated over time (`TraceReuse.costs`; docs/model.md, "Economics of
+trace reuse").
 """
 
 from __future__ import annotations
@@ -79,6 +84,11 @@ class TraceCache:
         self._heap: list[tuple[int, int, Key]] = []  # LFU: (uses, tick, key), stale entries skipped
         self._tick = 0
         self.num_evictions = 0
+        # Storage: bytes each trace holds, their sum, and its time integral (exact: updated as entries change).
+        self._bytes: dict[Key, float] = {}
+        self.bytes_held = 0.0
+        self._byte_s = 0.0
+        self._last_s = 0.0
 
     def __len__(self) -> int:
         return len(self.stored_s)
@@ -91,16 +101,33 @@ class TraceCache:
         if self.ttl_s is not None and now_s - stored >= self.ttl_s:
             del self.stored_s[key]
             self._uses.pop(key, None)
+            self._hold(key, 0.0, now_s)
             return False
         self._use(key)
         return True
 
-    def insert(self, key: Key, now_s: float) -> None:
-        """Store (or refresh) the trace of `key`, evicting one first if the cache is full."""
+    def insert(self, key: Key, now_s: float, size_bytes: float = 0.0) -> None:
+        """Store (or refresh) the trace of `key`, `size_bytes` long, evicting one first if the cache is full."""
         if key not in self.stored_s and self.capacity is not None and len(self.stored_s) >= self.capacity:
-            self._evict()
+            self._evict(now_s)
         self.stored_s[key] = now_s
         self._use(key)
+        self._hold(key, size_bytes, now_s)
+
+    def _hold(self, key: Key, size_bytes: float, now_s: float) -> None:
+        """The trace of `key` now holds `size_bytes` (0: removed); the byte-seconds integral is brought to now."""
+        self._byte_s += self.bytes_held * (now_s - self._last_s)
+        self._last_s = now_s
+        self.bytes_held += size_bytes - self._bytes.pop(key, 0.0)
+        if size_bytes:
+            self._bytes[key] = size_bytes
+
+    def byte_seconds(self, now_s: float) -> float:
+        """Integral of the bytes held from the start to `now_s`."""
+        return self._byte_s + self.bytes_held * (now_s - self._last_s)
+
+    def restart_integral(self, now_s: float) -> None:
+        self._byte_s, self._last_s = 0.0, now_s
 
     def _use(self, key: Key) -> None:
         self.stored_s.move_to_end(key)
@@ -114,16 +141,18 @@ class TraceCache:
             self._heap = [(u, t, k) for k, (u, t) in self._uses.items()]
             heapq.heapify(self._heap)
 
-    def _evict(self) -> None:
+    def _evict(self, now_s: float) -> None:
         self.num_evictions += 1
         if not self.lfu:
-            self.stored_s.popitem(last=False)
+            key, _ = self.stored_s.popitem(last=False)
+            self._hold(key, 0.0, now_s)
             return
         while True:
             uses, tick, key = heapq.heappop(self._heap)
             if self._uses.get(key) == (uses, tick):
                 del self._uses[key]
                 del self.stored_s[key]
+                self._hold(key, 0.0, now_s)
                 return
 
 
@@ -173,8 +202,14 @@ class Minting:
     def counts(self) -> dict[Key, int]:
         return self.counter.counts
 
+    def jobs_due(self, now_s: float) -> int:
+        """Jobs at or before `now_s`, counted from t = 0: those at job_offset_s + k x job_every_s (a job at t = 0 is
+        not run); below 0 before the first (a history before t = 0)."""
+        offset, every = self.spec.job_offset_s, self.spec.job_every_s
+        return int((now_s - offset) // every) + (1 if offset > 0 else 0)
+
     def run_due(self, now_s: float) -> None:
-        due = int(now_s // self.spec.job_every_s)
+        due = self.jobs_due(now_s)
         if due <= self.num_jobs:
             return
         self.num_jobs = due  # later jobs before now see the same counts: only the first can mint anything
@@ -193,7 +228,7 @@ class Minting:
 
     def start_at(self, t_s: float) -> None:
         """Start the job clock at `t_s` (a history before time 0): the jobs due after it will run."""
-        self.num_jobs = int(t_s // self.spec.job_every_s)
+        self.num_jobs = self.jobs_due(t_s)
 
     @property
     def gpu_hours(self) -> float:
@@ -233,6 +268,15 @@ class TraceStores:
     def num_evictions(self) -> int:
         return sum(c.num_evictions for s in self.by_scope.values() for c in s.caches())
 
+    def byte_seconds(self, now_s: float) -> float:
+        return sum(c.byte_seconds(now_s) for s in self.by_scope.values() for c in s.caches())
+
+    def restart_integral(self, now_s: float) -> None:
+        """Integrate the bytes held from `now_s` on (the end of a history), forgetting what came before."""
+        for s in self.by_scope.values():
+            for c in s.caches():
+                c.restart_integral(now_s)
+
 
 class TraceReuse(Hooks):
     """The trace cache at the front end, cluster-wide: looks up each arriving request with a concept, and stores the
@@ -249,6 +293,9 @@ class TraceReuse(Hooks):
         self.num_lookups = self.num_hits = self.num_false_hits = self.reused_reasoning_tokens = 0
         self.num_step_lookups = self.num_fallback_hits = 0
         self.found_share_sum = 0.0
+        self.hit_saved_tokens = 0  # reasoning tokens the cache's hits saved (whole, false and step hits)
+        self._moved: dict[int, int] = {}  # step reuse, requests in flight: id -> cached steps put in the prompt
+        self.step_prompt_tokens = 0  # those of completed requests (not billed as the user's input)
         mix = [q for q in sim.scenario.workload.mix or () if q.concepts is not None]
         self._qindex = {name: i for i, name in enumerate(sorted({q.query_type for q in mix}))}
         self._steps: dict[str, ConceptSteps] = {}
@@ -312,8 +359,10 @@ class TraceReuse(Hooks):
         if self.cache is not None:
             self.history_summary["reuse_history_hit_ratio"] = self.num_hits / n if n else float("nan")
         self.num_lookups = self.num_hits = self.num_false_hits = self.reused_reasoning_tokens = 0
-        self.num_step_lookups = self.num_fallback_hits = 0
+        self.num_step_lookups = self.num_fallback_hits = self.hit_saved_tokens = 0
         self.found_share_sum = 0.0
+        if self.cache is not None:
+            self.cache.restart_integral(0.0)
         if self.minting is not None:
             self.history_summary["reuse_history_minted_patterns"] = len(self.minting.minted)
             self.minting.num_paid_jobs = self.minting.num_minted_requests = 0
@@ -357,6 +406,7 @@ class TraceReuse(Hooks):
             self.num_lookups += 1
             if store.whole is not None and self._whole(req, store.whole, self._key(req.query_type, req.concept)):
                 self.num_hits += 1
+                self.hit_saved_tokens += req.reused_reasoning_tokens
                 return
             if store.steps is not None:
                 found = self._found(req, store.steps, keys, minted)
@@ -366,7 +416,9 @@ class TraceReuse(Hooks):
                     self.num_fallback_hits += 1
         m = sum(minted)
         if m or found:
-            self._shrink(req, m / len(keys), found / len(keys))
+            by_steps = self._shrink(req, m / len(keys), found / len(keys))
+            if found and store is not None and store.whole is None:
+                self.hit_saved_tokens += by_steps
 
     def _whole(self, req: Request, cache: TraceCache, key: int) -> bool:
         """An exact or semantic lookup: whether the request reused a whole trace (a false hit included)."""
@@ -397,26 +449,35 @@ class TraceReuse(Hooks):
         self._looked_up[id(req)] = (keys, taken)  # for its completion: the keys are not hashed again
         return found
 
-    def _shrink(self, req: Request, minted_share: float, found_share: float) -> None:
+    def _shrink(self, req: Request, minted_share: float, found_share: float) -> int:
         """Minted steps and cached steps: of the reasoning x, the minted y = round(minted_share x) decodes as
         round(compression y), and round(step_reuse_share found_share x) more (at most what is left) is prefilled
-        as prompt tokens. With answer quality the same cut applies to every answer's reasoning spent (then its
-        probes), and a minted request's right samples turn wrong at the penalty times its minted share."""
+        as prompt tokens. With answer quality the same cut applies to every answer's reasoning spent, sample by
+        sample (then its probes), and a minted request's right samples turn wrong at the penalty times its minted
+        share. With parallel samples the cached steps are prefilled once, in the shared prompt, and the tokens
+        saved are every sample's. Returns the reasoning tokens the cached steps saved (for the hit's worth)."""
         c = self.minting.spec.compression if self.minting is not None else 1.0
         share = self.spec.step_reuse_share if self.spec is not None else 0.0
 
-        def cuts(x: int) -> tuple[int, int]:
-            y = int(round(minted_share * x))
-            saved = y - int(round(c * y))
-            return saved, min(int(round(share * found_share * x)), x - saved)
+        def cuts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            y = np.rint(minted_share * x)
+            saved = y - np.rint(c * y)
+            return saved.astype(np.int64), np.minimum(np.rint(share * found_share * x), x - saved).astype(np.int64)
 
-        saved, moved = cuts(req.reasoning_tokens)
+        saved_one, moved_one = cuts(np.array(req.reasoning_tokens))
+        saved, moved = int(saved_one), int(moved_one)
         req.reuse = "minted" if minted_share > 0 else "step"
-        req.reused_reasoning_tokens = saved + moved
-        self.reused_reasoning_tokens += saved + moved
+        answers = _answers(req)
+        total, by_steps = saved + moved, moved
+        if answers and answers[0].n > 1:  # parallel samples: the tokens no sample decodes any more, added up
+            per_saved, per_moved = cuts(answers[0].reasoning + answers[0].probes)
+            total, by_steps = int(per_saved.sum() + per_moved.sum()), int(per_moved.sum())
+        req.reused_reasoning_tokens = total
+        self.reused_reasoning_tokens += total
         req.reasoning_tokens -= saved + moved
         req.prompt_tokens += moved
-        answers = _answers(req)
+        if moved:
+            self._moved[id(req)] = moved
         penalty = 0.0
         if minted_share > 0:
             assert self.minting is not None
@@ -424,24 +485,33 @@ class TraceReuse(Hooks):
             penalty = self.minting.spec.accuracy_penalty * minted_share
         v = self.mint_rng.random(answers[0].n) if answers and penalty > 0 else None
         for a in answers:
-            cut = sum(cuts(a.engine_reasoning_tokens))
-            from_reasoning = np.minimum(a.reasoning, cut)
-            a.reasoning = a.reasoning - from_reasoning
-            a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
+            sv, mv = cuts(a.reasoning + a.probes)
+            _shorten(a, sv + mv)
             if v is not None:
                 p = a.p
                 lost = a.correct_samples & ~(v * p < p - penalty)
                 a.p = np.maximum(p - penalty, 0.0)
                 a.correct_samples = a.correct_samples & ~lost
                 a.answer_id = np.where(lost, 1, a.answer_id)  # a right answer lost: wrong answer 1
+        if answers and answers[0].n > 1:
+            req.reasoning_tokens = answers[0].engine_reasoning_tokens
+        return by_steps
 
     def _skip(self, req: Request, kind: str, wrong: bool) -> None:
-        """A whole trace reused: the reasoning is skipped (and with answer quality, the answer wrong if `wrong`)."""
+        """A whole trace reused: the reasoning is skipped (and with answer quality, the answer wrong if `wrong`).
+        With parallel samples the cached answer is returned once: the request is not forked, it keeps its first
+        drawn sample only (its answer is that sample's), and every sample's reasoning counts as saved."""
+        answers = _answers(req)
+        saved = req.reasoning_tokens
+        if answers and answers[0].n > 1:
+            saved = int((answers[0].reasoning + answers[0].probes).sum())
+            for a in answers:
+                _first_sample_only(a)
         req.reuse = kind
-        req.reused_reasoning_tokens = req.reasoning_tokens
-        self.reused_reasoning_tokens += req.reasoning_tokens
+        req.reused_reasoning_tokens = saved
+        self.reused_reasoning_tokens += saved
         req.reasoning_tokens = 0
-        for a in _answers(req):
+        for a in answers:
             a.reasoning = np.zeros_like(a.reasoning)
             a.probes = np.zeros_like(a.probes)
             if wrong:
@@ -451,21 +521,48 @@ class TraceReuse(Hooks):
 
     def finished(self, req: Request) -> None:
         keys, taken = self._looked_up.pop(id(req), (None, None))
+        moved = self._moved.pop(id(req), 0) if self._moved and req.parent is None else 0
+        if req.status == "completed":
+            self.step_prompt_tokens += moved
         store = self._store_done(req)
         if (store is None or req.concept < 0 or req.parent is not None or req.status != "completed"
                 or req.reuse in WHOLE_REUSE):
             return
+        spec = self.spec
+        assert spec is not None
         now = self._now()
+        samples = req.answer.n if req.answer is not None else 1  # one sample's trace is stored: the mean
+        text_bytes = spec.bytes_per_token * (req.reasoning_tokens + req.answer_tokens) / samples
         if store.whole is not None:
-            store.whole.insert(self._key(req.query_type, req.concept), now)
+            store.whole.insert(self._key(req.query_type, req.concept), now, spec.bytes_per_entry + text_bytes)
         if store.steps is not None:
-            for k in dict.fromkeys(keys if keys is not None else self._keys(req)):
+            keys = keys if keys is not None else self._keys(req)
+            step_bytes = spec.bytes_per_entry + text_bytes / len(keys)  # a step: its share of the trace's text
+            for k in dict.fromkeys(keys):
                 if taken is None or k not in taken:
-                    store.steps.insert(k, now)
+                    store.steps.insert(k, now, step_bytes)
 
     def _store_done(self, req: Request) -> TraceStore | None:
         """The store a finished request fills: the cluster's."""
         return self.cache.at(-1) if self.cache is not None else None
+
+    def costs(self, end_s: float) -> dict[str, Any]:
+        """The trace cache's money and time (with a trace cache; none without): `trace_cache_lookup_cost_usd`
+        (lookups x the cost of one), `trace_cache_storage_cost_usd` (bytes held integrated over the run, to
+        `end_s`, x the price per GB-hour), `trace_cache_byte_hours` (that integral), `trace_cache_lookup_usd`
+        and `trace_cache_lookup_latency_s` (of one lookup: every request with a concept waits it before entering
+        the cluster), and `trace_cache_saved_tokens_per_hit` (reasoning tokens a hit saved, on average; NaN with
+        no hit). The simulation adds the two costs into the run's cost_usd."""
+        spec, cache = self.spec, self.cache
+        if spec is None or cache is None:
+            return {}
+        byte_hours = float(cache.byte_seconds(end_s)) / 3600.0
+        return {"trace_cache_lookup_cost_usd": self.num_lookups * spec.lookup_cost_usd,
+                "trace_cache_storage_cost_usd": byte_hours / 1e9 * spec.storage_price_usd_per_gb_hour,
+                "trace_cache_byte_hours": byte_hours, "trace_cache_lookup_usd": spec.lookup_cost_usd,
+                "trace_cache_lookup_latency_s": spec.lookup_latency,
+                "trace_cache_saved_tokens_per_hit": (self.hit_saved_tokens / self.num_hits if self.num_hits
+                                                     else float("nan"))}
 
     def summary(self) -> dict[str, Any]:
         """`trace_cache_hit_ratio` (hits, false hits included, over lookups; NaN with none), lookups, hits, false
@@ -546,6 +643,21 @@ class _Index:
 
     def __init__(self, index: int) -> None:
         self.index = index
+
+
+def _shorten(a: Answer, cut: np.ndarray) -> None:
+    """Each sample of `a` decodes `cut` fewer tokens (an array, per sample): from its reasoning, then from its
+    early-exit probes."""
+    from_reasoning = np.minimum(a.reasoning, cut)
+    a.reasoning = a.reasoning - from_reasoning
+    a.probes = np.maximum(a.probes - (cut - from_reasoning), 0)
+
+
+def _first_sample_only(a: Answer) -> None:
+    """A request answered once from the cache: its answer keeps the first drawn sample alone (not forked)."""
+    for name in ("reasoning", "probes", "p", "correct_samples", "answer_id", "score", "tiebreak", "exited", "cut"):
+        setattr(a, name, getattr(a, name)[:1])
+    a.n, a.m, a.aggregate, a.reward_pool = 1, 1, "majority", None
 
 
 def _answers(req: Request) -> list[Answer]:

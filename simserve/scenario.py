@@ -153,6 +153,21 @@ class EngineSpec(BaseModel):
     check_invariants: bool = Field(default=False, description="assert KV block conservation at every step")
 
 
+class PricingSpec(BaseModel):
+    """What the provider charges per million tokens (docs/model.md, "Economics of trace reuse"): prompt tokens as
+    input, reasoning and answer tokens as output. Defaults: DeepSeek-R1's API list price (api-docs.deepseek.com,
+    2025: 0.55 USD per million input tokens on a cache miss, 2.19 per million output), a scenario input."""
+
+    model_config = _FROZEN
+    input_usd_per_mtok: float = Field(default=0.55, ge=0, description="USD per million prompt tokens billed "
+                                      "(0.55: DeepSeek-R1 API, cache miss)")
+    output_usd_per_mtok: float = Field(default=2.19, ge=0, description="USD per million output tokens billed "
+                                       "(reasoning plus answer; 2.19: DeepSeek-R1 API)")
+    bill_reused_reasoning: bool = Field(default=True, description="bill the reasoning a trace-cache hit or minted "
+                                        "tokens saved as if generated (the user gets the same answer; the provider "
+                                        "keeps the saving); false: bill only the tokens generated")
+
+
 def _kind_only(value: Any) -> Any:
     """`router: least_kv` and `scheduler: fcfs` stand for mappings with only a kind (the JSON Schema says so too)."""
     return {"kind": value} if isinstance(value, str) else value
@@ -183,6 +198,8 @@ class Scenario(BaseModel):
               "victim: a kind (fcfs) or a mapping with kind"))
     engine: EngineSpec = Field(default_factory=EngineSpec, description="how the run is stepped and when it "
                                "stops")
+    pricing: PricingSpec | None = Field(default=None, description="the price per million tokens the provider "
+                                        "charges: adds revenue and margin to the summary (null: none)")
     _base_dir: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")

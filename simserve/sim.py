@@ -20,7 +20,7 @@ import simpy
 from simserve.answers import Answers
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
 from simserve.hardware import GpuSpec, ModelSpec
-from simserve.metrics import Recorder, busy_seconds, quality_summary, service_summary, summarize
+from simserve.metrics import Recorder, busy_seconds, quality_summary, revenue_summary, service_summary, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.quality import resolve
 from simserve.request import Request
@@ -162,7 +162,7 @@ class Simulation:
             per_replica = trace_cache is not None and trace_cache.scope == "replica"
             self.reuse = (ReplicaTraceReuse if per_replica else TraceReuse)(self, trace_cache, minting)
             chain.insert(0, self.reuse)
-            self._lookup_latency_s = trace_cache.lookup_latency_s if trace_cache is not None else 0.0
+            self._lookup_latency_s = trace_cache.lookup_latency if trace_cache is not None else 0.0
         chain.extend(hooks)
         chain.append(_Accounting(self))
         self.hooks = HookChain(chain)
@@ -420,6 +420,10 @@ class Simulation:
             mint_extra = {"minting_gpu_hours": mint.gpu_hours, "minting_cost_usd": mint.gpu_hours * price}
             gpu_hours += mint.gpu_hours
             cost += mint.gpu_hours * price
+        serving_cost = sum(p["cost_usd"] for p in self.pools)
+        cache_costs = self.reuse.costs(end_s) if self.reuse is not None else {}
+        if cache_costs:  # the trace cache's lookups and storage, counted into the run's cost
+            cost += cache_costs["trace_cache_lookup_cost_usd"] + cache_costs["trace_cache_storage_cost_usd"]
         num_events = self.num_arrived + self.num_scheduled_events + sum(r.num_events for r in self.replicas)
         saturated, growth = self._saturation(stopped)
         extra = {
@@ -456,6 +460,9 @@ class Simulation:
         if self.reuse is not None:
             summary.update(self.reuse.summary())
             summary.update(mint_extra)
+            if cache_costs:
+                summary.update(cache_costs)
+                summary.update(_break_even(cache_costs, serving_cost, summary["output_tokens"]))
         if self.quality:
             summary.update(quality_summary(requests, cost))
             model = self.scenario.answer_model
@@ -471,7 +478,25 @@ class Simulation:
             summary["quality_sources"] = {  # where each query type's accuracy model came from: data or assumed
                 q.query_type: resolve(q.quality, model, q.query_type, q.early_exit).source
                 for q in self.scenario.workload.mix or [] if q.quality_on}
+        pricing = self.scenario.pricing
+        if pricing is not None:
+            summary.update(revenue_summary(
+                requests, input_usd_per_mtok=pricing.input_usd_per_mtok,
+                output_usd_per_mtok=pricing.output_usd_per_mtok, bill_reused_reasoning=pricing.bill_reused_reasoning,
+                cost_usd=cost, reuse_columns=self.recorder.reuse,
+                step_prompt_tokens=self.reuse.step_prompt_tokens if self.reuse is not None else 0))
         return summary
+
+
+def _break_even(costs: dict[str, Any], serving_cost_usd: float, output_tokens: int) -> dict[str, float]:
+    """The trace cache's break-even hit ratio: the cost of one lookup over the GPU USD one hit saves, that is the
+    reasoning tokens a hit saved on average x the run's GPU USD per generated token (its serving GPUs' cost over
+    the output tokens they generated: idle time included, minting and the cache's own costs not). A hit ratio
+    above it pays for the lookups. NaN with no hit or no token generated."""
+    per_token = float(serving_cost_usd) / output_tokens if output_tokens else math.nan
+    saved = costs["trace_cache_saved_tokens_per_hit"] * per_token
+    return {"gpu_usd_per_generated_token": per_token, "trace_cache_usd_saved_per_hit": saved,
+            "trace_cache_break_even_hit_ratio": costs["trace_cache_lookup_usd"] / saved if saved > 0 else math.nan}
 
 
 class _Counted:

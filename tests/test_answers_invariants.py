@@ -1,7 +1,8 @@
 """Layer (c) with answer quality on: the hypothesis invariants of tests/test_invariants.py (KV blocks conserved at
 every step, every request recorded exactly once with a status and a reason, simulated time monotone, fast-forward
 equal to exact steps) over random small scenarios whose requests also carry budgets, early exit and parallel
-samples (forked prompt blocks, preemption of samples, samples stopped by first_finished, reward-model passes)."""
+samples (forked prompt blocks, preemption of samples, samples stopped by first_finished, reward-model passes), and
+trace reuse (whole hits answered once, unforked; step reuse and minted tokens shrinking every sample)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def quality_scenarios(draw):
             pools.append(reward)
             par["reward_pool"] = "prm"
         entry["parallel"] = par
+    reuse = draw(st.sampled_from([None, "exact", "semantic", "step", "minted"]))
+    if reuse is not None:  # trace reuse: a whole hit answers once, unforked; step and minted shrink every sample
+        entry["concepts"] = {"num_concepts": draw(st.integers(1, 4))}
+        if reuse == "minted":
+            data["workload"]["minting"] = {"min_count": 1, "job_every_s": draw(st.sampled_from([0.5, 5.0]))}
+        else:
+            data["workload"]["trace_cache"] = {"kind": reuse, "false_hit_rate": 0.3,
+                                               "lookup_latency_s": draw(st.sampled_from([0.0, 0.01]))}
     return data
 
 

@@ -249,11 +249,11 @@ def test_a_trace_cache_without_concepts_changes_nothing_but_adds_its_columns(tmp
     assert math.isnan(on.summary["trace_cache_hit_ratio"]) and "trace_cache_hit_ratio" not in off.summary
 
 
-def test_concepts_with_parallel_sampling_are_refused_for_now():
-    with pytest.raises(ValueError, match="not modelled yet"):
-        WorkloadSpec.model_validate({"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
-                                     "mix": [{"query_type": "factual", "quality": {}, "parallel": {"n": 4},
-                                              "concepts": {"num_concepts": 10}}]})
+def test_trace_cache_specs_refuse_bad_input():
+    WorkloadSpec.model_validate({"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
+                                 "mix": [{"query_type": "factual", "quality": {}, "parallel": {"n": 4},
+                                          "concepts": {"num_concepts": 10}}]})  # with parallel samples: tests/
+    # test_reuse_econ.py
     WorkloadSpec.model_validate({"num_requests": 1, "arrival": {"process": "poisson", "rate_per_s": 1.0},
                                  "mix": [{"query_type": "factual", "quality": {}, "concepts": {"num_concepts": 10}}]})
     with pytest.raises(ValueError):
@@ -366,16 +366,17 @@ def _mint_run(tmp_path: Path, minting: dict | None, n: int = 400, reasoning: int
     return sc, Simulation(sc, records_dir=tmp_path).run()
 
 
-def _expected_minted(sc, min_count: int, every_s: float, limit: int | None) -> list[bool]:
-    """Which requests (in id order) find their concept minted: a job at each multiple of every_s mints the
-    concepts seen at least min_count times before it, most frequent first (ties: smallest concept), to the limit."""
+def _expected_minted(sc, min_count: int, every_s: float, limit: int | None, offset_s: float = 0.0) -> list[bool]:
+    """Which requests (in id order) find their concept minted: a job at each offset_s + k every_s after t = 0 mints
+    the concepts seen at least min_count times before it, most frequent first (ties: smallest concept), to the
+    limit."""
     reqs = list(generate_requests(sc.workload, rng_streams(sc.seed)))
     counts: dict[int, int] = {}
     minted: set[int] = set()
-    jobs = 0
+    jobs = 0 if offset_s > 0 else 1  # the index k of the next job
     out = []
     for r in reqs:
-        while (jobs + 1) * every_s <= r.arrival_s:
+        while offset_s + jobs * every_s <= r.arrival_s:
             jobs += 1
             ready = sorted((-c, k) for k, c in counts.items() if c >= min_count and k not in minted)
             room = len(ready) if limit is None else limit - len(minted)
@@ -407,6 +408,19 @@ def test_minted_requests_decode_the_compressed_share_of_their_reasoning(tmp_path
     assert math.isclose(s["gpu_hours"], serving + s["minting_gpu_hours"])
     assert math.isclose(s["cost_usd"], serving * 2.90 + s["minting_cost_usd"])  # h100-sxm: 2.90 USD per hour
     assert "minted_patterns" not in off.summary and "reuse" not in a.columns
+
+
+def test_minting_job_offset_moves_the_jobs_within_the_period(tmp_path):
+    # Jobs at 700 + k x 1000 s (the trough of a day, scaled down): the requests that find their concept minted are
+    # those the job schedule at that offset implies, not those of jobs at multiples of 1000 s.
+    spec = {"min_count": 3, "job_every_s": 1000.0, "job_offset_s": 700.0, "store_limit_patterns": 20}
+    sc, on = _mint_run(tmp_path / "on", spec)
+    minted = list(by_id(on.requests)["reuse"] == "minted")
+    assert minted == _expected_minted(sc, 3, 1000.0, 20, 700.0) != _expected_minted(sc, 3, 1000.0, 20)
+    last = on.summary["makespan_s"]
+    assert on.summary["minting_jobs"] == int((last - 700.0) // 1000.0) + 1
+    with pytest.raises(ValueError, match="job_offset_s"):
+        MintingSpec.model_validate({"job_every_s": 100.0, "job_offset_s": 100.0})
 
 
 def test_minting_with_no_penalty_never_changes_correctness_and_a_penalty_lowers_it(tmp_path):

@@ -107,6 +107,10 @@ def readme_forms() -> list[tuple[str, dict[str, Any]]]:
                                                          {"name": "d", "role": "decode"}],
                                                "kv_transfer": {"bandwidth_bytes_per_s": 5e10, "latency_s": 0.001}})),
         ("gamma", with_(base, workload__arrival={"process": "gamma", "rate_per_s": 2.0, "cv": 3.0})),
+        ("diurnal", with_(base, workload__arrival={"process": "diurnal", "rate_per_s": 2.0, "amplitude": 0.5,
+                                                   "period_s": 86400, "peak_s": 50400})),
+        ("rate per user", with_(base, workload__arrival={"process": "poisson"}, workload__num_users=2000,
+                                workload__rate_per_user_per_s=0.001)),
         ("duration", with_(base, workload__duration_s=600)),
         ("shipped query types", with_(base, workload__mix=[{"query_type": "coding", "weight": 2},
                                                             {"query_type": "deepseek-r1-production"}])),
@@ -125,6 +129,8 @@ def readme_forms() -> list[tuple[str, dict[str, Any]]]:
         ("inline model", with_(base, model={"num_params": 8e9, "num_layers": 32, "hidden_size": 4096,
                                             "num_attention_heads": 32, "num_kv_heads": 8, "head_dim": 128})),
         ("engine", with_(base, engine={"horizon_s": 3600, "exact_steps": True})),
+        ("pricing", with_(base, pricing={"input_usd_per_mtok": 0.55, "output_usd_per_mtok": 2.19,
+                                         "bill_reused_reasoning": True})),
         ("answer quality", with_(base, workload__mix__0={
             **base["workload"]["mix"][0], **yaml.safe_load(readme_block("## Answer quality"))[0]})),
         ("quality given", with_(base, workload__mix__0={

@@ -14,6 +14,7 @@ from simserve.workload import (
     QUERY_TYPES,
     STREAMS,
     Constant,
+    DiurnalArrivals,
     Empirical,
     GammaArrivals,
     LengthSampler,
@@ -287,10 +288,87 @@ def test_gamma_gaps(rate, cv):
     assert np.std(gaps) / np.mean(gaps) == pytest.approx(cv, rel=tol)
 
 
+@pytest.mark.parametrize("arrival", [{"process": "poisson", "rate_per_s": 3.0},
+                                     {"process": "gamma", "rate_per_s": 3.0, "cv": 2.0}])
+def test_poisson_and_gamma_arrival_times_are_the_draws_they_always_were(arrival):
+    # Arrival times are the cumulated gaps of the `arrivals` stream, batch after batch (times_s from the last one):
+    # the draws goldens and tests/fixtures were made with.
+    reqs = list(generate_requests(spec(num_requests=5000, arrival=arrival), make_rngs(8)))
+    rng = make_rngs(8)["arrivals"]
+    a = spec(arrival=arrival).arrival
+    assert a is not None
+    first = np.cumsum(a.gaps_s(rng, 4096))
+    second = first[-1] + np.cumsum(a.gaps_s(rng, 904))
+    assert [r.arrival_s for r in reqs] == [*first.tolist(), *second.tolist()]
+
+
+def _phase_counts(a: DiurnalArrivals, times: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Arrivals per phase bin over whole periods, and the integrated rate of each bin: rate x (bin length +
+    amplitude P / (2 pi) x (sin at its end - sin at its start)) per period, times the periods."""
+    periods = int(times[-1] // a.period_s)
+    times = times[times < periods * a.period_s]
+    phase = ((times - a.peak_s) % a.period_s) / a.period_s
+    counts = np.bincount((phase * bins).astype(int), minlength=bins)
+    edges = np.linspace(0.0, 1.0, bins + 1) * 2 * math.pi
+    assert a.rate_per_s is not None
+    expected = a.rate_per_s * (a.period_s / bins + a.amplitude * a.period_s / (2 * math.pi)
+                               * np.diff(np.sin(edges))) * periods
+    return counts, expected
+
+
+@pytest.mark.parametrize(("amplitude", "peak_s"), [(0.0, 0.0), (0.6, 30.0), (0.95, 70.0)])
+def test_diurnal_arrivals_follow_the_integrated_rate_in_every_phase(amplitude, peak_s):
+    a = DiurnalArrivals(rate_per_s=4.0, amplitude=amplitude, period_s=100.0, peak_s=peak_s)
+    rng = np.random.default_rng(21)
+    chunks, t = [], 0.0
+    for n in (1, 7, 4096, 50_000, 40_000):  # batch after batch, as generate_requests draws them
+        chunks.append(a.times_s(rng, t, n))
+        t = float(chunks[-1][-1])
+    times = np.concatenate(chunks)
+    assert np.all(np.diff(times) > 0) and times[0] > 0 and len(times) == 94_104
+    counts, expected = _phase_counts(a, times, 20)
+    chi2 = float((((counts - expected) ** 2) / expected).sum())
+    assert stats.chi2.sf(chi2, 20) > 1e-3, (chi2, counts, expected)  # whole periods: totals are Poisson too
+    assert abs(counts.sum() - expected.sum()) <= 5 * math.sqrt(expected.sum())
+    if amplitude > 0:  # the peak bin holds (1 + a) / (1 - a) times the trough's, about
+        assert counts.argmax() in (0, 19) and counts.argmin() in (9, 10)
+    assert a.mean_gap_s == 0.25
+    # Over whole periods the mean rate is rate_per_s: the expected span of n arrivals is n / rate_per_s.
+    w = spec(num_requests=1000, arrival={"process": "diurnal", "rate_per_s": 4.0, "amplitude": 0.5})
+    assert w.expected_span_s == 250.0
+
+
+def test_rate_per_user_sets_the_arrival_rate_and_one_rate_is_required():
+    per_user = spec_data(num_users=200, rate_per_user_per_s=0.025, arrival={"process": "poisson"})
+    w = WorkloadSpec.model_validate(per_user)
+    assert w.arrival_process.rate_per_s == 5.0 and w.expected_span_s == 100.0
+    # The same draws as a rate of 200 x 0.025 = 5 given directly; users still uniform over num_users.
+    direct = spec(num_users=200)
+    got = list(generate_requests(w, make_rngs(4)))
+    want = list(generate_requests(direct, make_rngs(4)))
+    assert [(r.arrival_s, r.user_id) for r in got] == [(r.arrival_s, r.user_id) for r in want]
+    users = np.array([r.user_id for r in generate_requests(
+        WorkloadSpec.model_validate(per_user | {"num_requests": 20_000}), make_rngs(5))])
+    assert users.min() >= 0 and users.max() < 200
+    assert stats.chisquare(np.bincount(users, minlength=200)).pvalue > 1e-3
+    with pytest.raises(ValueError, match="not both"):
+        spec(rate_per_user_per_s=0.1)
+    with pytest.raises(ValueError, match="required field is missing"):
+        spec(arrival={"process": "gamma", "cv": 2.0})
+    with pytest.raises(ValueError):
+        spec(rate_per_user_per_s=0)
+    with pytest.raises(ValueError, match="amplitude"):
+        DiurnalArrivals(rate_per_s=1.0, amplitude=1.0)
+
+
 # ----------------------------------------------------------------------------------------------- generate_requests
 
 
 def spec(**over) -> WorkloadSpec:
+    return WorkloadSpec.model_validate(spec_data(**over))
+
+
+def spec_data(**over) -> dict:
     data = {
         "num_requests": 500,
         "arrival": {"process": "poisson", "rate_per_s": 5.0},
@@ -299,7 +377,7 @@ def spec(**over) -> WorkloadSpec:
                  "answer_tokens": {"dist": "constant", "value": 7}}],
     }
     data.update(over)
-    return WorkloadSpec.model_validate(data)
+    return data
 
 
 def test_generate_stops_at_num_requests():

@@ -24,6 +24,7 @@ from simserve.workload.sessions import Sessions, prompt_keys
 from simserve.workload.synthetic import (
     QUERY_TYPES,
     STREAMS,
+    DiurnalArrivals,
     GammaArrivals,
     LengthSampler,
     PoissonArrivals,
@@ -37,8 +38,9 @@ from simserve.workload.synthetic import (
 from simserve.workload.traces import TraceError, TraceSpec, replay, resolve_path
 
 __all__ = [
-    "QUERY_TYPES", "STREAMS", "ConceptDrawer", "ConceptSpec", "ConceptSteps", "Constant", "Distribution",
-    "Empirical", "EmpiricalSampler", "GammaArrivals", "LengthSampler", "Lognormal", "PoissonArrivals", "QueryType",
+    "QUERY_TYPES", "STREAMS", "ConceptDrawer", "ConceptSpec", "ConceptSteps", "Constant", "DiurnalArrivals",
+    "Distribution", "Empirical", "EmpiricalSampler", "GammaArrivals", "LengthSampler", "Lognormal",
+    "PoissonArrivals", "QueryType",
     "SessionSpec", "MintingSpec", "Sessions", "StepsSpec", "TraceCacheSpec", "TraceError", "TraceSpec", "Uniform",
     "WorkloadSpec", "ZipfSampler",
     "build_sessions", "generate_requests", "load_empirical", "lognormal_from_range", "prompt_keys", "replay",

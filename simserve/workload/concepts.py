@@ -50,6 +50,18 @@ class ConceptSpec(BaseModel):
                                     "Zipf-popular step vocabulary (null: the concept is its own single step)")
 
 
+# Presets of a trace cache's location: (lookup latency s, USD per lookup, USD per GB-hour held). Issue 18: an
+# in-memory index about 2 ms, a remote vector database about 30 ms, an embedding about 1e-6 USD per query. Remote
+# prices are Pinecone serverless Standard's list prices (AWS us-east-1, pinecone.io/pricing): 16 USD per million
+# read units, a query taken as 1 read unit (Pinecone charges about 1 per GB of namespace: an assumption), plus the
+# embedding; storage 0.33 USD per GB-month (730 hours). The in-memory storage price, 0.01 USD per GB-hour, is an
+# assumption (about the memory share of a cloud memory-optimised instance).
+LOCATIONS: dict[str, tuple[float, float, float]] = {
+    "memory": (0.002, 1e-6, 0.01),
+    "remote": (0.030, 1e-6 + 16e-6, 0.33 / 730.0),
+}
+
+
 class TraceCacheSpec(BaseModel):
     """A cache of reasoning traces, cluster-wide or one per replica: `exact` reuse (same concept, the whole trace,
     keyed by (query type, concept)), `semantic` (the same, plus false hits: a lookup of a concept not cached
@@ -70,8 +82,21 @@ class TraceCacheSpec(BaseModel):
     eviction: Literal["lru", "lfu"] = Field(default="lru", description="which trace leaves a full cache")
     ttl_s: float | None = Field(default=None, gt=0, description="a trace expires this long after it was stored "
                                 "(null: never)")
-    lookup_latency_s: float = Field(default=0.002, ge=0, description="delay before a request with a concept "
-                                    "enters the cluster (about 2 ms for an in-memory index)")
+    location: Literal["memory", "remote"] = Field(
+        default="memory", description="where the index lives, a preset of lookup latency and prices: memory (2 ms, "
+        "1e-6 USD per lookup, 0.01 USD per GB-hour) or remote, a managed vector database (30 ms, 1.7e-5 USD, "
+        "0.33 USD per GB-month); fields given override it (docs/model.md, sources)")
+    lookup_latency_s: float | None = Field(default=None, ge=0, description="delay before a request with a concept "
+                                           "enters the cluster (null: the location's, memory 2 ms, remote 30 ms)")
+    lookup_usd: float | None = Field(default=None, ge=0, description="cost of one lookup, embedding plus vector "
+                                     "search (null: the location's, memory 1e-6 USD, remote 1.7e-5 USD)")
+    bytes_per_token: float = Field(default=4.0, ge=0, description="bytes a stored trace holds per token of text "
+                                   "(4: about 4 characters of UTF-8 per token, an assumption)")
+    bytes_per_entry: float = Field(default=6144.0, ge=0, description="bytes a stored trace holds besides its text: "
+                                   "its embedding (6144: 1536 float32 dimensions, an assumption)")
+    storage_usd_per_gb_hour: float | None = Field(
+        default=None, ge=0, description="price of the bytes held, per GB (1e9 bytes) per hour (null: the location's, "
+        "memory 0.01 USD, an assumption; remote 0.33 / 730 USD, a managed vector database's storage price)")
     step_fallback: bool = Field(default=False, description="exact or semantic: a whole-trace miss (not a false "
                                 "hit) falls back to step reuse from a second, step-keyed cache of the same "
                                 "capacity, eviction and time to live")
@@ -86,6 +111,21 @@ class TraceCacheSpec(BaseModel):
             raise ValueError("'step_fallback' falls back from whole traces to steps: it needs kind 'exact' or "
                              "'semantic', not 'step' (a step cache already reuses steps)")
         return self
+
+    @property
+    def lookup_latency(self) -> float:
+        """Seconds a lookup takes: lookup_latency_s, or the location's."""
+        return LOCATIONS[self.location][0] if self.lookup_latency_s is None else self.lookup_latency_s
+
+    @property
+    def lookup_cost_usd(self) -> float:
+        """USD a lookup costs: lookup_usd, or the location's."""
+        return LOCATIONS[self.location][1] if self.lookup_usd is None else self.lookup_usd
+
+    @property
+    def storage_price_usd_per_gb_hour(self) -> float:
+        """USD per GB-hour of traces held: storage_usd_per_gb_hour, or the location's."""
+        return LOCATIONS[self.location][2] if self.storage_usd_per_gb_hour is None else self.storage_usd_per_gb_hour
 
 
 class MintingSpec(BaseModel):
@@ -106,8 +146,11 @@ class MintingSpec(BaseModel):
                                     "accuracy; cuts of 75-92% cost 4-9 accuracy points)")
     store_limit_patterns: int | None = Field(default=10_000, gt=0, description="minted patterns held at most; "
                                              "none is ever dropped (null: no limit; 10000: an assumption)")
-    job_every_s: float = Field(default=86_400.0, gt=0, description="the minting job runs at every multiple of "
-                               "this time (a day: the night trough)")
+    job_every_s: float = Field(default=86_400.0, gt=0, description="the minting job runs every this long (a "
+                               "day), at job_offset_s + k x job_every_s")
+    job_offset_s: float = Field(default=0.0, ge=0, description="time of the first job within a period, less than "
+                                "job_every_s (e.g. the night trough of a diurnal arrival rate); jobs at t = 0 are "
+                                "not run")
     job_gpu_hours: float = Field(default=8.0, ge=0, description="GPU-hours of one job that mints at least one "
                                  "pattern (8: an assumption, a LoRA fine-tune of about an hour on 8 GPUs)")
     usd_per_gpu_hour: float | None = Field(default=None, ge=0, description="price of the job's GPU-hours (null: "
@@ -115,6 +158,14 @@ class MintingSpec(BaseModel):
     counter_entries: int = Field(default=262_144, gt=0, description="step patterns the job counts at most (a "
                                  "Misra-Gries frequent-items counter: exact while fewer distinct patterns are seen, "
                                  "else each count is low by at most n / (counter_entries + 1) of n counted)")
+
+
+    @model_validator(mode="after")
+    def _offset_in_period(self) -> MintingSpec:
+        if self.job_offset_s >= self.job_every_s:
+            raise ValueError(f"job_offset_s ({self.job_offset_s:g}) must be less than job_every_s "
+                             f"({self.job_every_s:g}): it is the job's time within each period")
+        return self
 
 
 def zipf_probabilities(n: int, exponent: float) -> np.ndarray:

@@ -90,9 +90,6 @@ class QueryType(BaseModel):
                 f"query type {self.query_type!r} needs either 'reasoning_tokens' and 'answer_tokens', "
                 "or 'output_tokens' and 'reasoning_share'"
             )
-        if self.concepts is not None and self.parallel is not None:
-            raise ValueError(f"query type {self.query_type!r}: 'concepts' (trace reuse) with parallel sampling is "
-                             "not modelled yet (issue 18)")
         return self
 
     @property
@@ -175,20 +172,33 @@ class LengthSampler:
 
 # ----------------------------------------------------------------------------------------------- arrivals
 
+_RATE = "mean arrivals per second (omit it when workload.rate_per_user_per_s sets the rate)"
+
+
+def _rate(rate_per_s: float | None) -> float:
+    if rate_per_s is None:
+        raise ValueError("the arrival process has no rate_per_s (WorkloadSpec.arrival_process fills it from "
+                         "rate_per_user_per_s)")
+    return rate_per_s
+
 
 class PoissonArrivals(BaseModel):
     """Poisson process: exponential inter-arrival gaps with mean 1 / rate_per_s."""
 
     model_config = _FROZEN
     process: Literal["poisson"] = Field(default="poisson", description="exponential gaps")
-    rate_per_s: float = Field(gt=0, description="mean arrivals per second")
+    rate_per_s: float | None = Field(default=None, gt=0, description=_RATE)
 
     @property
     def mean_gap_s(self) -> float:
-        return 1.0 / self.rate_per_s
+        return 1.0 / _rate(self.rate_per_s)
 
     def gaps_s(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.exponential(1.0 / self.rate_per_s, size=n)
+        return rng.exponential(1.0 / _rate(self.rate_per_s), size=n)
+
+    def times_s(self, rng: np.random.Generator, t0_s: float, n: int) -> np.ndarray:
+        """The next n arrival times after an arrival at t0_s."""
+        return t0_s + np.cumsum(self.gaps_s(rng, n))
 
 
 class GammaArrivals(BaseModel):
@@ -197,19 +207,65 @@ class GammaArrivals(BaseModel):
 
     model_config = _FROZEN
     process: Literal["gamma"] = Field(default="gamma", description="gamma gaps (bursty when cv > 1)")
-    rate_per_s: float = Field(gt=0, description="mean arrivals per second")
+    rate_per_s: float | None = Field(default=None, gt=0, description=_RATE)
     cv: float = Field(gt=0, description="coefficient of variation of the gaps (1: Poisson)")
 
     @property
     def mean_gap_s(self) -> float:
-        return 1.0 / self.rate_per_s
+        return 1.0 / _rate(self.rate_per_s)
 
     def gaps_s(self, rng: np.random.Generator, n: int) -> np.ndarray:
         shape = 1.0 / self.cv**2
-        return rng.gamma(shape, 1.0 / (self.rate_per_s * shape), size=n)
+        return rng.gamma(shape, 1.0 / (_rate(self.rate_per_s) * shape), size=n)
+
+    def times_s(self, rng: np.random.Generator, t0_s: float, n: int) -> np.ndarray:
+        """The next n arrival times after an arrival at t0_s."""
+        return t0_s + np.cumsum(self.gaps_s(rng, n))
 
 
-Arrival = Annotated[PoissonArrivals | GammaArrivals, Field(discriminator="process")]
+class DiurnalArrivals(BaseModel):
+    """Non-homogeneous Poisson process with a daily cycle: rate(t) = rate_per_s (1 + amplitude cos(2 pi (t -
+    peak_s) / period_s)), drawn exactly by thinning (Lewis and Shedler): candidates of a Poisson process at the
+    peak rate, each kept with probability rate(t) / peak rate. `rate_per_s` is the mean over a period, so a whole
+    number of periods holds rate_per_s x their length arrivals in expectation."""
+
+    model_config = _FROZEN
+    process: Literal["diurnal"] = Field(default="diurnal", description="Poisson with a cosine daily cycle")
+    rate_per_s: float | None = Field(default=None, gt=0, description=_RATE + " (the mean over a period)")
+    amplitude: float = Field(ge=0, lt=1, description="relative swing: the peak rate is rate_per_s (1 + amplitude), "
+                             "the trough rate_per_s (1 - amplitude)")
+    period_s: float = Field(default=86_400.0, gt=0, description="length of one cycle (a day)")
+    peak_s: float = Field(default=50_400.0, ge=0, description="time of a peak within the cycle (14:00 if t = 0 "
+                          "is midnight: an assumption); the trough is half a period later")
+
+    @property
+    def mean_gap_s(self) -> float:
+        return 1.0 / _rate(self.rate_per_s)
+
+    def rate_at(self, t_s: np.ndarray) -> np.ndarray:
+        """The arrival rate at times t_s (per second)."""
+        phase = 2.0 * math.pi * (np.asarray(t_s, float) - self.peak_s) / self.period_s
+        return _rate(self.rate_per_s) * (1.0 + self.amplitude * np.cos(phase))
+
+    def times_s(self, rng: np.random.Generator, t0_s: float, n: int) -> np.ndarray:
+        """The next n arrival times after t0_s (an arrival, or the start): by thinning, in chunks of candidates
+        (exponential gaps at the peak rate, then one uniform each). Candidates left over after the n-th arrival
+        are dropped: the next call restarts from that arrival, exact for a Poisson process (memoryless)."""
+        peak = 1.0 + self.amplitude
+        lam_max = _rate(self.rate_per_s) * peak
+        out = np.empty(n)
+        k, t = 0, t0_s
+        while k < n:
+            m = int((n - k) * peak * 1.1) + 16
+            cand = t + np.cumsum(rng.exponential(1.0 / lam_max, size=m))
+            keep = cand[rng.random(m) * lam_max < self.rate_at(cand)][: n - k]
+            out[k:k + len(keep)] = keep
+            k += len(keep)
+            t = float(cand[-1])
+        return out
+
+
+Arrival = Annotated[PoissonArrivals | GammaArrivals | DiurnalArrivals, Field(discriminator="process")]
 
 
 class SessionSpec(BaseModel):
@@ -232,6 +288,8 @@ class WorkloadSpec(BaseModel):
     mix: list[QueryType] | None = Field(default=None, min_length=1, description="the query types and their "
                                         "weights (synthetic workloads)")
     num_users: int = Field(default=1000, gt=0, description="users drawn uniformly per request")
+    rate_per_user_per_s: float | None = Field(default=None, gt=0, description="queries per user per second: the "
+                                              "arrival rate is num_users times it (then omit arrival.rate_per_s)")
     trace: TraceSpec | None = Field(default=None, description="replay a trace instead of arrival and mix")
     sessions: SessionSpec | None = Field(default=None, description="multi-turn sessions: each arrival opens "
                                          "one")
@@ -256,17 +314,34 @@ class WorkloadSpec(BaseModel):
                 raise ValueError("'reuse_history_s' with 'sessions' is not supported: a history replays single "
                                  "queries")
         if self.trace is not None:
-            if self.arrival is not None or self.mix is not None or self.sessions is not None:
-                raise ValueError("give either 'trace' or 'arrival' and 'mix' (and 'sessions'), not both")
+            if (self.arrival is not None or self.mix is not None or self.sessions is not None
+                    or self.rate_per_user_per_s is not None):
+                raise ValueError("give either 'trace' or 'arrival' and 'mix' (and 'sessions', "
+                                 "'rate_per_user_per_s'), not both")
             return self
         if self.arrival is None or self.mix is None:
             raise ValueError("give 'arrival' and 'mix' (a synthetic workload) or 'trace' (a replay)")
+        if self.arrival.rate_per_s is None and self.rate_per_user_per_s is None:
+            raise ValueError("arrival.rate_per_s: required field is missing (or give rate_per_user_per_s: the rate "
+                             "is then num_users x rate_per_user_per_s)")
+        if self.arrival.rate_per_s is not None and self.rate_per_user_per_s is not None:
+            raise ValueError("arrival.rate_per_s and rate_per_user_per_s both set the arrival rate: give one of "
+                             "them, not both")
         if self.num_requests is None and self.duration_s is None:
             raise ValueError("give 'num_requests' or 'duration_s' (or both)")
         names = [q.query_type for q in self.mix]
         if len(set(names)) != len(names):
             raise ValueError(f"query types in 'mix' must be unique, got {names}")
         return self
+
+    @property
+    def arrival_process(self) -> Arrival:
+        """The arrival process with its rate: `arrival` as given, or with rate_per_s = num_users x
+        rate_per_user_per_s."""
+        assert self.arrival is not None
+        if self.rate_per_user_per_s is None:
+            return self.arrival
+        return self.arrival.model_copy(update={"rate_per_s": self.num_users * self.rate_per_user_per_s})
 
     @property
     def expected_span_s(self) -> float:
@@ -277,7 +352,7 @@ class WorkloadSpec(BaseModel):
             window = (t.end_s - t.start_s) if t.end_s is not None else math.inf
             return min(window / t.rate_scale, self.duration_s or math.inf)
         assert self.arrival is not None
-        span = math.inf if self.num_requests is None else self.num_requests * self.arrival.mean_gap_s
+        span = math.inf if self.num_requests is None else self.num_requests * self.arrival_process.mean_gap_s
         return min(span, self.duration_s or math.inf)
 
 
@@ -336,10 +411,11 @@ def generate_requests(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
     drawers = [None if q.concepts is None else ConceptDrawer(q.concepts) for q in spec.mix]
     limit = spec.num_requests if spec.num_requests is not None else math.inf
     horizon = spec.duration_s if spec.duration_s is not None else math.inf
+    process = spec.arrival_process
     t, count = 0.0, 0
     while count < limit:
         n = int(min(batch, limit - count))
-        times = t + np.cumsum(spec.arrival.gaps_s(rngs["arrivals"], n))
+        times = process.times_s(rngs["arrivals"], t, n)
         kinds = rngs["mix"].choice(len(samplers), size=n, p=weights)
         users = rngs["users"].integers(0, spec.num_users, size=n)
         lengths = [s.sample(rngs["lengths"], n) for s in samplers]
