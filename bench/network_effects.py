@@ -1,190 +1,393 @@
-"""Network effects of reasoning-trace reuse (issue 18 items 4-5, seed 000): USD per query against users, one
-provider with one cache against k providers with a cache each, and the sensitivity to the Zipf exponent and the
-false-hit rate, all on scenarios/network-effects.yaml.
+"""Network effects of reasoning-trace reuse (issue 18, seeds 000 and 001), on scenarios/network-effects.yaml: USD per
+query and per correct answer against users (1k to 10M), one provider against k fragments on the same traffic, a
+new provider's cold start, cache capacity, time to live, location and minting variants, and the sensitivity of the
+conclusion to the Zipf exponent, the step-reuse share and the false-hit rate.
 
-    python bench/network_effects.py                                   # prints the tables of docs/network-effects.md
-    python bench/network_effects.py --chart docs/images/network-effects.svg
+    python bench/network_effects.py --out docs/data/network-effects.json --charts docs/images   # about 30 min, 2 cores
+    python bench/network_effects.py --tables docs/data/network-effects.json                     # the tables again
 
-Traffic is proportional to users: each user sends one query per 1,000 s, so `num_users` U gives an arrival rate of
-U / 1000 per second, `num_requests` 2 U (the same 2,000 s window at every scale) and max(1, round(U / 1000))
-replicas (one 1 x H100 replica per 1,000 users). Every run is seeded, so the tables are deterministic.
+Traffic follows users: 0.1 queries per user per day (the scenario's rate_per_user_per_s), one served day after a
+week of history (`reuse_history_s`), diurnal arrivals. The fleet is sized to each point's peak rate, ceil(peak / 8
+queries/s) replicas of 1 x H100, at least 1 (one replica holds about 9/s of this traffic within the SLO).
 
-Two costs per query: `fleet USD/query` prices the provisioned fleet over the run (GPU-hours x price / completed
-queries; with replicas proportional to users it cannot fall much: reuse shows up there as a shorter queue); `work
-USD/query` prices the tokens the fleet actually generated at the no-reuse base point's USD per generated token
-(the cost of a fleet sized to the work), plus the minting jobs. Reuse lowers the second.
+Costs per query: `fleet` prices what is provisioned (GPU-hours x price, plus minting and cache), so a small provider
+pays for an idle GPU; `work` prices only the tokens generated, at the GPU USD per generated token of the best-used
+fleet measured (the 10M-user run without reuse), plus minting and cache: the cost of a fleet sized to the work,
+which isolates what reuse saves from what utilisation saves. Every run is seeded: the tables are deterministic.
+Runs are cached in .cache/network-effects/ by their resolved scenario (delete it, or --fresh, after a model change).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simserve import load_scenario, run  # noqa: E402
-
 SCENARIO = ROOT / "scenarios" / "network-effects.yaml"
-BASE_USERS = 1000
-USERS = (1_000, 3_000, 10_000, 30_000)
+CACHE = ROOT / ".cache" / "network-effects"
+DAY_S = 86_400.0
+RATE_PER_USER_PER_DAY = 0.1
+AMPLITUDE = 0.5
+PER_REPLICA_PEAK_PER_S = 8.0
+USERS = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
 K = 10
-FRAGMENT_AT = (10_000, 30_000)
-SENSITIVITY_USERS = 10_000
-ZIPF = (0.6, 0.8, 1.0)
-FALSE_HITS = (0.01, 0.05, 0.2)
+FRAGMENT_AT = (100_000, 1_000_000)
+FRAGMENT_AT_FULL = (100_000, 1_000_000, 10_000_000)
+COLD_START = (100_000, 1_000_000)
+COLD_DAYS = 7
+SENSITIVITY_USERS = 100_000
+SENSITIVITY = {  # parameter: (override key, values; the scenario's own value is the middle one)
+    "Zipf exponent": ("workload.mix.0.concepts.zipf_exponent", (0.6, 0.8, 1.0)),
+    "step-reuse share": ("workload.trace_cache.step_reuse_share", (0.1, 0.35, 0.6)),
+    "false-hit rate": ("workload.trace_cache.false_hit_rate", (0.01, 0.05, 0.2)),
+}
+VARIANT_USERS = 1_000_000
+VARIANTS = {  # label: overrides on the scenario at VARIANT_USERS
+    "as shipped (semantic + step fallback, minting)": [],
+    "no reuse": ["workload.trace_cache=null", "workload.minting=null", "workload.reuse_history_s=null"],
+    "cache only (no minting)": ["workload.minting=null"],
+    "minting only (no cache)": ["workload.trace_cache=null"],
+    "exact cache (no false hits), no step fallback": ["workload.trace_cache.kind=exact",
+                                                      "workload.trace_cache.step_fallback=false"],
+    "capacity 10k traces": ["workload.trace_cache.capacity_entries=10000"],
+    "capacity 100k traces, LFU": ["workload.trace_cache.capacity_entries=100000",
+                                  "workload.trace_cache.eviction=lfu"],
+    "time to live 1 day": ["workload.trace_cache.ttl_s=86400"],
+    "remote index (30 ms, 1.7e-5 USD a lookup)": ["workload.trace_cache.location=remote"],
+    "per-replica caches": ["workload.trace_cache.scope=replica"],
+    "minted 50 -> 10 (compression 0.2), 5-point penalty": ["workload.minting.compression=0.2",
+                                                           "workload.minting.accuracy_penalty=0.05"],
+    "no history (cold cache)": ["workload.reuse_history_s=null"],
+}
+NO_REUSE = VARIANTS["no reuse"]
 
 
-def scaled(users: int, seed: int | None = None, extra: list[str] | None = None) -> list[str]:
-    """Overrides for `users` users: rate, requests and replicas proportional to users (module docstring)."""
-    ov = [f"workload.num_users={users}", f"workload.arrival.rate_per_s={users / 1000}",
-          f"workload.num_requests={2 * users}", f"cluster.pools.0.replicas={max(1, round(users / 1000))}"]
-    if seed is not None:
-        ov.append(f"seed={seed}")
-    return ov + (extra or [])
+def replicas(users: int) -> int:
+    peak_per_s = users * RATE_PER_USER_PER_DAY / DAY_S * (1 + AMPLITUDE)
+    return max(1, math.ceil(peak_per_s / PER_REPLICA_PEAK_PER_S))
 
 
-def simulate(overrides: list[str]) -> dict[str, Any]:
-    s = run(load_scenario(SCENARIO, overrides)).summary
-    return {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, bool) else v) for k, v in s.items()}
+def scaled(users: int, extra: list[str] | tuple[str, ...] = (), seed: int | None = None) -> list[str]:
+    ov = [f"workload.num_users={users}", f"cluster.pools.0.replicas={replicas(users)}"]
+    return ov + ([f"seed={seed}"] if seed is not None else []) + list(extra)
 
 
-def reference_usd_per_token() -> tuple[float, dict[str, Any]]:
-    """USD per generated token of the fleet at the base point with no reuse (no trace cache, no minting)."""
-    s = simulate(scaled(BASE_USERS, extra=["workload.trace_cache=null", "workload.minting=null"]))
-    return s["cost_usd"] / s["output_tokens"], s
+# ------------------------------------------------------------------------------------------ running, cached
+
+KEEP = ("num_requests", "num_completed", "num_answered", "num_correct", "accuracy", "output_tokens",
+        "reasoning_tokens_spent", "gpu_hours", "cost_usd", "gpu_busy_share", "time_to_answer_s_p99", "ttft_s_p99",
+        "saturated", "trace_cache_hit_ratio", "trace_cache_lookups", "trace_cache_hits", "trace_cache_false_hits",
+        "step_fallback_hits", "step_found_share_mean", "minted_requests", "minted_patterns", "minting_cost_usd",
+        "trace_cache_lookup_cost_usd", "trace_cache_storage_cost_usd", "trace_cache_break_even_hit_ratio",
+        "trace_cache_entries", "reused_reasoning_tokens", "reuse_history_requests", "reuse_history_hit_ratio",
+        "revenue_usd", "margin_usd", "billed_output_tokens", "gpu_usd_per_generated_token")
 
 
-def work_usd(s: dict[str, Any], usd_per_token: float) -> float:
-    """USD of a fleet sized to the work: generated tokens at the reference price, plus the minting jobs."""
-    return usd_per_token * s["output_tokens"] + s.get("minting_cost_usd", 0.0)
+def _key(overrides: list[str], days: bool) -> str:
+    from simserve import load_scenario
+
+    text = load_scenario(SCENARIO, overrides).to_yaml() + f"\nby_day={days}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def row(users: int, s: dict[str, Any], ref: float) -> dict[str, Any]:
-    done = s["num_completed"]
+def _simulate(job: tuple[list[str], bool]) -> dict[str, Any]:
+    """One run: the summary's figures kept, and with `days` the hit ratio, reasoning and cost per served day."""
+    from simserve import load_scenario, run
+
+    overrides, days = job
+    res = run(load_scenario(SCENARIO, overrides))
+    s = res.summary
+    out: dict[str, Any] = {k: (float(s[k]) if isinstance(s[k], int | float) and not isinstance(s[k], bool)
+                               else s[k]) for k in KEEP if k in s}
+    if days:
+        df = res.requests
+        df = df[df["status"] == "completed"]
+        day = (df["arrival_s"] // DAY_S).astype(int)
+        g = df.assign(day=day, hit=df["reuse"] != "none", whole=df["reuse"].isin(["exact", "semantic",
+                                                                                  "semantic_false"]))
+        by = g.groupby("day")
+        out["by_day"] = [{"day": int(d), "queries": int(len(x)), "reuse_share": float(x["hit"].mean()),
+                          "whole_hit_share": float(x["whole"].mean()),
+                          "reasoning_per_query": float(x["reasoning_tokens_spent"].mean()),
+                          "generated_per_query": float(x["generated_tokens"].mean()),
+                          "accuracy": float(x["correct"].mean())} for d, x in by]
+    return out
+
+
+def run_all(jobs: list[tuple[list[str], bool]], workers: int, fresh: bool) -> list[dict[str, Any]]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    keys = [_key(ov, d) for ov, d in jobs]
+    todo = [i for i, k in enumerate(keys) if fresh or not (CACHE / f"{k}.json").exists()]
+    print(f"# {len(jobs)} runs, {len(todo)} to simulate ({len(jobs) - len(todo)} cached)", file=sys.stderr)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for n, (i, out) in enumerate(zip(todo, pool.map(_simulate, [jobs[i] for i in todo]), strict=True), 1):
+            (CACHE / f"{keys[i]}.json").write_text(json.dumps(out))
+            print(f"# done {n}/{len(todo)}: {' '.join(jobs[i][0])}", file=sys.stderr, flush=True)
+    return [json.loads((CACHE / f"{k}.json").read_text()) for k in keys]
+
+
+# ------------------------------------------------------------------------------------------ the study
+
+
+def plan(full: bool) -> dict[str, tuple[list[str], bool]]:
+    """Every run the study needs, by name."""
+    jobs: dict[str, tuple[list[str], bool]] = {}
+    for u in USERS:
+        jobs[f"reuse/{u}"] = (scaled(u), False)
+        jobs[f"plain/{u}"] = (scaled(u, NO_REUSE), False)
+    for u in (FRAGMENT_AT_FULL if full else FRAGMENT_AT):
+        for i in range(K):
+            jobs[f"fragment/{u}/{i}"] = (scaled(u // K, seed=1000 + i), False)
+    for u in COLD_START:
+        jobs[f"cold/{u}"] = (scaled(u, ["workload.reuse_history_s=null", f"workload.duration_s={COLD_DAYS * DAY_S}"]),
+                             True)
+    for name, (key, values) in SENSITIVITY.items():
+        for v in values:
+            u = SENSITIVITY_USERS
+            jobs[f"sens/{name}/{v}"] = (scaled(u, [f"{key}={v}"]), False)
+            for i in range(K):
+                jobs[f"sens/{name}/{v}/{i}"] = (scaled(u // K, [f"{key}={v}"], seed=1000 + i), False)
+    for label, extra in VARIANTS.items():
+        jobs[f"variant/{label}"] = (scaled(VARIANT_USERS, extra), False)
+    return jobs
+
+
+def study(workers: int, fresh: bool, full: bool) -> dict[str, Any]:
+    jobs = plan(full)
+    results = run_all(list(jobs.values()), workers, fresh)
+    runs = dict(zip(jobs, results, strict=True))
+    ref = runs[f"plain/{USERS[-1]}"]
+    return {"usd_per_generated_token": ref["cost_usd"] / ref["output_tokens"], "runs": runs,
+            "overrides": {k: v[0] for k, v in jobs.items()}}
+
+
+# ------------------------------------------------------------------------------------------ figures and tables
+
+
+def cache_usd(s: dict[str, Any]) -> float:
+    return s.get("trace_cache_lookup_cost_usd", 0.0) + s.get("trace_cache_storage_cost_usd", 0.0)
+
+
+def work_usd(s: dict[str, Any], ref: float) -> float:
+    """USD of a fleet sized to the work: generated tokens at the reference price, plus minting and the cache."""
+    return ref * s["output_tokens"] + s.get("minting_cost_usd", 0.0) + cache_usd(s)
+
+
+def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """k providers' runs as one: counts and costs summed, the hit ratio over all lookups, the worst p99."""
+    out: dict[str, Any] = {k: sum(p.get(k, 0.0) for p in parts) for k in (
+        "num_requests", "num_completed", "num_answered", "num_correct", "output_tokens", "reasoning_tokens_spent",
+        "gpu_hours", "cost_usd", "minting_cost_usd", "trace_cache_lookup_cost_usd", "trace_cache_storage_cost_usd",
+        "trace_cache_lookups", "trace_cache_hits", "minted_requests", "revenue_usd", "margin_usd")}
+    out["trace_cache_hit_ratio"] = out["trace_cache_hits"] / out["trace_cache_lookups"]
+    out["accuracy"] = out["num_correct"] / out["num_answered"]
+    out["time_to_answer_s_p99"] = max(p["time_to_answer_s_p99"] for p in parts)
+    return out
+
+
+def figures(s: dict[str, Any], ref: float) -> dict[str, Any]:
+    done, right = s["num_completed"], s["num_correct"]
     work = work_usd(s, ref)
-    return {"users": users, "queries": int(s["num_requests"]), "hit": s.get("trace_cache_hit_ratio", 0.0),
+    return {"queries": s["num_requests"], "hit": s.get("trace_cache_hit_ratio", float("nan")),
+            "minted_share": s.get("minted_requests", 0.0) / s["num_requests"],
             "reasoning_per_query": s["reasoning_tokens_spent"] / s["num_requests"],
-            "gpu_hours": s["gpu_hours"], "fleet_usd_q": s["cost_usd"] / done, "work_usd_q": work / done,
-            "accuracy": s["accuracy"], "work_usd_right": work / s["num_correct"],
-            "fleet_usd_right": s["usd_per_correct_answer"], "tta_p99": s["time_to_answer_s_p99"],
-            "minting_usd_q": s.get("minting_cost_usd", 0.0) / done,
-            "minted": int(s.get("minted_requests", 0)), "saturated": s["saturated"]}
-
-
-def sweep(ref: float) -> list[dict[str, Any]]:
-    return [row(u, simulate(scaled(u)), ref) for u in USERS]
-
-
-def fragmented(users: int, ref: float, extra: list[str] | None = None) -> dict[str, Any]:
-    """k providers, each with users / k of the users, its traffic, replicas and its own cache and minting store
-    (independent seeds); costs and counts summed."""
-    parts = [simulate(scaled(users // K, seed=1000 + i, extra=extra)) for i in range(K)]
-    done = sum(p["num_completed"] for p in parts)
-    lookups = sum(p["trace_cache_lookups"] for p in parts)
-    work = sum(work_usd(p, ref) for p in parts)
-    return {"hit": sum(p["trace_cache_hits"] for p in parts) / lookups,
-            "reasoning_per_query": (sum(p["reasoning_tokens_spent"] for p in parts)
-                                    / sum(p["num_requests"] for p in parts)),
-            "gpu_hours": sum(p["gpu_hours"] for p in parts),
-            "fleet_usd_q": sum(p["cost_usd"] for p in parts) / done, "work_usd_q": work / done,
-            "accuracy": sum(p["num_correct"] for p in parts) / sum(p["num_answered"] for p in parts),
-            "work_usd_right": work / sum(p["num_correct"] for p in parts),
-            "tta_p99": max(p["time_to_answer_s_p99"] for p in parts),
-            "minting_usd_q": sum(p.get("minting_cost_usd", 0.0) for p in parts) / done}
+            "fleet_q": s["cost_usd"] / done, "work_q": work / done, "fleet_right": s["cost_usd"] / right,
+            "work_right": work / right, "minting_q": s.get("minting_cost_usd", 0.0) / done,
+            "cache_q": cache_usd(s) / done, "accuracy": s["accuracy"], "tta_p99": s["time_to_answer_s_p99"],
+            "margin": s.get("margin_usd", float("nan")) / max(s.get("revenue_usd", float("nan")), 1e-300),
+            "busy": s.get("gpu_busy_share", float("nan"))}
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    return "-" if x != x else f"{100 * x:.1f}%"
 
 
-def sweep_table(rows: list[dict[str, Any]], base: dict[str, Any], ref: float) -> list[str]:
-    lines = ["| users | queries | trace cache hit ratio | reasoning tokens per query | GPU-hours | fleet USD/query | "
-             "work USD/query | of which minting | minted requests | accuracy | work USD per correct | "
-             "fleet USD per correct | p99 time to answer (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    b = row(BASE_USERS, base, ref)
-    lines.append(f"| {BASE_USERS:,} (no reuse) | {b['queries']:,} | - | {b['reasoning_per_query']:.0f} | "
-                 f"{b['gpu_hours']:.2f} | {b['fleet_usd_q']:.5f} | {b['work_usd_q']:.5f} | - | - | "
-                 f"{pct(b['accuracy'])} | "
-                 f"{b['work_usd_right']:.5f} | {b['fleet_usd_right']:.5f} | {b['tta_p99']:.1f} |")
-    for r in rows:
-        lines.append(f"| {r['users']:,} | {r['queries']:,} | {pct(r['hit'])} | {r['reasoning_per_query']:.0f} | "
-                     f"{r['gpu_hours']:.2f} | {r['fleet_usd_q']:.5f} | {r['work_usd_q']:.5f} | "
-                     f"{r['minting_usd_q']:.5f} | {r['minted']} | {pct(r['accuracy'])} | "
-                     f"{r['work_usd_right']:.5f} | {r['fleet_usd_right']:.5f} | {r['tta_p99']:.1f} |"
-                     + (" saturated" if r["saturated"] else ""))
+def usd(x: float) -> str:
+    return f"{x:.2e}" if x < 1e-3 else f"{x:.4f}"
+
+
+def sweep_table(data: dict[str, Any]) -> list[str]:
+    runs, ref = data["runs"], data["usd_per_generated_token"]
+    lines = ["| users | queries a day | replicas | GPU busy | reuse | hit ratio (whole traces) | minted share | "
+             "reasoning tokens per query | accuracy | fleet USD/query | work USD/query | of which minting | "
+             "of which cache | fleet USD per correct | work USD per correct | margin at 0.2 USD/Mtok | "
+             "p99 time to answer (s) |", "|" + "---|" * 17]
+    for u in USERS:
+        for kind, label in (("plain", "none"), ("reuse", "all")):
+            f = figures(runs[f"{kind}/{u}"], ref)
+            lines.append(f"| {u:,} | {f['queries']:,.0f} | {replicas(u)} | {pct(f['busy'])} | {label} | "
+                         f"{pct(f['hit'])} | {pct(f['minted_share'])} | {f['reasoning_per_query']:.0f} | "
+                         f"{pct(f['accuracy'])} | {usd(f['fleet_q'])} | {usd(f['work_q'])} | {usd(f['minting_q'])} | "
+                         f"{usd(f['cache_q'])} | {usd(f['fleet_right'])} | {usd(f['work_right'])} | "
+                         f"{pct(f['margin'])} | {f['tta_p99']:.1f} |")
     return lines
 
 
-def fragment_table(rows: list[dict[str, Any]], ref: float) -> list[str]:
-    lines = ["| total users | provider(s) | trace cache hit ratio | reasoning tokens per query | GPU-hours | "
-             "work USD/query | of which minting | accuracy | work USD per correct | worst p99 time to answer (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    by_users = {r["users"]: r for r in rows}
-    for u in FRAGMENT_AT:
-        c, f = by_users[u], fragmented(u, ref)
-        for label, r in ((f"1 x {u:,}", c), (f"{K} x {u // K:,}", f)):
-            lines.append(f"| {u:,} | {label} | {pct(r['hit'])} | {r['reasoning_per_query']:.0f} | "
-                         f"{r['gpu_hours']:.2f} | {r['work_usd_q']:.5f} | {r['minting_usd_q']:.5f} | "
-                         f"{pct(r['accuracy'])} | {r['work_usd_right']:.5f} | {r['tta_p99']:.1f} |")
-        lines.append(f"| {u:,} | consolidation saves | | | | {pct(1 - c['work_usd_q'] / f['work_usd_q'])} | | | "
-                     f"{pct(1 - c['work_usd_right'] / f['work_usd_right'])} | |")
+def fragment_table(data: dict[str, Any]) -> list[str]:
+    runs, ref = data["runs"], data["usd_per_generated_token"]
+    lines = ["| total users | provider(s) | hit ratio (whole traces) | minted share | reasoning tokens per query | "
+             "accuracy | fleet USD/query | work USD/query | of which minting | work USD per correct | "
+             "fleet USD per correct | worst p99 time to answer (s) |", "|" + "---|" * 12]
+    for u in FRAGMENT_AT_FULL:
+        if f"fragment/{u}/0" not in runs:
+            continue
+        c = figures(runs[f"reuse/{u}"], ref)
+        g = figures(combine([runs[f"fragment/{u}/{i}"] for i in range(K)]), ref)
+        for label, f in ((f"1 x {u:,}", c), (f"{K} x {u // K:,}", g)):
+            lines.append(f"| {u:,} | {label} | {pct(f['hit'])} | {pct(f['minted_share'])} | "
+                         f"{f['reasoning_per_query']:.0f} | {pct(f['accuracy'])} | {usd(f['fleet_q'])} | "
+                         f"{usd(f['work_q'])} | {usd(f['minting_q'])} | {usd(f['work_right'])} | "
+                         f"{usd(f['fleet_right'])} | {f['tta_p99']:.1f} |")
+        lines.append(f"| {u:,} | consolidation saves | | | | | {pct(1 - c['fleet_q'] / g['fleet_q'])} | "
+                     f"{pct(1 - c['work_q'] / g['work_q'])} | | {pct(1 - c['work_right'] / g['work_right'])} | "
+                     f"{pct(1 - c['fleet_right'] / g['fleet_right'])} | |")
     return lines
 
 
-def sensitivity_table(ref: float) -> list[str]:
-    u = SENSITIVITY_USERS
-    lines = [f"| Zipf exponent | false-hit rate | hit ratio (1 x {u:,}) | hit ratio ({K} x {u // K:,}) | accuracy | "
-             f"work USD/query 1 x / {K} x | work USD per correct 1 x / {K} x | consolidation saves per correct |",
-             "|---|---|---|---|---|---|---|---|"]
-    cases = [(z, 0.05) for z in ZIPF] + [(0.8, f) for f in FALSE_HITS if f != 0.05]
-    for z, f in cases:
-        extra = [f"workload.mix.0.concepts.zipf_exponent={z}", f"workload.trace_cache.false_hit_rate={f}"]
-        c = row(u, simulate(scaled(u, extra=extra)), ref)
-        g = fragmented(u, ref, extra)
-        lines.append(f"| {z} | {f} | {pct(c['hit'])} | {pct(g['hit'])} | {pct(c['accuracy'])} | "
-                     f"{c['work_usd_q']:.5f} / {g['work_usd_q']:.5f} | "
-                     f"{c['work_usd_right']:.5f} / {g['work_usd_right']:.5f} | "
-                     f"{pct(1 - c['work_usd_right'] / g['work_usd_right'])} |")
+def cold_table(data: dict[str, Any]) -> list[str]:
+    runs = data["runs"]
+    lines = ["| users | day | queries | reused something | whole-trace hits | reasoning tokens per query | "
+             "accuracy |", "|" + "---|" * 7]
+    for u in COLD_START:
+        for d in runs[f"cold/{u}"]["by_day"]:
+            lines.append(f"| {u:,} | {d['day'] + 1} | {d['queries']:,} | {pct(d['reuse_share'])} | "
+                         f"{pct(d['whole_hit_share'])} | {d['reasoning_per_query']:.0f} | {pct(d['accuracy'])} |")
     return lines
 
 
-def chart(rows: list[dict[str, Any]], base: dict[str, Any], ref: float, path: Path) -> None:
-    """USD per query against users (log x), fleet and work costs, and the no-reuse reference, as an SVG."""
+def sensitivity_table(data: dict[str, Any]) -> list[str]:
+    runs, ref, u = data["runs"], data["usd_per_generated_token"], SENSITIVITY_USERS
+    lines = [f"| parameter | value | hit ratio 1 x {u:,} / {K} x {u // K:,} | minted share 1 x / {K} x | accuracy | "
+             f"work USD per correct 1 x / {K} x | against no reuse (1 x) | consolidation saves per correct |",
+             "|" + "---|" * 8]
+    plain = figures(runs[f"plain/{u}"], ref)
+    for name, (_, values) in SENSITIVITY.items():
+        for v in values:
+            c = figures(runs[f"sens/{name}/{v}"], ref)
+            g = figures(combine([runs[f"sens/{name}/{v}/{i}"] for i in range(K)]), ref)
+            lines.append(f"| {name} | {v} | {pct(c['hit'])} / {pct(g['hit'])} | {pct(c['minted_share'])} / "
+                         f"{pct(g['minted_share'])} | {pct(c['accuracy'])} | {usd(c['work_right'])} / "
+                         f"{usd(g['work_right'])} | {pct(c['work_right'] / plain['work_right'] - 1)} | "
+                         f"{pct(1 - c['work_right'] / g['work_right'])} |")
+    return lines
+
+
+def variant_table(data: dict[str, Any]) -> list[str]:
+    runs, ref = data["runs"], data["usd_per_generated_token"]
+    lines = [f"| variant ({VARIANT_USERS:,} users) | hit ratio (whole traces) | minted share | reasoning tokens per "
+             "query | accuracy | work USD/query | of which minting | of which cache | break-even hit ratio | "
+             "work USD per correct | fleet USD per correct | p99 time to answer (s) |", "|" + "---|" * 12]
+    for label in VARIANTS:
+        s = runs[f"variant/{label}"]
+        f = figures(s, ref)
+        lines.append(f"| {label} | {pct(f['hit'])} | {pct(f['minted_share'])} | {f['reasoning_per_query']:.0f} | "
+                     f"{pct(f['accuracy'])} | {usd(f['work_q'])} | {usd(f['minting_q'])} | {usd(f['cache_q'])} | "
+                     f"{pct(s.get('trace_cache_break_even_hit_ratio', float('nan')))} | {usd(f['work_right'])} | "
+                     f"{usd(f['fleet_right'])} | {f['tta_p99']:.1f} |")
+    return lines
+
+
+def tables(data: dict[str, Any]) -> str:
+    out = [f"GPU USD per generated token (work pricing; 10M users, no reuse): {data['usd_per_generated_token']:.3e}",
+           "", "### Users sweep", "", *sweep_table(data), "", "### Consolidated vs fragmented", "",
+           *fragment_table(data), "", "### Cold start", "", *cold_table(data), "", "### Sensitivity", "",
+           *sensitivity_table(data), "", "### Cache and minting variants", "", *variant_table(data)]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ charts
+
+
+def charts(data: dict[str, Any], folder: Path) -> list[Path]:
     import altair as alt
     import pandas as pd
     import vl_convert as vlc
 
-    b = row(BASE_USERS, base, ref)
-    data = []
-    for r in rows:
-        data += [{"users": r["users"], "USD per query": r["work_usd_q"], "cost": "work (fleet sized to tokens)"},
-                 {"users": r["users"], "USD per query": r["fleet_usd_q"], "cost": "fleet (replicas per 1k users)"},
-                 {"users": r["users"], "USD per query": b["work_usd_q"], "cost": "no reuse"}]
-    spec = alt.Chart(pd.DataFrame(data), width=420, height=260).mark_line(point=True).encode(
-        x=alt.X("users:Q", scale=alt.Scale(type="log"), title="users (traffic proportional)"),
-        y=alt.Y("USD per query:Q", scale=alt.Scale(zero=False)), color="cost:N").to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(vlc.vegalite_to_svg(spec))
+    runs, ref = data["runs"], data["usd_per_generated_token"]
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(chart: Any, name: str) -> None:
+        path = folder / name
+        path.write_text(vlc.vegalite_to_svg(chart.to_dict()))
+        written.append(path)
+
+    rows = []
+    for u in USERS:
+        for kind, label in (("plain", "no reuse"), ("reuse", "reuse")):
+            f = figures(runs[f"{kind}/{u}"], ref)
+            for cost in ("fleet", "work"):
+                for per, key in (("query", f"{cost}_q"), ("correct answer", f"{cost}_right")):
+                    rows.append({"users": u, "USD": f[key], "series": f"{cost}, {label}", "per": per})
+    base = alt.Chart(pd.DataFrame(rows), width=300, height=240).mark_line(point=True).encode(
+        x=alt.X("users:Q", scale=alt.Scale(type="log"), title="users (0.1 queries per user per day)"),
+        y=alt.Y("USD:Q", scale=alt.Scale(type="log"), title="USD"), color="series:N",
+        strokeDash=alt.StrokeDash("series:N", legend=None))
+    save(base.facet(column=alt.Column("per:N", title="USD per")), "network-effects.svg")
+
+    rows = []
+    for u in FRAGMENT_AT_FULL:
+        if f"fragment/{u}/0" not in runs:
+            continue
+        c = figures(runs[f"reuse/{u}"], ref)
+        g = figures(combine([runs[f"fragment/{u}/{i}"] for i in range(K)]), ref)
+        for label, f in (("1 provider", c), (f"{K} providers", g)):
+            rows += [{"total users": u, "provider(s)": label, "USD per correct answer": f["work_right"],
+                      "cost": "work"},
+                     {"total users": u, "provider(s)": label, "USD per correct answer": f["fleet_right"],
+                      "cost": "fleet"}]
+    save(alt.Chart(pd.DataFrame(rows), width=300, height=240).mark_line(point=True).encode(
+        x=alt.X("total users:Q", scale=alt.Scale(type="log")),
+        y=alt.Y("USD per correct answer:Q", scale=alt.Scale(type="log")), color="provider(s):N",
+        strokeDash="cost:N"), "network-effects-fragmented.svg")
+
+    rows = [{"day": d["day"] + 1, "users": f"{u:,}", "share of queries": d[k], "reuse": label}
+            for u in COLD_START for d in runs[f"cold/{u}"]["by_day"]
+            for k, label in (("reuse_share", "reused something"), ("whole_hit_share", "whole-trace hit"))]
+    save(alt.Chart(pd.DataFrame(rows), width=360, height=240).mark_line(point=True).encode(
+        x="day:O", y=alt.Y("share of queries:Q", axis=alt.Axis(format="%")), color="users:N",
+        strokeDash="reuse:N"), "network-effects-cold-start.svg")
+
+    rows = []
+    u = SENSITIVITY_USERS
+    for name, (_, values) in SENSITIVITY.items():
+        for v in values:
+            c = figures(runs[f"sens/{name}/{v}"], ref)
+            g = figures(combine([runs[f"sens/{name}/{v}/{i}"] for i in range(K)]), ref)
+            rows.append({"parameter": name, "value": str(v), "consolidation saves per correct answer":
+                         1 - c["work_right"] / g["work_right"]})
+    save(alt.Chart(pd.DataFrame(rows), width=120, height=200).mark_bar().encode(
+        x=alt.X("value:N", sort=None), y=alt.Y("consolidation saves per correct answer:Q",
+                                               axis=alt.Axis(format="%")),
+        column="parameter:N"), "network-effects-sensitivity.svg")
+    return written
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chart", type=Path, help="also write USD per query against users (SVG) here")
-    args = parser.parse_args()
-    ref, base = reference_usd_per_token()
-    rows = sweep(ref)
-    print("\n".join(sweep_table(rows, base, ref)))
-    print()
-    print("\n".join(fragment_table(rows, ref)))
-    print()
-    print("\n".join(sensitivity_table(ref)))
-    if args.chart:
-        chart(rows, base, ref, args.chart)
-        print(f"\nwrote {args.chart}")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, help="write every run's figures here (JSON)")
+    p.add_argument("--tables", type=Path, metavar="JSON", help="print the tables of a JSON written by --out; no runs")
+    p.add_argument("--charts", type=Path, metavar="DIR", help="write the charts (SVG) into this folder")
+    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--fresh", action="store_true", help="ignore the run cache")
+    p.add_argument("--full", action="store_true", help="also fragment 10M users (10 more 1M-user runs)")
+    args = p.parse_args()
+    data = json.loads(args.tables.read_text()) if args.tables else study(args.workers, args.fresh, args.full)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(tables(data))
+    if args.charts:
+        for path in charts(data, args.charts):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":
