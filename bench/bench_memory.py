@@ -76,13 +76,13 @@ def child(scenario_path: Path, num_requests: int, rate: float | None, seed: int,
                                              *overrides])
     import_rss = rss_mib()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = Simulation(scenario, scenario.base_dir, records_dir=Path(tmp)).run()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         sizes = {p.name: p.stat().st_size for p in (res.requests_path, res.replicas_path)}
     s = res.summary
     return {
-        "num_requests": num_requests, "rate_per_s": rate, "seed": seed, "wall_s": wall,
+        "num_requests": num_requests, "rate_per_s": rate, "seed": seed, "wall_s": wall, "cpu_s": cpu,
         "peak_rss_mib": peak_rss_mib(), "import_rss_mib": import_rss,
         "num_completed": s["num_completed"], "saturated": s["saturated"], "num_events": s["num_events"],
         "makespan_s": s["makespan_s"], "ttft_s_p99": s["ttft_s_p99"], "goodput": s["goodput"],
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = "its own rate" if args.rate is None else f"{args.rate}/s"
     print(f"# {where} at {rate}, seed {args.seed}, {' '.join(args.overrides) or 'no overrides'}; each size in a "
           "fresh subprocess")
-    print(f"{'requests':>10} {'wall_s':>8} {'peak_MiB':>9} {'import_MiB':>10} {'completed':>10} {'saturated':>9} "
+    print(f"{'requests':>10} {'wall_s':>8} {'cpu_s':>8} {'peak_MiB':>9} {'import_MiB':>10} {'completed':>10} "
+          f"{'saturated':>9} "
           f"{'events':>10} {'requests.parquet_MB':>19}", flush=True)
     runs = []
     for n in args.requests:
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         r["ru_maxrss_children_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         runs.append(r)
-        print(f"{n:>10} {r['wall_s']:>8.1f} {r['peak_rss_mib']:>9.1f} {r['import_rss_mib']:>10.1f} "
+        print(f"{n:>10} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['peak_rss_mib']:>9.1f} "
+              f"{r['import_rss_mib']:>10.1f} "
               f"{r['num_completed']:>10} {r['saturated']!s:>9} {r['num_events']:>10} "
               f"{r['requests_parquet_bytes'] / 1e6:>19.1f}"
               + "".join(f" {k}={r[k]:.4g}" for k in REPORTED if k in r), flush=True)
