@@ -28,6 +28,7 @@ if _typing.TYPE_CHECKING:  # the names as type checkers see them; loaded on firs
         load_experiment,
         validate_experiment,
     )
+    from simserve.calibration.runfit import RunFit, fit_from_run, run_targets, validate_with_fit
 
 __all__ = [
     "COLUMNS",
@@ -38,9 +39,11 @@ __all__ = [
     "Profile",
     "ProfileError",
     "ProfileMetadata",
+    "RunFit",
     "columns_of",
     "experiment_scenario",
     "fit_compute_scale",
+    "fit_from_run",
     "fit_profile",
     "fit_step_overhead",
     "fit_table",
@@ -48,9 +51,11 @@ __all__ = [
     "import_vidur",
     "load_experiment",
     "load_profile",
+    "run_targets",
     "split_tables",
     "validate_experiment",
     "validate_fit",
+    "validate_with_fit",
     "write_profile",
 ]
 
@@ -60,6 +65,7 @@ _MODULES = {
     "profiles": ("COLUMNS", "SCHEMA", "Profile", "ProfileError", "ProfileMetadata", "load_profile", "write_profile"),
     "replay": ("Experiment", "ExperimentError", "experiment_scenario", "fit_compute_scale", "fit_step_overhead",
                "load_experiment", "validate_experiment"),
+    "runfit": ("RunFit", "fit_from_run", "run_targets", "validate_with_fit"),
 }
 _HOMES = {name: f"simserve.calibration.{module}" for module, names in _MODULES.items() for name in names}
 

@@ -101,7 +101,38 @@ def fit_chart(fit: Fit, profile: Profile) -> Any:
         width=420, height=420, title=f"predicted vs measured ({fit.gpu.name}; up to 1,500 rows per table)")
 
 
+def _cmd_fit_from_run(args: argparse.Namespace) -> int:
+    from simserve.calibration.replay import METRICS
+    from simserve.calibration.runfit import fit_from_run, validate_with_fit
+
+    out = outside_package(Path(args.out), "--out")
+    rf = fit_from_run(args.from_run, args.base_fit, args.step_overhead_s)
+    fit = rf.fit
+    fit.save(out)
+    base = fit.source.get("ported_from") or fit.gpu.name
+    print(f"fitted {fit.gpu.name} on {args.from_run} -> {out}  (from the {base} fit: compute scale "
+          f"{fit.compute_scale:.3f}, bandwidth scale {fit.bandwidth_scale:.3f}, step overhead "
+          f"{fit.step_overhead_s * 1e3:.3f} ms; {len(rf.evaluations)} replays)")
+    print(f"  mean TTFT {rf.targets['ttft_s']:.4g} s measured, {rf.simulated['ttft_s']:.4g} s simulated; "
+          f"mean TPOT {rf.targets['tpot_s']:.4g} / {rf.simulated['tpot_s']:.4g} s")
+    print(f"  {'run':<40}" + "".join(f"{m.removesuffix('_s') + ' ' + st:>12}" for m in METRICS
+                                      for st in ("mean", "p50", "p99")))
+    for run_dir in [args.from_run, *(args.validate_on or [])]:
+        report = validate_with_fit(run_dir, fit)
+        label = Path(run_dir).name + (" (fitted on)" if run_dir == args.from_run else " (held out)")
+        print(f"  {label:<40}" + "".join(f"{report[f'{m}_{st}_rel_error']:>12.1%}" for m in METRICS
+                                         for st in ("mean", "p50", "p99")))
+    return 0
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
+    if args.from_run:
+        if args.profile:
+            raise OutputError("give a profile folder or --from-run RUN_DIR, not both")
+        return _cmd_fit_from_run(args)
+    if not args.profile:
+        raise OutputError("calibrate fit: give a profile folder (kernel measurements) or --from-run RUN_DIR (one "
+                          "served run of the GPU)")
     from simserve.calibration.fitting import fit_profile
     from simserve.calibration.profiles import load_profile
     from simserve.calibration.replay import fit_compute_scale, fit_step_overhead
@@ -199,8 +230,16 @@ def add_commands(sub: Any) -> None:
     imp.add_argument("--gpu", help="GPU preset the data was measured on (guessed from the path)")
     imp.add_argument("--no-compress", action="store_true", help="write .csv instead of .csv.gz")
     imp.set_defaults(func=_cmd_import)
-    f = csub.add_parser("fit", help="fit a profile folder (NNLS on roofline terms + measured corrections)")
-    f.add_argument("profile", help="profile folder")
+    f = csub.add_parser("fit", help="fit a profile folder (NNLS on roofline terms + measured corrections), or a "
+                        "GPU's compute and bandwidth factors on one served run (--from-run)")
+    f.add_argument("profile", nargs="?", help="profile folder")
+    f.add_argument("--from-run", metavar="RUN_DIR", help="fit the GPU's step model on one served run (experiment "
+                   "folder: experiment.json + requests.csv) instead of a profile: its compute and bandwidth "
+                   "factors, by replaying the run until mean TTFT and TPOT match")
+    f.add_argument("--base-fit", metavar="FIT", help="with --from-run: the fit to start from (default: the GPU's "
+                   "shipped fit, or the nearest one ported to the run's datasheet)")
+    f.add_argument("--validate-on", nargs="*", metavar="RUN_DIR", help="with --from-run: replay these runs of the "
+                   "same GPU with the fit and report their errors (leave-one-run-out)")
     f.add_argument("--out", required=True, help="fit file to write (YAML), e.g. fits/<gpu preset>.yaml for a "
                    "scenario's perf.fits_dir; never inside the installed package")
     f.add_argument("--heldout", type=float, default=0.2, help="share of rows held out to measure error")

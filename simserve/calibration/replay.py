@@ -98,8 +98,28 @@ def _shared_prefix_tokens(meta: dict[str, Any]) -> int:
     return int((prof.get("data") or {}).get("prefix_tokens") or 0)
 
 
+# vLLM turned async scheduling (its two-deep batch queue) on by default in 0.14.0 (release notes: "Async
+# scheduling is now enabled by default"); earlier V1 servers scheduled synchronously unless told otherwise.
+ASYNC_DEFAULT_SINCE_VLLM = (0, 14)
+
+
+def async_scheduling_of(engine: dict[str, Any]) -> bool:
+    """Whether the run's server scheduled asynchronously: `engine.async_scheduling` when the run records it,
+    else vLLM's default for its version (on from 0.14); off for other engines or an unreadable version."""
+    if engine.get("async_scheduling") is not None:
+        return bool(engine["async_scheduling"])
+    if str(engine.get("name", "")).lower() != "vllm":
+        return False
+    try:
+        version = tuple(int(x) for x in str(engine.get("version", "")).split(".")[:2])
+    except ValueError:
+        return False
+    return version >= ASYNC_DEFAULT_SINCE_VLLM
+
+
 def experiment_scenario(exp: Experiment, perf: str = "calibrated", step_overhead_s: float | None = None,
-                        fit: str | None = None, compute_scale: float | None = None) -> Scenario:
+                        fit: str | None = None, compute_scale: float | None = None,
+                        bandwidth_scale: float | None = None) -> Scenario:
     """The scenario that rebuilds the experiment's server and replays its requests."""
     meta = exp.meta
     eng = meta.get("engine") or {}
@@ -125,6 +145,7 @@ def experiment_scenario(exp: Experiment, perf: str = "calibrated", step_overhead
         "max_num_seqs": int(eng["max_num_seqs"]), "max_num_batched_tokens": int(eng["max_num_batched_tokens"]),
         "kv_block_tokens": block, "gpu_memory_utilization": float(eng.get("gpu_memory_utilization") or 0.9),
         "prefix_caching": bool(eng.get("prefix_caching", True)),
+        "async_scheduling": async_scheduling_of(eng),
     }
     if eng.get("kv_cache_capacity_tokens"):
         pool["num_kv_blocks"] = int(eng["kv_cache_capacity_tokens"]) // block
@@ -137,6 +158,8 @@ def experiment_scenario(exp: Experiment, perf: str = "calibrated", step_overhead
         perf_spec["fit"] = str(Path(fit).resolve())
     if compute_scale is not None and perf == "calibrated":
         perf_spec["compute_scale"] = compute_scale
+    if bandwidth_scale is not None and perf == "calibrated":
+        perf_spec["bandwidth_scale"] = bandwidth_scale
     data = {
         "name": f"validate-{exp.path.name}", "seed": 1, "model": pool["model"],
         "cluster": {"pools": [pool]}, "perf": perf_spec, "router": "least_outstanding",
@@ -181,11 +204,11 @@ def per_request(exp: Experiment, results: Results) -> pd.DataFrame:
 
 
 def validate_experiment(path: str | Path | Experiment, perf: str = "calibrated", step_overhead_s: float | None = None,
-                        fit: str | None = None,
-                        compute_scale: float | None = None) -> tuple[dict[str, Any], pd.DataFrame, Results]:
+                        fit: str | None = None, compute_scale: float | None = None,
+                        bandwidth_scale: float | None = None) -> tuple[dict[str, Any], pd.DataFrame, Results]:
     """Replay an experiment (a folder, or one already loaded) and compare; also returns the per-request table."""
     exp = path if isinstance(path, Experiment) else load_experiment(path)
-    scenario = experiment_scenario(exp, perf, step_overhead_s, fit, compute_scale)
+    scenario = experiment_scenario(exp, perf, step_overhead_s, fit, compute_scale, bandwidth_scale)
     results = run(scenario)
     report: dict[str, Any] = {"experiment": exp.path.name, "perf": perf,
                               "num_requests_real": int(len(exp.requests)),

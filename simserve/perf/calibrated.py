@@ -51,6 +51,9 @@ class CalibratedPerfSpec(BaseModel):
                                           "fit's")
     compute_scale: float | None = Field(default=None, gt=0, description="sustained-load factor on every FLOPs "
                                         "term; defaults to the fit's")
+    bandwidth_scale: float | None = Field(default=None, gt=0, description="factor on every memory-bytes term "
+                                          "(above 1: memory slower than the fit's kernels reached); defaults to "
+                                          "the fit's")
 
     @model_validator(mode="after")
     def _one_source(self) -> CalibratedPerfSpec:
@@ -69,6 +72,8 @@ class CalibratedPerfSpec(BaseModel):
         fit = self.resolve_fit(ctx.gpu, ctx.base_dir)
         if self.compute_scale is not None:
             fit = replace(fit, compute_scale=self.compute_scale)
+        if self.bandwidth_scale is not None:
+            fit = replace(fit, bandwidth_scale=self.bandwidth_scale)
         overhead = self.step_overhead_s if self.step_overhead_s is not None else fit.step_overhead_s
         return CalibratedPerf(fit, ctx.model, ctx.tensor_parallel, overhead, ctx.expert_parallel,
                               ctx.data_parallel_attention)

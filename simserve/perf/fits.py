@@ -232,19 +232,24 @@ class Fit:
     step_overhead_s: float = 0.0
     compute_scale: float = 1.0  # sustained-load factor on every FLOPs term (1: the kernels' own speed)
     path: Path | None = None
+    bandwidth_scale: float = 1.0  # factor on every memory-bytes term (1: the profiled kernels' own efficiency)
 
     @property
     def effective_gpu(self) -> GpuDatasheet:
-        """The datasheet the step model computes features from: peak FLOP/s divided by compute_scale."""
-        if self.compute_scale == 1.0:
+        """The datasheet the step model computes features from: peak FLOP/s divided by compute_scale and memory
+        bandwidth by bandwidth_scale (each fitted term is linear in its feature, so a scale multiplies exactly
+        the FLOPs, or the bytes, part of every operation)."""
+        if self.compute_scale == 1.0 and self.bandwidth_scale == 1.0:
             return self.gpu
-        return self.gpu.model_copy(update={"peak_flops_per_s": self.gpu.peak_flops_per_s / self.compute_scale})
+        return self.gpu.model_copy(update={
+            "peak_flops_per_s": self.gpu.peak_flops_per_s / self.compute_scale,
+            "hbm_bandwidth_bytes_per_s": self.gpu.hbm_bandwidth_bytes_per_s / self.bandwidth_scale})
 
     def ported_to(self, gpu: GpuDatasheet) -> Fit:
         """The same efficiencies and corrections on another GPU's datasheet (features are recomputed)."""
         src = dict(self.source, ported_from=self.gpu.name)
         return Fit(gpu=gpu, tables=self.tables, source=src, step_overhead_s=self.step_overhead_s,
-                   compute_scale=self.compute_scale, path=self.path)
+                   compute_scale=self.compute_scale, path=self.path, bandwidth_scale=self.bandwidth_scale)
 
     def on(self, gpu: GpuDatasheet) -> Fit:
         """This fit for `gpu`: as it is when it was fitted on that GPU (its name or preset), else ported."""
@@ -253,6 +258,7 @@ class Fit:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": FIT_SCHEMA, "gpu": self.gpu.model_dump(exclude_none=True), "source": self.source,
                 "step_overhead_s": self.step_overhead_s, "compute_scale": self.compute_scale,
+                **({"bandwidth_scale": self.bandwidth_scale} if self.bandwidth_scale != 1.0 else {}),
                 "tables": {k: v.to_dict() for k, v in self.tables.items()}}
 
     def save(self, path: str | Path) -> Path:
@@ -280,7 +286,8 @@ def load_fit(path: str | Path) -> Fit:
         raise FitError(f"{p}: {exc}") from None
     return Fit(gpu=gpu, tables=tables, source=raw.get("source", {}),
                step_overhead_s=float(raw.get("step_overhead_s", 0.0)),
-               compute_scale=float(raw.get("compute_scale", 1.0)), path=p)
+               compute_scale=float(raw.get("compute_scale", 1.0)), path=p,
+               bandwidth_scale=float(raw.get("bandwidth_scale", 1.0)))
 
 
 @lru_cache(maxsize=16)
