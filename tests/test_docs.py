@@ -117,6 +117,12 @@ def test_end_to_end_validation_tables_are_current():
         assert ours == [f"{calibrated[name][f'{k}_rel_error']:.0%}" for k in columns], (name, command)
 
 
+@pytest.mark.skipif(not E2E.is_dir(), reason=f"shared data not found: {E2E}")
+def test_leave_one_run_out_table_is_current():
+    fr = bench("fit_from_runs")
+    assert_current("calibration.md", fr.table(fr.loro(E2E)), f"python bench/fit_from_runs.py {E2E}")
+
+
 def test_test_time_compute_tables_are_current():
     ttc = bench("test_time_compute")
     command = "python bench/test_time_compute.py"
