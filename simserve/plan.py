@@ -141,6 +141,7 @@ class PlanResult:
     knob: Knob
     slos: list[Slo]
     objective: str
+    choices: list[str]  # the discrete choices' keys
     runs: pd.DataFrame  # a row per run, every probe of every combination
     probes: pd.DataFrame  # a row per (combination, setting): the SLO figures' means and bounds, the objective
     answers: pd.DataFrame  # a row per combination: the smallest setting, its cost and SLO figures, what binds
@@ -208,7 +209,8 @@ def plan(path: str | Path, overrides: Sequence[str], slos: Sequence[Slo], knob: 
     answers = _answers(combos, searches, knob, slos, probe_df)
     feasible = answers[answers["meets"]]
     cheapest = None if feasible.empty else feasible.sort_values("objective", kind="stable").iloc[0].to_dict()
-    return PlanResult(knob, list(slos), objective, runs_table(all_tasks, all_results), probe_df, answers, cheapest)
+    return PlanResult(knob, list(slos), objective, list(dict.fromkeys(k for c in combos for k, _ in c.values)),
+                      runs_table(all_tasks, all_results), probe_df, answers, cheapest)
 
 
 def _answers(combos: Sequence[Point], searches: Sequence[Bisection], knob: Knob, slos: Sequence[Slo],
