@@ -223,12 +223,12 @@ def _answers(combos: Sequence[Point], searches: Sequence[Bisection], knob: Knob,
         best = search.answer()
         at = mine[mine[knob.key] == (best if best is not None else knob.hi)].iloc[0].to_dict()
         if best is None:
-            binds = f"not met at {knob.key}={knob.hi}, the top of the range: {at['failing']}"
+            binds = f"{at['failing']} (even at {knob.hi}, the top of the range)"
         elif best == knob.lo:
-            binds = f"met at {knob.key}={knob.lo}, the bottom of the range: no SLO binds within it"
+            binds = f"none (met at {knob.lo}, the bottom of the range)"
         else:
             below = mine[mine[knob.key] == best - 1].iloc[0].to_dict()
-            binds = f"{below['failing']} (at {knob.key}={best - 1})"
+            binds = f"{below['failing']} (not met at {best - 1})"
         rows.append({**at, knob.key: best, "meets": best is not None, "binds": binds})
     return pd.DataFrame(rows).drop(columns=["failing"])
 

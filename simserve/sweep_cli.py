@@ -299,22 +299,27 @@ def _print_plan(result: Any, combos: list[Any], num_seeds: int) -> None:
     for combo, (_, a) in zip(combos, result.answers.iterrows(), strict=True):
         setting = str(int(a[knob.key])) if a["meets"] else f"none <= {knob.hi}"
         figures = [f"{number(a[f'{s.figure}_mean'])} (bound {number(a[f'{s.figure}_bound'])})" for s in slos]
-        rows.append([combo.label(), setting, number(a["objective"]), *figures, a["binds"]])
+        rows.append([_short(combo), setting, number(a["objective"]), *figures, a["binds"]])
     _print_table(f"smallest {knob.key} meeting {', '.join(map(str, slos))} with confidence (one-sided 95% bound "
                  f"of the mean over {num_seeds} seeds)",
-                 ["choice", knob.key, result.objective, *(s.figure for s in slos), "binds"], rows)
+                 ["choice", knob.key.rsplit(".", 1)[-1], result.objective, *(s.figure for s in slos), "binds"], rows)
     c = result.cheapest
     if c is None:
         print(f"\nNo combination meets every SLO with confidence within {knob.key} <= {knob.hi}: raise the top of "
               "the range, loosen an SLO, or add seeds if a bound straddles its target (see 'binds').")
         return
-    choice = ", ".join(f"{k}={c[k]}" for k in combos[0].typed()) if combos[0].values else "the scenario"
+    choice = ", ".join(f"{k}={c[k]}" for k in result.choices) or "the scenario"
     print(f"\nCheapest: {choice} at {knob.key}={int(c[knob.key])}: {result.objective} {number(c['objective'])}; "
           + "; ".join(f"{s.figure} {number(c[f'{s.figure}_mean'])} (bound {number(c[f'{s.figure}_bound'])}, "
                       f"target {s.op} {s.target:g})" for s in slos))
     front = result.probes[result.probes["pareto"]].sort_values("objective")
     shown = ", ".join(f"{number(r['objective'])} -> {number(r[f'{slos[0].figure}_mean'])}" for _, r in front.iterrows())
     print(f"Pareto front ({result.objective} -> {slos[0].figure} mean): {shown}")
+
+
+def _short(point: Any) -> str:
+    """A point with each key's last part only: gpu=h200, router=least_kv."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.values) or "(as written)"
 
 
 def add_commands(sub: Any) -> None:
