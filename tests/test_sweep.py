@@ -14,7 +14,7 @@ import yaml
 from helpers import tiny
 
 from simserve.output import CacheFolder
-from simserve.plan import Bisection, Knob, parse_slo, parse_vary, pareto_front, plan
+from simserve.plan import Bisection, Knob, pareto_front, parse_slo, parse_vary, plan
 from simserve.sweep import (
     MemoryCache,
     Point,
