@@ -188,7 +188,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for k, v in point.typed().items():
             sub = sub[sub[k].astype(str) == str(v)]
         by = sub.set_index("figure")
-        rows.append([point.label(), *(_ci(*by.loc[f, ["mean", "ci_low", "ci_high"]]) for f in shown)])
+        rows.append([_short(point), *(_ci(*by.loc[f, ["mean", "ci_low", "ci_high"]]) for f in shown)])
     _print_table(f"{args.scenario}: mean ± 95% CI half-width over {len(seeds)} seed(s)", ["point", *shown], rows)
     files = ["runs.parquet", "summary.parquet", "sweep.json", *(p.name for p in charts if p is not None)]
     print(f"\n  {tally.ran} runs made, {tally.cached} from the cache; wrote {out}/: {', '.join(files)}")
