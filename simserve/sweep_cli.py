@@ -39,6 +39,8 @@ def _common(p: argparse.ArgumentParser, seeds: int) -> None:
     p.add_argument("--out", help="folder for the tables and charts (default results/COMMAND-NAME)")
     p.add_argument("--cache", help="folder of finished runs (default OUT/cache); share it between commands")
     p.add_argument("--no-cache", action="store_true", help="keep finished runs in memory only")
+    p.add_argument("--chart-format", choices=("html", "svg", "png"), default="html",
+                   help="charts as HTML with the Vega libraries inlined (default), or SVG or PNG images")
 
 
 @contextmanager
@@ -177,7 +179,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     write_table(runs, out / "runs.parquet")
     write_table(summary, out / "summary.parquet")
     wanted = args.chart or ["ttft_s_p99", "e2e_s_p99"]
-    charts = [save_chart(sweep_chart(summary, keys, f), out / f"chart-{f}.html") for f in wanted] if keys else []
+    charts = [save_chart(sweep_chart(summary, keys, f), out / f"chart-{f}.{args.chart_format}")
+              for f in (wanted if keys else [])]
     _record(out, "sweep.json", {"scenario": args.scenario, "set": args.set, "grid": args.grid, "zip": args.zip,
                                 "seeds": seeds, "points": len(points), "runs": len(tasks),
                                 **_timing(tally, t0, args.workers or os.cpu_count() or 1)})
@@ -278,8 +281,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     write_table(result.runs, out / "runs.parquet")
     write_table(result.probes, out / "probes.parquet")
     write_table(result.answers, out / "answers.parquet")
-    charts = [save_chart(pareto_chart(result), out / "pareto.html"),
-              save_chart(knob_chart(result), out / f"chart-{slos[0].figure}.html")]
+    charts = [save_chart(pareto_chart(result), out / f"pareto.{args.chart_format}"),
+              save_chart(knob_chart(result), out / f"chart-{slos[0].figure}.{args.chart_format}")]
     _record(out, "plan.json", {"scenario": args.scenario, "set": args.set, "slo": [str(s) for s in slos],
                                "vary": args.vary, "objective": args.objective, "seeds": seeds,
                                "confidence": "one-sided 95% bound of the mean across seeds",
