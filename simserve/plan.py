@@ -161,6 +161,8 @@ def probe_row(combo: Point, knob: Knob, value: int, slos: Sequence[Slo], objecti
     """One probe (a combination at a setting) from its runs: each SLO figure's mean and bound, met or not."""
     row: dict[str, Any] = {**combo.typed(), knob.key: value, "num_seeds": len(runs)}
     row["objective"] = float(runs[objective].astype(float).mean())
+    # Seeds whose run could not keep up (its queue grew: metrics' saturation test): past the cliff, every SLO fails.
+    row["saturated_seeds"] = int(runs["saturated"].astype(bool).sum()) if "saturated" in runs else 0
     failing = []
     for s in slos:
         mean, low, high, _ = mean_ci(runs[s.figure].astype(float), 2 * ONE_SIDED - 1)
@@ -223,14 +225,19 @@ def _answers(combos: Sequence[Point], searches: Sequence[Bisection], knob: Knob,
         best = search.answer()
         at = mine[mine[knob.key] == (best if best is not None else knob.hi)].iloc[0].to_dict()
         if best is None:
-            binds = f"{at['failing']} (even at {knob.hi}, the top of the range)"
+            binds = f"{at['failing']} (even at {knob.hi}, the top of the range{_saturated(at)})"
         elif best == knob.lo:
             binds = f"none (met at {knob.lo}, the bottom of the range)"
         else:
             below = mine[mine[knob.key] == best - 1].iloc[0].to_dict()
-            binds = f"{below['failing']} (not met at {best - 1})"
+            binds = f"{below['failing']} (not met at {best - 1}{_saturated(below)})"
         rows.append({**at, knob.key: best, "meets": best is not None, "binds": binds})
     return pd.DataFrame(rows).drop(columns=["failing"])
+
+
+def _saturated(probe: dict[str, Any]) -> str:
+    k = probe["saturated_seeds"]
+    return f"; saturated in {k} of {probe['num_seeds']} seeds" if k else ""
 
 
 def pareto_front(cost: Sequence[float], figure: Sequence[float], op: str = "<=") -> list[bool]:

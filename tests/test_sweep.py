@@ -210,7 +210,9 @@ def test_plan_finds_the_replica_count_queueing_theory_gives(tmp_path):
     tried = sorted(result.probes["cluster.pools.0.replicas"])
     assert tried == [2, 3, 4, 8, 16]  # the top first, then bisection
     assert tally.ran == 5 * 4
-    assert result.answers.iloc[0]["binds"] == f"e2e_s_mean<={float(f'{target:.4f}'):g} (not met at 3)"
+    # Three servers are past the cliff: the run's saturation test sees the queue grow in every seed.
+    slo = f"e2e_s_mean<={float(f'{target:.4f}'):g}"
+    assert result.answers.iloc[0]["binds"] == f"{slo} (not met at 3; saturated in 4 of 4 seeds)"
     # Below the answer the wait has no bound: at three servers it is over ten times the target.
     three = result.probes[result.probes["cluster.pools.0.replicas"] == 3].iloc[0]
     assert three["e2e_s_mean_mean"] > 5 * target
