@@ -264,13 +264,10 @@ def run_tasks(tasks: Sequence[Task], executor: cf.Executor | None, cache: Cache,
         for t in todo.values():
             finish(t, run_task(t))
     else:
+        # On an error or Ctrl-C the runs still due are the executor owner's to drop (shutting it down).
         futures = {executor.submit(run_task, t): t for t in todo.values()}
-        try:
-            for fut in cf.as_completed(futures):
-                finish(futures[fut], fut.result())
-        finally:
-            for fut in futures:
-                fut.cancel()
+        for fut in cf.as_completed(futures):
+            finish(futures[fut], fut.result())
     return [results[t.key] for t in tasks]
 
 

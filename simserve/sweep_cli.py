@@ -61,8 +61,20 @@ def executor_for(args: argparse.Namespace) -> Iterator[tuple[cf.Executor | None,
         if workers == 1:
             yield None, "this process"
             return
-        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_ignore_sigint)
+        try:
             yield pool, f"{workers} local processes"
+        except BaseException:
+            # Ctrl-C (or an error): the runs in flight are dropped at once (the finished ones are in the cache);
+            # waiting for them could take as long as a run.
+            # (Terminated workers fail the runs still due with BrokenProcessPool; cancelling them as well races
+            # with that in Python 3.11's executor, so they are not cancelled.)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False)
+            raise
+        pool.shutdown()
         return
     try:
         from dask.distributed import Client, LocalCluster
@@ -73,12 +85,29 @@ def executor_for(args: argparse.Namespace) -> Iterator[tuple[cf.Executor | None,
             client = Client(args.address, timeout=10)
         except OSError as exc:
             raise SweepError(f"--address {args.address}: no Dask scheduler answered ({exc})") from None
-        with client:
-            yield client.get_executor(), f"the Dask cluster at {args.address}"
+        with client, _dropping(client.get_executor()) as executor:
+            yield executor, f"the Dask cluster at {args.address}"
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        yield client.get_executor(), f"a Dask LocalCluster of {workers} workers"
+            Client(cluster) as client, _dropping(client.get_executor()) as executor:
+        yield executor, f"a Dask LocalCluster of {workers} workers"
+
+
+@contextmanager
+def _dropping(executor: cf.Executor) -> Iterator[cf.Executor]:
+    """A Dask client's executor whose runs still due are cancelled on an error or Ctrl-C."""
+    try:
+        yield executor
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+
+
+def _ignore_sigint() -> None:
+    """A worker's start: Ctrl-C is the command's to handle (it stops the workers), not each worker's."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _folders(args: argparse.Namespace, default: str) -> tuple[Path, Cache, str]:
@@ -115,9 +144,9 @@ def _batch(label: str, total: int, args: argparse.Namespace, cache_note: str) ->
 def _interrupted(label: str, progress: BatchProgress | None, cache_note: str) -> int:
     from simserve.cli import EXIT_INTERRUPTED
 
-    done = f"{progress.runs - progress.cached} runs finished" if progress else "no run finished"
-    print(f"{label}: interrupted; {done} and are kept ({cache_note}): the same command runs only the rest",
-          file=sys.stderr)
+    n = progress.runs - progress.cached if progress else 0
+    print(f"{label}: interrupted; runs finished now and kept: {n} ({cache_note}); the same command runs only the "
+          "rest", file=sys.stderr)
     return EXIT_INTERRUPTED
 
 
