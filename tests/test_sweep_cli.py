@@ -1,15 +1,17 @@
 """`simserve sweep`, `compare` and `plan` as users run them (subprocesses): the files, progress on a non-terminal
 stream, the cache across invocations, charts that open offline, one clean line for bad input, and the Dask backend
 giving the same bytes as local processes (skipped only when dask.distributed is not installed: it is in the [test]
-and [scale] extras). About 40 s on two cores."""
+and [scale] extras), Ctrl-C keeping the finished runs. About 50 s on two cores."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -122,3 +124,26 @@ def test_bad_input_is_one_line_and_exit_2(scenario_file, tmp_path, args, needle)
     assert "Traceback" not in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("error: ") or "error: " in proc.stderr
     assert needle in proc.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT to a subprocess")
+def test_an_interrupted_sweep_keeps_what_finished_and_the_rerun_runs_the_rest(tmp_path):
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "simserve.cli", "sweep", "scenarios/quickstart.yaml", "--set",
+            "workload.num_requests=1000", "--grid", "cluster.pools.0.replicas=2,3,4,5", "--seeds", "2",
+            "--workers", "1", "--out", str(out)]
+    proc = subprocess.Popen(args, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not list((out / "cache").glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    kept = len(list((out / "cache").glob("*.json")))
+    assert 1 <= kept < 8
+    assert f"interrupted; runs finished now and kept: {kept}" in err and "Traceback" not in err
+    again = cli(*args[3:])
+    assert again.returncode == 0, again.stderr
+    assert f"{8 - kept} runs made, {kept} from the cache" in again.stdout
