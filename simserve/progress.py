@@ -10,6 +10,9 @@
   is whole (Simulation.stop() from a lifecycle hook); the run then returns partial Results. A second Ctrl-C stops
   at once (KeyboardInterrupt, nothing kept).
 
+- Many runs (sweep, compare, plan): BatchProgress counts runs done of those due, with the requests and simulated
+  seconds of the runs done and the time left, as a bar on a terminal or a plain line every LOG_EVERY_S.
+
 Part of the command line (with cli.py and report.py, the only modules that write to the terminal)."""
 
 from __future__ import annotations

@@ -46,47 +46,59 @@ def _common(p: argparse.ArgumentParser, seeds: int) -> None:
 @contextmanager
 def executor_for(args: argparse.Namespace) -> Iterator[tuple[cf.Executor | None, str]]:
     """The executor the runs go to and a phrase naming it: a process pool (spawned workers: no state shared with
-    this process), or a Dask client's executor on the cluster at --address or on a LocalCluster."""
-    import concurrent.futures as cf
-    import multiprocessing
-
+    this process), None (this process) for one worker, or a Dask client's executor on the cluster at --address or
+    on a LocalCluster."""
     from simserve.sweep import SweepError
 
     workers = args.workers or os.cpu_count() or 1
     if workers < 1:
         raise SweepError(f"--workers {workers}: at least one")
-    if args.backend == "local":
-        if args.address:
-            raise SweepError("--address is for --backend dask")
-        if workers == 1:
-            yield None, "this process"
-            return
-        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_ignore_sigint)
-        try:
+    if args.backend == "dask":
+        with _dask(args.address, workers) as found:
+            yield found
+    elif args.address:
+        raise SweepError("--address is for --backend dask")
+    elif workers == 1:
+        yield None, "this process"
+    else:
+        with _process_pool(workers) as pool:
             yield pool, f"{workers} local processes"
-        except BaseException:
-            # Ctrl-C (or an error): the runs in flight are dropped at once (the finished ones are in the cache);
-            # waiting for them could take as long as a run.
-            # (Terminated workers fail the runs still due with BrokenProcessPool; cancelling them as well races
-            # with that in Python 3.11's executor, so they are not cancelled.)
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-            pool.shutdown(wait=False)
-            raise
-        pool.shutdown()
-        return
+
+
+@contextmanager
+def _process_pool(workers: int) -> Iterator[cf.Executor]:
+    import concurrent.futures as cf
+    import multiprocessing
+
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
+    try:
+        yield pool
+    except BaseException:
+        # Ctrl-C (or an error): the runs in flight are dropped at once (the finished ones are in the cache); waiting
+        # for them could take as long as a run. Terminated workers fail the runs still due with BrokenProcessPool
+        # (cancelling them as well races with that in Python 3.11's executor, so they are not cancelled).
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False)
+        raise
+    pool.shutdown()
+
+
+@contextmanager
+def _dask(address: str | None, workers: int) -> Iterator[tuple[cf.Executor, str]]:
+    from simserve.sweep import SweepError
+
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise SweepError("--backend dask needs dask.distributed: pip install 'simserve[scale]'") from None
-    if args.address:
+    if address:
         try:
-            client = Client(args.address, timeout=10)
+            client = Client(address, timeout=10)
         except OSError as exc:
-            raise SweepError(f"--address {args.address}: no Dask scheduler answered ({exc})") from None
+            raise SweepError(f"--address {address}: no Dask scheduler answered ({exc})") from None
         with client, _dropping(client.get_executor()) as executor:
-            yield executor, f"the Dask cluster at {args.address}"
+            yield executor, f"the Dask cluster at {address}"
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client, _dropping(client.get_executor()) as executor:
@@ -232,7 +244,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from simserve.output import write_table
-    from simserve.report import number
     from simserve.sweep import HEADLINE, Point, SweepError, Tally, compare_table, make_tasks, run_tasks, runs_table
     from simserve.sweep import seed_list as seeds_from
 
@@ -264,6 +275,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     missing = [f for f in wanted if f not in set(table["figure"])]
     if missing:
         raise SweepError(f"--metric {missing[0]}: not a summary figure of these runs")
+    rows = _compare_rows(table, wanted)
+    _print_table(f"A: {label_a}\nB: {label_b}\nB - A paired by seed over {len(seeds)} seed(s) (95% CI, paired t test)",
+                 ["figure", "A", "B", "B - A", "change", "95% CI of B - A", "p", "significant"], rows)
+    print(f"\n  {tally.ran} runs made, {tally.cached} from the cache; wrote {out}/: runs.parquet, compare.parquet, "
+          "compare.json")
+    return 0
+
+
+def _compare_rows(table: Any, wanted: list[str]) -> list[list[str]]:
+    from simserve.report import number
+
     rows = []
     for f in wanted:
         r = table.set_index("figure").loc[f]
@@ -272,11 +294,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         rel = "-" if r["rel_diff"] != r["rel_diff"] else f"{r['rel_diff']:+.1%}"
         sig = "yes" if r["significant"] else ("n/a (1 seed)" if r["num_pairs"] < 2 else "no")
         rows.append([f, number(r["a_mean"]), number(r["b_mean"]), number(r["diff_mean"]), rel, ci, p, sig])
-    _print_table(f"A: {label_a}\nB: {label_b}\nB - A paired by seed over {len(seeds)} seed(s) (95% CI, paired t test)",
-                 ["figure", "A", "B", "B - A", "change", "95% CI of B - A", "p", "significant"], rows)
-    print(f"\n  {tally.ran} runs made, {tally.cached} from the cache; wrote {out}/: runs.parquet, compare.parquet, "
-          "compare.json")
-    return 0
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ plan
