@@ -97,8 +97,13 @@ class Point:
         return [f"{k}={v}" for k, v in self.values]
 
     def typed(self) -> dict[str, Any]:
-        """The values as the scenario reads them (YAML: '4' -> 4, 'h100-sxm' -> 'h100-sxm')."""
-        return {k: yaml.safe_load(v) for k, v in self.values}
+        """The values as the scenario reads them (YAML: '4' -> 4, 'h100-sxm' -> 'h100-sxm'); a list or mapping
+        stays the text written, so a table column holds scalars."""
+        out = {}
+        for k, v in self.values:
+            value = yaml.safe_load(v)
+            out[k] = v if isinstance(value, list | dict) else value
+        return out
 
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.values) or "(the scenario as written)"

@@ -63,6 +63,7 @@ def test_grid_expands_as_documented():
     assert expand() == [Point(())]  # no axes: the scenario as written
     assert split_values("1..4") == ["1", "2", "3", "4"]
     assert split_values("[1,2],{a: 1, b: 2},'x,y'") == ["[1,2]", "{a: 1, b: 2}", "'x,y'"]
+    assert expand(["k=[1,2],{a: 1},x"])[0].typed() == {"k": "[1,2]"}  # a list or mapping stays text in tables
 
 
 @pytest.mark.parametrize("grid, zips, needle", [
