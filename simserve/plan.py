@@ -163,56 +163,63 @@ def probe_row(combo: Point, knob: Knob, value: int, slos: Sequence[Slo], objecti
     row["objective"] = float(runs[objective].astype(float).mean())
     # Seeds whose run could not keep up (its queue grew: metrics' saturation test): past the cliff, every SLO fails.
     row["saturated_seeds"] = int(runs["saturated"].astype(bool).sum()) if "saturated" in runs else 0
-    failing = []
+    failing, undecided = [], True
     for s in slos:
         mean, low, high, _ = mean_ci(runs[s.figure].astype(float), 2 * ONE_SIDED - 1)
         row[f"{s.figure}_mean"] = mean
         row[f"{s.figure}_bound"] = s.bound(low, high)
         if not s.met(low, high):
             failing.append(str(s))
+            undecided = undecided and s.met(mean, mean)  # the mean is within the target, the bound is not
     row["meets"] = not failing
+    row["undecided"] = bool(failing) and undecided
     row["failing"] = ", ".join(failing)
     return row
 
 
 def plan(path: str | Path, overrides: Sequence[str], slos: Sequence[Slo], knob: Knob, combos: Sequence[Point],
          seeds: Sequence[int], executor: cf.Executor | None, cache: Cache, *, objective: str = "usd_per_hour",
-         on_done: OnDone | None = None, tally: Tally | None = None) -> PlanResult:
+         max_seeds: int | None = None, on_done: OnDone | None = None, tally: Tally | None = None) -> PlanResult:
     """Search every combination at once, a round of probes at a time (each round's runs go to the executor
-    together, so they fill its workers)."""
+    together, so they fill its workers). A probe that is undecided (every SLO it fails is met by the mean but not
+    by the bound) is run again with twice the seeds, up to `max_seeds`, before it counts as failing: more seeds
+    narrow the bound. Every setting runs the same seeds (common random numbers), extended on from the last given."""
     if len(seeds) < 2:
         raise SweepError("--seeds: a capacity search needs at least 2 seeds (one says nothing about the spread)")
     if not slos:
         raise SweepError("--slo: give at least one SLO, e.g. --slo 'ttft_s_p99<=2'")
+    most = max(max_seeds or len(seeds), len(seeds))
     searches = [Bisection(knob.lo, knob.hi) for _ in combos]
-    all_tasks: list[Task] = []
-    all_results: list[dict[str, Any]] = []
-    probes: list[dict[str, Any]] = []
-    checked = False
-    while True:
-        due = [(i, v) for i, b in enumerate(searches) if (v := b.next()) is not None]
-        if not due:
-            break
-        tasks = [t for i, v in due for t in make_tasks(
-            path, overrides, [Point((*combos[i].values, (knob.key, str(v))))], seeds)]
-        results = run_tasks(tasks, executor, cache, on_done=on_done, tally=tally)
-        if not checked:
-            _check_figures(slos, objective, results[0]["figures"])
-            checked = True
-        all_tasks += tasks
-        all_results += results
-        table = runs_table(tasks, results)
-        for j, (i, v) in enumerate(due):
-            row = probe_row(combos[i], knob, v, slos, objective, table.iloc[j * len(seeds):(j + 1) * len(seeds)])
+    num_seeds: dict[tuple[int, int], int] = {}
+    done: dict[tuple[int, int], tuple[list[Task], list[dict[str, Any]], dict[str, Any]]] = {}
+    while due := [(i, v) for i, b in enumerate(searches) if (v := b.next()) is not None]:
+        sized = [(i, v, _first(seeds, num_seeds.get((i, v), len(seeds)))) for i, v in due]
+        tasks = [make_tasks(path, overrides, [Point((*combos[i].values, (knob.key, str(v))))], s) for i, v, s in sized]
+        flat = run_tasks([t for ts in tasks for t in ts], executor, cache, on_done=on_done, tally=tally)
+        if not done:
+            _check_figures(slos, objective, flat[0]["figures"])
+        at = 0
+        for (i, v, s), ts in zip(sized, tasks, strict=True):
+            results, at = flat[at:at + len(ts)], at + len(ts)
+            row = probe_row(combos[i], knob, v, slos, objective, runs_table(ts, results))
+            if not row["meets"] and row["undecided"] and len(s) < most:
+                num_seeds[(i, v)] = min(2 * len(s), most)  # the same setting again next round, with more seeds
+                continue
             searches[i].known[v] = row["meets"]
-            probes.append(row)
-    probe_df = pd.DataFrame(probes)
+            done[(i, v)] = (ts, results, row)
+    probe_df = pd.DataFrame([row for _, _, row in done.values()])
     probe_df["pareto"] = pareto_front(probe_df["objective"], probe_df[f"{slos[0].figure}_mean"], slos[0].op)
     answers = _answers(combos, searches, knob, slos, probe_df)
     feasible = answers[answers["meets"]]
     cheapest = None if feasible.empty else feasible.sort_values("objective", kind="stable").iloc[0].to_dict()
+    runs = runs_table([t for ts, _, _ in done.values() for t in ts], [r for _, rs, _ in done.values() for r in rs])
     return PlanResult(knob, list(slos), objective, list(dict.fromkeys(k for c in combos for k, _ in c.values)),
-                      runs_table(all_tasks, all_results), probe_df, answers, cheapest)
+                      runs, probe_df, answers, cheapest)
+
+
+def _first(seeds: Sequence[int], n: int) -> list[int]:
+    """The first n seeds: those given, then on from the last of them."""
+    return [*seeds[:n], *range(seeds[-1] + 1, seeds[-1] + 1 + n - len(seeds))]
 
 
 def _answers(combos: Sequence[Point], searches: Sequence[Bisection], knob: Knob, slos: Sequence[Slo],

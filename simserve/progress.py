@@ -243,6 +243,7 @@ class BatchProgress:
 
     def done(self, task: Any, result: dict[str, Any], cached: bool) -> None:
         self.runs += 1
+        self.total = max(self.total, self.runs)  # a search's total is an estimate (more seeds where undecided)
         self.cached += cached
         figures = result["figures"]
         self.requests += int(figures.get("num_requests", 0))

@@ -312,6 +312,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     knob, combos = parse_vary(args.vary)
     first, name = _first_seed(args, args.scenario)
     seeds = seed_list(first, args.seeds)
+    max_seeds = args.max_seeds if args.max_seeds is not None else 4 * len(seeds)
     out, cache, note = _folders(args, f"plan-{name}")
     per_combo = (max(knob.hi - knob.lo, 1)).bit_length() + 1  # probes of one bisection, at most
     tally, progress = Tally(), BatchProgress("simserve plan", len(combos) * per_combo * len(seeds))
@@ -319,10 +320,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     try:
         with executor_for(args) as (executor, where):
             print(f"{label}: {len(combos)} combination(s) x bisection of {knob.key} over {knob.lo}..{knob.hi}, "
-                  f"{len(seeds)} seeds a probe (at most {progress.total} runs) on {where} ({note})", file=sys.stderr)
+                  f"{len(seeds)} seeds a probe, up to {max_seeds} where undecided (about {progress.total} runs) on "
+                  f"{where} ({note})", file=sys.stderr)
             with progress.watching():
                 result = plan(args.scenario, args.set, slos, knob, combos, seeds, executor, cache,
-                              objective=args.objective, on_done=progress.done, tally=tally)
+                              objective=args.objective, max_seeds=max_seeds, on_done=progress.done, tally=tally)
     except KeyboardInterrupt:
         return _interrupted(label, progress, note)
     write_table(result.runs, out / "runs.parquet")
@@ -332,6 +334,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
               save_chart(knob_chart(result), out / f"chart-{slos[0].figure}.{args.chart_format}")]
     _record(out, "plan.json", {"scenario": args.scenario, "set": args.set, "slo": [str(s) for s in slos],
                                "vary": args.vary, "objective": args.objective, "seeds": seeds,
+                               "max_seeds": max_seeds,
                                "confidence": "one-sided 95% bound of the mean across seeds",
                                "cheapest": result.cheapest, **_timing(tally, t0, args.workers or os.cpu_count() or 1)})
     _print_plan(result, combos, len(seeds))
@@ -399,6 +402,8 @@ def add_commands(sub: Any) -> None:
                    help="a summary figure and its bound: 'ttft_s_p99<=2', 'goodput>=0.99' (repeat for more)")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=LO..HI | KEY=A,B",
                    help="the knob searched (one KEY=LO..HI) and discrete choices (KEY=a,b,c)")
+    p.add_argument("--max-seeds", type=int, metavar="N",
+                   help="seeds a probe may grow to (doubling) while its bound straddles a target (default 4 x --seeds)")
     p.add_argument("--objective", default="usd_per_hour",
                    help="the cost to minimise: usd_per_hour (the cluster's list price, default) or a figure")
     _common(p, 5)

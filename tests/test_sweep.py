@@ -264,3 +264,19 @@ def test_bisection_and_pareto():
     assert pareto_front([1, 2, 3, 2], [10, 5, 6, 7]) == [True, True, False, False]
     assert pareto_front([1, 2], [0.9, 0.99], ">=") == [True, True]
     assert Knob("k", 1, 2).hi == 2
+
+
+def test_an_undecided_probe_gets_more_seeds(tmp_path):
+    """Four servers at load 3.5 wait about 0.35 s (mean time in system ~0.85 s): with two seeds the bound of the
+    mean straddles a 1 s target (t(0.95, 1) = 6.3), so the search settles on five unless the probe may grow; with up
+    to eight seeds the bound narrows below the target and four, the answer queueing theory gives, is found."""
+    knob, combos = parse_vary(["cluster.pools.0.replicas=3..6"])
+    slo = [parse_slo("e2e_s_mean<=1.0")]
+    fixed = plan(mdc(tmp_path), ["router=round_robin"], slo, knob, combos, [0, 1], None, MemoryCache(), max_seeds=2)
+    grown = plan(mdc(tmp_path), ["router=round_robin"], slo, knob, combos, [0, 1], None, MemoryCache(), max_seeds=8)
+    assert fixed.cheapest is not None and fixed.cheapest["cluster.pools.0.replicas"] == 5
+    four = fixed.probes[fixed.probes["cluster.pools.0.replicas"] == 4].iloc[0]
+    assert four["undecided"] and four["e2e_s_mean_mean"] < 1.0 < four["e2e_s_mean_bound"]
+    assert grown.cheapest is not None and grown.cheapest["cluster.pools.0.replicas"] == 4
+    assert grown.cheapest["num_seeds"] == 8
+    assert sorted(grown.runs[grown.runs["cluster.pools.0.replicas"] == 4]["seed"]) == list(range(8))
