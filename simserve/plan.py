@@ -28,6 +28,7 @@ from simserve.sweep import (
     SweepError,
     Tally,
     Task,
+    make_task,
     make_tasks,
     mean_ci,
     parse_axis,
@@ -190,6 +191,9 @@ def plan(path: str | Path, overrides: Sequence[str], slos: Sequence[Slo], knob: 
         raise SweepError("--slo: give at least one SLO, e.g. --slo 'ttft_s_p99<=2'")
     most = max(max_seeds or len(seeds), len(seeds))
     searches = [Bisection(knob.lo, knob.hi) for _ in combos]
+    broken = _unbuildable(path, overrides, knob, combos, seeds[0])
+    for i in broken:
+        searches[i].known[knob.hi] = False  # nothing to search: reported as it is
     num_seeds: dict[tuple[int, int], int] = {}
     done: dict[tuple[int, int], tuple[list[Task], list[dict[str, Any]], dict[str, Any]]] = {}
     while due := [(i, v) for i, b in enumerate(searches) if (v := b.next()) is not None]:
@@ -209,7 +213,7 @@ def plan(path: str | Path, overrides: Sequence[str], slos: Sequence[Slo], knob: 
             done[(i, v)] = (ts, results, row)
     probe_df = pd.DataFrame([row for _, _, row in done.values()])
     probe_df["pareto"] = pareto_front(probe_df["objective"], probe_df[f"{slos[0].figure}_mean"], slos[0].op)
-    answers = _answers(combos, searches, knob, slos, probe_df)
+    answers = _answers(combos, searches, knob, probe_df, broken)
     feasible = answers[answers["meets"]]
     cheapest = None if feasible.empty else feasible.sort_values("objective", kind="stable").iloc[0].to_dict()
     runs = runs_table([t for ts, _, _ in done.values() for t in ts], [r for _, rs, _ in done.values() for r in rs])
@@ -222,10 +226,30 @@ def _first(seeds: Sequence[int], n: int) -> list[int]:
     return [*seeds[:n], *range(seeds[-1] + 1, seeds[-1] + 1 + n - len(seeds))]
 
 
-def _answers(combos: Sequence[Point], searches: Sequence[Bisection], knob: Knob, slos: Sequence[Slo],
-             probes: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for combo, search in zip(combos, searches, strict=True):
+def _unbuildable(path: str | Path, overrides: Sequence[str], knob: Knob, combos: Sequence[Point],
+                 seed: int) -> dict[int, str]:
+    """The combinations whose scenario is refused at the top of the knob's range (a model too big for a GPU type):
+    why, by index. Every one refused is an error (nothing would be searched)."""
+    broken = {}
+    for i, combo in enumerate(combos):
+        try:
+            make_task(path, overrides, Point((*combo.values, (knob.key, str(knob.hi)))), seed)
+        except SweepError as exc:
+            broken[i] = str(exc).replace("\n", " ")
+    if len(broken) == len(combos):
+        raise SweepError(next(iter(broken.values())) if len(combos) == 1 else "no combination can be built:\n"
+                         + "\n".join(broken.values()))
+    return broken
+
+
+def _answers(combos: Sequence[Point], searches: Sequence[Bisection], knob: Knob, probes: pd.DataFrame,
+             broken: dict[int, str]) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for i, (combo, search) in enumerate(zip(combos, searches, strict=True)):
+        if i in broken:
+            rows.append({**combo.typed(), knob.key: None, "objective": math.nan, "meets": False,
+                         "binds": f"cannot be built: {broken[i]}"})
+            continue
         mine = probes
         for k, v in combo.typed().items():
             mine = mine[mine[k] == v]
@@ -239,7 +263,7 @@ def _answers(combos: Sequence[Point], searches: Sequence[Bisection], knob: Knob,
             below = mine[mine[knob.key] == best - 1].iloc[0].to_dict()
             binds = f"{below['failing']} (not met at {best - 1}{_saturated(below)})"
         rows.append({**at, knob.key: best, "meets": best is not None, "binds": binds})
-    return pd.DataFrame(rows).drop(columns=["failing"])
+    return pd.DataFrame(rows).drop(columns=["failing"], errors="ignore")
 
 
 def _saturated(probe: dict[str, Any]) -> str:

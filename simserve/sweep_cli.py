@@ -350,7 +350,8 @@ def _print_plan(result: Any, combos: list[Any], num_seeds: int) -> None:
     knob, slos = result.knob, result.slos
     rows, binds = [], []
     for combo, (_, a) in zip(combos, result.answers.iterrows(), strict=True):
-        setting = str(int(a[knob.key])) if a["meets"] else f"none <= {knob.hi}"
+        setting = (str(int(a[knob.key])) if a["meets"] else "-" if str(a["binds"]).startswith("cannot be built")
+                   else f"none <= {knob.hi}")
         figures = [f"{number(a[f'{s.figure}_mean'])} (bound {number(a[f'{s.figure}_bound'])})" for s in slos]
         rows.append([_short(combo), setting, number(a["objective"]), *figures])
         binds.append(f"  {_short(combo)}: {a['binds']}")

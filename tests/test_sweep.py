@@ -280,3 +280,15 @@ def test_an_undecided_probe_gets_more_seeds(tmp_path):
     assert grown.cheapest is not None and grown.cheapest["cluster.pools.0.replicas"] == 4
     assert grown.cheapest["num_seeds"] == 8
     assert sorted(grown.runs[grown.runs["cluster.pools.0.replicas"] == 4]["seed"]) == list(range(8))
+
+
+def test_a_combination_that_cannot_be_built_is_reported_not_fatal(tmp_path):
+    knob, combos = parse_vary(["cluster.pools.0.replicas=4..6", "cluster.pools.0.num_kv_blocks=100000000,500"])
+    result = plan(mdc(tmp_path, num_requests=200), [], [parse_slo("e2e_s_mean<=1")], knob, combos, [0, 1], None,
+                  MemoryCache())
+    bad, good = result.answers.iloc[0], result.answers.iloc[1]
+    assert not bad["meets"] and bad["binds"].startswith("cannot be built: ") and "num_kv_blocks" in bad["binds"]
+    assert good["meets"] and result.cheapest is not None and result.cheapest["cluster.pools.0.num_kv_blocks"] == 500
+    with pytest.raises(SweepError, match="num_kv_blocks"):
+        plan(mdc(tmp_path), [], [parse_slo("e2e_s_mean<=1")], *parse_vary(
+            ["cluster.pools.0.replicas=4..6", "cluster.pools.0.num_kv_blocks=100000000"]), [0, 1], None, MemoryCache())
