@@ -168,9 +168,11 @@ def _record(out: Path, name: str, doc: dict[str, Any]) -> None:
     (out / name).write_text(json.dumps(json_safe(doc), indent=2) + "\n")
 
 
-def _timing(tally: Tally, t0: float, where: int) -> dict[str, Any]:
+def _timing(tally: Tally, t0: float, args: argparse.Namespace) -> dict[str, Any]:
+    """What ran and how long, for the command's JSON record (the sweep's wall time against its runs' summed)."""
     return {"runs_made": tally.ran, "runs_cached": tally.cached, "run_wall_s_sum": tally.run_wall_s,
-            "wall_s": time.perf_counter() - t0, "workers": where}
+            "wall_s": time.perf_counter() - t0, "backend": args.backend, "address": args.address,
+            "workers": args.workers or os.cpu_count() or 1}
 
 
 def _ci(mean: float, low: float, high: float) -> str:
@@ -224,7 +226,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
               for f in (wanted if keys else [])]
     _record(out, "sweep.json", {"scenario": args.scenario, "set": args.set, "grid": args.grid, "zip": args.zip,
                                 "seeds": seeds, "points": len(points), "runs": len(tasks),
-                                **_timing(tally, t0, args.workers or os.cpu_count() or 1)})
+                                **_timing(tally, t0, args)})
     shown = [f for f in wanted if f in set(summary["figure"])]
     rows = []
     for point in points:
@@ -270,7 +272,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     label_a = " ".join([args.a, *args.set_a])
     label_b = " ".join([path_b, *args.set_b])
     _record(out, "compare.json", {"a": label_a, "b": label_b, "set": args.set, "seeds": seeds,
-                                  **_timing(tally, t0, args.workers or os.cpu_count() or 1)})
+                                  **_timing(tally, t0, args)})
     wanted = args.metric or [f for f in HEADLINE if f in set(table["figure"])]
     missing = [f for f in wanted if f not in set(table["figure"])]
     if missing:
@@ -336,7 +338,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                                "vary": args.vary, "objective": args.objective, "seeds": seeds,
                                "max_seeds": max_seeds,
                                "confidence": "one-sided 95% bound of the mean across seeds",
-                               "cheapest": result.cheapest, **_timing(tally, t0, args.workers or os.cpu_count() or 1)})
+                               "cheapest": result.cheapest, **_timing(tally, t0, args)})
     _print_plan(result, combos, len(seeds))
     files = ["runs.parquet", "probes.parquet", "answers.parquet", "plan.json",
              *(p.name for p in charts if p is not None)]
