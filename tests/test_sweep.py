@@ -292,3 +292,22 @@ def test_a_combination_that_cannot_be_built_is_reported_not_fatal(tmp_path):
     with pytest.raises(SweepError, match="num_kv_blocks"):
         plan(mdc(tmp_path), [], [parse_slo("e2e_s_mean<=1")], *parse_vary(
             ["cluster.pools.0.replicas=4..6", "cluster.pools.0.num_kv_blocks=100000000"]), [0, 1], None, MemoryCache())
+
+
+def test_batch_progress_writes_plain_lines_on_a_stream_that_is_not_a_terminal():
+    import io
+    import time
+
+    from simserve.progress import BatchProgress
+
+    stream = io.StringIO()
+    progress = BatchProgress("simserve sweep", 4, stream=stream, every_s=0.05)
+    with progress.watching():
+        for cached in (True, False, False):
+            progress.done(None, {"figures": {"num_requests": 100, "makespan_s": 50.0}}, cached)
+            time.sleep(0.06)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "simserve sweep: 0/4 runs, 0 requests and 0 s simulated, 0 s elapsed"
+    assert len(lines) >= 3 and "\x1b[" not in stream.getvalue()  # periodic lines, no terminal codes
+    assert lines[-1].startswith("simserve sweep: 3/4 runs (1 from the cache), 300 requests and 150 s simulated")
+    assert "left" in lines[-1]  # an estimate from the runs made so far
