@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from simserve.calibration.cli import add_commands
 from simserve.output import write_results  # its old home: tests and scripts import it from here
+from simserve.sweep_cli import add_commands as add_sweep_commands
 
 if TYPE_CHECKING:
     from simserve.output import ResultsFolder
@@ -37,7 +38,7 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 INPUT_ERRORS = {
     "simserve.scenario": "ScenarioError", "simserve.perf.fits": "FitError",
     "simserve.calibration.profiles": "ProfileError", "simserve.calibration.replay": "ExperimentError",
-    "simserve.output": "OutputError", "simserve.workload.traces": "TraceError",
+    "simserve.output": "OutputError", "simserve.workload.traces": "TraceError", "simserve.sweep": "SweepError",
 }
 
 
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="only this model preset")
     q.set_defaults(func=_cmd_quality)
     add_commands(sub)
+    add_sweep_commands(sub)
     return parser
 
 

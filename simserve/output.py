@@ -192,3 +192,73 @@ def write_csv(parquet: Path, csv: Path) -> None:
                 w.write_table(f.read_row_group(i))
     finally:
         f.close()
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+
+
+class CacheFolder:
+    """Finished runs of sweeps, comparisons and capacity searches (sweep.Cache): one JSON file per run, named by
+    the hash of its resolved scenario, written whole (a temporary file renamed into place) as soon as the run
+    finishes, so an interrupted sweep keeps every run that finished. A file that cannot be read is run again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--cache {self.path}: cannot make the cache folder ({exc.strerror or exc})") from None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            value = json.loads((self.path / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) and "figures" in value else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=self.path)
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f)  # NaN as the JSON extension NaN, which json.loads reads back exactly
+        os.replace(tmp, self.path / f"{key}.json")
+
+
+def sweep_folder(path: Path, option: str = "--out") -> Path:
+    """A folder for a sweep's tables and charts (made if absent; files of the same names replaced)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot make the folder ({exc.strerror or exc})") from None
+    return path
+
+
+def write_table(df: Any, path: Path) -> None:
+    """A DataFrame as Parquet, written whole (a temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.partial")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+CHART_SUFFIXES = (".html", ".png", ".svg")
+
+
+def save_chart(chart: Any, path: Path) -> Path | None:
+    """Write an Altair chart that renders offline: as HTML with the Vega, Vega-Lite and vega-embed libraries inlined
+    (altair's default HTML loads them from a CDN, and a chart opened without network shows nothing), or as a PNG or
+    SVG image when the path ends so. vl-convert (the vl-convert-python package) bundles the libraries and renders
+    the images; without it, or without a chart, nothing is written and the result is None."""
+    if chart is None:
+        return None
+    try:
+        import vl_convert  # noqa: F401  (altair's inline and image saving call it)
+    except ImportError:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".html":
+        chart.save(str(path), format="html", inline=True)
+    else:
+        chart.save(str(path))
+    return path

@@ -10,6 +10,9 @@
   is whole (Simulation.stop() from a lifecycle hook); the run then returns partial Results. A second Ctrl-C stops
   at once (KeyboardInterrupt, nothing kept).
 
+- Many runs (sweep, compare, plan): BatchProgress counts runs done of those due, with the requests and simulated
+  seconds of the runs done and the time left, as a bar on a terminal or a plain line every LOG_EVERY_S.
+
 Part of the command line (with cli.py and report.py, the only modules that write to the terminal)."""
 
 from __future__ import annotations
@@ -217,6 +220,74 @@ class RunMonitor(Hooks):
                 snap = Snapshot.of(sim, self.ended)
                 bar.update(task, completed=self.fraction(snap),
                            description=self.status(snap, time.perf_counter() - t0))
+                bar.refresh()
+                if self._done.wait(SAMPLE_EVERY_S):
+                    return
+
+
+class BatchProgress:
+    """Progress of many runs (sweep, compare, plan): runs done of those due (cached ones count as done), the
+    requests and simulated seconds of the runs done, and the time left at the rate of the runs made so far. A rich
+    bar on a terminal; otherwise a plain line when the batch starts, every `every_s` seconds and at the end.
+    Give `done` as the batch's on_done callback and run the batch inside `watching()`."""
+
+    def __init__(self, label: str, total: int = 0, *, stream: Any = None, every_s: float = LOG_EVERY_S) -> None:
+        self.label = label
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.every_s = every_s
+        self.runs = self.cached = self.requests = 0
+        self.sim_s = 0.0
+        self._t0 = time.perf_counter()
+        self._done = threading.Event()
+
+    def done(self, task: Any, result: dict[str, Any], cached: bool) -> None:
+        self.runs += 1
+        self.total = max(self.total, self.runs)  # a search's total is an estimate (more seeds where undecided)
+        self.cached += cached
+        figures = result["figures"]
+        self.requests += int(figures.get("num_requests", 0))
+        self.sim_s += float(figures.get("makespan_s", 0.0))
+
+    def status(self) -> str:
+        elapsed = time.perf_counter() - self._t0
+        ran = self.runs - self.cached
+        left = self.total - self.runs
+        eta = f", about {duration(elapsed / ran * left)} left" if ran and left > 0 else ""
+        cached = f" ({count(self.cached)} from the cache)" if self.cached else ""
+        return (f"{count(self.runs)}/{count(self.total)} runs{cached}, {count(self.requests)} requests and "
+                f"{number(self.sim_s)} s simulated, {duration(elapsed)} elapsed{eta}")
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        from rich.console import Console
+
+        console = Console(file=self.stream, highlight=False)
+        self._t0 = time.perf_counter()
+        thread = threading.Thread(target=self._bar if console.is_terminal else self._log, args=(console,),
+                                  name="simserve-batch-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._done.set()
+            thread.join()
+            print(f"{self.label}: {self.status()}", file=self.stream, flush=True)
+
+    def _log(self, console: Any) -> None:
+        while True:
+            print(f"{self.label}: {self.status()}", file=self.stream, flush=True)
+            if self._done.wait(self.every_s):
+                return
+
+    def _bar(self, console: Any) -> None:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+        with Progress(TextColumn(self.label), BarColumn(), TaskProgressColumn(), TextColumn("{task.description}"),
+                      console=console, transient=True, auto_refresh=False) as bar:
+            task = bar.add_task("", total=1.0)
+            while True:
+                bar.update(task, completed=self.runs / self.total if self.total else 0.0, description=self.status())
                 bar.refresh()
                 if self._done.wait(SAMPLE_EVERY_S):
                     return

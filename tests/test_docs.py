@@ -6,7 +6,9 @@ the table; paste its output into the page once you know why it moved.
 Covered: docs/cluster.md (heterogeneous and disaggregated scenarios; with ../shared/data, the Mooncake hit-ratio and
 router tables), docs/calibration.md (the op-level error tables and the shipped fits' figures; with ../shared/data,
 the end-to-end replays of five real vLLM runs), docs/test-time-compute.md (the compute-equivalent configurations and
-the parallel-sampling sweep), docs/policies.md (the seed's serving table and the scheduler comparison). About 100 s
+the parallel-sampling sweep), docs/policies.md (the seed's serving table and the scheduler comparison),
+docs/capacity-planning.md (the router A/B at 3 and 10 seeds; its capacity searches take minutes and are not rerun
+here). About 120 s
 in all; tests needing ../shared/data skip without it."""
 
 from __future__ import annotations
@@ -136,3 +138,27 @@ def test_policies_tables_are_current():
     assert_current("policies.md", pol.serving_table(pol.serving_rows()), command)
     assert_current("policies.md", pol.distilled_table(), command)
     assert_current("policies.md", pol.scheduler_table(pol.scheduler_rows()), command)
+
+
+def test_capacity_planning_router_ab_is_current():
+    """docs/capacity-planning.md's A/B of two routers: the p99 time to answer's paired difference is not significant
+    at 3 seeds and is at 10, with the means, interval and p-value the page prints (20 runs of 2,400 requests,
+    about 17 s)."""
+    from simserve.report import number
+    from simserve.sweep import MemoryCache, Point, compare_table, make_tasks, run_tasks, runs_table
+
+    path = ROOT / "scenarios" / "capacity-planning.yaml"
+    cache = MemoryCache()
+    page = (DOCS / "capacity-planning.md").read_text()
+    for n, significant in ((3, "no"), (10, "yes")):
+        tasks = [t for v, s in (("A", "router=round_robin"), ("B", "router=least_kv"))
+                 for t in make_tasks(path, [s], [Point(())], list(range(1, n + 1)), v)]
+        row = compare_table(runs_table(tasks, run_tasks(tasks, None, cache)), "A", "B").set_index("figure").loc[
+            "time_to_answer_s_p99"]
+        cells = [number(row["a_mean"]), number(row["b_mean"]), number(row["diff_mean"]), f"{row['rel_diff']:+.1%}",
+                 f"[{number(row['diff_ci_low'])}, {number(row['diff_ci_high'])}]", f"{row['p_value']:.3g}",
+                 "yes" if row["significant"] else "no"]
+        block = page.split(f"$ simserve compare ... --seeds {n} ...", 1)[1].split("$ simserve", 1)[0]
+        line = next(x for x in block.splitlines() if x.startswith("│ time_to_answer_s_p99"))
+        assert [c.strip() for c in line.strip("│").split("│")][1:] == cells, (n, line, cells)
+        assert ("yes" if row["significant"] else "no") == significant

@@ -63,6 +63,11 @@ ABOVE = {
     "metrics.py": ("simserve.engine", "simserve.sim", "simserve.scenario", "simserve.cli", "simserve.perf"),
     "sim.py": ("simserve.scenario", "simserve.cli", "simserve.calibration"),
     "preflight.py": ("simserve.cli", "simserve.calibration"),
+    # The many-run library: scenarios and runs in, tables out; no terminal, no result files, no command line.
+    "sweep.py": ("simserve.cli", "simserve.calibration", "simserve.report", "simserve.progress", "simserve.output",
+                 "simserve.sweep_cli", "simserve.plan", "simserve.charts"),
+    "plan.py": ("simserve.cli", "simserve.calibration", "simserve.report", "simserve.progress", "simserve.output",
+                "simserve.sweep_cli", "simserve.charts"),
 }
 
 
@@ -108,10 +113,10 @@ def test_running_a_scenario_loads_no_calibration_module() -> None:
 
 
 def test_the_command_line_parts_are_used_only_by_the_command_line() -> None:
-    """report.py, progress.py and output.py sit above everything (docs/architecture.md): only the commands import
-    them (and output.py's OutputError and json_safe serve the calibrate commands too)."""
-    parts = ("simserve.report", "simserve.progress", "simserve.output")
-    users = {"cli.py", "report.py", "progress.py", "output.py"}
+    """report.py, progress.py, output.py and charts.py sit above everything (docs/architecture.md): only the
+    commands import them (and output.py's OutputError, json_safe and save_chart serve the calibrate commands too)."""
+    parts = ("simserve.report", "simserve.progress", "simserve.output", "simserve.charts", "simserve.sweep_cli")
+    users = {"cli.py", "sweep_cli.py", "report.py", "progress.py", "output.py", "charts.py"}
     for path in sorted(SIMSERVE.rglob("*.py")):
         rel = path.relative_to(SIMSERVE).as_posix()
         bad = {m for m in imported_modules(path) if m.startswith(parts)}

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simserve.output import OutputError, json_safe
+from simserve.output import CHART_SUFFIXES, OutputError, json_safe, save_chart
 
 if TYPE_CHECKING:
     from simserve.calibration.profiles import Profile
@@ -51,28 +51,6 @@ def _cmd_import(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{k} {len(v):,}" for k, v in tables.items())
     print(f"imported {args.format} {args.src} -> {out}: {counts} rows")
     return 0
-
-
-CHART_SUFFIXES = (".html", ".png", ".svg")
-
-
-def save_chart(chart: Any, path: Path) -> Path | None:
-    """Write an Altair chart that renders offline: as HTML with the Vega, Vega-Lite and vega-embed libraries inlined
-    (altair's default HTML loads them from a CDN, and a chart opened without network shows nothing), or as a PNG or
-    SVG image when the path ends so. vl-convert (the vl-convert-python package) bundles the libraries and renders
-    the images; without it, or without a chart, nothing is written and the result is None."""
-    if chart is None:
-        return None
-    try:
-        import vl_convert  # noqa: F401  (altair's inline and image saving call it)
-    except ImportError:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".html":
-        chart.save(str(path), format="html", inline=True)
-    else:
-        chart.save(str(path))
-    return path
 
 
 def fit_chart(fit: Fit, profile: Profile) -> Any:
