@@ -626,13 +626,39 @@ def jain_index(values: np.ndarray) -> float:
     return float(x.sum() ** 2 / (len(x) * sq)) if len(x) and sq > 0 else math.nan
 
 
+SERVICE_SLICE_ROWS = 262_144  # rows per slice of the users in service_summary
+
+
 def service_summary(requests: pd.DataFrame | Path) -> dict[str, float]:
     """Starvation and fairness: `max_wait_s`, the longest time a request waited from arrival to its first token
     (TTFT, its prefill step included; NaN if none got one); `jain_fairness_users`, Jain's index across users of
-    the output tokens generated for them (the service each received)."""
-    cols = ["user_id", "arrival_s", "first_token_s", "generated_tokens"]
-    df = pd.read_parquet(requests, columns=cols) if isinstance(requests, Path) else requests[cols]
-    wait = (df["first_token_s"] - df["arrival_s"]).to_numpy()
-    wait = wait[~np.isnan(wait)]
-    served = df.groupby("user_id")["generated_tokens"].sum().to_numpy()
-    return {"max_wait_s": float(wait.max()) if len(wait) else math.nan, "jain_fairness_users": jain_index(served)}
+    the output tokens generated for them (the service each received). Read a row group at a time; the users' totals
+    are found a slice of the users at a time (user id modulo the number of slices, one per SERVICE_SLICE_ROWS
+    rows), so memory holds one slice's, however many users there are. Token counts are integers, so the sums are
+    exact and the index is the one `jain_index` gives on the users' totals (bit for bit below 2**53)."""
+    batches = _batches(requests)
+    wait_max = -math.inf
+    for t in batches(["arrival_s", "first_token_s"]):
+        wait = _float(t["first_token_s"]) - _float(t["arrival_s"])
+        wait = wait[~np.isnan(wait)]
+        if len(wait):
+            wait_max = max(wait_max, float(wait.max()))
+    rows = len(requests) if isinstance(requests, pd.DataFrame) else pq.ParquetFile(requests).metadata.num_rows
+    slices = max(1, math.ceil(rows / SERVICE_SLICE_ROWS))
+    num_users = total = squares = 0
+    for k in range(slices):
+        users, tokens = [], []
+        for t in batches(["user_id", "generated_tokens"]):
+            u = np.asarray(t["user_id"].to_numpy(), dtype=np.int64)
+            g = np.asarray(t["generated_tokens"].to_numpy(), dtype=np.int64)
+            mine = u % slices == k
+            users.append(u[mine])
+            tokens.append(g[mine])
+        ids, which = np.unique(np.concatenate(users), return_inverse=True)
+        served = np.zeros(len(ids), dtype=np.int64)
+        np.add.at(served, which, np.concatenate(tokens))
+        num_users += len(ids)
+        total += int(served.sum())
+        squares += int((served * served).sum())
+    jain = float(float(total) ** 2 / (num_users * float(squares))) if num_users and squares > 0 else math.nan
+    return {"max_wait_s": wait_max if wait_max > -math.inf else math.nan, "jain_fairness_users": jain}

@@ -182,3 +182,27 @@ def test_shortest_predicted_first_aging_and_error():
 def test_jain_index():
     assert jain_index(np.array([5.0, 5.0, 5.0])) == pytest.approx(1.0)
     assert jain_index(np.array([9.0, 0.0, 0.0])) == pytest.approx(1 / 3)
+
+
+def test_service_summary_by_slices_of_users_equals_the_whole_table(tmp_path, monkeypatch):
+    # Many users, few requests each (10M users at 1M requests): the users' totals are summed a slice at a time,
+    # bounding memory, and must give the index of the whole table's per-user totals bit for bit.
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from simserve import metrics
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    arrival = rng.random(n) * 100
+    first = np.where(rng.random(n) < 0.1, np.nan, arrival + rng.random(n))
+    df = pd.DataFrame({"user_id": rng.integers(0, 30_000, n), "arrival_s": arrival, "first_token_s": first,
+                       "generated_tokens": rng.integers(0, 5000, n)})
+    pq.write_table(pa.Table.from_pandas(df), tmp_path / "r.parquet", row_group_size=3000)
+    served = df.groupby("user_id")["generated_tokens"].sum().to_numpy()
+    want = {"max_wait_s": float(np.nanmax(first - arrival)), "jain_fairness_users": jain_index(served)}
+    assert metrics.service_summary(df) == want
+    monkeypatch.setattr(metrics, "SERVICE_SLICE_ROWS", 1500)  # 14 slices
+    assert metrics.service_summary(tmp_path / "r.parquet") == want
+    assert metrics.service_summary(df) == want
