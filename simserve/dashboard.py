@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -201,27 +202,33 @@ def _answer_knobs(s: Scenario) -> list[Knob]:
     out = []
     for i, q in enumerate(s.workload.mix or []):
         g, base = f"Answers: {q.query_type}", f"workload.mix.{i}"
-        budget = q.max_reasoning_tokens or 0
-        out.append(Knob(f"{base}.max_reasoning_tokens", "reasoning budget (tokens; 0: none)", "int", budget, g,
-                        lo=0, step=512, emit=lambda c, b=base: [f"{b}.max_reasoning_tokens="
-                                                                 f"{c[f'{b}.max_reasoning_tokens'] or 'null'}"]))
+        out.append(Knob(f"{base}.max_reasoning_tokens", "reasoning budget (tokens; 0: none)", "int",
+                        q.max_reasoning_tokens or 0, g, lo=0, step=512, emit=partial(_budget, base)))
         probe = q.early_exit.probe_every_tokens if q.early_exit else 0
         out.append(Knob(f"{base}.early_exit.probe_every_tokens", "early exit: probe every (tokens; 0: off)", "int",
-                        probe, g, lo=0, step=100, emit=lambda c, b=base, had=q.early_exit is not None: _early_exit(
-                            b, c[f"{b}.early_exit.probe_every_tokens"], had)))
+                        probe, g, lo=0, step=100, emit=partial(_early_exit, base, q.early_exit is not None)))
         n = q.parallel.n if q.parallel else 1
         aggs = ("majority", "first_finished", *(("best_of_n",) if q.parallel and q.parallel.aggregate == "best_of_n"
                                                   else ()))
         agg = q.parallel.aggregate if q.parallel else "majority"
         out.append(Knob(f"{base}.parallel.n", "samples per request (n)", "int", n, g, lo=1, hi=256,
                         watch=(f"{base}.parallel.n", f"{base}.parallel.aggregate"),
-                        emit=lambda c, b=base, had=q.parallel is not None: _parallel(b, c, had)))
+                        emit=partial(_parallel, base, q.parallel is not None)))
         out.append(Knob(f"{base}.parallel.aggregate", "aggregation of the samples", "select", agg, g,
-                        options=tuple(dict.fromkeys((agg, *aggs))), emit=lambda c: []))
+                        options=tuple(dict.fromkeys((agg, *aggs))), emit=_nothing))
     return out
 
 
-def _early_exit(base: str, every: int, had: bool) -> list[str]:
+def _nothing(c: Chosen) -> list[str]:
+    return []  # a knob another one's overrides carry
+
+
+def _budget(base: str, c: Chosen) -> list[str]:
+    return [f"{base}.max_reasoning_tokens={c[f'{base}.max_reasoning_tokens'] or 'null'}"]
+
+
+def _early_exit(base: str, had: bool, c: Chosen) -> list[str]:
+    every = c[f"{base}.early_exit.probe_every_tokens"]
     if not every:
         return [f"{base}.early_exit=null"]
     if had:
@@ -229,7 +236,7 @@ def _early_exit(base: str, every: int, had: bool) -> list[str]:
     return [f"{base}.early_exit={{probe_every_tokens: {every}}}"]
 
 
-def _parallel(base: str, c: Chosen, had: bool) -> list[str]:
+def _parallel(base: str, had: bool, c: Chosen) -> list[str]:
     n, agg = c[f"{base}.parallel.n"], c[f"{base}.parallel.aggregate"]
     if n <= 1:
         return [f"{base}.parallel=null"]
@@ -258,7 +265,7 @@ def _compression_knobs(s: Scenario) -> list[Knob]:
                  options=KV_METHODS, watch=("kv_compression.method", "kv_compression.budget_share"), emit=emit,
                  help="every pool that decodes requests (they share one); docs/policies.md"),
             Knob("kv_compression.budget_share", "KV kept (share of generated tokens)", "float", share_, g, lo=0.05,
-                 hi=1.0, step=0.05, emit=lambda c: [])]
+                 hi=1.0, step=0.05, emit=_nothing)]
 
 
 def _reuse_knobs(s: Scenario) -> list[Knob]:
