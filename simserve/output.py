@@ -217,7 +217,8 @@ def write_report(out: Path, title: str, summary_text: str, charts: dict[str, Any
     def script(text: str) -> str:  # nothing in an inline script may close its tag
         return re.sub(r"</(script)", r"<\\/\1", text, flags=re.IGNORECASE)
 
-    bundle = vlc.javascript_bundle(None, vl_version=vl_version)  # type: ignore[arg-type]  (its stub wants a str)
+    # The libraries alone (no snippet): the stub says str, but None is the documented default.
+    bundle = vlc.javascript_bundle(None, vl_version=vl_version)  # type: ignore[arg-type]
     parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1100px} pre{font-size:12px;background:#f6f6f6;"
              "padding:1em;overflow-x:auto} .chart{margin:1.5em 0}</style>",
