@@ -41,11 +41,14 @@ def pick_scenario() -> tuple[Path, str] | None:
         rel = st.sidebar.selectbox("shipped scenario", dash.shipped_scenarios(ROOT))
         return ROOT / rel, rel
     up = st.sidebar.file_uploader("scenario YAML", type=["yaml", "yml"])
-    if up is None:
-        st.info("Upload a scenario YAML (the format of scenarios/*.yaml; `simserve schema` prints its schema).")
-        return None
-    folder = st.session_state.setdefault("upload_dir", str(dash.upload_folder()))
-    return dash.save_upload(up.name, up.getvalue(), Path(folder)), f"upload:{up.name}:{up.file_id}"
+    pasted = st.sidebar.text_area("or paste one", key="pasted", height=120)
+    folder = Path(st.session_state.setdefault("upload_dir", str(dash.upload_folder())))
+    if up is not None:
+        return dash.save_upload(up.name, up.getvalue(), folder), f"upload:{up.name}:{up.file_id}"
+    if pasted.strip():
+        return dash.save_upload("pasted.yaml", pasted.encode(), folder), f"pasted:{hash(pasted)}"
+    st.info("Upload or paste a scenario YAML (the format of scenarios/*.yaml; `simserve schema` prints its schema).")
+    return None
 
 
 def widget(k: dash.Knob, sid: str) -> Any:

@@ -239,7 +239,7 @@ def _early_exit(base: str, had: bool, c: Chosen) -> list[str]:
 def _parallel(base: str, had: bool, c: Chosen) -> list[str]:
     n, agg = c[f"{base}.parallel.n"], c[f"{base}.parallel.aggregate"]
     if n <= 1:
-        return [f"{base}.parallel=null"]
+        return [f"{base}.parallel=null"] if had else []
     if had:
         return [f"{base}.parallel.n={n}", f"{base}.parallel.aggregate={agg}"]
     return [f"{base}.parallel={{n: {n}, aggregate: {agg}}}"]
@@ -258,6 +258,8 @@ def _compression_knobs(s: Scenario) -> list[Knob]:
 
     def emit(c: Chosen) -> list[str]:
         m, b = c["kv_compression.method"], c["kv_compression.budget_share"]
+        if m == method == "off":
+            return []  # the share of a compression that stays off
         value = "null" if m == "off" else f"{{method: {m}, budget_share: {b}}}"
         return [f"cluster.pools.{i}.kv_compression={value}" for i in pools]
 
