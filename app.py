@@ -97,9 +97,9 @@ def show_run(view: dash.RunView, cached: bool) -> None:
     for line in dash.notices(view):
         st.warning(line)
     figures = dash.headline(view)
-    for row in range(0, len(figures), 5):
-        cols = st.columns(5)
-        for col, (label, value, what) in zip(cols, figures[row:row + 5], strict=False):
+    for row in range(0, len(figures), 6):
+        cols = st.columns(6)
+        for col, (label, value, what) in zip(cols, figures[row:row + 6], strict=False):
             col.metric(label, value, help=what)
     for name, chart in run_charts(view.requests, view.replicas, view.summary, view.pools).items():
         st.subheader(CHART_TITLES[name])
@@ -139,8 +139,8 @@ def compare_tab(path: Path, overrides: list[str], workers: int) -> None:
     c = st.columns(3)
     if c[0].button("Pin the sidebar's setting as A"):
         st.session_state["pinned_a"][str(path)] = pinned = list(overrides)
-    st.write("A:", ", ".join(pinned) or "the scenario as written", " | B:", ", ".join(overrides) or
-             "the scenario as written")
+    st.write(f"A: {', '.join(pinned) or 'the scenario as written'} | "
+             f"B: {', '.join(overrides) or 'the scenario as written'}")
     seeds = int(c[1].number_input("seeds", 1, 50, 3, key="compare_seeds"))
     if not c[2].button("Compare", type="primary"):
         return
@@ -224,8 +224,9 @@ def main() -> None:
     path, sid = picked
     try:
         scenario = load_scenario(path)
-    except ScenarioError as exc:
-        st.error(f"This scenario cannot be used:\n\n{exc}")
+    except ScenarioError as exc:  # an uploaded file is named as the user named it, not by its temporary folder
+        said = str(exc).replace(f"{path.parent}{os.sep}", "") if not path.is_relative_to(ROOT) else str(exc)
+        st.error("This scenario cannot be used:\n\n" + said.replace("\n", "  \n"))
         return
     st.caption(scenario.description or f"{path.name}: {scenario.name}")
     knobs = dash.knobs(scenario)
@@ -236,7 +237,7 @@ def main() -> None:
     try:
         task = dash.task_for(path, overrides)  # every knob through the scenario's own validation
     except ERRORS as exc:
-        st.error(f"This setting cannot be run:\n\n{exc}")
+        st.error("This setting cannot be run:\n\n" + str(exc).replace("\n", "  \n"))
         return
     tabs = st.tabs(["Run", "Compare A vs B", "Sweep", "Capacity"])
     for tab, body in zip(tabs, (lambda: run_tab(path, overrides, task), lambda: compare_tab(path, overrides, workers),

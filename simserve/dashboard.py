@@ -428,14 +428,15 @@ def default_workers() -> int:
 def headline(view: RunView) -> list[tuple[str, str, str]]:
     """The figures a capacity planner reads first: (label, value, what it is)."""
     s = view.summary
-    out = [("throughput", f"{number(s['throughput_output_tokens_per_s'])} tok/s",
+    out = [("throughput (tok/s)", number(s["throughput_output_tokens_per_s"]),
             f"{number(s['requests_per_s'])} requests/s completed over the whole run"),
-           ("goodput", share(s["goodput"]), "share of all requests within every SLO"),
-           ("TTFT p50 / p99", f"{number(s['ttft_s_p50'])} / {number(s['ttft_s_p99'])} s", "time to first token"),
-           ("TPOT p50 / p99", f"{number(s['tpot_s_p50'])} / {number(s['tpot_s_p99'])} s",
-            "time per output token after the first"),
-           ("time to answer p50 / p99", f"{number(s['time_to_answer_s_p50'])} / {number(s['time_to_answer_s_p99'])} s",
-            "arrival to the end of reasoning"),
+           ("goodput", share(s["goodput"]), "share of all requests within every SLO")]
+    for key, label, what in (("ttft_s", "TTFT", "time to first token"),
+                             ("tpot_s", "TPOT", "time per output token after the first"),
+                             ("time_to_answer_s", "time to answer", "arrival to the end of reasoning")):
+        out += [(f"{label} {q}", f"{number(s[f'{key}_{q}'])} s", f"{what}, {q} over completed requests")
+                for q in ("p50", "p99")]
+    out += [
            ("accuracy", share(s.get("accuracy")), "share of right answers (when answer quality is modelled)"),
            ("USD per hour", f"{view.usd_per_hour:,.2f}", f"list price of the cluster's {view.num_gpus} GPUs"),
            ("USD per 1k requests", number(s["cost_usd_per_1k_completed"]), "the run's cost per 1,000 completed"),
