@@ -66,8 +66,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         folder.discard()
         print(f"simserve: {stopped}; nothing written (--partial keeps what finished)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    doc, tables, replaced = _write(scenario, results, folder, args.csv)
-    _report(args, scenario, results, tables, doc, out, replaced)
+    doc, tables, replaced, extra = _write(scenario, results, folder, args.csv, args.report)
+    _report(args, scenario, results, tables, doc, out, replaced, extra)
     if monitor.stop_requested:
         print(f"simserve: {stopped}; wrote what finished to {out}/ (summary.json: \"partial\": "
               f"{str(results.summary['partial']).lower()})", file=sys.stderr)
@@ -141,21 +141,35 @@ def _where_stopped(s: dict[str, Any]) -> str:
             f"completed, {count(s['num_unfinished'])} in flight")
 
 
-def _write(scenario: Scenario, results: Results, folder: ResultsFolder,
-           csv: bool) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """The files into the staging folder, then the folder into place (Ctrl-C held back for that one step)."""
+def _write(scenario: Scenario, results: Results, folder: ResultsFolder, csv: bool,
+           report: bool = False) -> tuple[dict[str, Any], dict[str, Any], bool, list[str]]:
+    """The files into the staging folder (with `report`, report.html and the charts as PNG too), then the folder
+    into place (Ctrl-C held back for that one step)."""
     from simserve.output import group_tables
 
     try:
         tables = group_tables(results)
         doc = write_results(scenario, results, folder.staging, csv=csv, tables=tables)
+        extra = _write_report(scenario, results, tables, folder.staging) if report else []
         replaced = folder.target.exists()
         with _sigint_held():
             folder.commit()
     except BaseException:
         folder.discard()
         raise
-    return doc, tables, replaced
+    return doc, tables, replaced, extra
+
+
+def _write_report(scenario: Scenario, results: Results, tables: dict[str, Any], out: Path) -> list[str]:
+    """report.html (the summary and the run's charts, self-contained) and the charts as PNG."""
+    from simserve.charts import run_charts
+    from simserve.output import write_report
+    from simserve.report import format_summary
+
+    text = format_summary(scenario.name, scenario.seed, results.summary, results.pools, tables["by_query_type"],
+                          tables["by_pool"])
+    charts = run_charts(results.requests, results.replicas, results.summary, results.pools)
+    return write_report(out, f"simserve: {scenario.name} (seed {scenario.seed})", text, charts)
 
 
 @contextmanager
@@ -172,13 +186,13 @@ def _sigint_held() -> Iterator[None]:
 
 
 def _report(args: argparse.Namespace, scenario: Scenario, results: Results, tables: dict[str, Any],
-            doc: dict[str, Any], out: Path, replaced: bool) -> None:
+            doc: dict[str, Any], out: Path, replaced: bool, extra: list[str] | None = None) -> None:
     """The summary on stdout (or, with --json, summary.json and nothing else); where the files went on stderr
     with --json, on stdout otherwise."""
     from simserve.report import console, format_summary, summary_renderable
 
     files = ", ".join(["requests.parquet", "replicas.parquet", "scenario.yaml", "summary.json"]
-                      + (["requests.csv"] if args.csv else []))
+                      + (["requests.csv"] if args.csv else []) + (extra or []))
     wrote = f"  wrote {out}/: {files}" + (" (the previous results there replaced)" if replaced else "")
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -260,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-steps", action="store_true", help="one event per step (reference mode, slower)")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout instead of the tables")
     p.add_argument("--csv", action="store_true", help="also write requests.csv (the request records)")
+    p.add_argument("--report", action="store_true",
+                   help="also write report.html (summary and charts, self-contained: opens offline) and the charts "
+                   "as PNG")
     p.add_argument("--partial", action="store_true",
                    help="on Ctrl-C, write what finished so far (summary.json marked \"partial\": true)")
     p.add_argument("--yes", action="store_true",

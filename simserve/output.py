@@ -9,6 +9,7 @@ import ctypes
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
 
 # What a results folder may hold: the files `simserve run` writes (and the .partial names records have while a
 # run goes). A folder holding anything else is not replaced: it may be someone's work.
+REPORT_CHARTS = ("latency-cdf", "latency-over-time", "kv-over-time", "tokens-by-phase", "cost", "accuracy-vs-tokens")
 RESULT_FILES = frozenset({"requests.parquet", "replicas.parquet", "scenario.yaml", "summary.json", "requests.csv",
-                          "requests.parquet.partial", "replicas.parquet.partial"})
+                          "requests.parquet.partial", "replicas.parquet.partial", "report.html",
+                          *(f"chart-{name}.png" for name in REPORT_CHARTS)})
 
 
 class OutputError(Exception):
@@ -192,6 +195,42 @@ def write_csv(parquet: Path, csv: Path) -> None:
                 w.write_table(f.read_row_group(i))
     finally:
         f.close()
+
+
+def write_report(out: Path, title: str, summary_text: str, charts: dict[str, Any]) -> list[str]:
+    """`simserve run --report`: report.html, one self-contained page (the summary as text, then every chart drawn
+    by the Vega libraries inlined in the page: it opens offline and can be sent by mail), and each chart as
+    chart-NAME.png (rendered by vl-convert). `charts` are Altair charts by name (charts.run_charts). Returns the
+    names of the files written."""
+    import html
+
+    import altair as alt
+    import vl_convert as vlc
+
+    vl_version = "v" + ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])  # the libraries altair writes for
+    specs = {name: chart.to_dict() for name, chart in charts.items()}
+    written = []
+    for name, spec in specs.items():
+        (out / f"chart-{name}.png").write_bytes(vlc.vegalite_to_png(spec, vl_version=vl_version, scale=2))
+        written.append(f"chart-{name}.png")
+
+    def script(text: str) -> str:  # nothing in an inline script may close its tag
+        return re.sub(r"</(script)", r"<\\/\1", text, flags=re.IGNORECASE)
+
+    # The libraries alone (no snippet): the stub says str, but None is the documented default.
+    bundle = vlc.javascript_bundle(None, vl_version=vl_version)  # type: ignore[arg-type]
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1100px} pre{font-size:12px;background:#f6f6f6;"
+             "padding:1em;overflow-x:auto} .chart{margin:1.5em 0}</style>",
+             f"<script>{script(bundle)}</script></head><body>",
+             f"<h1>{html.escape(title)}</h1>", f"<pre>{html.escape(summary_text)}</pre>"]
+    for i, (name, spec) in enumerate(specs.items()):
+        parts.append(f"<div class='chart' id='chart-{i}' data-name='{name}'></div>")
+        spec_json = json.dumps(spec).replace("</", "<\\/")  # valid JSON: only strings hold "</"
+        parts.append(f"<script>vegaEmbed('#chart-{i}', {spec_json}, {{actions: false}});</script>")
+    parts.append("</body></html>\n")
+    (out / "report.html").write_text("\n".join(parts), encoding="utf-8")
+    return ["report.html", *written]
 
 
 # ------------------------------------------------------------------------------------------ sweeps

@@ -196,14 +196,20 @@ def run_task(task: Task) -> dict[str, Any]:
     scenario = parse_scenario(yaml.safe_load(task.scenario_yaml), f"run {task.key}",
                               Path(task.base_dir) if task.base_dir else None)
     results = Simulation(scenario, scenario.base_dir).run()
+    return cache_entry(results.summary)
+
+
+def cache_entry(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a run: its scalar summary figures as plain Python numbers (None as NaN), and the
+    run's wall time."""
     figures: dict[str, Any] = {}
-    for k, v in results.summary.items():
+    for k, v in summary.items():
         if isinstance(v, np.generic):
             v = v.item()
         if k in NOT_FIGURES or not isinstance(v, int | float | bool) and v is not None:
             continue
         figures[k] = math.nan if v is None else v
-    return {"figures": figures, "wall_s": float(results.summary["wall_time_s"])}
+    return {"figures": figures, "wall_s": float(summary["wall_time_s"])}
 
 
 class Cache(Protocol):

@@ -114,9 +114,11 @@ def test_running_a_scenario_loads_no_calibration_module() -> None:
 
 def test_the_command_line_parts_are_used_only_by_the_command_line() -> None:
     """report.py, progress.py, output.py and charts.py sit above everything (docs/architecture.md): only the
-    commands import them (and output.py's OutputError, json_safe and save_chart serve the calibrate commands too)."""
-    parts = ("simserve.report", "simserve.progress", "simserve.output", "simserve.charts", "simserve.sweep_cli")
-    users = {"cli.py", "sweep_cli.py", "report.py", "progress.py", "output.py", "charts.py"}
+    commands and the dashboard's logic (dashboard.py, for app.py) import them (and output.py's OutputError,
+    json_safe and save_chart serve the calibrate commands too); nothing in simserve imports the dashboard."""
+    parts = ("simserve.report", "simserve.progress", "simserve.output", "simserve.charts", "simserve.sweep_cli",
+             "simserve.dashboard")
+    users = {"cli.py", "sweep_cli.py", "report.py", "progress.py", "output.py", "charts.py", "dashboard.py"}
     for path in sorted(SIMSERVE.rglob("*.py")):
         rel = path.relative_to(SIMSERVE).as_posix()
         bad = {m for m in imported_modules(path) if m.startswith(parts)}
