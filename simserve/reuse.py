@@ -359,10 +359,13 @@ class TraceReuse(Hooks):
         if self.cache is not None:
             self.history_summary["reuse_history_hit_ratio"] = self.num_hits / n if n else float("nan")
         self.num_lookups = self.num_hits = self.num_false_hits = self.reused_reasoning_tokens = 0
-        self.num_step_lookups = self.num_fallback_hits = self.hit_saved_tokens = 0
+        self.num_step_lookups = self.num_fallback_hits = self.hit_saved_tokens = self.step_prompt_tokens = 0
         self.found_share_sum = 0.0
         if self.cache is not None:
             self.cache.restart_integral(0.0)
+            for store in self.cache.by_scope.values():
+                for c in store.caches():
+                    c.num_evictions = 0
         if self.minting is not None:
             self.history_summary["reuse_history_minted_patterns"] = len(self.minting.minted)
             self.minting.num_paid_jobs = self.minting.num_minted_requests = 0

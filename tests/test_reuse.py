@@ -545,3 +545,26 @@ def test_history_needs_something_to_fill():
     data["workload"]["reuse_history_s"] = 100.0
     with pytest.raises(Exception, match="reuse_history_s' needs a 'trace_cache' or 'minting'"):
         scenario(data)
+
+
+def test_history_leaves_the_runs_billing_and_counts_alone(tmp_path):
+    # Step reuse moves cached steps into prompts, in the history too: the run bills its own users' prompts only.
+    data = tiny()
+    data["workload"].update(num_requests=200, reuse_history_s=3000.0,
+                            trace_cache={"kind": "step", "capacity_entries": 20})
+    data["workload"]["arrival"]["rate_per_s"] = 0.05
+    data["workload"]["mix"][0]["reasoning_tokens"]["value"] = 100
+    data["workload"]["mix"][0]["concepts"] = {"num_concepts": 200, "steps": {"vocabulary": 50, "per_query": 4}}
+    data["pricing"] = {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
+    sc = scenario(data, check_invariants=True)
+    results = Simulation(sc, records_dir=tmp_path).run()
+    _, after = _stream_with_history(sc, 3000.0, 200)
+    df = by_id(results.requests)
+    assert (df["status"] == "completed").all() and (df["reuse"] == "step").any()
+    s = results.summary
+    assert s["billed_input_tokens"] == sum(r.prompt_tokens for r in after)
+    assert s["billed_input_tokens"] == df["prompt_tokens"].sum() - (df["prompt_tokens"] - [
+        r.prompt_tokens for r in after]).sum()
+    cold = Simulation(scenario(data | {"workload": data["workload"] | {"reuse_history_s": None}}),
+                      records_dir=tmp_path / "cold").run().summary
+    assert s["trace_cache_evictions"] <= cold["trace_cache_evictions"] + s["trace_cache_lookups"] * 4
