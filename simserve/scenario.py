@@ -21,6 +21,7 @@ from simserve.hardware import (
     kv_memory_bytes,
 )
 from simserve.perf import CalibratedPerfSpec, FitError, PerfSpec, RooflinePerfSpec
+from simserve.perf.speculative import SpeculativeSpec
 from simserve.quality import KvCompressionSpec, resolve
 from simserve.request import BUILTIN_PREFIX
 from simserve.routing import ByDifficultyRouterSpec, ByQueryTypeRouterSpec, RouterKind, RouterSpec, SimpleRouterSpec
@@ -90,6 +91,10 @@ class PoolSpec(BaseModel):
     kv_compression: KvCompressionSpec | None = Field(
         default=None, description="KV compression of generated tokens (R-KV / SnapKV / H2O style eviction): a "
         "sequence keeps its prompt and at most a budget of generated KV; default off")
+    speculative: SpeculativeSpec | None = Field(
+        default=None, description="speculative decoding (draft_model, eagle, mtp, ngram): k drafted tokens per "
+        "decoding sequence verified each step, an acceptance model per method, phase and query type "
+        "(docs/speculative.md); default off")
 
     @model_validator(mode="after")
     def _limits(self) -> PoolSpec:
@@ -100,6 +105,11 @@ class PoolSpec(BaseModel):
             raise FieldError(("gpu",), f"unknown gpu {self.gpu!r}; presets: {', '.join(GPUS)} (or an inline spec)")
         if isinstance(self.model, str) and self.model not in MODELS:
             raise FieldError(("model",), _unknown_model(self.model))
+        if self.speculative is not None and self.async_scheduling:
+            raise FieldError(("speculative",), "speculative decoding is modelled with sync scheduling only "
+                             "(async_scheduling: false)")
+        if self.speculative is not None and self.kv_compression is not None:
+            raise FieldError(("speculative",), "speculative decoding with kv_compression is not supported")
         return self
 
 

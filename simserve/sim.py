@@ -19,9 +19,11 @@ import simpy
 
 from simserve.answers import Answers
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
+from simserve.engine.speculative import SpecPlanner, SpecReplica
 from simserve.hardware import GpuSpec, ModelSpec
 from simserve.metrics import Recorder, busy_seconds, quality_summary, revenue_summary, service_summary, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
+from simserve.perf.speculative import build_timing
 from simserve.quality import resolve
 from simserve.request import Request
 from simserve.reuse import ReplicaTraceReuse, TraceReuse
@@ -137,6 +139,8 @@ class Simulation:
         self.base_dir = base_dir
         self.env = simpy.Environment()
         self.rngs = rng_streams(scenario.seed)
+        # Speculative decoding's accepted-token draws: a counter-based hash keyed once from its own stream.
+        self._spec_key = int(self.rngs["speculative"].integers(1 << 63))
         mix = scenario.workload.mix or []
         self.quality = any(q.quality_on for q in mix)
         trace_cache, minting = scenario.workload.trace_cache, scenario.workload.minting
@@ -211,15 +215,24 @@ class Simulation:
             hand_off_after_prompt=pool.role == "prefill", kv_bytes_per_token=model.kv_bytes_per_token,
             kv_compression=pool.kv_compression is not None)
         scheduler = SCHEDULERS[scenario.scheduler.kind]
+        spec = pool.speculative
         for _ in range(pool.replicas):
-            planner = Planner(config, KvBlockPool(blocks, pool.kv_block_tokens, pool.prefix_caching),
-                              scheduler(scenario.scheduler, self.rngs["scheduling"]))
-            replica = Replica(
-                self.env, pool=pool.name, index=len(self.replicas), perf=perf, planner=planner,
+            kv = KvBlockPool(blocks, pool.kv_block_tokens, pool.prefix_caching)
+            waiting = scheduler(scenario.scheduler, self.rngs["scheduling"])
+            args: dict[str, Any] = dict(
+                pool=pool.name, index=len(self.replicas), perf=perf,
                 max_model_len_tokens=pool.max_model_len_tokens or model.max_context_tokens,
                 recorder=self.recorder, hooks=self.hooks, exact_steps=self.engine.exact_steps,
                 check_invariants=self.engine.check_invariants,
                 stop_at_reasoning_end=self.hooks.wants("reasoning_done"), kv_compression=pool.kv_compression)
+            if spec is None:
+                replica = Replica(self.env, planner=Planner(config, kv, waiting), **args)
+            else:  # speculative decoding: its own decode pass and fast-forward (simserve/engine/speculative.py)
+                timing = build_timing(spec, perf, scenario.perf, PerfContext(
+                    gpu, model, pool.tensor_parallel, pool.expert_parallel, pool.data_parallel_attention,
+                    self.base_dir))
+                planner = SpecPlanner(config, kv, waiting, spec, self._spec_key)
+                replica = SpecReplica(self.env, planner=planner, timing=timing, **args)
             self.replicas.append(replica)
             self.kv_bytes_per_token.append(model.kv_bytes_per_token)
             (self.decoders if pool.role == "decode" else entry).append(replica)

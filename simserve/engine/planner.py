@@ -73,7 +73,7 @@ class StepPlan:
     """What one planned step computes and what it will deliver."""
 
     __slots__ = ("decode_context_tokens", "chunks", "preempted", "admitted", "sampled", "reasoning_done",
-                 "finishing", "all_decodes", "swap_s")
+                 "finishing", "all_decodes", "swap_s", "decode_query_tokens")
 
     def __init__(self) -> None:
         self.decode_context_tokens: np.ndarray = _EMPTY  # per scheduled decode, its new token included
@@ -85,6 +85,7 @@ class StepPlan:
         self.finishing: list[Request] = []  # sample their last token in this step
         self.all_decodes = False  # every running request is a decode and was scheduled, and nothing else
         self.swap_s = 0.0  # KV moved between host and GPU for this step (swap out and in), seconds of PCIe
+        self.decode_query_tokens: np.ndarray | None = None  # speculative decoding: positions each decode verifies
 
     @property
     def num_decodes(self) -> int:
@@ -184,7 +185,8 @@ class Planner:
         if not self._schedule_decodes_first(plan, budget):
             budget = self._schedule_running(plan, budget, threshold, self._running_order())
         else:
-            budget -= len(plan.decode_context_tokens)
+            q = plan.decode_query_tokens  # speculative decoding: each decode's verified positions
+            budget -= len(plan.decode_context_tokens) if q is None else int(q.sum())
             if self.prefilling or self.handing_off:
                 budget = self._schedule_running(plan, budget, threshold, self._running_order(decodes=False))
         if waiting and len(plan.preempted) == yielded:

@@ -274,13 +274,7 @@ class Replica:
                                                                                num_waiting)
                     continue
             chunks = plan.chunks
-            if plan.empty:
-                dt = self.perf.overhead_s  # async: every running request's last token is in flight
-            else:
-                dt = self.perf.step_time_s(Batch(
-                    plan.decode_context_tokens,
-                    np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
-                    np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY))
+            dt = self._step_time_s(plan)
             dt += plan.swap_s  # KV swapped to or from host memory in this step (blocking, as vLLM's swap was)
             self.num_events += 1
             self._stepping = True
@@ -296,6 +290,20 @@ class Replica:
                                   batch_size=plan.num_decodes + len(chunks), num_waiting=num_waiting,
                                   kv_blocks_mean=float(used), kv_blocks_end=self.kv.used_blocks,
                                   prefill_tokens=plan.prefill_tokens, decode_tokens=plan.num_decodes)
+
+    def _step_time_s(self, plan: StepPlan) -> float:
+        """Seconds of one planned step (the perf model's; a speculative replica times its verified positions)."""
+        if plan.empty:
+            return self.perf.overhead_s  # async: every running request's last token is in flight
+        chunks = plan.chunks
+        return self.perf.step_time_s(Batch(
+            plan.decode_context_tokens,
+            np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
+            np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY))
+
+    def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None) -> np.ndarray:
+        """Seconds of each step of a fast-forwarded run of k decode steps (the perf model's closed form)."""
+        return self.perf.decode_run_times_s(contexts, k, caps)
 
     def _idle(self, num_waiting: int, kv_mean: float, kv_end: int | None) -> Generator[simpy.Event, Any, None]:
         """Wait until an arrival or a finished KV transfer wakes the loop; record the gap as one segment (its
@@ -385,7 +393,7 @@ class Replica:
             contexts, caps = dec.kept(), dec.keep[: dec.n].copy()
         else:
             contexts, caps = plan.decode_context_tokens.copy(), None
-        times = self.perf.decode_run_times_s(contexts, k, caps)
+        times = self._run_times_s(contexts, k, caps)
         bounds = np.cumsum(np.concatenate(([now], times)))
         run = FastForwardRun(bounds, times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done,
                              contexts=contexts, caps=caps)

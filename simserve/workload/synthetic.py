@@ -371,7 +371,7 @@ def build_sessions(spec: WorkloadSpec, rngs: dict[str, np.random.Generator],
 # One named child stream per source of randomness, in a fixed order: adding a stream at the end never changes
 # the draws of the others.
 STREAMS = ("arrivals", "mix", "lengths", "users", "routing", "sessions", "quality", "scheduling", "concepts",
-           "trace_cache", "minting")
+           "trace_cache", "minting", "speculative")
 
 
 def rng_streams(seed: int) -> dict[str, np.random.Generator]:
