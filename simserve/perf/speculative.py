@@ -145,10 +145,12 @@ def drafter_model(spec: SpeculativeSpec, target: ModelSpec) -> ModelSpec | None:
 
 
 class SpeculativeTiming:
-    """Step time of a speculative step: the target computes each decoding sequence's k+1 verified positions as a
-    short prefill chunk over its cached context (query length q, as vLLM's verification pass runs them), and the
-    drafter runs q-1 sequential passes over the batch (its step time less its host overhead, scaled by
-    draft_cost_factor)."""
+    """Step time of a speculative step: the target computes each decoding sequence as a decode (its KV read once:
+    multi-query decode kernels such as FlashMLA and FlashInfer's read the context once for the q verified
+    positions) plus its q-1 extra query tokens as a chunk with no cached context (their linear-layer FLOPs, the
+    experts they touch and their causal attention among themselves; their attention FLOPs over the context are
+    left out), and the drafter runs q-1 sequential passes over the batch (its step time less its host overhead,
+    scaled by draft_cost_factor)."""
 
     def __init__(self, spec: SpeculativeSpec, target: PerfModel, drafter: PerfModel | None) -> None:
         self.spec = spec
@@ -161,8 +163,9 @@ class SpeculativeTiming:
         ctx = batch.decode_context_tokens
         if not len(ctx):
             return self.target.step_time_s(batch)
-        verify = Batch(ctx[:0], np.concatenate((batch.prefill_new_tokens, query_tokens)),
-                       np.concatenate((batch.prefill_cached_tokens, ctx - 1)))
+        extra = query_tokens[query_tokens > 1] - 1
+        verify = Batch(ctx, np.concatenate((batch.prefill_new_tokens, extra)),
+                       np.concatenate((batch.prefill_cached_tokens, np.zeros(len(extra), np.int64))))
         t = self.target.step_time_s(verify)
         passes = int(query_tokens.max()) - 1
         if self.drafter is not None and passes > 0 and self.spec.draft_cost_factor > 0:
