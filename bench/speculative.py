@@ -40,7 +40,8 @@ def point(model: str, tp: int, batch: int, spec: dict[str, Any] | None, perf: st
                                   "answer_tokens": {"dist": "constant", "value": 200}}]}}
     s = run(parse_scenario(data)).summary
     return {"model": model, "batch": batch, "speculation": "eagle k=3" if spec else "none",
-            "tpot_ms": float(1e3 * s["tpot_s_mean"]), "throughput_tokens_per_s": float(s["throughput_output_tokens_per_s"]),
+            "tpot_ms": float(1e3 * s["tpot_s_mean"]),
+            "throughput_tokens_per_s": float(s["throughput_output_tokens_per_s"]),
             "time_to_answer_s": float(s["time_to_answer_s_mean"])}
 
 
