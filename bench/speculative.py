@@ -1,6 +1,6 @@
 """Speculative decoding against batch size (issue 23, docs/speculative.md): TPOT, output throughput and time to
 answer of a closed batch of reasoning requests, with and without speculation, for Llama-3.1-8B (1 H100) and
-Llama-3.1-70B (4 H100, tensor parallel), EAGLE with k = 3 drafts at the default acceptance (0.8 a position).
+Llama-3.1-70B (4 H100, tensor parallel), EAGLE (0.8 a position) and n-gram (0.3) drafting k = 3 tokens.
 
     python bench/speculative.py --out docs/data/speculative.json --charts docs/images   # about 2 min, 1 core
 
@@ -22,16 +22,17 @@ sys.path.insert(0, str(ROOT))
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 MODELS = {"llama-3.1-8b": 1, "llama-3.1-70b": 4}
-SPEC = {"method": "eagle", "num_speculative_tokens": 3}
+SPECS = {"eagle k=3": {"method": "eagle", "num_speculative_tokens": 3},  # 0.8 a position: 2.95 tokens a step
+         "ngram k=3": {"method": "ngram", "num_speculative_tokens": 3}}  # 0.3 a position: 1.42 tokens a step
 
 
-def point(model: str, tp: int, batch: int, spec: dict[str, Any] | None, perf: str) -> dict[str, Any]:
+def point(model: str, tp: int, batch: int, label: str, perf: str) -> dict[str, Any]:
     from simserve import parse_scenario, run
 
     pool: dict[str, Any] = {"name": "main", "gpu": "h100-sxm", "replicas": 1, "tensor_parallel": tp,
                             "max_num_seqs": batch, "max_num_batched_tokens": 16384}
-    if spec:
-        pool["speculative"] = spec
+    if label != "none":
+        pool["speculative"] = SPECS[label]
     data = {"name": "spec-bench", "seed": 1, "model": model, "cluster": {"pools": [pool]},
             "perf": {"kind": perf},
             "workload": {"num_requests": batch, "arrival": {"process": "poisson", "rate_per_s": 1e6},
@@ -39,7 +40,7 @@ def point(model: str, tp: int, batch: int, spec: dict[str, Any] | None, perf: st
                                   "reasoning_tokens": {"dist": "constant", "value": 2000},
                                   "answer_tokens": {"dist": "constant", "value": 200}}]}}
     s = run(parse_scenario(data)).summary
-    return {"model": model, "batch": batch, "speculation": "eagle k=3" if spec else "none",
+    return {"model": model, "batch": batch, "speculation": label,
             "tpot_ms": float(1e3 * s["tpot_s_mean"]),
             "throughput_tokens_per_s": float(s["throughput_output_tokens_per_s"]),
             "time_to_answer_s": float(s["time_to_answer_s_mean"])}
@@ -49,18 +50,20 @@ def study(perf: str) -> list[dict[str, Any]]:
     rows = []
     for model, tp in MODELS.items():
         for batch in BATCHES:
-            for spec in (None, SPEC):
-                rows.append(point(model, tp, batch, spec, perf))
+            for label in ("none", *SPECS):
+                rows.append(point(model, tp, batch, label, perf))
                 print(rows[-1], file=sys.stderr)
     return rows
 
 
 def crossovers(rows: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Per model and drafter, the smallest batch at which speculation's throughput falls below plain decoding's."""
     out: dict[str, int | None] = {}
     for model in MODELS:
         r = {(x["batch"], x["speculation"]): x for x in rows if x["model"] == model}
-        out[model] = next((b for b in BATCHES if r[(b, "eagle k=3")]["throughput_tokens_per_s"]
-                           < r[(b, "none")]["throughput_tokens_per_s"]), None)
+        for label in SPECS:
+            out[f"{model}, {label}"] = next((b for b in BATCHES if r[(b, label)]["throughput_tokens_per_s"]
+                                             < r[(b, "none")]["throughput_tokens_per_s"]), None)
     return out
 
 

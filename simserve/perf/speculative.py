@@ -147,10 +147,11 @@ def drafter_model(spec: SpeculativeSpec, target: ModelSpec) -> ModelSpec | None:
 class SpeculativeTiming:
     """Step time of a speculative step: the target computes each decoding sequence as a decode (its KV read once:
     multi-query decode kernels such as FlashMLA and FlashInfer's read the context once for the q verified
-    positions) plus its q-1 extra query tokens as a chunk with no cached context (their linear-layer FLOPs, the
-    experts they touch and their causal attention among themselves; their attention FLOPs over the context are
-    left out), and the drafter runs q-1 sequential passes over the batch (its step time less its host overhead,
-    scaled by draft_cost_factor)."""
+    positions) plus the batch's extra query tokens (q-1 per sequence) as one chunk with no cached context: their
+    linear-layer FLOPs and the experts they touch, in the step's own GEMMs, not as a prefill kernel per sequence
+    (their attention over the context is left out, and the chunk's causal attention among all of them overstates
+    theirs among each sequence's own few), and the drafter runs q-1 sequential passes over the batch (its step
+    time less its host overhead, scaled by draft_cost_factor)."""
 
     def __init__(self, spec: SpeculativeSpec, target: PerfModel, drafter: PerfModel | None) -> None:
         self.spec = spec
@@ -163,9 +164,12 @@ class SpeculativeTiming:
         ctx = batch.decode_context_tokens
         if not len(ctx):
             return self.target.step_time_s(batch)
-        extra = query_tokens[query_tokens > 1] - 1
-        verify = Batch(ctx, np.concatenate((batch.prefill_new_tokens, extra)),
-                       np.concatenate((batch.prefill_cached_tokens, np.zeros(len(extra), np.int64))))
+        extra = int((query_tokens - 1).sum())  # the verified positions beyond each decode's first
+        if extra <= 0:
+            verify = batch
+        else:  # one chunk of all of them: they share the step's GEMMs; per-sequence prefill kernels they do not pay
+            verify = Batch(ctx, np.append(batch.prefill_new_tokens, extra),
+                           np.append(batch.prefill_cached_tokens, 0))
         t = self.target.step_time_s(verify)
         passes = int(query_tokens.max()) - 1
         if self.drafter is not None and passes > 0 and self.spec.draft_cost_factor > 0:
