@@ -75,7 +75,8 @@ def knob_panel(knobs: list[dash.Knob], sid: str) -> dict[str, Any]:
         with st.sidebar.expander(name, expanded=name in ("Workload", "Policies") or name.startswith("Pool")):
             for k in ks:
                 chosen[k.key] = widget(k, sid)
-    st.sidebar.caption("Not in simserve yet, so no knob: speculative decoding (issue 23).")
+    st.sidebar.caption("No knob yet for speculative decoding: set cluster.pools.N.speculative in the scenario "
+                       "(docs/speculative.md).")
     return chosen
 
 
