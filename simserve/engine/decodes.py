@@ -133,6 +133,13 @@ class Decodes:
         self.tick += 1
         return need, needs
 
+    def schedule_every(self, needs: np.ndarray) -> None:
+        """One decode token for every slot, its new blocks `needs` (0 or 1 each) allocated by the caller."""
+        n = self.n
+        self.blocks[:n] += needs
+        self.ctx[:n] += 1
+        self.tick += 1
+
     def kept(self, slots: np.ndarray | None = None) -> np.ndarray:
         """Context tokens whose KV is kept (attention reads them): min(ctx, keep), for these slots (all if None).
         A new array."""
