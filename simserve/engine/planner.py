@@ -203,7 +203,7 @@ class Planner:
             return True
         if n > budget or dec.countdowns()[0] <= 0:  # async: some last token still in flight
             return False
-        others = [*self.prefilling, *self.handing_off]
+        others = [*self.prefilling, *self.handing_off] if self.prefilling or self.handing_off else []
         if others and int(dec.seq[:n].max()) > min(r.seq for r in others):
             return False
         need, needs = dec.schedule_all(self.config.block_tokens, kv.free_blocks)
@@ -239,8 +239,9 @@ class Planner:
         gone: list[int] = []
         while remaining > kv.free_blocks:
             free = kv.free_blocks
-            kv.allocate(free)  # the oldest decodes take every free block, in running order
-            remaining -= free
+            if free:
+                kv.allocate(free)  # the oldest decodes take every free block, in running order
+                remaining -= free
             if tail:
                 r = tail.pop()
                 self._preempt((r.seq, -2 if r in self.handing_off else -1, r), plan, gone)
@@ -251,7 +252,8 @@ class Planner:
             self._preempt((int(dec.seq[j]), j, None), plan, gone)
             dec.remove(j)
             gone.clear()
-        kv.allocate(remaining)
+        if remaining:
+            kv.allocate(remaining)
         if dec.n:
             n = dec.n
             grow = dec.ctx[:n] >= dec.blocks[:n] * self.config.block_tokens
@@ -263,6 +265,9 @@ class Planner:
             else:
                 ctx = dec.ctx[:n]
                 plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
+            if not dec.events_due:  # the earliest last (reasoning) token, from tick counts kept per slot
+                self._end_running_pass(gone)
+                return
             finish, reasoning = dec.events()
             if len(finish) > 1:
                 finish.sort(key=lambda j: int(dec.seq[j]))  # running order, as the pass schedules them

@@ -26,6 +26,7 @@ from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel, kept_context_sums
+from simserve.perf.base import step_indices
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import ReasoningAware
@@ -455,7 +456,10 @@ class Replica:
         area = run.used_at_start * span + float(np.dot(run.extra[:done], run.times[:done]))
         self.kv_area += area
         if done:
-            sums, _ = kept_context_sums(run.contexts, run.caps, done)
+            if run.caps is None:  # kept_context_sums' sums, without its maxima
+                sums = float(run.contexts.sum()) + len(run.contexts) * step_indices(done)
+            else:
+                sums, _ = kept_context_sums(run.contexts, run.caps, done)
             self.kv_token_area += float(np.dot(sums, run.times[:done]))
         if done == 0:
             return
