@@ -269,8 +269,9 @@ class FastForwardRun:
     used_at_start: int
     allocated: int = 0
     first_reasoning_done: list[Request] = field(default_factory=list)  # sampled by its first step
-    contexts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # kept, at its first step
-    caps: np.ndarray | None = None  # under KV compression, each decode's kept-token cap (same order)
+    context_sum: float = 0.0  # the decodes' contexts at its first step, summed
+    contexts: np.ndarray | None = None  # under KV compression, each decode's kept context at its first step
+    caps: np.ndarray | None = None  # ... and its kept-token cap (same order)
 
     def steps_started(self, now_s: float) -> int:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting
