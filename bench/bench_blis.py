@@ -17,6 +17,7 @@ in (BLIS reads its model and hardware configs from there):
 
     python bench/bench_blis.py --requests 1000 10000 --repeat 3 --blis /tmp/blis/blis --blis-dir /tmp/blis/src
     python bench/bench_blis.py --requests 100000 --repeat 1            # simserve alone
+    python bench/bench_blis.py --requests 10000 --root ../before       # another checkout (before/after)
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def child_cpu(cmd: list[str], **kw: Any) -> tuple[float, str]:
     return cpu, out.stdout
 
 
-def run_simserve(scenario: Path, n: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cpu, out = child_cpu([sys.executable, "-c", CHILD, str(scenario), str(n)], env=env, cwd=ROOT)
+def run_simserve(scenario: Path, n: int, root: Path = ROOT) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cpu, out = child_cpu([sys.executable, "-c", CHILD, str(scenario.resolve()), str(n)], env=env, cwd=root)
     return {"process_cpu_s": cpu, **json.loads(out.strip().splitlines()[-1])}
 
 
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", type=Path, default=KIT / "blis-speed.yaml")
     ap.add_argument("--blis", type=Path, help="the BLIS binary (omit to run simserve alone)")
     ap.add_argument("--blis-dir", type=Path, help="the BLIS source folder it was built in (its configs)")
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="the simserve checkout to run (default: this one; another to compare before and after)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     results: dict[str, Any] = {"load_average_start": os.getloadavg(), "sizes": {}}
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.requests:
             sim_runs, blis_runs = [], []
             for i in range(args.repeat):
-                sim_runs.append(run_simserve(args.scenario, n))
+                sim_runs.append(run_simserve(args.scenario, n, args.root))
                 r = sim_runs[-1]
                 print(f"{n:>9,} requests  simserve #{i + 1}: process {r['process_cpu_s']:.2f} s CPU "
                       f"(import + parse {r['startup_cpu_s']:.2f}, run {r['run_cpu_s']:.2f}), "

@@ -185,14 +185,18 @@ def _read_pmf_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     more than a whole short run, and `float` parses every decimal string correctly rounded."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", newline="", encoding="utf-8") as f:
-        rows = [row for row in csv.reader(f) if row]
+        text = f.read()
+    if '"' in text or "'" in text:  # quoting: the csv module's rules
+        rows = [row for row in csv.reader(text.splitlines()) if row]
+    else:  # plain comma-separated numbers (every shipped file): split, ten times faster
+        rows = [line.split(",") for line in text.splitlines() if line]
     if len(rows) < 2 or not rows[0]:
         raise ValueError("no data rows")
     width = len(rows[0])
     if any(len(row) != width for row in rows):
         raise ValueError("rows of different lengths")
-    values = np.array([float(row[0]) for row in rows[1:]])
-    weights = np.array([float(row[1]) for row in rows[1:]]) if width > 1 else np.ones(len(values))
+    values = np.array(list(map(float, (row[0] for row in rows[1:]))))
+    weights = np.array(list(map(float, (row[1] for row in rows[1:])))) if width > 1 else np.ones(len(values))
     return values, weights
 
 
