@@ -133,6 +133,13 @@ class Decodes:
         self.tick += 1
         return need, needs
 
+    def schedule_every(self, needs: np.ndarray) -> None:
+        """One decode token for every slot, its new blocks `needs` (0 or 1 each) allocated by the caller."""
+        n = self.n
+        self.blocks[:n] += needs
+        self.ctx[:n] += 1
+        self.tick += 1
+
     def kept(self, slots: np.ndarray | None = None) -> np.ndarray:
         """Context tokens whose KV is kept (attention reads them): min(ctx, keep), for these slots (all if None).
         A new array."""
@@ -262,8 +269,9 @@ class FastForwardRun:
     used_at_start: int
     allocated: int = 0
     first_reasoning_done: list[Request] = field(default_factory=list)  # sampled by its first step
-    contexts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # kept, at its first step
-    caps: np.ndarray | None = None  # under KV compression, each decode's kept-token cap (same order)
+    context_sum: float = 0.0  # the decodes' contexts at its first step, summed
+    contexts: np.ndarray | None = None  # under KV compression, each decode's kept context at its first step
+    caps: np.ndarray | None = None  # ... and its kept-token cap (same order)
 
     def steps_started(self, now_s: float) -> int:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting

@@ -205,7 +205,7 @@ class Planner:
             return True
         if n > budget or dec.countdowns()[0] <= 0:  # async: some last token still in flight
             return False
-        others = [*self.prefilling, *self.handing_off]
+        others = [*self.prefilling, *self.handing_off] if self.prefilling or self.handing_off else []
         if others and int(dec.seq[:n].max()) > min(r.seq for r in others):
             return False
         need, needs = dec.schedule_all(self.config.block_tokens, kv.free_blocks)
@@ -226,39 +226,56 @@ class Planner:
         return True
 
     def _schedule_decodes_preempting(self, plan: StepPlan, needs: np.ndarray, others: list[Request]) -> None:
-        """The decodes' blocks do not fit: vLLM's running pass over them, oldest first, vectorised between
-        preemptions. Decodes take their blocks in order until one cannot; then the newest running request (the
-        requests after the decodes first, newest first, then the newest decode) is preempted, and so on, until it
-        fits or it preempted itself (the pass then stops)."""
+        """The decodes' blocks do not fit: vLLM's running pass over them, oldest first. Decodes take their blocks
+        in order until one cannot; then the newest running request (the requests after the decodes first, newest
+        first, then the newest decode) is preempted, and so on, until it fits or it preempted itself (the pass then
+        stops).
+
+        In closed form, without sorting the batch: each decode needs 0 or 1 block, so the decodes before the first
+        that cannot get one take exactly the free blocks; the newest decode (the victim) always lies past them, and
+        after the pass every decode not preempted is scheduled. The pool sees the same allocations and releases,
+        in the same order, as the request-by-request pass."""
         dec, kv = self.decodes, self.kv
-        n = dec.n
-        order = np.argsort(dec.seq[:n], kind="stable")
-        need_in_order = needs[order].astype(np.int64)
+        remaining = int(np.count_nonzero(needs))  # blocks still wanted by decodes neither served nor preempted
         tail = sorted(others, key=lambda r: r.seq)
         gone: list[int] = []
-        pos, limit = 0, n  # decodes order[:pos] are scheduled, order[limit:] preempted
-        while pos < limit:
-            cum = np.cumsum(need_in_order[pos:limit])
+        while remaining > kv.free_blocks:
             free = kv.free_blocks
-            if int(cum[-1]) <= free:
-                kv.allocate(int(cum[-1]))
-                pos = limit
-                break
-            fit = int(np.searchsorted(cum, free, side="right"))  # the decodes before the first that cannot
-            if fit:
-                kv.allocate(int(cum[fit - 1]))
-                pos += fit
+            if free:
+                kv.allocate(free)  # the oldest decodes take every free block, in running order
+                remaining -= free
             if tail:
                 r = tail.pop()
                 self._preempt((r.seq, -2 if r in self.handing_off else -1, r), plan, gone)
                 continue
-            limit -= 1
-            self._preempt((int(dec.seq[order[limit]]), int(order[limit]), None), plan, gone)
-        sched = order[:pos]
-        if pos:
-            dec.schedule_some(sched, needs[sched])
-            plan.decode_context_tokens = dec.kept(sched) if dec.compressed else dec.ctx[sched]
-            self._decode_events(plan, *dec.events(sched))
+            j = int(dec.seq[: dec.n].argmax())  # the newest decode: never among those just served
+            bt = self.config.block_tokens
+            remaining -= int(dec.ctx[j] >= dec.blocks[j] * bt and (not dec.compressed or dec.blocks[j] < dec.cap[j]))
+            self._preempt((int(dec.seq[j]), j, None), plan, gone)
+            dec.remove(j)
+            gone.clear()
+        if remaining:
+            kv.allocate(remaining)
+        if dec.n:
+            n = dec.n
+            grow = dec.ctx[:n] >= dec.blocks[:n] * self.config.block_tokens
+            if dec.compressed:
+                grow &= dec.blocks[:n] < dec.cap[:n]
+            dec.schedule_every(grow)
+            if dec.compressed:
+                plan.decode_context_tokens = dec.kept()
+            else:
+                ctx = dec.ctx[:n]
+                plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
+            if not dec.events_due:  # the earliest last (reasoning) token, from tick counts kept per slot
+                self._end_running_pass(gone)
+                return
+            finish, reasoning = dec.events()
+            if len(finish) > 1:
+                finish.sort(key=lambda j: int(dec.seq[j]))  # running order, as the pass schedules them
+            if len(reasoning) > 1:
+                reasoning.sort(key=lambda j: int(dec.seq[j]))
+            self._decode_events(plan, finish, reasoning)
         self._end_running_pass(gone)
 
     def _end_running_pass(self, gone_slots: list[int]) -> None:

@@ -26,6 +26,7 @@ from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel, kept_context_sums
+from simserve.perf.base import step_indices
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import ReasoningAware
@@ -391,12 +392,16 @@ class Replica:
         dec = self.planner.decodes
         if dec.compressed:  # every slot was scheduled: kept contexts and caps in slot order
             contexts, caps = dec.kept(), dec.keep[: dec.n].copy()
-        else:
-            contexts, caps = plan.decode_context_tokens.copy(), None
+        else:  # the plan's contexts (a view of the decode arrays: read now, not kept)
+            contexts, caps = plan.decode_context_tokens, None
         times = self._run_times_s(contexts, k, caps)
-        bounds = np.cumsum(np.concatenate(([now], times)))
+        bounds = np.empty(k + 1)
+        bounds[0] = now
+        bounds[1:] = times
+        np.cumsum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
         run = FastForwardRun(bounds, times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done,
-                             contexts=contexts, caps=caps)
+                             context_sum=float(contexts.sum()), contexts=contexts if caps is not None else None,
+                             caps=caps)
         self._run = run
         self._run_waiting = num_waiting
         end = env.timeout(bounds[k] - now)
@@ -463,7 +468,10 @@ class Replica:
         area = run.used_at_start * span + float(np.dot(run.extra[:done], run.times[:done]))
         self.kv_area += area
         if done:
-            sums, _ = kept_context_sums(run.contexts, run.caps, done)
+            if run.contexts is None:  # kept_context_sums' sums (all contexts grow by one a step), in closed form
+                sums = run.context_sum + run.num_decodes * step_indices(done)
+            else:
+                sums, _ = kept_context_sums(run.contexts, run.caps, done)
             self.kv_token_area += float(np.dot(sums, run.times[:done]))
         if done == 0:
             return

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simserve.hardware import ModelSpec
-from simserve.perf.base import Batch, PerfContext, kept_context_sums
+from simserve.perf.base import Batch, PerfContext, kept_context_sums, step_indices
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -23,14 +23,6 @@ def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarra
     """Query-key pairs of prefill chunks: each of a chunk's new tokens attends over the chunk's cached tokens and,
     causally, the new tokens up to itself: new x (cached + (new + 1) / 2)."""
     return new_tokens * (cached_tokens + (new_tokens + 1.0) / 2.0)
-
-
-_STEPS = np.arange(1 << 14, dtype=float)
-
-
-def _steps(num_steps: int) -> np.ndarray:
-    """0, 1, ..., num_steps - 1 as floats (a shared table for the usual lengths)."""
-    return _STEPS[:num_steps] if num_steps <= len(_STEPS) else np.arange(num_steps, dtype=float)
 
 
 def step_tokens(batch: Batch) -> tuple[float, float, float]:
@@ -191,7 +183,7 @@ class RooflinePerf:
         fixed = self.overhead_s + self.comm_fixed_s + self.comm_s_per_token * n
         mem0, mem_slope = self._weight_s(n) + self.kv_s_per_token * (ctx0 + n), self.kv_s_per_token * n
         cmp0, cmp_slope = self.linear_s_per_token * n + self.attn_s_per_pair * ctx0, self.attn_s_per_pair * n
-        steps = _steps(num_steps)
+        steps = step_indices(num_steps)
         if mem0 >= cmp0 and mem_slope >= cmp_slope:
             return fixed + mem0 + mem_slope * steps
         if cmp0 >= mem0 and cmp_slope >= mem_slope:

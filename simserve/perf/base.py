@@ -55,6 +55,15 @@ class PerfModel(Protocol):
         ...
 
 
+_STEPS = np.arange(1 << 14, dtype=float)
+_STEPS.flags.writeable = False
+
+
+def step_indices(num_steps: int) -> np.ndarray:
+    """0, 1, ..., num_steps - 1 as floats (read-only views of a shared table for the usual lengths)."""
+    return _STEPS[:num_steps] if num_steps <= len(_STEPS) else np.arange(num_steps, dtype=float)
+
+
 def kept_context_sums(contexts: np.ndarray, caps: np.ndarray | None, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """(sum, max) over the decodes of min(contexts + s, caps) for each step s < num_steps, as float arrays, in
     O(n log n + num_steps): a sequence d_i = caps_i - contexts_i steps from its cap adds one token a step until

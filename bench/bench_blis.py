@@ -1,0 +1,129 @@
+"""simserve beside BLIS on BLIS's own speed workload: CPU seconds of the whole process, interleaved runs.
+
+The workload (bench/blis/): 8 x Llama-3.1-8B on H100 (TP1), Poisson 20 requests/s, prompts N(400, 100) clipped to
+[50, 1000], outputs N(4150, 1000) clipped to [64, 14336], max_num_seqs 256, max_num_batched_tokens 2048, BLIS's
+26,312 KV blocks, round robin, FCFS; simserve's copy (blis-speed.yaml) uses the two length laws as exact PMFs.
+At 20 requests/s the cluster is overloaded (it serves about 10/s), so a long run is a saturated, preempting one.
+
+For each size in --requests, --repeat times, alternating: simserve in a fresh interpreter (`import simserve`, load
+the scenario, `simserve.run`), then BLIS (if --blis is given). The CPU time of each child process (user + system,
+from getrusage(RUSAGE_CHILDREN)) is what is compared: interpreter start, imports and writing the records included,
+as a user pays them. The simserve child also reports, from time.process_time inside it, the CPU of `import simserve`
+plus parsing the scenario, and of the run itself, with its events and peak resident memory. Medians are reported;
+CPU time, not wall time, so that a loaded machine hurts both sides alike (the load average is printed).
+
+BLIS is built with ../shared/tools/blis/build.sh (it needs Go); give its binary and the source folder it was built
+in (BLIS reads its model and hardware configs from there):
+
+    python bench/bench_blis.py --requests 1000 10000 --repeat 3 --blis /tmp/blis/blis --blis-dir /tmp/blis/src
+    python bench/bench_blis.py --requests 100000 --repeat 1            # simserve alone
+    python bench/bench_blis.py --requests 10000 --root ../before       # another checkout (before/after)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+KIT = Path(__file__).resolve().parent / "blis"
+
+CHILD = r"""
+import json, resource, sys, time
+t0 = time.process_time()
+import simserve
+s = simserve.load_scenario(sys.argv[1])
+s = s.model_copy(update={"workload": s.workload.model_copy(update={"num_requests": int(sys.argv[2])})})
+t1 = time.process_time()
+r = simserve.run(s)
+t2 = time.process_time()
+m = r.summary
+print(json.dumps({"startup_cpu_s": t1 - t0, "run_cpu_s": t2 - t1, "num_events": int(m["num_events"]),
+                  "events_per_request": float(m["events_per_request"]), "num_preemptions": int(m["num_preemptions"]),
+                  "num_completed": int(m["num_completed"]), "output_tokens": int(m["output_tokens"]),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def child_cpu(cmd: list[str], **kw: Any) -> tuple[float, str]:
+    """Run a child to completion; its CPU seconds (user + system) and its stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, **kw)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, out.stdout
+
+
+def run_simserve(scenario: Path, n: int, root: Path = ROOT) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cpu, out = child_cpu([sys.executable, "-c", CHILD, str(scenario.resolve()), str(n)], env=env, cwd=root)
+    return {"process_cpu_s": cpu, **json.loads(out.strip().splitlines()[-1])}
+
+
+def run_blis(blis: Path, blis_dir: Path, n: int, tmp: Path) -> dict[str, Any]:
+    spec = (KIT / "speed-workload.yaml").read_text().splitlines()
+    wl = tmp / f"wl{n}.yaml"
+    wl.write_text("\n".join(f"num_requests: {n}" if ln.startswith("num_requests:") else ln for ln in spec) + "\n")
+    cmd = [str(blis), "run", "--model", "meta-llama/llama-3.1-8b-instruct", "--hardware", "H100", "--tp", "1",
+           "--num-instances", "8", "--workload-spec", str(wl), "--timeout", "-1", "--log", "error",
+           "--metrics-path", str(tmp / "metrics.json")]
+    cpu, _ = child_cpu(cmd, cwd=blis_dir)
+    return {"process_cpu_s": cpu}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--scenario", type=Path, default=KIT / "blis-speed.yaml")
+    ap.add_argument("--blis", type=Path, help="the BLIS binary (omit to run simserve alone)")
+    ap.add_argument("--blis-dir", type=Path, help="the BLIS source folder it was built in (its configs)")
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="the simserve checkout to run (default: this one; another to compare before and after)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    results: dict[str, Any] = {"load_average_start": os.getloadavg(), "sizes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.requests:
+            sim_runs, blis_runs = [], []
+            for i in range(args.repeat):
+                sim_runs.append(run_simserve(args.scenario, n, args.root))
+                r = sim_runs[-1]
+                print(f"{n:>9,} requests  simserve #{i + 1}: process {r['process_cpu_s']:.2f} s CPU "
+                      f"(import + parse {r['startup_cpu_s']:.2f}, run {r['run_cpu_s']:.2f}), "
+                      f"{r['events_per_request']:.2f} events/request, "
+                      f"{1e6 * r['run_cpu_s'] / r['num_events']:.1f} us/event, {r['num_preemptions']:,} preemptions, "
+                      f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+                if args.blis is not None:
+                    blis_runs.append(run_blis(args.blis, args.blis_dir or args.blis.parent, n, Path(tmp)))
+                    print(f"{n:>9,} requests  BLIS     #{i + 1}: process {blis_runs[-1]['process_cpu_s']:.2f} s CPU",
+                          flush=True)
+            row: dict[str, Any] = {"simserve": sim_runs, "blis": blis_runs}
+            for key in ("process_cpu_s", "startup_cpu_s", "run_cpu_s"):
+                row[f"simserve_{key}_median"] = statistics.median(r[key] for r in sim_runs)
+            if blis_runs:
+                row["blis_process_cpu_s_median"] = statistics.median(r["process_cpu_s"] for r in blis_runs)
+                row["ratio_process"] = row["blis_process_cpu_s_median"] / row["simserve_process_cpu_s_median"]
+                row["ratio_run_only"] = row["blis_process_cpu_s_median"] / row["simserve_run_cpu_s_median"]
+                print(f"{n:>9,} requests  median CPU: BLIS {row['blis_process_cpu_s_median']:.2f} s, simserve "
+                      f"{row['simserve_process_cpu_s_median']:.2f} s (run only "
+                      f"{row['simserve_run_cpu_s_median']:.2f} s): {row['ratio_process']:.1f}x less CPU "
+                      f"({row['ratio_run_only']:.1f}x for the run alone)", flush=True)
+            results["sizes"][str(n)] = row
+    results["load_average_end"] = os.getloadavg()
+    print(f"load average: {results['load_average_start'][0]:.2f} at start, {results['load_average_end'][0]:.2f} at end")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
