@@ -62,12 +62,16 @@ VARIANTS = {  # label: overrides on the scenario at VARIANT_USERS
                                   "workload.trace_cache.eviction=lfu"],
     "time to live 1 day": ["workload.trace_cache.ttl_s=86400"],
     "remote index (30 ms, 1.7e-5 USD a lookup)": ["workload.trace_cache.location=remote"],
-    "per-replica caches": ["workload.trace_cache.scope=replica"],
+    "4 replicas, one cluster-wide cache": ["cluster.pools.0.replicas=4"],
+    "4 replicas, a cache per replica": ["cluster.pools.0.replicas=4", "workload.trace_cache.scope=replica"],
     "minted 50 -> 10 (compression 0.2), 5-point penalty": ["workload.minting.compression=0.2",
                                                            "workload.minting.accuracy_penalty=0.05"],
     "no history (cold cache)": ["workload.reuse_history_s=null"],
 }
 NO_REUSE = VARIANTS["no reuse"]
+CACHE_ONLY = VARIANTS["cache only (no minting)"]
+CONFIGS = {"plain": ("none", NO_REUSE), "cache": ("cache only", CACHE_ONLY), "reuse": ("cache + minting", [])}
+RESIZED_USERS = 10_000_000  # the largest point again with its fleet resized to the reuse load
 
 
 def replicas(users: int) -> int:
@@ -89,6 +93,9 @@ KEEP = ("num_requests", "num_completed", "num_answered", "num_correct", "accurac
         "trace_cache_lookup_cost_usd", "trace_cache_storage_cost_usd", "trace_cache_break_even_hit_ratio",
         "trace_cache_entries", "reused_reasoning_tokens", "reuse_history_requests", "reuse_history_hit_ratio",
         "revenue_usd", "margin_usd", "billed_output_tokens", "gpu_usd_per_generated_token")
+
+
+REVENUE = ("revenue_usd", "margin_usd", "billed_output_tokens")
 
 
 def _key(overrides: list[str], days: bool) -> str:
@@ -137,33 +144,41 @@ def run_all(jobs: list[tuple[list[str], bool]], workers: int, fresh: bool) -> li
 # ------------------------------------------------------------------------------------------ the study
 
 
-def plan(full: bool) -> dict[str, tuple[list[str], bool]]:
+def plan(full: bool, resized: bool = True) -> dict[str, tuple[list[str], bool]]:
     """Every run the study needs, by name."""
     jobs: dict[str, tuple[list[str], bool]] = {}
     for u in USERS:
-        jobs[f"reuse/{u}"] = (scaled(u), False)
-        jobs[f"plain/{u}"] = (scaled(u, NO_REUSE), False)
+        for kind, (_, extra) in CONFIGS.items():
+            jobs[f"{kind}/{u}"] = (scaled(u, extra), False)
+    if resized:
+        jobs[f"resized/{RESIZED_USERS}"] = (scaled(RESIZED_USERS, ["cluster.pools.0.replicas=1"]), False)
     for u in (FRAGMENT_AT_FULL if full else FRAGMENT_AT):
         for i in range(K):
             jobs[f"fragment/{u}/{i}"] = (scaled(u // K, seed=1000 + i), False)
+            jobs[f"fragment-cache/{u}/{i}"] = (scaled(u // K, CACHE_ONLY, seed=1000 + i), False)
     for u in COLD_START:
         jobs[f"cold/{u}"] = (scaled(u, ["workload.reuse_history_s=null", f"workload.duration_s={COLD_DAYS * DAY_S}"]),
                              True)
     for name, (key, values) in SENSITIVITY.items():
         for v in values:
             u = SENSITIVITY_USERS
-            jobs[f"sens/{name}/{v}"] = (scaled(u, [f"{key}={v}"]), False)
-            for i in range(K):
-                jobs[f"sens/{name}/{v}/{i}"] = (scaled(u // K, [f"{key}={v}"], seed=1000 + i), False)
+            for tag, extra in (("sens", []), ("sens-cache", CACHE_ONLY)):
+                jobs[f"{tag}/{name}/{v}"] = (scaled(u, [f"{key}={v}", *extra]), False)
+                for i in range(K):
+                    jobs[f"{tag}/{name}/{v}/{i}"] = (scaled(u // K, [f"{key}={v}", *extra], seed=1000 + i), False)
     for label, extra in VARIANTS.items():
         jobs[f"variant/{label}"] = (scaled(VARIANT_USERS, extra), False)
     return jobs
 
 
-def study(workers: int, fresh: bool, full: bool) -> dict[str, Any]:
-    jobs = plan(full)
+def study(workers: int, fresh: bool, full: bool, resized: bool) -> dict[str, Any]:
+    jobs = plan(full, resized)
     results = run_all(list(jobs.values()), workers, fresh)
     runs = dict(zip(jobs, results, strict=True))
+    for name, r in runs.items():  # revenue is reported for the users sweep only (the tables use it nowhere else)
+        if name.split("/")[0] not in CONFIGS and not name.startswith("resized/"):
+            for k in REVENUE:
+                r.pop(k, None)
     ref = runs[f"plain/{USERS[-1]}"]
     return {"usd_per_generated_token": ref["cost_usd"] / ref["output_tokens"], "runs": runs,
             "overrides": {k: v[0] for k, v in jobs.items()}}
@@ -214,40 +229,66 @@ def usd(x: float) -> str:
     return f"{x:.2e}" if x < 1e-3 else f"{x:.4f}"
 
 
+def best(options: dict[str, dict[str, Any]], ref: float) -> tuple[str, dict[str, Any]]:
+    """The configuration a provider would pick: the lowest work USD per correct answer, and its figures."""
+    label = min(options, key=lambda k: figures(options[k], ref)["work_right"])
+    return label, figures(options[label], ref)
+
+
+def fragments(runs: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The K fragments' runs named `prefix`/0 .. `prefix`/K-1, as one."""
+    return combine([runs[f"{prefix}/{i}"] for i in range(K)])
+
+
 def sweep_table(data: dict[str, Any]) -> list[str]:
     runs, ref = data["runs"], data["usd_per_generated_token"]
-    lines = ["| users | queries a day | replicas | GPU busy | reuse | hit ratio (whole traces) | minted share | "
+    lines = ["| users | queries a day | replicas | reuse | hit ratio (whole traces) | minted share | "
              "reasoning tokens per query | accuracy | fleet USD/query | work USD/query | of which minting | "
              "of which cache | fleet USD per correct | work USD per correct | margin at 0.2 USD/Mtok | "
-             "p99 time to answer (s) |", "|" + "---|" * 17]
+             "p99 time to answer (s) |", "|" + "---|" * 16]
+
+    def line(u: int, n: int, label: str, s: dict[str, Any]) -> str:
+        f = figures(s, ref)
+        return (f"| {u:,} | {f['queries']:,.0f} | {n} | {label} | {pct(f['hit'])} | {pct(f['minted_share'])} | "
+                f"{f['reasoning_per_query']:.0f} | {pct(f['accuracy'])} | {usd(f['fleet_q'])} | {usd(f['work_q'])} | "
+                f"{usd(f['minting_q'])} | {usd(f['cache_q'])} | {usd(f['fleet_right'])} | {usd(f['work_right'])} | "
+                f"{pct(f['margin'])} | {f['tta_p99']:.1f} |")
+
     for u in USERS:
-        for kind, label in (("plain", "none"), ("reuse", "all")):
-            f = figures(runs[f"{kind}/{u}"], ref)
-            lines.append(f"| {u:,} | {f['queries']:,.0f} | {replicas(u)} | {pct(f['busy'])} | {label} | "
-                         f"{pct(f['hit'])} | {pct(f['minted_share'])} | {f['reasoning_per_query']:.0f} | "
-                         f"{pct(f['accuracy'])} | {usd(f['fleet_q'])} | {usd(f['work_q'])} | {usd(f['minting_q'])} | "
-                         f"{usd(f['cache_q'])} | {usd(f['fleet_right'])} | {usd(f['work_right'])} | "
-                         f"{pct(f['margin'])} | {f['tta_p99']:.1f} |")
+        pick, _ = best({label: runs[f"{kind}/{u}"] for kind, (label, _) in CONFIGS.items()}, ref)
+        for kind, (label, _) in CONFIGS.items():
+            lines.append(line(u, replicas(u), f"**{label}**" if label == pick else label, runs[f"{kind}/{u}"]))
+    if f"resized/{RESIZED_USERS}" in runs:
+        lines.append(line(RESIZED_USERS, 1, "cache + minting, fleet resized", runs[f"resized/{RESIZED_USERS}"]))
     return lines
 
 
 def fragment_table(data: dict[str, Any]) -> list[str]:
     runs, ref = data["runs"], data["usd_per_generated_token"]
-    lines = ["| total users | provider(s) | hit ratio (whole traces) | minted share | reasoning tokens per query | "
-             "accuracy | fleet USD/query | work USD/query | of which minting | work USD per correct | "
-             "fleet USD per correct | worst p99 time to answer (s) |", "|" + "---|" * 12]
+    lines = ["| total users | provider(s) | reuse | hit ratio (whole traces) | minted share | reasoning tokens per "
+             "query | accuracy | fleet USD/query | work USD/query | of which minting | work USD per correct | "
+             "fleet USD per correct | worst p99 time to answer (s) |", "|" + "---|" * 13]
     for u in FRAGMENT_AT_FULL:
         if f"fragment/{u}/0" not in runs:
             continue
-        c = figures(runs[f"reuse/{u}"], ref)
-        g = figures(combine([runs[f"fragment/{u}/{i}"] for i in range(K)]), ref)
-        for label, f in ((f"1 x {u:,}", c), (f"{K} x {u // K:,}", g)):
-            lines.append(f"| {u:,} | {label} | {pct(f['hit'])} | {pct(f['minted_share'])} | "
-                         f"{f['reasoning_per_query']:.0f} | {pct(f['accuracy'])} | {usd(f['fleet_q'])} | "
-                         f"{usd(f['work_q'])} | {usd(f['minting_q'])} | {usd(f['work_right'])} | "
-                         f"{usd(f['fleet_right'])} | {f['tta_p99']:.1f} |")
-        lines.append(f"| {u:,} | consolidation saves | | | | | {pct(1 - c['fleet_q'] / g['fleet_q'])} | "
-                     f"{pct(1 - c['work_q'] / g['work_q'])} | | {pct(1 - c['work_right'] / g['work_right'])} | "
+        sides = {f"1 x {u:,}": {"cache only": runs[f"cache/{u}"], "cache + minting": runs[f"reuse/{u}"]},
+                 f"{K} x {u // K:,}": {"cache only": fragments(runs, f"fragment-cache/{u}"),
+                                       "cache + minting": fragments(runs, f"fragment/{u}")}}
+        picked = []
+        for side, options in sides.items():
+            pick, pf = best(options, ref)
+            picked.append(pf)
+            for label, s in options.items():
+                f = figures(s, ref)
+                shown = f"**{label}**" if label == pick else label
+                lines.append(f"| {u:,} | {side} | {shown} | {pct(f['hit'])} | {pct(f['minted_share'])} | "
+                             f"{f['reasoning_per_query']:.0f} | {pct(f['accuracy'])} | {usd(f['fleet_q'])} | "
+                             f"{usd(f['work_q'])} | {usd(f['minting_q'])} | {usd(f['work_right'])} | "
+                             f"{usd(f['fleet_right'])} | {f['tta_p99']:.1f} |")
+        c, g = picked
+        lines.append(f"| {u:,} | consolidation saves (best against best) | | | | | | "
+                     f"{pct(1 - c['fleet_q'] / g['fleet_q'])} | {pct(1 - c['work_q'] / g['work_q'])} | | "
+                     f"{pct(1 - c['work_right'] / g['work_right'])} | "
                      f"{pct(1 - c['fleet_right'] / g['fleet_right'])} | |")
     return lines
 
@@ -263,20 +304,32 @@ def cold_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def sensitivity_table(data: dict[str, Any]) -> list[str]:
-    runs, ref, u = data["runs"], data["usd_per_generated_token"], SENSITIVITY_USERS
-    lines = [f"| parameter | value | hit ratio 1 x {u:,} / {K} x {u // K:,} | minted share 1 x / {K} x | accuracy | "
-             f"work USD per correct 1 x / {K} x | against no reuse (1 x) | consolidation saves per correct |",
-             "|" + "---|" * 8]
-    plain = figures(runs[f"plain/{u}"], ref)
+def sensitivity_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per parameter value: each side's best configuration and its figures (1 provider, K fragments)."""
+    runs, ref = data["runs"], data["usd_per_generated_token"]
+    out = []
     for name, (_, values) in SENSITIVITY.items():
         for v in values:
-            c = figures(runs[f"sens/{name}/{v}"], ref)
-            g = figures(combine([runs[f"sens/{name}/{v}/{i}"] for i in range(K)]), ref)
-            lines.append(f"| {name} | {v} | {pct(c['hit'])} / {pct(g['hit'])} | {pct(c['minted_share'])} / "
-                         f"{pct(g['minted_share'])} | {pct(c['accuracy'])} | {usd(c['work_right'])} / "
-                         f"{usd(g['work_right'])} | {pct(c['work_right'] / plain['work_right'] - 1)} | "
-                         f"{pct(1 - c['work_right'] / g['work_right'])} |")
+            one = best({"cache only": runs[f"sens-cache/{name}/{v}"], "cache + minting": runs[f"sens/{name}/{v}"]},
+                       ref)
+            many = best({"cache only": fragments(runs, f"sens-cache/{name}/{v}"),
+                         "cache + minting": fragments(runs, f"sens/{name}/{v}")}, ref)
+            out.append({"parameter": name, "value": v, "one": one, "many": many})
+    return out
+
+
+def sensitivity_table(data: dict[str, Any]) -> list[str]:
+    runs, ref, u = data["runs"], data["usd_per_generated_token"], SENSITIVITY_USERS
+    lines = [f"| parameter | value | best reuse 1 x {u:,} / {K} x {u // K:,} | hit ratio 1 x / {K} x | accuracy 1 x | "
+             f"work USD per correct 1 x / {K} x | 1 x against no reuse | consolidation saves per correct |",
+             "|" + "---|" * 8]
+    plain = figures(runs[f"plain/{u}"], ref)
+    for r in sensitivity_rows(data):
+        (lc, c), (lg, g) = r["one"], r["many"]
+        lines.append(f"| {r['parameter']} | {r['value']} | {lc} / {lg} | {pct(c['hit'])} / {pct(g['hit'])} | "
+                     f"{pct(c['accuracy'])} | {usd(c['work_right'])} / {usd(g['work_right'])} | "
+                     f"{pct(c['work_right'] / plain['work_right'] - 1)} | "
+                     f"{pct(1 - c['work_right'] / g['work_right'])} |")
     return lines
 
 
@@ -322,28 +375,27 @@ def charts(data: dict[str, Any], folder: Path) -> list[Path]:
 
     rows = []
     for u in USERS:
-        for kind, label in (("plain", "no reuse"), ("reuse", "reuse")):
+        for kind, (label, _) in CONFIGS.items():
             f = figures(runs[f"{kind}/{u}"], ref)
             for cost in ("fleet", "work"):
                 for per, key in (("query", f"{cost}_q"), ("correct answer", f"{cost}_right")):
                     rows.append({"users": u, "USD": f[key], "series": f"{cost}, {label}", "per": per})
     base = alt.Chart(pd.DataFrame(rows), width=300, height=240).mark_line(point=True).encode(
         x=alt.X("users:Q", scale=alt.Scale(type="log"), title="users (0.1 queries per user per day)"),
-        y=alt.Y("USD:Q", scale=alt.Scale(type="log"), title="USD"), color="series:N",
-        strokeDash=alt.StrokeDash("series:N", legend=None))
+        y=alt.Y("USD:Q", scale=alt.Scale(type="log"), title="USD"), color="series:N")
     save(base.facet(column=alt.Column("per:N", title="USD per")), "network-effects.svg")
 
     rows = []
     for u in FRAGMENT_AT_FULL:
         if f"fragment/{u}/0" not in runs:
             continue
-        c = figures(runs[f"reuse/{u}"], ref)
-        g = figures(combine([runs[f"fragment/{u}/{i}"] for i in range(K)]), ref)
-        for label, f in (("1 provider", c), (f"{K} providers", g)):
-            rows += [{"total users": u, "provider(s)": label, "USD per correct answer": f["work_right"],
-                      "cost": "work"},
-                     {"total users": u, "provider(s)": label, "USD per correct answer": f["fleet_right"],
-                      "cost": "fleet"}]
+        one = best({"cache only": runs[f"cache/{u}"], "cache + minting": runs[f"reuse/{u}"]}, ref)[1]
+        many = best({"cache only": fragments(runs, f"fragment-cache/{u}"),
+                     "cache + minting": fragments(runs, f"fragment/{u}")}, ref)[1]
+        for label, f in (("1 provider", one), (f"{K} providers", many)):
+            for cost in ("work", "fleet"):
+                rows.append({"total users": u, "provider(s)": label, "USD per correct answer": f[f"{cost}_right"],
+                             "cost": cost})
     save(alt.Chart(pd.DataFrame(rows), width=300, height=240).mark_line(point=True).encode(
         x=alt.X("total users:Q", scale=alt.Scale(type="log")),
         y=alt.Y("USD per correct answer:Q", scale=alt.Scale(type="log")), color="provider(s):N",
@@ -356,14 +408,9 @@ def charts(data: dict[str, Any], folder: Path) -> list[Path]:
         x="day:O", y=alt.Y("share of queries:Q", axis=alt.Axis(format="%")), color="users:N",
         strokeDash="reuse:N"), "network-effects-cold-start.svg")
 
-    rows = []
-    u = SENSITIVITY_USERS
-    for name, (_, values) in SENSITIVITY.items():
-        for v in values:
-            c = figures(runs[f"sens/{name}/{v}"], ref)
-            g = figures(combine([runs[f"sens/{name}/{v}/{i}"] for i in range(K)]), ref)
-            rows.append({"parameter": name, "value": str(v), "consolidation saves per correct answer":
-                         1 - c["work_right"] / g["work_right"]})
+    rows = [{"parameter": r["parameter"], "value": str(r["value"]),
+             "consolidation saves per correct answer": 1 - r["one"][1]["work_right"] / r["many"][1]["work_right"]}
+            for r in sensitivity_rows(data)]
     save(alt.Chart(pd.DataFrame(rows), width=120, height=200).mark_bar().encode(
         x=alt.X("value:N", sort=None), y=alt.Y("consolidation saves per correct answer:Q",
                                                axis=alt.Axis(format="%")),
@@ -379,8 +426,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     p.add_argument("--fresh", action="store_true", help="ignore the run cache")
     p.add_argument("--full", action="store_true", help="also fragment 10M users (10 more 1M-user runs)")
+    p.add_argument("--no-resized", dest="resized", action="store_false",
+                   help="skip the 10M-user run on a fleet resized to the reuse load (one 10M-user run)")
     args = p.parse_args()
-    data = json.loads(args.tables.read_text()) if args.tables else study(args.workers, args.fresh, args.full)
+    if args.tables:
+        data = json.loads(args.tables.read_text())
+    else:
+        data = study(args.workers, args.fresh, args.full, args.resized)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
