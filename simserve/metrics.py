@@ -654,6 +654,8 @@ def service_summary(requests: pd.DataFrame | Path) -> dict[str, float]:
             mine = u % slices == k
             users.append(u[mine])
             tokens.append(g[mine])
+        if not users:  # no row at all (an empty run)
+            break
         ids, which = np.unique(np.concatenate(users), return_inverse=True)
         served = np.zeros(len(ids), dtype=np.int64)
         np.add.at(served, which, np.concatenate(tokens))
