@@ -336,20 +336,7 @@ class Planner:
                 have, computed = hold.num_blocks, req.computed_tokens
                 keep = req.kv_keep_tokens or computed + new
             need = max(blocks_for(min(computed + new, keep), bt) - have, 0)
-            scheduled = True
-            while need > kv.free_blocks:
-                tail -= 1
-                if not newest:  # the scheduler's victim among those not yet scheduled: moved to the tail
-                    v = max(range(i, tail + 1), key=lambda t: (self.waiting.victim_key(self._entry_req(order[t]))))
-                    order.insert(tail, order.pop(v))
-                    if v == i:
-                        self._preempt(order[tail], plan, gone_slots)
-                        scheduled = False
-                        break
-                self._preempt(order[tail], plan, gone_slots)
-                if tail == i:
-                    scheduled = False
-                    break
+            tail, scheduled = self._make_room(need, order, i, tail, newest, plan, gone_slots)
             if not scheduled:
                 break
             kv.allocate(need)
@@ -414,6 +401,25 @@ class Planner:
         out = np.where(nxt < reasoning, nxt - gen, -1)
         ahead = out[out >= 0]
         return out, int(ahead.min()) if len(ahead) else -1, gen
+
+    def _make_room(self, need: int, order: list[tuple[int, int, Request | None]], i: int, tail: int,
+                   newest: bool, plan: StepPlan, gone_slots: list[int]) -> tuple[int, bool]:
+        """Preempt from the tail of `order` (entries i..tail-1 not yet scheduled) until `need` blocks are free: the
+        newest entry, or the scheduler's victim among them moved to the tail. Returns the new tail and whether
+        entry i can still be scheduled (False once it was preempted itself)."""
+        kv = self.kv
+        while need > kv.free_blocks:
+            tail -= 1
+            if not newest:  # the scheduler's victim among those not yet scheduled: moved to the tail
+                v = max(range(i, tail + 1), key=lambda t: (self.waiting.victim_key(self._entry_req(order[t]))))
+                order.insert(tail, order.pop(v))
+                if v == i:
+                    self._preempt(order[tail], plan, gone_slots)
+                    return tail, False
+            self._preempt(order[tail], plan, gone_slots)
+            if tail == i:
+                return tail, False
+        return tail, True
 
     def _preempt(self, entry: tuple[int, int, Request | None], plan: StepPlan, gone_slots: list[int],
                  yielded: bool = False) -> None:

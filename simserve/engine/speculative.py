@@ -174,20 +174,7 @@ class SpecPlanner(Planner):
                 have, computed = req.kv.num_blocks, req.computed_tokens
                 keep = computed + new
             need = max(blocks_for(min(computed + new, keep), bt) - have, 0)
-            scheduled = True
-            while need > kv.free_blocks:
-                tail -= 1
-                if not newest:
-                    v = max(range(i, tail + 1), key=lambda t: (self.waiting.victim_key(self._entry_req(order[t]))))
-                    order.insert(tail, order.pop(v))
-                    if v == i:
-                        self._preempt(order[tail], plan, gone_slots)
-                        scheduled = False
-                        break
-                self._preempt(order[tail], plan, gone_slots)
-                if tail == i:
-                    scheduled = False
-                    break
+            tail, scheduled = self._make_room(need, order, i, tail, newest, plan, gone_slots)
             if not scheduled:
                 break
             kv.allocate(need)
