@@ -263,6 +263,13 @@ def sweep_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def provider_options(runs: dict[str, Any], u: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The reuse configurations open to one provider of u users and to K providers of u / K: cache only, cache +
+    minting (each side's runs; the K fragments' as one)."""
+    return ({"cache only": runs[f"cache/{u}"], "cache + minting": runs[f"reuse/{u}"]},
+            {"cache only": fragments(runs, f"fragment-cache/{u}"), "cache + minting": fragments(runs, f"fragment/{u}")})
+
+
 def fragment_table(data: dict[str, Any]) -> list[str]:
     runs, ref = data["runs"], data["usd_per_generated_token"]
     lines = ["| total users | provider(s) | reuse | hit ratio (whole traces) | minted share | reasoning tokens per "
@@ -271,11 +278,8 @@ def fragment_table(data: dict[str, Any]) -> list[str]:
     for u in FRAGMENT_AT_FULL:
         if f"fragment/{u}/0" not in runs:
             continue
-        sides = {f"1 x {u:,}": {"cache only": runs[f"cache/{u}"], "cache + minting": runs[f"reuse/{u}"]},
-                 f"{K} x {u // K:,}": {"cache only": fragments(runs, f"fragment-cache/{u}"),
-                                       "cache + minting": fragments(runs, f"fragment/{u}")}}
         picked = []
-        for side, options in sides.items():
+        for side, options in zip((f"1 x {u:,}", f"{K} x {u // K:,}"), provider_options(runs, u), strict=True):
             pick, pf = best(options, ref)
             picked.append(pf)
             for label, s in options.items():
@@ -389,9 +393,7 @@ def charts(data: dict[str, Any], folder: Path) -> list[Path]:
     for u in FRAGMENT_AT_FULL:
         if f"fragment/{u}/0" not in runs:
             continue
-        one = best({"cache only": runs[f"cache/{u}"], "cache + minting": runs[f"reuse/{u}"]}, ref)[1]
-        many = best({"cache only": fragments(runs, f"fragment-cache/{u}"),
-                     "cache + minting": fragments(runs, f"fragment/{u}")}, ref)[1]
+        one, many = (best(options, ref)[1] for options in provider_options(runs, u))
         for label, f in (("1 provider", one), (f"{K} providers", many)):
             for cost in ("work", "fleet"):
                 rows.append({"total users": u, "provider(s)": label, "USD per correct answer": f[f"{cost}_right"],
