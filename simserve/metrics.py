@@ -428,9 +428,9 @@ def _counts(batches: Batches, slo: dict[str, float | None]) -> dict[str, Any]:
 
 def _rates(batches: Batches, first_s: float, last_s: float) -> tuple[float, float]:
     """Arrivals and completions per second over the second half of the arrivals, [mid, last arrival]."""
-    if not last_s > first_s:
-        return math.nan, math.nan
     mid = (first_s + last_s) / 2.0
+    if not last_s > mid:  # one instant (or two a rounding error apart): no span to divide by
+        return math.nan, math.nan
     arrivals = completions = 0
     for t in batches(["status", "arrival_s", "finish_s"]):
         arrival, finish = _float(t["arrival_s"]), _float(t["finish_s"])

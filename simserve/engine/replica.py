@@ -29,7 +29,7 @@ from simserve.perf import Batch, PerfModel, kept_context_sums
 from simserve.perf.base import step_indices
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
-from simserve.schedulers import ReasoningAware
+from simserve.schedulers import Fcfs, ReasoningAware
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -58,6 +58,7 @@ class Replica:
         self.check_invariants = check_invariants
         self.stop_at_reasoning_end = stop_at_reasoning_end
         self._hook_admitted = not isinstance(hooks, HookChain) or hooks.wants("admitted")
+        self._fifo = type(planner.waiting) is Fcfs  # only the head of the queue can be admitted next
         self.wake = env.event()
         self.num_events = 0
         self.running_mon = LevelMonitor(env.now)
@@ -121,9 +122,14 @@ class Replica:
                           f"(KV capacity {self.kv.capacity_tokens}, max_model_len)")
             self.hooks.finished(req)
             return
-        self.planner.waiting.push(req)
-        self.waiting_mon.set(self.env.now, len(self.planner.waiting))
-        if not self.wake.triggered:
+        waiting = self.planner.waiting
+        # A fast-forwarded run is planned so that the head of a first-come-first-served queue cannot be admitted
+        # before it ends (its blocks only get scarcer; see _run_length): a request joining behind it changes no
+        # plan of the run, so the run goes on (stepping one iteration at a time gives the same steps).
+        behind = self._run is not None and self._fifo and len(waiting) > 0
+        waiting.push(req)
+        self.waiting_mon.set(self.env.now, len(waiting))
+        if not behind and not self.wake.triggered:
             self.wake.succeed()
 
     def transfer_done(self, req: Request) -> None:
