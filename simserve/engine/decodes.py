@@ -87,6 +87,16 @@ class Decodes:
     def remove(self, j: int) -> Request:
         """Take slot j out (the last slot moves into it); returns its request (not synced: `sync` first if its
         progress is needed)."""
+        req = self.drop(j)
+        if j < self.n:
+            moved = self.req[j]
+            assert moved is not None
+            moved.slot = j
+        req.slot = -1
+        return req
+
+    def drop(self, j: int) -> Request:
+        """`remove` on the arrays alone (the requests' `slot` untouched): for a copy that predicts (`copy`)."""
         req = self.req[j]
         assert req is not None
         if self.finish_at[j] == self._min_finish:
@@ -95,16 +105,26 @@ class Decodes:
             self._min_reasoning = None
         last = self.n - 1
         if j != last:
-            rows = self._rows
-            rows[:, j] = rows[:, last]
-            moved = self.req[last]
-            assert moved is not None
-            self.req[j] = moved
-            moved.slot = j
+            self._rows[:, j] = self._rows[:, last]
+            self.req[j] = self.req[last]
         self.req[last] = None
-        req.slot = -1
         self.n = last
         return req
+
+    def copy(self) -> Decodes:
+        """A scratch copy of the arrays (the same Request objects, which it must not change: `drop`, not
+        `remove`), to play steps ahead without touching the replica."""
+        c = object.__new__(type(self))
+        c._rows = self._rows.copy()
+        (c.ctx, c.blocks, c.seq, c.ctx0, c.finish_at, c.reasoning_at, c.keep, c.cap) = c._rows
+        c.compressed = self.compressed
+        c.tick = self.tick
+        c._min_finish, c._min_reasoning = self._min_finish, self._min_reasoning
+        c.req = list(self.req)
+        c.n = self.n
+        c._block_tokens = self._block_tokens
+        c._laps = self._laps
+        return c
 
     def countdowns(self) -> tuple[int, int]:
         """(schedules until some slot samples its last token, ... its last reasoning token)."""
@@ -277,3 +297,15 @@ class FastForwardRun:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting
         exactly now is planned after every arrival at now is seen)."""
         return min(int(np.searchsorted(self.bounds[1:], now_s, side="left")) + 1, self.num_steps)
+
+
+@dataclass(slots=True)
+class ChainPiece:
+    """A plan predicted inside a fast-forwarded run (one that preempts the newest decodes when blocks run out) and
+    the decode steps it begins: `start` is its step in the run (from 0; its plan is made at `run.bounds[0]`),
+    `run` the piece as a run of its own (its used blocks and first reasoning ends known once the plan is made)
+    and `contexts` the decodes' contexts that plan must schedule (checked when it is made)."""
+
+    start: int
+    run: FastForwardRun
+    contexts: np.ndarray

@@ -269,6 +269,34 @@ class KvBlockPool:
         hold.unit_blocks = 0
         hold.private_blocks = 0
 
+    # ------------------------------------------------------------------------------------------ looking ahead
+
+    def releasable_blocks(self, hold: KvHold, num_blocks: int, released: dict[Extent, int]) -> int:
+        """Of a hold's `num_blocks` blocks, those that `release` would free if the holds already counted in
+        `released` (unit -> holds let go) had been released: all but the units somebody else still holds. Counts
+        this hold's units into `released`. Changes nothing in the pool."""
+        held = 0
+        for ext in hold.units:
+            gone = released.get(ext, 0)
+            if ext.refs - gone > 1:
+                held += ext.size
+            released[ext] = gone + 1
+        return num_blocks - held
+
+    def held_hit_bound(self, hold: KvHold | None, released: dict[Extent, int]) -> int:
+        """An upper bound on the blocks of the hold's chain that a lookup would find held by running requests
+        (which admitting it does not take from the free blocks), with the holds in `released` let go; it cannot
+        grow while nothing is admitted or computed. Changes nothing in the pool."""
+        if hold is None or not self.prefix_caching:
+            return 0
+        total = 0
+        cache = self._cache
+        for key, _ in hold.chain:
+            copies = cache.get(key)
+            if copies:
+                total += max((e.size for e in copies if e.refs - released.get(e, 0) > 0), default=0)
+        return total
+
     # ------------------------------------------------------------------------------------------ checks
 
     def held_unit_blocks(self) -> int:

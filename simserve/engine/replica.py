@@ -13,6 +13,7 @@ out between steps, as vLLM's abort.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Generator, Iterator
 from functools import partial
 from typing import Any
@@ -20,9 +21,10 @@ from typing import Any
 import numpy as np
 import simpy
 
-from simserve.engine.decodes import FastForwardRun
+from simserve.engine.decodes import ChainPiece, FastForwardRun
 from simserve.engine.events import AfterPlans, Settle
 from simserve.engine.hooks import HookChain, Hooks
+from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel, kept_context_sums
@@ -32,10 +34,14 @@ from simserve.request import Request
 from simserve.schedulers import Fcfs, ReasoningAware
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_ONE_STEP = np.zeros(1, dtype=np.int64)
+_MAX_PIECES = 256  # preempting plans one run may span (it is predicted whole at its start)
 
 
 class Replica:
     """One model instance on `tensor_parallel` GPUs, driven by its planner, timed by its perf model."""
+
+    chains_ok = True  # a subclass with its own decode pass turns runs across preemptions off
 
     def __init__(self, env: simpy.Environment, *, pool: str, index: int, perf: PerfModel, planner: Planner,
                  max_model_len_tokens: int, recorder: Recorder, hooks: Hooks, exact_steps: bool = False,
@@ -59,6 +65,16 @@ class Replica:
         self.stop_at_reasoning_end = stop_at_reasoning_end
         self._hook_admitted = not isinstance(hooks, HookChain) or hooks.wants("admitted")
         self._fifo = type(planner.waiting) is Fcfs  # only the head of the queue can be admitted next
+        # A run may span the plans that preempt the newest decode when blocks run out (see _predict_chain) where
+        # those plans are vLLM's FCFS decode pass and nothing else: no compression, sync scheduling, no hook on
+        # reasoning ends, whole sequences reserved at admission.
+        cfg = planner.config
+        self._chains = (self.chains_ok and self._fifo and not exact_steps and not cfg.async_scheduling
+                        and not stop_at_reasoning_end and kv_compression is None and not cfg.kv_compression
+                        and cfg.reserve_full_isl and not cfg.hand_off_after_prompt)
+        self._chain: deque[ChainPiece] = deque()  # the predicted preempting plans ahead in the run in flight
+        self._run_start = 0  # the run's step (from 0) at which the piece in flight began
+        self.num_chained_plans = 0  # preempting plans made inside fast-forwarded runs (not events of their own)
         self.wake = env.event()
         self.num_events = 0
         self.running_mon = LevelMonitor(env.now)
@@ -81,14 +97,17 @@ class Replica:
 
     @property
     def waiting(self) -> Any:
+        self._sync_run()
         return self.planner.waiting
 
     @property
     def num_running(self) -> int:
+        self._sync_run()
         return self.planner.num_running
 
     @property
     def num_outstanding(self) -> int:
+        self._sync_run()
         return self.planner.num_running + len(self.planner.waiting)
 
     @property
@@ -122,6 +141,7 @@ class Replica:
                           f"(KV capacity {self.kv.capacity_tokens}, max_model_len)")
             self.hooks.finished(req)
             return
+        self._sync_run()
         waiting = self.planner.waiting
         # A fast-forwarded run is planned so that the head of a first-come-first-served queue cannot be admitted
         # before it ends (its blocks only get scarcer; see _run_length): a request joining behind it changes no
@@ -168,6 +188,7 @@ class Replica:
         return self._cancel_now(req, reason)
 
     def _cancel_after_plans(self, req: Request, reason: str, _event: object) -> None:
+        self._sync_run()  # a request preempted by a plan of the run made before now is waiting
         p = self.planner
         if req.status or req.replica != self.index:
             return
@@ -226,14 +247,16 @@ class Replica:
         """At the horizon: account for a fast-forwarded run in flight as stepping one at a time would have: the
         steps completed before `now` (their KV over time and a segment) and the step in flight (planned: its
         tokens scheduled and blocks taken)."""
-        run = self._run
-        if run is None:
+        if self._run is None:
             return
-        done = min(int(np.searchsorted(run.bounds[1:], now, side="left")), run.num_steps)
         self._sync_run()
+        run = self._run
+        assert run is not None
+        done = min(int(np.searchsorted(run.bounds[1:], now, side="left")), run.num_steps)
         self._finish_run(run, min(done + 1, run.num_steps), done, at_horizon=True)
         self._record_run(run, done)
         self._run = None
+        self._chain.clear()
 
     # ------------------------------------------------------------------------------------------ the process
 
@@ -276,7 +299,7 @@ class Replica:
             used = self.kv.used_blocks
             if plan.decode_only and calm and not self._changed and not self.exact_steps:
                 k, extra = self._run_length(plan)
-                if k > 1:
+                if k > 1 or (self._chains and len(extra) > k):
                     inflight = self._delivered = yield from self._fast_forward(plan, k, extra, now, used,
                                                                                num_waiting)
                     continue
@@ -323,8 +346,8 @@ class Replica:
                               batch_size=0, num_waiting=num_waiting, kv_blocks_mean=kv_mean, kv_blocks_end=end,
                               prefill_tokens=0, decode_tokens=0)
 
-    def _after_plan(self, plan: StepPlan) -> None:
-        now = self.env.now
+    def _after_plan(self, plan: StepPlan, now: float | None = None) -> None:
+        now = self.env.now if now is None else now
         if plan.admitted or plan.preempted:
             if self._hook_admitted:
                 for req in plan.admitted:
@@ -393,7 +416,8 @@ class Replica:
 
     def _fast_forward(self, plan: StepPlan, k: int, extra: np.ndarray, now: float, used: int,
                       num_waiting: int) -> Generator[simpy.Event, Any, StepPlan | None]:
-        """Run k decode steps (the first one planned) as one event, or fewer if something arrives."""
+        """Run k decode steps (the first one planned) as one event, or fewer if something arrives; where blocks
+        run out first, on across the plans that preempt (the pieces `_predict_chain` finds)."""
         env = self.env
         dec = self.planner.decodes
         if dec.compressed:  # every slot was scheduled: kept contexts and caps in slot order
@@ -401,21 +425,36 @@ class Replica:
         else:  # the plan's contexts (a view of the decode arrays: read now, not kept)
             contexts, caps = plan.decode_context_tokens, None
         times = self._run_times_s(contexts, k, caps)
-        bounds = np.empty(k + 1)
+        pieces = self._predict_chain(k, extra) if self._chains and len(extra) > k else []
+        total = k + sum(p[0] for p in pieces)
+        bounds = np.empty(total + 1)
         bounds[0] = now
-        bounds[1:] = times
+        bounds[1: k + 1] = times
+        g = k
+        piece_times = []
+        for pk, _, ctx in pieces:
+            piece_times.append(self._run_times_s(ctx, pk, None))
+            bounds[g + 1: g + pk + 1] = piece_times[-1]
+            g += pk
         np.cumsum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
-        run = FastForwardRun(bounds, times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done,
+        run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done,
                              context_sum=float(contexts.sum()), contexts=contexts if caps is not None else None,
                              caps=caps)
+        g = k
+        for (pk, pextra, ctx), ptimes in zip(pieces, piece_times, strict=True):
+            piece = FastForwardRun(bounds[g: g + pk + 1], ptimes, pextra, pk, len(ctx), 0,
+                                   context_sum=float(ctx.sum()))
+            self._chain.append(ChainPiece(g, piece, ctx))
+            g += pk
         self._run = run
+        self._run_start = 0
         self._run_waiting = num_waiting
-        end = env.timeout(bounds[k] - now)
+        end = env.timeout(bounds[total] - now)
         self.num_events += 1
         self._stepping = True
         yield end | self.wake
         if end.processed:
-            m = k
+            m = total
         else:
             t = env.now
             j = int(np.searchsorted(bounds[1:], t, side="right"))  # boundaries at or before t
@@ -426,12 +465,102 @@ class Replica:
                 self.num_events += 1
                 yield env.timeout(bounds[m] - t)
         self._stepping = False
+        chain = self._chain
+        while chain and chain[0].start < m:  # the preempting plans made within the first m steps
+            self._next_piece()
+        chain.clear()
+        run = self._run
+        m -= self._run_start
         last = self._finish_run(run, m, m)
         self._run = None
         if not self.async_scheduling:
             self._apply(last)
         self._record_run(run, m)
         return last if self.async_scheduling else None
+
+    def _predict_chain(self, k: int, extra: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """The pieces of a run that goes on across preempting plans: a saturated replica's decodes eat the free
+        blocks, the plan that cannot give them theirs preempts the newest decode (vLLM's FCFS running pass),
+        and the decodes go on, until one of them schedules its last token. Played ahead on a copy of the decode
+        arrays, changing nothing: the plans are made for real, at their instants, by `_next_piece`.
+
+        After the run's first k steps (`extra` as `_run_length` gives it, k < len(extra): blocks run out first),
+        each piece is (its steps, its blocks beyond those held at its start as `extra`, the contexts its plan
+        schedules). The chain stops before a plan that would schedule a last token or preempt every decode, and
+        after a plan whose victim, now the head of the queue, might be admitted by the plan that follows (its
+        whole sequence's blocks, less an upper bound on its prefix hits held by running requests, fit in the
+        blocks free then); later plans of a piece cannot admit it, its blocks only getting scarcer."""
+        kv, bt = self.kv, self.block_tokens
+        sim = self.planner.decodes.copy()
+        free = kv.free_blocks
+        released: dict[Extent, int] = {}
+        pieces: list[tuple[int, np.ndarray, np.ndarray]] = []
+        while len(pieces) < _MAX_PIECES and k < len(extra):
+            if k > 1:
+                sim.advance(k - 1, bt)
+            free -= int(extra[k - 1])
+            n = sim.n
+            remaining = int(np.count_nonzero(sim.ctx[:n] >= sim.blocks[:n] * bt))
+            head: Request | None = None
+            head_tokens = 0
+            while remaining > free:  # _schedule_decodes_preempting, on the copy
+                remaining -= free
+                free = 0
+                j = int(sim.seq[: sim.n].argmax())
+                remaining -= int(sim.ctx[j] >= sim.blocks[j] * bt)
+                head = sim.req[j]
+                assert head is not None and head.kv is not None
+                free += kv.releasable_blocks(head.kv, int(sim.blocks[j]), released)
+                head_tokens = head.prompt_tokens + head.output_tokens - sim.left(j)
+                sim.drop(j)
+                if sim.n == 0:
+                    return pieces
+            free -= remaining
+            n = sim.n
+            sim.schedule_every(sim.ctx[:n] >= sim.blocks[:n] * bt)
+            to_finish = sim.countdowns()[0]
+            if to_finish <= 0:
+                return pieces  # the plan schedules a last token: the loop makes it
+            contexts = sim.ctx[:n].copy()
+            following = int(np.count_nonzero(sim.ctx[:n] >= sim.blocks[:n] * bt))
+            assert head is not None
+            if following <= free and (blocks_for(head_tokens, bt) - kv.held_hit_bound(head.kv, released)
+                                      <= free - following):
+                pieces.append((1, _ONE_STEP, contexts))  # the next plan may admit the head: the run ends here
+                return pieces
+            extra = sim.extra_blocks(bt, 1 + to_finish, self.planner.block_buffer)
+            k = int(np.searchsorted(extra, free, side="right"))
+            pieces.append((k, extra, contexts))
+        return pieces
+
+    def _next_piece(self) -> None:
+        """The piece in flight has ended: apply it, then make the preempting plan predicted at its end, which
+        begins the next piece."""
+        run = self._run
+        assert run is not None
+        piece = self._chain.popleft()
+        last = self._finish_run(run, run.num_steps, run.num_steps)
+        assert not last.finishing
+        t = float(run.bounds[run.num_steps])
+        for req in last.reasoning_done:
+            if not req.status:
+                self._reasoning_done(req, t)
+        self._record_run(run, run.num_steps)
+        planner = self.planner
+        num_waiting = len(planner.waiting)
+        plan = planner.schedule()
+        self.num_chained_plans += 1
+        self.kv_peak = max(self.kv_peak, self.kv.used_blocks)
+        self._after_plan(plan, t)
+        if self.check_invariants:
+            assert plan.preempted and not plan.chunks and not plan.admitted and not plan.finishing, plan
+            assert np.array_equal(plan.decode_context_tokens, piece.contexts)
+        nxt = piece.run
+        nxt.used_at_start = self.kv.used_blocks
+        nxt.first_reasoning_done = plan.reasoning_done
+        self._run = nxt
+        self._run_start = piece.start
+        self._run_waiting = num_waiting
 
     def _finish_run(self, run: FastForwardRun, m: int, done: int, at_horizon: bool = False) -> StepPlan:
         """Apply a run's first m planned steps (the m-1 schedules after the first, the KV they took, reasoning
@@ -493,7 +622,13 @@ class Replica:
         run = self._run
         if run is None:
             return
-        target = int(run.extra[run.steps_started(self.env.now) - 1])
+        now = self.env.now
+        chain = self._chain
+        while chain and chain[0].run.bounds[0] < now:  # a preempting plan of the run was made before now
+            self._next_piece()
+            run = self._run
+            assert run is not None
+        target = int(run.extra[run.steps_started(now) - 1])
         if target > run.allocated:
             self.kv.allocate(target - run.allocated)
             run.allocated = target

@@ -203,6 +203,8 @@ class SpecReplica(Replica):
     """A replica whose decodes verify k+1 positions a step: its step time adds the verified positions and the
     drafter, and a fast-forwarded run draws every step's accepted tokens up front (the same draws as stepping)."""
 
+    chains_ok = False  # its decode pass is its own: runs end where blocks run out
+
     def __init__(self, *args: Any, timing: SpeculativeTiming, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.timing = timing

@@ -1,0 +1,108 @@
+"""Fast-forwarded runs across preempting plans (issue 21): a saturated FCFS replica whose decodes eat the free
+blocks preempts its newest decode and goes on, many times between two events. The run is predicted whole at its
+start and its plans are made at their instants, so it must equal stepping one iteration at a time: the same
+requests, times, preemptions, KV over time and steps, with routers that look at the replicas mid-run (`least_kv`,
+`least_outstanding`, `power_of_two`, `prefix_affinity`), a shared prefix (prefix hits held by running requests),
+cancels and forked samples, and horizons that cut runs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from helpers import scenario
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_invariants import _ForkingSimulation, check_invariants, check_same_results
+
+from simserve import Simulation, load_scenario, run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@st.composite
+def saturated(draw):
+    block = draw(st.sampled_from([1, 2, 4, 16]))
+    max_seqs = draw(st.integers(2, 12))
+    budget = draw(st.integers(max(max_seqs, 16), 96))
+    pool = {
+        "name": "p", "gpu": "h100-sxm", "replicas": draw(st.integers(1, 3)),
+        "max_num_seqs": max_seqs, "max_num_batched_tokens": budget, "kv_block_tokens": block,
+        "num_kv_blocks": draw(st.integers(120 // block + 1, 500 // block + 2)),
+        "prefix_caching": draw(st.booleans()),
+        "long_prefill_token_threshold": draw(st.sampled_from([0, 0, 8])),
+        "chunked_prefill": True,
+    }
+    kind = draw(st.sampled_from(["linear", "roofline", "calibrated"]))
+    perf = ({"kind": "linear", "step_overhead_s": draw(st.floats(1e-3, 0.05)),
+             "per_prefill_token_s": draw(st.floats(0, 1e-3)), "per_decode_seq_s": draw(st.floats(0, 1e-2)),
+             "per_kv_token_s": draw(st.floats(0, 1e-4))} if kind == "linear" else {"kind": kind})
+    return {
+        "name": "chains", "seed": draw(st.integers(0, 2**32 - 1)), "model": "llama-3.1-8b",
+        "cluster": {"pools": [pool]}, "perf": perf, "scheduler": {"kind": "fcfs"},
+        "router": draw(st.sampled_from(["round_robin", "least_kv", "least_outstanding", "power_of_two",
+                                        "prefix_affinity"])),
+        "workload": {"num_requests": draw(st.integers(8, 40)), "prefix_unit_tokens": 16,
+                     "arrival": {"process": "poisson", "rate_per_s": draw(st.floats(2, 200))},
+                     "mix": [{"query_type": "q",
+                              "prompt_tokens": {"dist": "uniform", "low": 1, "high": draw(st.integers(1, 60))},
+                              "reasoning_tokens": {"dist": "uniform", "low": 10, "high": draw(st.integers(10, 240))},
+                              "answer_tokens": {"dist": "uniform", "low": 1, "high": draw(st.integers(1, 10))},
+                              "system_prompt_tokens": draw(st.sampled_from([0, 16, 32]))}]},
+        "slo": {"ttft_s": 1.0},
+        "engine": {"horizon_s": draw(st.sampled_from([1e6, 1e6, 1e6, 0.7, 4.0]))},
+    }
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(saturated(), st.booleans())
+def test_runs_across_preemptions_equal_exact_steps(data, forks):
+    make = _ForkingSimulation if forks else Simulation
+    sim_ff, sim_ex = make(scenario(data, check_invariants=True)), make(scenario(data, check_invariants=True,
+                                                                                  exact_steps=True))
+    ff, ex = sim_ff.run(), sim_ex.run()
+    n = data["workload"]["num_requests"] + (sim_ff.num_forked if forks else 0)
+    check_invariants(sim_ff, ff, n)
+    check_invariants(sim_ex, ex, n)
+    check_same_results(ff, ex)
+    assert ff.summary["num_preemptions"] == ex.summary["num_preemptions"]
+    assert ff.summary["kv_utilization_mean"] == ex.summary["kv_utilization_mean"] or abs(
+        ff.summary["kv_utilization_mean"] - ex.summary["kv_utilization_mean"]) <= 1e-9
+
+
+SATURATED = {"name": "sat", "seed": 7, "model": "llama-3.1-8b",
+             "cluster": {"pools": [{"name": "p", "gpu": "h100-sxm", "replicas": 2, "max_num_seqs": 16,
+                                    "max_num_batched_tokens": 256, "kv_block_tokens": 16, "num_kv_blocks": 120,
+                                    "prefix_caching": True}]},
+             "perf": {"kind": "roofline"}, "scheduler": {"kind": "fcfs"}, "router": "round_robin",
+             "workload": {"num_requests": 120, "prefix_unit_tokens": 16,
+                          "arrival": {"process": "poisson", "rate_per_s": 4.0},
+                          "mix": [{"query_type": "q", "prompt_tokens": {"dist": "uniform", "low": 50, "high": 200},
+                                   "reasoning_tokens": {"dist": "uniform", "low": 200, "high": 900},
+                                   "answer_tokens": {"dist": "uniform", "low": 5, "high": 30},
+                                   "system_prompt_tokens": 32}]},
+             "slo": {"ttft_s": 1.0}}
+
+
+def test_a_saturated_replica_preempts_inside_runs_with_the_same_results():
+    sim_ff = Simulation(scenario(SATURATED, check_invariants=True))
+    sim_ex = Simulation(scenario(SATURATED, check_invariants=True, exact_steps=True))
+    ff, ex = sim_ff.run(), sim_ex.run()
+    check_same_results(ff, ex)
+    chained = sum(r.num_chained_plans for r in sim_ff.replicas)
+    assert ff.summary["num_preemptions"] > 100
+    assert chained > 0.5 * ff.summary["num_preemptions"]  # most preempting plans made inside runs
+    assert sum(r.num_chained_plans for r in sim_ex.replicas) == 0
+    # Turned off (another scheduler, here FCFS's twin with the newest as victim), runs stop at each preemption:
+    off = copy.deepcopy(SATURATED)
+    off["scheduler"] = {"kind": "fair_share"}
+    sim_off = Simulation(scenario(off))
+    sim_off.run()
+    assert sum(r.num_chained_plans for r in sim_off.replicas) == 0
+
+
+def test_the_blis_speed_workload_spans_its_preemptions():
+    sc = load_scenario(ROOT / "bench" / "blis" / "blis-speed.yaml", ["workload.num_requests=3000"])
+    s = run(sc).summary
+    assert s["num_preemptions"] > 6000  # about two per request
+    assert s["events_per_request"] < 5.5  # 5.09; 9.4 with a plan and an event per preemption
