@@ -96,7 +96,7 @@ class Decodes:
         return req
 
     def drop(self, j: int) -> Request:
-        """`remove` on the arrays alone (the requests' `slot` untouched): for a copy that predicts (`copy`)."""
+        """`remove` on the arrays alone (the requests' `slot` untouched)."""
         req = self.req[j]
         assert req is not None
         if self.finish_at[j] == self._min_finish:
@@ -110,21 +110,6 @@ class Decodes:
         self.req[last] = None
         self.n = last
         return req
-
-    def copy(self) -> Decodes:
-        """A scratch copy of the arrays (the same Request objects, which it must not change: `drop`, not
-        `remove`), to play steps ahead without touching the replica."""
-        c = object.__new__(type(self))
-        c._rows = self._rows.copy()
-        (c.ctx, c.blocks, c.seq, c.ctx0, c.finish_at, c.reasoning_at, c.keep, c.cap) = c._rows
-        c.compressed = self.compressed
-        c.tick = self.tick
-        c._min_finish, c._min_reasoning = self._min_finish, self._min_reasoning
-        c.req = list(self.req)
-        c.n = self.n
-        c._block_tokens = self._block_tokens
-        c._laps = self._laps
-        return c
 
     def countdowns(self) -> tuple[int, int]:
         """(schedules until some slot samples its last token, ... its last reasoning token)."""
@@ -303,9 +288,10 @@ class FastForwardRun:
 class ChainPiece:
     """A plan predicted inside a fast-forwarded run (one that preempts the newest decodes when blocks run out) and
     the decode steps it begins: `start` is its step in the run (from 0; its plan is made at `run.bounds[0]`),
-    `run` the piece as a run of its own (its used blocks and first reasoning ends known once the plan is made)
-    and `contexts` the decodes' contexts that plan must schedule (checked when it is made)."""
+    `run` the piece as a run of its own (its used blocks and first reasoning ends known once the plan is made),
+    and the sum and maximum of the contexts that plan must schedule (checked when it is made)."""
 
     start: int
     run: FastForwardRun
-    contexts: np.ndarray
+    context_sum: int
+    context_max: int

@@ -432,8 +432,9 @@ class Replica:
         bounds[1: k + 1] = times
         g = k
         piece_times = []
-        for pk, _, ctx in pieces:
-            piece_times.append(self._run_times_s(ctx, pk, None))
+        stats = self.perf.decode_run_stats_s
+        for pk, _, nd, csum, cmax in pieces:
+            piece_times.append(stats(nd, csum, cmax, pk))
             bounds[g + 1: g + pk + 1] = piece_times[-1]
             g += pk
         np.cumsum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
@@ -441,10 +442,9 @@ class Replica:
                              context_sum=float(contexts.sum()), contexts=contexts if caps is not None else None,
                              caps=caps)
         g = k
-        for (pk, pextra, ctx), ptimes in zip(pieces, piece_times, strict=True):
-            piece = FastForwardRun(bounds[g: g + pk + 1], ptimes, pextra, pk, len(ctx), 0,
-                                   context_sum=float(ctx.sum()))
-            self._chain.append(ChainPiece(g, piece, ctx))
+        for (pk, pextra, nd, csum, cmax), ptimes in zip(pieces, piece_times, strict=True):
+            piece = FastForwardRun(bounds[g: g + pk + 1], ptimes, pextra, pk, nd, 0, context_sum=float(csum))
+            self._chain.append(ChainPiece(g, piece, csum, cmax))
             g += pk
         self._run = run
         self._run_start = 0
@@ -478,59 +478,103 @@ class Replica:
         self._record_run(run, m)
         return last if self.async_scheduling else None
 
-    def _predict_chain(self, k: int, extra: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def _predict_chain(self, k: int, extra: np.ndarray) -> list[tuple[int, np.ndarray, int, int, int]]:
         """The pieces of a run that goes on across preempting plans: a saturated replica's decodes eat the free
         blocks, the plan that cannot give them theirs preempts the newest decode (vLLM's FCFS running pass),
-        and the decodes go on, until one of them schedules its last token. Played ahead on a copy of the decode
-        arrays, changing nothing: the plans are made for real, at their instants, by `_next_piece`.
+        and the decodes go on, until one of them schedules its last token. Predicted in closed form, changing
+        nothing; the plans are made for real, at their instants, by `_next_piece` (which checks them).
 
         After the run's first k steps (`extra` as `_run_length` gives it, k < len(extra): blocks run out first),
-        each piece is (its steps, its blocks beyond those held at its start as `extra`, the contexts its plan
-        schedules). The chain stops before a plan that would schedule a last token or preempt every decode, and
-        after a plan whose victim, now the head of the queue, might be admitted by the plan that follows (its
-        whole sequence's blocks, less an upper bound on its prefix hits held by running requests, fit in the
-        blocks free then); later plans of a piece cannot admit it, its blocks only getting scarcer."""
-        kv, bt = self.kv, self.block_tokens
-        sim = self.planner.decodes.copy()
-        free = kv.free_blocks
+        each piece is (its steps, the blocks its decodes need beyond those held at its start as `extra`, and its
+        first step's batch: decodes, context sum, longest context). The chain stops before a plan that would
+        schedule a last token or preempt every decode, and after a plan whose victim, now the head of the queue,
+        might be admitted by the plan that follows (its whole sequence's blocks, less an upper bound on its prefix
+        hits held by running requests, fit in the blocks free then); later plans of a piece cannot admit it, its
+        blocks only getting scarcer.
+
+        The closed form: after the run's first step, slot j has `room_j` = blocks * B - context further steps in
+        the blocks it holds (0 <= room_j < B), so it takes a block at further step u exactly when u = room_j + 1
+        (mod B), u >= 1; a further step's demand is a count per residue, B steps always take one block per decode,
+        a victim leaves its residue, and its blocks at step u follow from its room."""
+        dec, kv, bt = self.planner.decodes, self.kv, self.block_tokens
+        n = dec.n
+        ctx = dec.ctx[:n]
+        room = dec.blocks[:n] * bt - ctx
+        if int(room.max()) >= bt:
+            return []  # a decode holds a spare block (not vLLM's FCFS pass here): runs end where blocks run out
+        phase_a = room + 1
+        phase_a %= bt
+        cnt = np.bincount(phase_a, minlength=bt).tolist()  # decodes needing a block at further steps u = r (mod B)
+        phase, room_l, ctx_l, blocks_l = phase_a.tolist(), room.tolist(), ctx.tolist(), dec.blocks[:n].tolist()
+        finish_l = dec.finish_at[:n].tolist()
+        by_seq = np.argsort(dec.seq[:n])[::-1].tolist()  # victims, newest first
+        by_finish = np.argsort(dec.finish_at[:n], kind="stable").tolist()
+        by_ctx = np.argsort(ctx)[::-1].tolist()
+        gone = [False] * n
+        tick0 = dec.tick  # the run's first step scheduled
+        alive, ctx_sum = n, int(ctx.sum())
+        vi = fi = ci = 0
+        free = kv.free_blocks - int(extra[k - 1])
         released: dict[Extent, int] = {}
-        pieces: list[tuple[int, np.ndarray, np.ndarray]] = []
-        while len(pieces) < _MAX_PIECES and k < len(extra):
-            if k > 1:
-                sim.advance(k - 1, bt)
-            free -= int(extra[k - 1])
-            n = sim.n
-            remaining = int(np.count_nonzero(sim.ctx[:n] >= sim.blocks[:n] * bt))
+        pieces: list[tuple[int, np.ndarray, int, int, int]] = []
+        u = k  # the further step (after the run's first) whose plan preempts
+        while len(pieces) < _MAX_PIECES:
+            remaining = cnt[u % bt]
             head: Request | None = None
             head_tokens = 0
-            while remaining > free:  # _schedule_decodes_preempting, on the copy
+            while remaining > free:  # _schedule_decodes_preempting, in closed form
                 remaining -= free
                 free = 0
-                j = int(sim.seq[: sim.n].argmax())
-                remaining -= int(sim.ctx[j] >= sim.blocks[j] * bt)
-                head = sim.req[j]
+                j = by_seq[vi]
+                vi += 1
+                if phase[j] == u % bt:
+                    remaining -= 1
+                due = room_l[j] + 1  # its first further step taking a block
+                held = blocks_l[j] + ((u - 1 - due) // bt + 1 if u - 1 >= due else 0)
+                head = dec.req[j]
                 assert head is not None and head.kv is not None
-                free += kv.releasable_blocks(head.kv, int(sim.blocks[j]), released)
-                head_tokens = head.prompt_tokens + head.output_tokens - sim.left(j)
-                sim.drop(j)
-                if sim.n == 0:
+                free += kv.releasable_blocks(head.kv, held, released)
+                head_tokens = head.prompt_tokens + head.output_tokens - (finish_l[j] - tick0 - u + 1)
+                gone[j] = True
+                cnt[phase[j]] -= 1
+                ctx_sum -= ctx_l[j]
+                alive -= 1
+                if not alive:
                     return pieces
             free -= remaining
-            n = sim.n
-            sim.schedule_every(sim.ctx[:n] >= sim.blocks[:n] * bt)
-            to_finish = sim.countdowns()[0]
+            while gone[by_finish[fi]]:
+                fi += 1
+            to_finish = finish_l[by_finish[fi]] - tick0 - u  # further steps after u to the first last token
             if to_finish <= 0:
                 return pieces  # the plan schedules a last token: the loop makes it
-            contexts = sim.ctx[:n].copy()
-            following = int(np.count_nonzero(sim.ctx[:n] >= sim.blocks[:n] * bt))
+            while gone[by_ctx[ci]]:
+                ci += 1
+            first = (alive, ctx_sum + alive * u, ctx_l[by_ctx[ci]] + u)
             assert head is not None
+            following = cnt[(u + 1) % bt]
             if following <= free and (blocks_for(head_tokens, bt) - kv.held_hit_bound(head.kv, released)
                                       <= free - following):
-                pieces.append((1, _ONE_STEP, contexts))  # the next plan may admit the head: the run ends here
+                pieces.append((1, _ONE_STEP, *first))  # the next plan may admit the head: the run ends here
                 return pieces
-            extra = sim.extra_blocks(bt, 1 + to_finish, self.planner.block_buffer)
-            k = int(np.searchsorted(extra, free, side="right"))
-            pieces.append((k, extra, contexts))
+            laps, rem = divmod(free, alive)
+            r, part = 0, 0
+            while True:  # the first partial lap's step whose demand exceeds what is left
+                r += 1
+                c = cnt[(u + r) % bt]
+                if part + c > rem:
+                    break
+                part += c
+            steps = min(laps * bt + r, to_finish + 1)  # to the next preempting plan, or through the last token
+            demand = np.empty(steps, np.int64)
+            demand[0] = 0
+            if steps > 1:
+                order = [cnt[(u + i) % bt] for i in range(1, bt + 1)]
+                np.cumsum(np.resize(np.array(order, np.int64), steps - 1), out=demand[1:])
+            pieces.append((steps, demand, *first))
+            if steps == to_finish + 1:
+                return pieces
+            free -= int(demand[-1])
+            u += steps
         return pieces
 
     def _next_piece(self) -> None:
@@ -554,7 +598,9 @@ class Replica:
         self._after_plan(plan, t)
         if self.check_invariants:
             assert plan.preempted and not plan.chunks and not plan.admitted and not plan.finishing, plan
-            assert np.array_equal(plan.decode_context_tokens, piece.contexts)
+            ctx = plan.decode_context_tokens
+            assert (len(ctx), int(ctx.sum()), int(ctx.max())) == (piece.run.num_decodes, piece.context_sum,
+                                                                  piece.context_max), piece
         nxt = piece.run
         nxt.used_at_start = self.kv.used_blocks
         nxt.first_reasoning_done = plan.reasoning_done

@@ -102,10 +102,13 @@ class LinearPerf:
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int,
                            caps: np.ndarray | None = None) -> np.ndarray:
         n = len(decode_context_tokens)
-        if caps is not None:
-            kv, _ = kept_context_sums(decode_context_tokens, caps, num_steps)
-        else:
-            kv = float(decode_context_tokens.sum()) + n * np.arange(num_steps, dtype=float)
+        if caps is None:
+            return self.decode_run_stats_s(n, int(decode_context_tokens.sum()), 0, num_steps)
+        kv, _ = kept_context_sums(decode_context_tokens, caps, num_steps)
+        return self.c0 + self.c_seq * n + self.c_kv * kv
+
+    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
+        kv = float(context_sum) + n * np.arange(num_steps, dtype=float)
         return self.c0 + self.c_seq * n + self.c_kv * kv
 
 
@@ -175,11 +178,13 @@ class RooflinePerf:
             mem = self._weight_s(n) + self.kv_s_per_token * (ctx + n)
             compute = self.linear_s_per_token * n + self.attn_s_per_pair * ctx
             return self.overhead_s + np.maximum(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * n
+        return self.decode_run_stats_s(len(decode_context_tokens), int(decode_context_tokens.sum()), 0, num_steps)
+
+    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
         # step_tokens of decode-only steps over the run: n tokens, ctx + n KV tokens, ctx pairs, with ctx growing by
         # n a step. Memory and compute time are both affine in the step index, so their maximum is one line up to
         # where they cross and the other after it: two affine fills, not a max over two arrays.
-        n = len(decode_context_tokens)
-        ctx0 = float(decode_context_tokens.sum())
+        ctx0 = float(context_sum)
         fixed = self.overhead_s + self.comm_fixed_s + self.comm_s_per_token * n
         mem0, mem_slope = self._weight_s(n) + self.kv_s_per_token * (ctx0 + n), self.kv_s_per_token * n
         cmp0, cmp_slope = self.linear_s_per_token * n + self.attn_s_per_pair * ctx0, self.attn_s_per_pair * n

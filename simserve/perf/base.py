@@ -54,6 +54,11 @@ class PerfModel(Protocol):
         kept KV stops growing at its cap). Element s equals step_time_s of that step's batch."""
         ...
 
+    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
+        """`decode_run_times_s` without caps, from what it reads of the contexts: the batch size, their sum and
+        their maximum (the same values)."""
+        ...
+
 
 _STEPS = np.arange(1 << 14, dtype=float)
 _STEPS.flags.writeable = False

@@ -387,7 +387,11 @@ class CalibratedPerf:
             total, longest_s = kept_context_sums(decode_context_tokens, caps, num_steps)
             attn = self._decode_attn_s(self._rank_batch(n), total / n, longest_s)
             return self.overhead_s + self._tokens_s(n, n) + self.model.num_layers * attn
+        return self.decode_run_stats_s(n, int(decode_context_tokens.sum()), int(decode_context_tokens.max()),
+                                       num_steps)
+
+    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
         s = np.arange(num_steps, dtype=float)
-        mean, longest = float(decode_context_tokens.sum()) / n, float(decode_context_tokens.max())
+        mean, longest = float(context_sum) / n, float(context_max)
         attn = self._decode_attn_s(self._rank_batch(n), mean + s, longest + s)
         return self.overhead_s + self._tokens_s(n, n) + self.model.num_layers * attn
