@@ -282,6 +282,32 @@ class FairShare:
         if self._new_users:
             self._lift()
 
+    @property
+    def num_users_waiting(self) -> int:
+        return len(self._queues)
+
+    def steps_until_reorder(self, decoding_per_user: dict[int, int]) -> int:
+        """Decode-only steps after a plan (every running request a decode, `decoding_per_user` of them per user)
+        before a later plan may pick another user's request first: each step adds output_weight x its decodes
+        to a user's counter, so a user behind the first may catch up. A lower bound (the plan that many steps
+        later is the first that may differ: a fast-forwarded run must end by then); -1 if the order cannot
+        change."""
+        if len(self._queues) < 2:
+            return -1
+        w = self.spec.output_weight
+        head = self._next_user()
+        c_head = self.counters.get(head, 0.0)
+        r_head = decoding_per_user.get(head, 0)
+        soonest = -1
+        for user in self._queues:
+            rate = w * (r_head - decoding_per_user.get(user, 0))
+            if user == head or rate <= 0:
+                continue
+            steps = max(int((self.counters.get(user, 0.0) - c_head) // rate), 1)
+            if soonest < 0 or steps < soonest:
+                soonest = steps
+        return soonest
+
     def done(self, request: Request) -> None:
         """The request left this replica (finished, cancelled, handed off): charge the rest of its output."""
         done = self._charged.pop(request, None)

@@ -286,12 +286,21 @@ class FastForwardRun:
 
 @dataclass(slots=True)
 class ChainPiece:
-    """A plan predicted inside a fast-forwarded run (one that preempts the newest decodes when blocks run out) and
-    the decode steps it begins: `start` is its step in the run (from 0; its plan is made at `run.bounds[0]`),
-    `run` the piece as a run of its own (its used blocks and first reasoning ends known once the plan is made),
-    and the sum and maximum of the contexts that plan must schedule (checked when it is made)."""
+    """A plan predicted inside a fast-forwarded run, one that preempts the newest decodes when blocks run out, and
+    the decode steps it begins: `start` is its step in the run (from 0: its plan is made at the run's
+    bounds[start]), `num_steps` its steps, `extra` the blocks its decodes need beyond those held at its start to
+    run each prefix of it (as FastForwardRun.extra), `num_decodes`, `context_sum` and `context_max` its first
+    step's batch. Its plan: `victims` in order as (blocks allocated before it: the oldest decodes take every free
+    block, the request, its computed tokens and blocks then, the run's schedules it had taken after the first),
+    then `final_alloc` blocks for the decodes left, leaving `free_blocks`."""
 
     start: int
-    run: FastForwardRun
+    num_steps: int
+    extra: np.ndarray
+    num_decodes: int
     context_sum: int
     context_max: int
+    victims: list[tuple[int, Request, int, int, int]]
+    final_alloc: int
+    free_blocks: int
+    run: FastForwardRun | None = None  # the piece as a run of its own, once its times are known

@@ -13,7 +13,7 @@ out between steps, as vLLM's abort.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Generator, Iterator
 from functools import partial
 from typing import Any
@@ -31,7 +31,7 @@ from simserve.perf import Batch, PerfModel, kept_context_sums
 from simserve.perf.base import step_indices
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
-from simserve.schedulers import Fcfs, ReasoningAware
+from simserve.schedulers import FairShare, Fcfs, ReasoningAware
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _ONE_STEP = np.zeros(1, dtype=np.int64)
@@ -74,6 +74,9 @@ class Replica:
                         and cfg.reserve_full_isl and not cfg.hand_off_after_prompt)
         self._chain: deque[ChainPiece] = deque()  # the predicted preempting plans ahead in the run in flight
         self._run_start = 0  # the run's step (from 0) at which the piece in flight began
+        self._chain_bounds: np.ndarray = np.zeros(1)  # the run's step ends (bounds[0] its start)
+        self._chain_first: list[Request] = []  # reasoning ends sampled by the run's first step
+        self._chain_tick0 = 0  # the decodes' tick at the run's first step
         self.num_chained_plans = 0  # preempting plans made inside fast-forwarded runs (not events of their own)
         self.wake = env.event()
         self.num_events = 0
@@ -253,7 +256,8 @@ class Replica:
         run = self._run
         assert run is not None
         done = min(int(np.searchsorted(run.bounds[1:], now, side="left")), run.num_steps)
-        self._finish_run(run, min(done + 1, run.num_steps), done, at_horizon=True)
+        g = self._run_start
+        self._finish_run(g + min(done + 1, run.num_steps), g + done, at_horizon=True)
         self._record_run(run, done)
         self._run = None
         self._chain.clear()
@@ -346,7 +350,7 @@ class Replica:
                               batch_size=0, num_waiting=num_waiting, kv_blocks_mean=kv_mean, kv_blocks_end=end,
                               prefill_tokens=0, decode_tokens=0)
 
-    def _after_plan(self, plan: StepPlan, now: float | None = None) -> None:
+    def _after_plan(self, plan: StepPlan, now: float | None = None, check: bool = True) -> None:
         now = self.env.now if now is None else now
         if plan.admitted or plan.preempted:
             if self._hook_admitted:
@@ -355,7 +359,7 @@ class Replica:
                         self.hooks.admitted(req, self)
             self.waiting_mon.set(now, len(self.planner.waiting))
             self.running_mon.set(now, self.planner.num_running)
-        if self.check_invariants:
+        if self.check_invariants and check:
             self.planner.check()
 
     def _apply(self, plan: StepPlan, reasoning_done: bool = True) -> None:
@@ -409,6 +413,11 @@ class Replica:
             ahead = self.planner.chunk_boundaries(waiting)[1]
             if ahead >= 0:
                 k = min(k, ahead + 1)  # the run ends before the plan at which the scheduler may preempt
+        if isinstance(waiting, FairShare) and waiting:
+            per_user = Counter(r.user_id for r in dec.req[: dec.n] if r is not None)
+            ahead = waiting.steps_until_reorder(per_user)
+            if ahead >= 1:
+                k = min(k, ahead)  # the plan at which another user's request may come first is not skipped
         if k <= 1:
             return 1, _EMPTY
         extra = dec.extra_blocks(self.block_tokens, k, self.planner.block_buffer)
@@ -426,26 +435,25 @@ class Replica:
             contexts, caps = plan.decode_context_tokens, None
         times = self._run_times_s(contexts, k, caps)
         pieces = self._predict_chain(k, extra) if self._chains and len(extra) > k else []
-        total = k + sum(p[0] for p in pieces)
+        total = k + sum(p.num_steps for p in pieces)
         bounds = np.empty(total + 1)
         bounds[0] = now
         bounds[1: k + 1] = times
-        g = k
-        piece_times = []
         stats = self.perf.decode_run_stats_s
-        for pk, _, nd, csum, cmax in pieces:
-            piece_times.append(stats(nd, csum, cmax, pk))
-            bounds[g + 1: g + pk + 1] = piece_times[-1]
-            g += pk
+        piece_times = [stats(p.num_decodes, p.context_sum, p.context_max, p.num_steps) for p in pieces]
+        for p, ptimes in zip(pieces, piece_times, strict=True):
+            bounds[p.start + 1: p.start + p.num_steps + 1] = ptimes
         np.cumsum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
         run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done,
                              context_sum=float(contexts.sum()), contexts=contexts if caps is not None else None,
                              caps=caps)
-        g = k
-        for (pk, pextra, nd, csum, cmax), ptimes in zip(pieces, piece_times, strict=True):
-            piece = FastForwardRun(bounds[g: g + pk + 1], ptimes, pextra, pk, nd, 0, context_sum=float(csum))
-            self._chain.append(ChainPiece(g, piece, csum, cmax))
-            g += pk
+        for p, ptimes in zip(pieces, piece_times, strict=True):
+            p.run = FastForwardRun(bounds[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
+                                   p.num_decodes, 0, context_sum=float(p.context_sum))
+        self._chain.extend(pieces)
+        self._chain_bounds = bounds
+        self._chain_first = plan.reasoning_done
+        self._chain_tick0 = dec.tick
         self._run = run
         self._run_start = 0
         self._run_waiting = num_waiting
@@ -470,23 +478,24 @@ class Replica:
             self._next_piece()
         chain.clear()
         run = self._run
-        m -= self._run_start
-        last = self._finish_run(run, m, m)
+        assert run is not None
+        last = self._finish_run(m, m)
         self._run = None
         if not self.async_scheduling:
             self._apply(last)
-        self._record_run(run, m)
+        self._record_run(run, m - self._run_start)
         return last if self.async_scheduling else None
 
-    def _predict_chain(self, k: int, extra: np.ndarray) -> list[tuple[int, np.ndarray, int, int, int]]:
+    def _predict_chain(self, k: int, extra: np.ndarray) -> list[ChainPiece]:
         """The pieces of a run that goes on across preempting plans: a saturated replica's decodes eat the free
         blocks, the plan that cannot give them theirs preempts the newest decode (vLLM's FCFS running pass),
         and the decodes go on, until one of them schedules its last token. Predicted in closed form, changing
         nothing; the plans are made for real, at their instants, by `_next_piece` (which checks them).
 
         After the run's first k steps (`extra` as `_run_length` gives it, k < len(extra): blocks run out first),
-        each piece is (its steps, the blocks its decodes need beyond those held at its start as `extra`, and its
-        first step's batch: decodes, context sum, longest context). The chain stops before a plan that would
+        each piece is its plan (its victims, their progress and the allocations around them), its steps, the
+        blocks its decodes need beyond those held at its start (as `extra`), and its first step's batch. The
+        chain stops before a plan that would
         schedule a last token or preempt every decode, and after a plan whose victim, now the head of the queue,
         might be admitted by the plan that follows (its whole sequence's blocks, less an upper bound on its prefix
         hits held by running requests, fit in the blocks free then); later plans of a piece cannot admit it, its
@@ -516,13 +525,16 @@ class Replica:
         vi = fi = ci = 0
         free = kv.free_blocks - int(extra[k - 1])
         released: dict[Extent, int] = {}
-        pieces: list[tuple[int, np.ndarray, int, int, int]] = []
+        pieces: list[ChainPiece] = []
+        start = k  # the run's step at which the piece begins
         u = k  # the further step (after the run's first) whose plan preempts
         while len(pieces) < _MAX_PIECES:
             remaining = cnt[u % bt]
             head: Request | None = None
             head_tokens = 0
+            victims: list[tuple[int, Request, int, int, int]] = []
             while remaining > free:  # _schedule_decodes_preempting, in closed form
+                before = free  # the oldest decodes take every free block
                 remaining -= free
                 free = 0
                 j = by_seq[vi]
@@ -535,6 +547,7 @@ class Replica:
                 assert head is not None and head.kv is not None
                 free += kv.releasable_blocks(head.kv, held, released)
                 head_tokens = head.prompt_tokens + head.output_tokens - (finish_l[j] - tick0 - u + 1)
+                victims.append((before, head, ctx_l[j] + u - 1, held, u - 1))
                 gone[j] = True
                 cnt[phase[j]] -= 1
                 ctx_sum -= ctx_l[j]
@@ -553,8 +566,8 @@ class Replica:
             assert head is not None
             following = cnt[(u + 1) % bt]
             if following <= free and (blocks_for(head_tokens, bt) - kv.held_hit_bound(head.kv, released)
-                                      <= free - following):
-                pieces.append((1, _ONE_STEP, *first))  # the next plan may admit the head: the run ends here
+                                      <= free - following):  # the next plan may admit the head: the run ends
+                pieces.append(ChainPiece(start, 1, _ONE_STEP, *first, victims, remaining, free))
                 return pieces
             laps, rem = divmod(free, alive)
             r, part = 0, 0
@@ -570,64 +583,84 @@ class Replica:
             if steps > 1:
                 order = [cnt[(u + i) % bt] for i in range(1, bt + 1)]
                 np.cumsum(np.resize(np.array(order, np.int64), steps - 1), out=demand[1:])
-            pieces.append((steps, demand, *first))
+            pieces.append(ChainPiece(start, steps, demand, *first, victims, remaining, free))
             if steps == to_finish + 1:
                 return pieces
             free -= int(demand[-1])
             u += steps
+            start += steps
         return pieces
 
     def _next_piece(self) -> None:
-        """The piece in flight has ended: apply it, then make the preempting plan predicted at its end, which
-        begins the next piece."""
+        """The piece in flight has ended: take the rest of its blocks and record it, then make the preempting plan
+        predicted at its end, which begins the next piece. The decodes that go on are not advanced here (their
+        arrays lag the run until it ends, when `_finish_run` advances them at once); each victim's progress is
+        the prediction's, written into its slot before it is preempted as the planner's pass would."""
         run = self._run
         assert run is not None
         piece = self._chain.popleft()
-        last = self._finish_run(run, run.num_steps, run.num_steps)
-        assert not last.finishing
-        t = float(run.bounds[run.num_steps])
-        for req in last.reasoning_done:
-            if not req.status:
-                self._reasoning_done(req, t)
+        kv = self.kv
+        target = int(run.extra[run.num_steps - 1])
+        if target > run.allocated:
+            kv.allocate(target - run.allocated)
+            run.allocated = target
+        self.kv_peak = max(self.kv_peak, run.used_at_start + target)
         self._record_run(run, run.num_steps)
+        t = float(run.bounds[run.num_steps])
         planner = self.planner
+        dec = planner.decodes
         num_waiting = len(planner.waiting)
-        plan = planner.schedule()
+        plan = StepPlan()
+        tick0 = self._chain_tick0
+        for before, req, ctx, blocks, behind in piece.victims:
+            if before:
+                kv.allocate(before)
+            j = req.slot
+            dec.ctx[j], dec.blocks[j] = ctx, blocks
+            dec.finish_at[j] -= behind  # its tokens left after the schedules it took (the arrays lag)
+            at = int(dec.reasoning_at[j])
+            if at - tick0 <= behind:  # its last reasoning token was scheduled inside the run
+                self._reasoning_done(req, float(self._chain_bounds[at - tick0 + 1]))
+            planner._preempt((int(dec.seq[j]), j, None), plan, [])
+            dec.remove(j)
+        if piece.final_alloc:
+            kv.allocate(piece.final_alloc)
         self.num_chained_plans += 1
-        self.kv_peak = max(self.kv_peak, self.kv.used_blocks)
-        self._after_plan(plan, t)
+        self.kv_peak = max(self.kv_peak, kv.used_blocks)
+        self._after_plan(plan, t, check=False)  # the arrays lag: blocks are checked when the run ends
         if self.check_invariants:
-            assert plan.preempted and not plan.chunks and not plan.admitted and not plan.finishing, plan
-            ctx = plan.decode_context_tokens
-            assert (len(ctx), int(ctx.sum()), int(ctx.max())) == (piece.run.num_decodes, piece.context_sum,
-                                                                  piece.context_max), piece
+            assert kv.free_blocks == piece.free_blocks, (kv.free_blocks, piece)
         nxt = piece.run
-        nxt.used_at_start = self.kv.used_blocks
-        nxt.first_reasoning_done = plan.reasoning_done
+        assert nxt is not None
+        nxt.used_at_start = kv.used_blocks
         self._run = nxt
         self._run_start = piece.start
         self._run_waiting = num_waiting
 
-    def _finish_run(self, run: FastForwardRun, m: int, done: int, at_horizon: bool = False) -> StepPlan:
-        """Apply a run's first m planned steps (the m-1 schedules after the first, the KV they took, reasoning
-        ends inside the first `done`). Returns the outputs of its last step (to apply now, or after the next plan
+    def _finish_run(self, m: int, done: int, at_horizon: bool = False) -> StepPlan:
+        """Apply the run's first m planned steps (its preempting plans up to then made, by `_next_piece`): the
+        blocks of the piece in flight, the m-1 schedules after the first for the decodes that went on, reasoning
+        ends inside the first `done`. Returns the outputs of its last step (to apply now, or after the next plan
         when async); at the horizon, nothing more is applied."""
+        run = self._run
+        assert run is not None
+        added = int(run.extra[m - self._run_start - 1])
+        if added > run.allocated:
+            self.kv.allocate(added - run.allocated)
+            run.allocated = added
+        self.kv_peak = max(self.kv_peak, run.used_at_start + added)
         dec = self.planner.decodes
-        n = run.num_decodes
         first_tick = dec.tick  # the tick of the run's first step (planned)
         to_finish, to_reasoning_end = dec.countdowns()
         if m > 1:
             dec.advance(m - 1, self.block_tokens)
-        added = int(run.extra[m - 1])
         if self.check_invariants:
-            assert (dec.blocks[:n] * self.block_tokens >= dec.kept()).all()
-        if added > run.allocated:
-            self.kv.allocate(added - run.allocated)
-            run.allocated = added
+            assert (dec.blocks[: dec.n] * self.block_tokens >= dec.kept()).all()
+        bounds = self._chain_bounds
         last = StepPlan()
         if done >= 1:  # the first step's reasoning ends, delivered at its end (not if the horizon cut it)
-            for first in run.first_reasoning_done:
-                self._reasoning_done(first, float(run.bounds[1]))
+            for first in self._chain_first:
+                self._reasoning_done(first, float(bounds[1]))
         if m - 1 >= to_reasoning_end:
             for j, tick in dec.reasoning_ended():
                 i = tick - first_tick + 1  # its step in the run, from 1
@@ -636,11 +669,10 @@ class Replica:
                 if i == m and not at_horizon:
                     last.reasoning_done.append(req)
                 elif i <= done:
-                    self._reasoning_done(req, float(run.bounds[i]))
+                    self._reasoning_done(req, float(bounds[i]))
         if not at_horizon and m - 1 >= to_finish:
             for j in dec.finished():
                 last.finishing.append(dec.sync(j))
-        self.kv_peak = max(self.kv_peak, run.used_at_start + int(run.extra[m - 1]))
         return last
 
     def _record_run(self, run: FastForwardRun, done: int) -> None:
@@ -670,7 +702,7 @@ class Replica:
             return
         now = self.env.now
         chain = self._chain
-        while chain and chain[0].run.bounds[0] < now:  # a preempting plan of the run was made before now
+        while chain and self._chain_bounds[chain[0].start] < now:  # a preempting plan of the run made before now
             self._next_piece()
             run = self._run
             assert run is not None

@@ -24,7 +24,7 @@ from simserve.engine.replica import Replica
 from simserve.perf import Batch
 from simserve.perf.speculative import SpeculativeSpec, SpeculativeTiming, uniforms
 from simserve.request import Request
-from simserve.schedulers import ReasoningAware, Scheduler
+from simserve.schedulers import FairShare, ReasoningAware, Scheduler
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 MAX_RUN_STEPS = 512  # a fast-forwarded speculative run keeps a snapshot per step; longer runs are split
@@ -233,8 +233,9 @@ class SpecReplica(Replica):
         assert isinstance(dec, SpecDecodes)
         waiting = self.planner.waiting
         if plan.decode_query_tokens is None or (self.stop_at_reasoning_end and plan.reasoning_done) or (
-                isinstance(waiting, ReasoningAware) and waiting.num_short_waiting):
-            return 1, _EMPTY
+                isinstance(waiting, ReasoningAware) and waiting.num_short_waiting) or (
+                isinstance(waiting, FairShare) and waiting.num_users_waiting > 1):
+            return 1, _EMPTY  # (fair share: users' counters grow by the accepted tokens; each plan may reorder)
         n, bt, k = dec.n, self.block_tokens, dec.k
         budget, free = self.planner.config.max_num_batched_tokens, self.kv.free_blocks
         ctx, blocks = dec.ctx[:n].copy(), dec.blocks[:n].copy()
