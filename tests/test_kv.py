@@ -181,3 +181,29 @@ class PoolModel(RuleBasedStateMachine):
 TestPoolModel = PoolModel.TestCase
 TestPoolModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
                                   suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_looking_ahead_at_releases_counts_what_others_still_hold():
+    """Two holds share prompt unit 1 (2 blocks); a has 3 private blocks, b 1. Releasing a would free its 3 private
+    blocks only (b still holds the unit); releasing b after it frees b's private block and the unit. Nothing in the
+    pool changes; the real releases then free exactly the predicted counts. A hold's hits held by running requests
+    are bounded by the units others hold."""
+    pool = KvBlockPool(16, 4, prefix_caching=True)
+    a = hold_with(pool, [(1, 2)], 8 + 12)
+    b = KvHold([(1, 2)])
+    units, hit, _ = pool.lookup(b, 2)
+    pool.acquire(b, units)
+    pool.grow(b, 1)
+    free0 = pool.free_blocks
+    released: dict = {}
+    assert pool.held_hit_bound(a, released) == 2  # unit 1, held by a and b
+    assert pool.releasable_blocks(a, a.num_blocks, released) == 3
+    assert pool.held_hit_bound(a, released) == 2  # b still holds it after a lets go
+    assert pool.releasable_blocks(b, b.num_blocks, released) == 3
+    assert pool.held_hit_bound(a, released) == 0  # nobody holds it once both let go
+    assert pool.free_blocks == free0
+    pool.release(a, cached_tokens=8)
+    assert pool.free_blocks == free0 + 3
+    pool.release(b, cached_tokens=8)
+    assert pool.free_blocks == free0 + 6
+    pool.check()

@@ -206,3 +206,24 @@ def test_service_summary_by_slices_of_users_equals_the_whole_table(tmp_path, mon
     monkeypatch.setattr(metrics, "SERVICE_SLICE_ROWS", 1500)  # 14 slices
     assert metrics.service_summary(tmp_path / "r.parquet") == want
     assert metrics.service_summary(df) == want
+
+
+def test_fair_share_says_when_a_decode_run_may_reorder_its_users():
+    """Users 0 (counter 100, 3 decodes running) and 1 (130, none, its request the older) wait: each decode-only step
+    adds 2 x 3 to user 0's counter, so from the plan 5 steps on (130 - 100 = 30 = 6 x 5) user 1 comes first (a tie
+    goes to the older request); a user that grows as fast never overtakes. Charging the steps confirms the bound is
+    tight."""
+    spec = FairShareSchedulerSpec(kind="fair_share", prompt_weight=1.0, output_weight=2.0)
+    fs = FairShare(spec)
+    b, a = req(1, 0.0, 130, 0, 1, user=1), req(0, 0.1, 100, 0, 1, user=0)
+    fs.push(b)
+    fs.push(a)
+    fs.counters = {0: 100.0, 1: 130.0}
+    assert fs.num_users_waiting == 2 and fs.peek() is a
+    assert fs.steps_until_reorder({0: 3}) == 5
+    assert fs.steps_until_reorder({0: 3, 1: 3}) == -1  # the same rate: the order holds
+    assert fs.steps_until_reorder({1: 3}) == -1  # the head is not the one growing: it stays first
+    fs.counters[0] += 2.0 * 3 * 4
+    assert fs.peek() is a  # after 4 steps: 124 < 130
+    fs.counters[0] += 2.0 * 3
+    assert fs.peek() is b  # after 5: 130 = 130, and user 1's request is the older
