@@ -77,6 +77,7 @@ class Replica:
         self._chain_bounds: np.ndarray = np.zeros(1)  # the run's step ends (bounds[0] its start)
         self._chain_first: list[Request] = []  # reasoning ends sampled by the run's first step
         self._chain_tick0 = 0  # the decodes' tick at the run's first step
+        self._longest_context = getattr(perf, "reads_longest_context", True)  # decode_run_stats_s's context_max
         self.num_chained_plans = 0  # preempting plans made inside fast-forwarded runs (not events of their own)
         self.wake = env.event()
         self.num_events = 0
@@ -514,15 +515,14 @@ class Replica:
         phase_a = room + 1
         phase_a %= bt
         cnt = np.bincount(phase_a, minlength=bt).tolist()  # decodes needing a block at further steps u = r (mod B)
-        phase, room_l, ctx_l, blocks_l = phase_a.tolist(), room.tolist(), ctx.tolist(), dec.blocks[:n].tolist()
-        finish_l = dec.finish_at[:n].tolist()
+        finish = dec.finish_at[:n]
         by_seq = np.argsort(dec.seq[:n])[::-1].tolist()  # victims, newest first
-        by_finish = np.argsort(dec.finish_at[:n], kind="stable").tolist()
-        by_ctx = np.argsort(ctx)[::-1].tolist()
         gone = [False] * n
+        first_out = int(finish.argmin())  # the decode that schedules its last token first (recounted if preempted)
+        longest = int(ctx.argmax()) if self._longest_context else -1  # the calibrated model reads it
         tick0 = dec.tick  # the run's first step scheduled
         alive, ctx_sum = n, int(ctx.sum())
-        vi = fi = ci = 0
+        vi = 0
         free = kv.free_blocks - int(extra[k - 1])
         released: dict[Extent, int] = {}
         pieces: list[ChainPiece] = []
@@ -539,30 +539,32 @@ class Replica:
                 free = 0
                 j = by_seq[vi]
                 vi += 1
-                if phase[j] == u % bt:
+                due = int(room[j]) + 1  # its first further step taking a block
+                if due % bt == u % bt:
                     remaining -= 1
-                due = room_l[j] + 1  # its first further step taking a block
-                held = blocks_l[j] + ((u - 1 - due) // bt + 1 if u - 1 >= due else 0)
+                held = int(dec.blocks[j]) + ((u - 1 - due) // bt + 1 if u - 1 >= due else 0)
                 head = dec.req[j]
                 assert head is not None and head.kv is not None
                 free += kv.releasable_blocks(head.kv, held, released)
-                head_tokens = head.prompt_tokens + head.output_tokens - (finish_l[j] - tick0 - u + 1)
-                victims.append((before, head, ctx_l[j] + u - 1, held, u - 1))
+                c0 = int(ctx[j])
+                head_tokens = head.prompt_tokens + head.output_tokens - (int(finish[j]) - tick0 - u + 1)
+                victims.append((before, head, c0 + u - 1, held, u - 1))
                 gone[j] = True
-                cnt[phase[j]] -= 1
-                ctx_sum -= ctx_l[j]
+                cnt[due % bt] -= 1
+                ctx_sum -= c0
                 alive -= 1
                 if not alive:
                     return pieces
+                if j == first_out or j == longest:  # rare: recount among the decodes left
+                    left = np.flatnonzero(~np.array(gone))
+                    first_out = int(left[finish[left].argmin()])
+                    if longest >= 0:
+                        longest = int(left[ctx[left].argmax()])
             free -= remaining
-            while gone[by_finish[fi]]:
-                fi += 1
-            to_finish = finish_l[by_finish[fi]] - tick0 - u  # further steps after u to the first last token
+            to_finish = int(finish[first_out]) - tick0 - u  # further steps after u to the first last token
             if to_finish <= 0:
                 return pieces  # the plan schedules a last token: the loop makes it
-            while gone[by_ctx[ci]]:
-                ci += 1
-            first = (alive, ctx_sum + alive * u, ctx_l[by_ctx[ci]] + u)
+            first = (alive, ctx_sum + alive * u, int(ctx[longest]) + u if longest >= 0 else 0)
             assert head is not None
             following = cnt[(u + 1) % bt]
             if following <= free and (blocks_for(head_tokens, bt) - kv.held_hit_bound(head.kv, released)
@@ -570,10 +572,11 @@ class Replica:
                 pieces.append(ChainPiece(start, 1, _ONE_STEP, *first, victims, remaining, free))
                 return pieces
             laps, rem = divmod(free, alive)
+            at = (u + 1) % bt
+            order = cnt[at:] + cnt[:at]  # the demand of further steps u + 1, ..., u + B
             r, part = 0, 0
-            while True:  # the first partial lap's step whose demand exceeds what is left
+            for c in order:  # the first partial lap's step whose demand exceeds what is left
                 r += 1
-                c = cnt[(u + r) % bt]
                 if part + c > rem:
                     break
                 part += c
@@ -581,8 +584,7 @@ class Replica:
             demand = np.empty(steps, np.int64)
             demand[0] = 0
             if steps > 1:
-                order = [cnt[(u + i) % bt] for i in range(1, bt + 1)]
-                np.cumsum(np.resize(np.array(order, np.int64), steps - 1), out=demand[1:])
+                np.cumsum(np.array(order * (1 + (steps - 2) // bt), np.int64)[: steps - 1], out=demand[1:])
             pieces.append(ChainPiece(start, steps, demand, *first, victims, remaining, free))
             if steps == to_finish + 1:
                 return pieces

@@ -88,6 +88,8 @@ class LinearPerfSpec(BaseModel):
 class LinearPerf:
     """The linear PerfModel (LinearPerfSpec)."""
 
+    reads_longest_context = False  # decode_run_stats_s ignores context_max
+
     def __init__(self, spec: LinearPerfSpec) -> None:
         self.c0 = self.overhead_s = spec.step_overhead_s
         self.c_prefill = spec.per_prefill_token_s
@@ -136,6 +138,8 @@ class RooflinePerfSpec(BaseModel):
 
 class RooflinePerf:
     """The roofline PerfModel of one replica (RooflinePerfSpec), its per-GPU rates computed once."""
+
+    reads_longest_context = False  # decode_run_stats_s ignores context_max
 
     def __init__(self, spec: RooflinePerfSpec, ctx: PerfContext) -> None:
         gpu, model, tp = ctx.gpu, ctx.model, ctx.tensor_parallel
