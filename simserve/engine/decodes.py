@@ -7,7 +7,7 @@ exactly the times, blocks and token counts that stepping one iteration at a time
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -87,16 +87,6 @@ class Decodes:
     def remove(self, j: int) -> Request:
         """Take slot j out (the last slot moves into it); returns its request (not synced: `sync` first if its
         progress is needed)."""
-        req = self.drop(j)
-        if j < self.n:
-            moved = self.req[j]
-            assert moved is not None
-            moved.slot = j
-        req.slot = -1
-        return req
-
-    def drop(self, j: int) -> Request:
-        """`remove` on the arrays alone (the requests' `slot` untouched)."""
         req = self.req[j]
         assert req is not None
         if self.finish_at[j] == self._min_finish:
@@ -105,9 +95,14 @@ class Decodes:
             self._min_reasoning = None
         last = self.n - 1
         if j != last:
-            self._rows[:, j] = self._rows[:, last]
-            self.req[j] = self.req[last]
+            rows = self._rows
+            rows[:, j] = rows[:, last]
+            moved = self.req[last]
+            assert moved is not None
+            self.req[j] = moved
+            moved.slot = j
         self.req[last] = None
+        req.slot = -1
         self.n = last
         return req
 
@@ -273,7 +268,6 @@ class FastForwardRun:
     num_decodes: int
     used_at_start: int
     allocated: int = 0
-    first_reasoning_done: list[Request] = field(default_factory=list)  # sampled by its first step
     context_sum: float = 0.0  # the decodes' contexts at its first step, summed
     contexts: np.ndarray | None = None  # under KV compression, each decode's kept context at its first step
     caps: np.ndarray | None = None  # ... and its kept-token cap (same order)

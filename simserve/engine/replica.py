@@ -76,7 +76,6 @@ class Replica:
         self._run_start = 0  # the run's step (from 0) at which the piece in flight began
         self._chain_bounds: np.ndarray = np.zeros(1)  # the run's step ends (bounds[0] its start)
         self._chain_first: list[Request] = []  # reasoning ends sampled by the run's first step
-        self._chain_tick0 = 0  # the decodes' tick at the run's first step
         self._longest_context = getattr(perf, "reads_longest_context", True)  # decode_run_stats_s's context_max
         self.num_chained_plans = 0  # preempting plans made inside fast-forwarded runs (not events of their own)
         self.wake = env.event()
@@ -440,21 +439,17 @@ class Replica:
         bounds = np.empty(total + 1)
         bounds[0] = now
         bounds[1: k + 1] = times
-        stats = self.perf.decode_run_stats_s
-        piece_times = [stats(p.num_decodes, p.context_sum, p.context_max, p.num_steps) for p in pieces]
-        for p, ptimes in zip(pieces, piece_times, strict=True):
+        for p in pieces:  # each piece a run of its own over its steps (views of the run's bounds)
+            ptimes = self.perf.decode_run_stats_s(p.num_decodes, p.context_sum, p.context_max, p.num_steps)
             bounds[p.start + 1: p.start + p.num_steps + 1] = ptimes
-        np.cumsum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
-        run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, first_reasoning_done=plan.reasoning_done,
-                             context_sum=float(contexts.sum()), contexts=contexts if caps is not None else None,
-                             caps=caps)
-        for p, ptimes in zip(pieces, piece_times, strict=True):
             p.run = FastForwardRun(bounds[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
                                    p.num_decodes, 0, context_sum=float(p.context_sum))
+        np.cumsum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
+        run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, context_sum=float(contexts.sum()),
+                             contexts=contexts if caps is not None else None, caps=caps)
         self._chain.extend(pieces)
         self._chain_bounds = bounds
         self._chain_first = plan.reasoning_done
-        self._chain_tick0 = dec.tick
         self._run = run
         self._run_start = 0
         self._run_waiting = num_waiting
@@ -602,18 +597,14 @@ class Replica:
         assert run is not None
         piece = self._chain.popleft()
         kv = self.kv
-        target = int(run.extra[run.num_steps - 1])
-        if target > run.allocated:
-            kv.allocate(target - run.allocated)
-            run.allocated = target
-        self.kv_peak = max(self.kv_peak, run.used_at_start + target)
+        self.kv_peak = max(self.kv_peak, run.used_at_start + self._take_blocks(run, run.num_steps))
         self._record_run(run, run.num_steps)
         t = float(run.bounds[run.num_steps])
         planner = self.planner
         dec = planner.decodes
         num_waiting = len(planner.waiting)
         plan = StepPlan()
-        tick0 = self._chain_tick0
+        tick0 = dec.tick  # the run's first step's: the arrays lag until the run ends
         for before, req, ctx, blocks, behind in piece.victims:
             if before:
                 kv.allocate(before)
@@ -646,11 +637,7 @@ class Replica:
         when async); at the horizon, nothing more is applied."""
         run = self._run
         assert run is not None
-        added = int(run.extra[m - self._run_start - 1])
-        if added > run.allocated:
-            self.kv.allocate(added - run.allocated)
-            run.allocated = added
-        self.kv_peak = max(self.kv_peak, run.used_at_start + added)
+        self.kv_peak = max(self.kv_peak, run.used_at_start + self._take_blocks(run, m - self._run_start))
         dec = self.planner.decodes
         first_tick = dec.tick  # the tick of the run's first step (planned)
         to_finish, to_reasoning_end = dec.countdowns()
@@ -708,7 +695,12 @@ class Replica:
             self._next_piece()
             run = self._run
             assert run is not None
-        target = int(run.extra[run.steps_started(now) - 1])
+        self._take_blocks(run, run.steps_started(now))
+
+    def _take_blocks(self, run: FastForwardRun, steps: int) -> int:
+        """Allocate what the run's first `steps` steps need beyond its start, if not yet taken; returns that."""
+        target = int(run.extra[steps - 1])
         if target > run.allocated:
             self.kv.allocate(target - run.allocated)
             run.allocated = target
+        return target
