@@ -66,8 +66,6 @@ def test_runs_across_preemptions_equal_exact_steps(data, forks):
     check_invariants(sim_ex, ex, n)
     check_same_results(ff, ex)
     assert ff.summary["num_preemptions"] == ex.summary["num_preemptions"]
-    assert ff.summary["kv_utilization_mean"] == ex.summary["kv_utilization_mean"] or abs(
-        ff.summary["kv_utilization_mean"] - ex.summary["kv_utilization_mean"]) <= 1e-9
 
 
 SATURATED = {"name": "sat", "seed": 7, "model": "llama-3.1-8b",
