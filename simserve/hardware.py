@@ -17,7 +17,7 @@ GIB = 1024**3
 class GpuSpec(BaseModel):
     """One GPU: memory, bandwidth, dense BF16 peak, interconnect and price."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     name: str = Field(default="custom", description="a name for reports (an inline spec's fit is the nearest "
                       "shipped one)")
@@ -34,7 +34,7 @@ class GpuDatasheet(BaseModel):
     """The datasheet figures a fit's roofline features are computed from (not measured): a GPU preset's, or those a
     profile or an experiment folder records for its device."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     name: str
     preset: str | None = None
     memory_bytes: float = Field(gt=0)
@@ -57,7 +57,7 @@ class MoeSpec(BaseModel):
     """Mixture of experts: each token's FFN runs on `experts_per_token` of `num_experts` routed experts (plus any
     shared experts); the first `num_dense_layers` layers keep a dense FFN of the model's intermediate_size."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
     num_experts: int = Field(gt=0, description="routed experts per MoE layer")
     experts_per_token: int = Field(gt=0, description="routed experts each token uses")
     expert_intermediate_size: int = Field(gt=0, description="FFN width of one expert")
@@ -69,7 +69,7 @@ class MlaSpec(BaseModel):
     """Multi-head latent attention (DeepSeek-V2/V3/R1): K and V are cached as one compressed latent of
     kv_lora_rank values plus a shared rotary key of qk_rope_head_dim values, per token and layer."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
     kv_lora_rank: int = Field(default=512, gt=0, description="values of the cached KV latent")
     qk_rope_head_dim: int = Field(default=64, gt=0, description="values of the cached rotary key")
     qk_nope_head_dim: int = Field(default=128, gt=0, description="query/key dimension without rotary")
@@ -80,7 +80,7 @@ class MlaSpec(BaseModel):
 class ModelSpec(BaseModel):
     """A decoder-only transformer's size and attention shape (what step time and KV memory follow from)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
     name: str = Field(default="custom", description="a name for reports")
     num_params: float = Field(gt=0, description="total parameters")

@@ -28,7 +28,7 @@ from simserve.routing import ByDifficultyRouterSpec, ByQueryTypeRouterSpec, Rout
 from simserve.schedulers import FcfsSchedulerSpec, SchedulerKind, SchedulerSpec
 from simserve.workload import QueryType, WorkloadSpec, load_empirical, resolve_path
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
 
 class ScenarioError(Exception):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simserve.request import Request
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
 
 class Scheduler(Protocol):

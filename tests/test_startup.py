@@ -41,6 +41,19 @@ def test_check_imports_neither_scipy_nor_pyarrow_nor_pandas():
     assert not loaded & {"pandas", "scipy", "pyarrow", "simpy"}, sorted(loaded & {"pandas", "scipy", "pyarrow"})
 
 
+def test_parsing_a_scenario_imports_no_numpy_submodule_it_does_not_use():
+    """numpy.ma (15 ms: `np.unique` imports it) and numpy.polynomial (3-6 ms) were imported at start-up by
+    module-level constants; they are made without them, or on first use."""
+    probe = ("import sys, simserve\n"
+             "simserve.load_scenario('bench/blis/blis-speed.yaml')\n"
+             "simserve.load_scenario('scenarios/quickstart.yaml')\n"
+             "unused = (['numpy', 'ma'], ['numpy', 'polynomial'])\n"
+             "print(' '.join(m for m in sys.modules if m.split('.')[:2] in unused))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == []
+
+
 def test_help_time_is_well_under_a_second():
     """The whole process, interpreter start included (0.04 s measured; 2.4 s before start-up was trimmed)."""
     best = min(_timed([sys.executable, "-m", "simserve.cli", "--help"]) for _ in range(3))

@@ -51,7 +51,7 @@ class ProfileError(Exception):
 
 
 class ProfileMetadata(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     schema_: str = Field(alias="schema")
     source: dict[str, Any] = Field(description="where the numbers come from: kind (harness, aiconfigurator, ...)")
     gpu: GpuDatasheet

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from simserve.hardware import ModelSpec
 from simserve.perf.base import Batch, PerfContext, kept_context_sums, step_indices
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
 
 def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from simserve.perf.analytic import causal_pairs
 from simserve.perf.base import Batch, PerfContext, kept_context_sums
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features, fit_for_gpu, load_fit_cached
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
 
 class CalibratedPerfSpec(BaseModel):
@@ -84,9 +84,16 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
     return base_dir / p if not p.is_absolute() and base_dir is not None else p
 
 
-_KV_GRID = np.unique(np.round(np.geomspace(1, 1 << 20, 160))).astype(float)
-_NEW_GRID = np.unique(np.round(np.geomspace(1, 1 << 17, 120))).astype(float)
-_CACHED_GRID = np.concatenate([[0.0], np.unique(np.round(np.geomspace(1, 1 << 20, 120)))]).astype(float)
+def _int_grid(high: int, num: int) -> np.ndarray:
+    """The distinct integers nearest a geometric grid from 1 to `high` (`np.unique` of an increasing array,
+    without the import of numpy.ma that `np.unique` costs at start-up)."""
+    x = np.round(np.geomspace(1, high, num))
+    return x[np.concatenate([[True], x[1:] != x[:-1]])].astype(float)
+
+
+_KV_GRID = _int_grid(1 << 20, 160)
+_NEW_GRID = _int_grid(1 << 17, 120)
+_CACHED_GRID = np.concatenate([[0.0], _int_grid(1 << 20, 120)])
 _LOG_KV = np.log(_KV_GRID)
 _LOG_KV_LIST = _LOG_KV.tolist()
 _LOG_NEW = np.log(_NEW_GRID)

@@ -26,7 +26,7 @@ SpecMethod = Literal["draft_model", "eagle", "mtp", "ngram"]
 # assumption (reasoning traces copy little of their prompt).
 DEFAULT_ACCEPTANCE: dict[str, float] = {"mtp": 0.87, "eagle": 0.80, "draft_model": 0.70, "ngram": 0.30}
 
-_F = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_F = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 Rate = float | list[float]
 
 

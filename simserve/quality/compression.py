@@ -39,7 +39,7 @@ RETENTION_SOURCES = {
 class KvCompressionSpec(BaseModel):
     """A pool's KV compression of generated tokens (the prompt is kept whole)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
     method: Literal["rkv", "snapkv", "h2o"] = Field(
         description="eviction policy: rkv (R-KV, redundancy-aware), snapkv (SnapKV applied while decoding), h2o "
                     "(heavy hitters); sets the accuracy retention curve")

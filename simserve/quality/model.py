@@ -34,8 +34,15 @@ import numpy as np
 from simserve.quality.compression import KvCompressionSpec
 from simserve.quality.spec import DifficultyLevel, EarlyExitSpec, ParallelSpec, QualitySpec
 
-_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(48)  # E[f(z)], z ~ N(0, 1)
-_GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
+
+@lru_cache(maxsize=1)
+def _gauss_hermite() -> tuple[np.ndarray, np.ndarray]:
+    """48 Gauss-Hermite nodes and weights (summing to 1) for E[f(z)], z ~ N(0, 1); made on first use, so that
+    importing simserve does not import numpy.polynomial."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(48)
+    return nodes, weights / weights.sum()
+
+
 _EPS = 1e-9
 
 
@@ -92,8 +99,9 @@ class Shift:
     def __init__(self, shares: np.ndarray, shifts: np.ndarray, dispersion: float) -> None:
         self.grid = np.linspace(-12.0, 12.0, 1201)  # logit A
         target = sigmoid(self.grid)
-        w = (shares[:, None] * _GH_WEIGHTS[None, :]).ravel()
-        offs = (shifts[:, None] + dispersion * _GH_NODES[None, :]).ravel()
+        gh_nodes, gh_weights = _gauss_hermite()
+        w = (shares[:, None] * gh_weights[None, :]).ravel()
+        offs = (shifts[:, None] + dispersion * gh_nodes[None, :]).ravel()
         lo = np.full_like(self.grid, -40.0)
         hi = np.full_like(self.grid, 40.0)
         for _ in range(60):

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
 ZIPF_TABLE_RANKS = 1 << 16  # exact CDF for the most popular ranks; beyond, a continuous approximation (docs/model.md)
 USER_MEMORY_CAP = 1 << 16  # users whose last concept is remembered for locality (least recently seen dropped first)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import math
 from functools import lru_cache
 from importlib import resources
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.request import BUILTIN_PREFIX
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
 
 def _norm_cdf(z: float) -> float:
@@ -73,7 +74,7 @@ class Uniform(BaseModel):
 class Lognormal(BaseModel):
     """Lognormal given by its mean and coefficient of variation, optionally capped at `max` (a token budget)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True, populate_by_name=True, allow_inf_nan=False)
     dist: Literal["lognormal"] = Field(default="lognormal", description="lognormal by mean and cv")
     mean_value: float = Field(gt=0, alias="mean", description="mean (before the cap)")
     cv: float = Field(gt=0, description="coefficient of variation: standard deviation / mean")
@@ -181,15 +182,30 @@ def load_empirical(file: str, base_dir: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_pmf_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(values, weights) of a CSV with a header row (optionally gzip-compressed, by its .gz suffix): column 1,
-    and column 2 if present (else weights of 1). Plain `csv` and `float`, not pandas: importing pandas costs
-    more than a whole short run, and `float` parses every decimal string correctly rounded."""
+    and column 2 if present (else weights of 1). Not pandas: importing pandas costs more than a whole short run.
+    Plain comma-separated numbers (every shipped file) go through numpy's C reader, which like `float` parses
+    decimal strings correctly rounded; anything it refuses, or whose rows differ in width, is read again with
+    `csv` and `float`, so the result or the error is that reader's."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", newline="", encoding="utf-8") as f:
         text = f.read()
-    if '"' in text or "'" in text:  # quoting: the csv module's rules
-        rows = [row for row in csv.reader(text.splitlines()) if row]
-    else:  # plain comma-separated numbers (every shipped file): split, ten times faster
+    if '"' not in text and "'" not in text:
+        header, _, body = text.partition("\n")
+        width = len(header.split(","))
+        table = None
+        try:
+            if body.strip():
+                table = np.loadtxt(io.StringIO(body), delimiter=",", comments=None, dtype=float, ndmin=2,
+                                   usecols=range(min(width, 2)))
+        except ValueError:
+            pass
+        commas = width - 1
+        if (table is not None and header.strip() and len(table)
+                and all(line.count(",") == commas for line in body.splitlines() if line)):
+            return table[:, 0].copy(), (table[:, 1].copy() if width > 1 else np.ones(len(table)))
         rows = [line.split(",") for line in text.splitlines() if line]
+    else:  # quoting: the csv module's rules
+        rows = [row for row in csv.reader(text.splitlines()) if row]
     if len(rows) < 2 or not rows[0]:
         raise ValueError("no data rows")
     width = len(rows[0])

@@ -20,7 +20,7 @@ from simserve.workload.distributions import Distribution, Lognormal, lognormal_f
 from simserve.workload.sessions import Sessions
 from simserve.workload.traces import TraceSpec, replay
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------- query types

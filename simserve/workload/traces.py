@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 # TraceSpec is part of the schema), and a scenario without a trace, `simserve check` of one included, loads no
 # pandas (start-up time).
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
 
 class TraceSpec(BaseModel):
