@@ -122,7 +122,6 @@ class _Sink:
         self.num_row_groups = 0
         self._writer: pq.ParquetWriter | None = None
         self.buf = self._empty()
-        self.rows: list[tuple[Any, ...]] = []  # or whole rows in `columns` order (one append a row: segments)
 
     def _empty(self) -> dict[str, Any]:
         return {k: [] if self.kinds[k] == "s" else array(self.kinds[k]) for k in self.columns if k in self.kinds}
@@ -133,10 +132,6 @@ class _Sink:
     def flush(self) -> None:
         """Write the buffered rows as one row group and start new, empty buffers."""
         buf, self.buf = self.buf, self._empty()
-        if self.rows:
-            rows, self.rows = self.rows, []
-            for key, values in zip(self.columns, zip(*rows, strict=True), strict=True):
-                buf[key].extend(values)
         n = len(buf["replica"])
         if n == 0:
             return
@@ -242,10 +237,19 @@ class Recorder:
                 num_waiting: int, kv_blocks_mean: float, kv_blocks_end: int, prefill_tokens: int,
                 decode_tokens: int) -> None:
         """Record one stretch of a replica's time: a step, a fast-forwarded run of steps, or an idle gap."""
-        rows = self.segments.rows
-        rows.append((pool, replica, start_s, end_s, num_steps, batch_size, num_waiting, kv_blocks_mean,
-                     kv_blocks_end, prefill_tokens, decode_tokens))  # SEGMENT_COLUMNS' order
-        if len(rows) >= self.segments.row_group_rows:
+        c = self.segments.buf
+        c["pool"].append(pool)
+        c["replica"].append(replica)
+        c["start_s"].append(start_s)
+        c["end_s"].append(end_s)
+        c["num_steps"].append(num_steps)
+        c["batch_size"].append(batch_size)
+        c["num_waiting"].append(num_waiting)
+        c["kv_blocks_mean"].append(kv_blocks_mean)
+        c["kv_blocks_end"].append(kv_blocks_end)
+        c["prefill_tokens"].append(prefill_tokens)
+        c["decode_tokens"].append(decode_tokens)
+        if self.segments.full():
             self.segments.flush()
 
     def close(self) -> tuple[Path, Path]:
