@@ -19,6 +19,8 @@ in (BLIS reads its model and hardware configs from there):
     python bench/bench_blis.py --requests 1000 10000 --repeat 3 --blis /tmp/blis/blis --blis-dir /tmp/blis/src
     python bench/bench_blis.py --requests 100000 --repeat 1            # simserve alone
     python bench/bench_blis.py --requests 10000 --root ../before       # another checkout (before/after)
+    python bench/bench_blis.py --requests 1000 --scenario bench/vidur/simserve-a100.yaml --peer-name Vidur \
+        --peer 'VIDUR_HOME=$HOME/vidur bench/vidur/run.sh {n} r{n}_{i}'     # beside Vidur (bench/vidur/README.md)
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", type=Path, default=KIT / "blis-speed.yaml")
     ap.add_argument("--blis", type=Path, help="the BLIS binary (omit to run simserve alone)")
     ap.add_argument("--blis-dir", type=Path, help="the BLIS source folder it was built in (its configs)")
+    ap.add_argument("--peer", help="another simulator's command, run by bash with {n} replaced by the number of "
+                    "requests and {i} by the repeat; its CPU (the shell's and its children's) is compared like "
+                    "BLIS's (bench/vidur/README.md runs Vidur this way)")
+    ap.add_argument("--peer-name", default="peer")
     ap.add_argument("--root", type=Path, default=ROOT,
                     help="the simserve checkout to run (default: this one; another to compare before and after)")
     ap.add_argument("--out", type=Path)
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     byte_compile(args.root)
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.requests:
-            sim_runs, blis_runs = [], []
+            sim_runs, blis_runs, peer_runs = [], [], []
             for i in range(args.repeat):
                 sim_runs.append(run_simserve(args.scenario, n, args.root))
                 r = sim_runs[-1]
@@ -116,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                     blis_runs.append(run_blis(args.blis, args.blis_dir or args.blis.parent, n, Path(tmp)))
                     print(f"{n:>9,} requests  BLIS     #{i + 1}: process {blis_runs[-1]['process_cpu_s']:.2f} s CPU",
                           flush=True)
-            row: dict[str, Any] = {"simserve": sim_runs, "blis": blis_runs}
+                if args.peer is not None:
+                    cpu, _ = child_cpu(["bash", "-c", args.peer.format(n=n, i=i + 1)])
+                    peer_runs.append({"process_cpu_s": cpu})
+                    print(f"{n:>9,} requests  {args.peer_name} #{i + 1}: process {cpu:.2f} s CPU", flush=True)
+            row: dict[str, Any] = {"simserve": sim_runs, "blis": blis_runs, args.peer_name: peer_runs}
             for key in ("process_cpu_s", "startup_cpu_s", "run_cpu_s"):
                 row[f"simserve_{key}_median"] = statistics.median(r[key] for r in sim_runs)
             if blis_runs:
@@ -127,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['simserve_process_cpu_s_median']:.2f} s (run only "
                       f"{row['simserve_run_cpu_s_median']:.2f} s): {row['ratio_process']:.1f}x less CPU "
                       f"({row['ratio_run_only']:.1f}x for the run alone)", flush=True)
+            if peer_runs:
+                peer = statistics.median(r["process_cpu_s"] for r in peer_runs)
+                row[f"{args.peer_name}_process_cpu_s_median"] = peer
+                row[f"ratio_process_{args.peer_name}"] = peer / row["simserve_process_cpu_s_median"]
+                print(f"{n:>9,} requests  median CPU: {args.peer_name} {peer:.2f} s, simserve "
+                      f"{row['simserve_process_cpu_s_median']:.2f} s: "
+                      f"{peer / row['simserve_process_cpu_s_median']:.1f}x less CPU", flush=True)
             results["sizes"][str(n)] = row
     results["load_average_end"] = os.getloadavg()
     print(f"load average: {results['load_average_start'][0]:.2f} at start, {results['load_average_end'][0]:.2f} at end")
