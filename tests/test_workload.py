@@ -165,6 +165,63 @@ def test_empirical_missing_or_bad_csv(tmp_path):
         Empirical(file="words.csv").build(tmp_path)
 
 
+def _read_both(tmp_path, text: str):
+    """The PMF reader's result (or error message) on `text`, and on the same text with a quoted header, which sends
+    it down the csv/float path that the numpy fast path must agree with."""
+    from simserve.workload.distributions import _read_pmf_csv
+
+    header, newline, rest = text.partition("\n")
+    first, comma, others = header.partition(",")
+    out = []
+    for name, body in (("plain.csv", text), ("quoted.csv", f'"{first}"{comma}{others}{newline}{rest}')):
+        path = tmp_path / name
+        path.write_bytes(body.encode())
+        try:
+            out.append(_read_pmf_csv(path))
+        except ValueError as exc:
+            out.append(str(exc))
+    return out
+
+
+@pytest.mark.parametrize("text", [
+    "v,w\n1,2\n3,4\n", "v,w\r\n1,2\r\n3,4\r\n", "v,w\n1,2\n\n3,4\n\n", "v\n1\n2\n", "v,w\n", "v,w\n1,2\n3\n",
+    "v,w\n1,a\n", "v,w\n 1 , 2\n3,4\n", "v,w\nnan,1\n", "v,w\n1,inf\n", "v,w\n1,2,3\n", "v,w\n#1,2\n1,2\n",
+    "v,w\n1e3,2.5E-1\n", "v,w\n0x10,1\n", "v,w\n1_000,1\n", "v,w\n1,2\n   \n3,4\n", "a,b,c\n1,2,x\n3,4,y\n",
+    "a,b,c\n1,2\n3,4,5,6\n", "v,w\n0.1,0.30000000000000004\n123456789012345678,1e-320\n",
+])
+def test_pmf_reader_fast_path_agrees_with_the_csv_path(tmp_path, text):
+    """Plain numeric CSVs go through numpy's C reader; everything it gives (values, or the error) must be what the
+    csv/float path gives for the same rows."""
+    fast, slow = _read_both(tmp_path, text)
+    if isinstance(slow, str):
+        assert fast == slow
+    else:
+        assert not isinstance(fast, str), fast
+        for a, b in zip(fast, slow, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["prompt_tokens_pmf.csv.gz", "output_tokens_pmf.csv.gz",
+                                  "reasoning_share_pmf.csv.gz"])
+def test_pmf_reader_fast_path_on_shipped_files(tmp_path, name):
+    import gzip
+    from importlib import resources
+
+    text = gzip.decompress((resources.files("simserve") / "data" / "servegen-deepseek-r1" / name).read_bytes())
+    fast, slow = _read_both(tmp_path, text.decode())
+    assert len(fast[0]) > 100
+    for a, b in zip(fast, slow, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_calibrated_grids_are_the_unique_values():
+    from simserve.perf import calibrated as c
+
+    for grid, high, num in ((c._KV_GRID, 1 << 20, 160), (c._NEW_GRID, 1 << 17, 120)):
+        assert np.array_equal(grid, np.unique(np.round(np.geomspace(1, high, num))).astype(float))
+    assert np.array_equal(c._CACHED_GRID[1:], np.unique(np.round(np.geomspace(1, 1 << 20, 120))))
+
+
 @pytest.mark.parametrize(
     ("name", "documented_mean", "rel"),
     [("prompt_tokens_pmf.csv.gz", 1268.0, 1e-3), ("output_tokens_pmf.csv.gz", 1527.0, 1e-3),
