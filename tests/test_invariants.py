@@ -285,9 +285,40 @@ class _ForkingSimulation(Simulation):
                     lambda _e, s=s: self.forks._cancel(s))
 
 
+def _same_instant_case() -> dict:
+    """A case hypothesis found: two decode replicas end a step at the same instant, and the completion on one
+    cancels a sibling sample queued on the other. Which hook cancels it (the other replica's, acting after the plans
+    of the instant, or its own, acting at once) followed the order SimPy processed the two step ends in, which was
+    the order they were scheduled in: a fast-forwarded run is scheduled at its start, a step at its own. Same-time
+    step ends now go in replica order (events.StepEnd) in both modes."""
+    pool = {"gpu": "h100-sxm", "max_num_seqs": 2, "max_num_batched_tokens": 4, "kv_block_tokens": 1,
+            "num_kv_blocks": 61, "prefix_caching": True, "async_scheduling": False,
+            "long_prefill_token_threshold": 0, "reserve_full_isl": True}
+    return {"name": "prop", "seed": 1076, "model": "llama-3.1-8b",
+            "cluster": {"pools": [{**pool, "name": "p", "replicas": 1, "role": "prefill"},
+                                  {**pool, "name": "q", "replicas": 2, "role": "decode"}],
+                        "kv_transfer": {"bandwidth_bytes_per_s": 1e9, "latency_s": 0.0}},
+            "perf": {"kind": "roofline"}, "router": "round_robin",
+            "workload": {"num_requests": 32, "arrival": {"process": "gamma", "rate_per_s": 2.0, "cv": 3.0},
+                         "prefix_unit_tokens": 16,
+                         "mix": [{"query_type": "q", "prompt_tokens": {"dist": "uniform", "low": 1, "high": 1},
+                                  "reasoning_tokens": {"dist": "uniform", "low": 0, "high": 5},
+                                  "answer_tokens": {"dist": "uniform", "low": 1, "high": 1},
+                                  "system_prompt_tokens": 32},
+                                 {"query_type": "short", "priority": -1,
+                                  "prompt_tokens": {"dist": "uniform", "low": 1, "high": 8},
+                                  "reasoning_tokens": {"dist": "uniform", "low": 0, "high": 2},
+                                  "answer_tokens": {"dist": "uniform", "low": 1, "high": 3}}],
+                         "num_users": 1},
+            "slo": {"ttft_s": 1.0}, "engine": {"horizon_s": 1e6},
+            "scheduler": {"kind": "shortest_predicted_first", "log_error": 2.0, "refine_after_tokens": 0,
+                          "aging_tokens_per_s": 0.0}}
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 @example(_pd_case(2, 21, 32, 4.0))
+@example(_same_instant_case())
 def test_invariants_with_forks_and_cancels_and_fast_forward_equals_exact_steps(data):
     sim_ff = _ForkingSimulation(scenario(data, check_invariants=True))
     sim_ex = _ForkingSimulation(scenario(data, check_invariants=True, exact_steps=True))

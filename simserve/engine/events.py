@@ -1,6 +1,7 @@
 """The engine's SimPy events and the arrivals process. One tie-break orders same-time events: SimPy's
-(time, priority, sequence) heap entry, with four priorities: arrivals (URGENT), step ends (NORMAL), plans (LATE),
-and what must come after every plan at an instant (AFTER_PLANS: a cancel from outside a replica's loop)."""
+(time, priority, sequence) heap entry, with four priorities: arrivals (URGENT), step ends (NORMAL, then the
+replicas' own step ends in replica order), plans (LATE), and what must come after every plan at an instant
+(AFTER_PLANS: a cancel from outside a replica's loop)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import simpy
-from simpy.core import URGENT
+from simpy.core import NORMAL, URGENT
 
 from simserve.request import Request
 
@@ -25,6 +26,27 @@ class Arrival(simpy.Event):
 
 
 LATE = 2  # after URGENT (0, arrivals) and NORMAL (1, step ends): a replica plans once its instant has settled
+
+
+def step_end_priority(index: int) -> float:
+    """The priority of replica `index`'s step ends: after NORMAL's other events, before LATE, in replica order."""
+    if not 0 <= index < (1 << 20) - 1:
+        raise ValueError(f"replica index {index} out of range")
+    return NORMAL + (index + 1) / (1 << 20)
+
+
+class StepEnd(simpy.Event):
+    """A replica's step (or fast-forwarded run) ending `delay_s` from now. Same-time step ends of different
+    replicas are processed in replica order, not in the order they were scheduled: a run is scheduled at its
+    start, a step at its own, so that order differs between fast-forward and step-by-step, and the outputs a
+    step delivers (a completion whose hook cancels a sibling sample on another replica) must reach the hooks
+    in the same order in both."""
+
+    def __init__(self, env: simpy.Environment, delay_s: float, priority: float) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, priority, delay_s)  # type: ignore[arg-type]  # between NORMAL and LATE
 
 
 class Settle(simpy.Event):

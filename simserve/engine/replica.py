@@ -22,7 +22,7 @@ import numpy as np
 import simpy
 
 from simserve.engine.decodes import ChainPiece, FastForwardRun
-from simserve.engine.events import AfterPlans, Settle
+from simserve.engine.events import AfterPlans, Settle, StepEnd, step_end_priority
 from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
@@ -79,6 +79,7 @@ class Replica:
         self._longest_context = getattr(perf, "reads_longest_context", True)  # decode_run_stats_s's context_max
         self.num_chained_plans = 0  # preempting plans made inside fast-forwarded runs (not events of their own)
         self.wake = env.event()
+        self._end_priority = step_end_priority(index)  # same-time step ends in replica order (events.StepEnd)
         self.num_events = 0
         self.running_mon = LevelMonitor(env.now)
         self.waiting_mon = LevelMonitor(env.now)
@@ -312,7 +313,7 @@ class Replica:
             dt += plan.swap_s  # KV swapped to or from host memory in this step (blocking, as vLLM's swap was)
             self.num_events += 1
             self._stepping = True
-            yield env.timeout(dt)
+            yield StepEnd(env, dt, self._end_priority)
             self._stepping = False
             self.kv_area += used * dt
             self.kv_token_area += dt * float(plan.decode_context_tokens.sum() + sum(c + h for _, c, h in chunks))
@@ -453,7 +454,7 @@ class Replica:
         self._run = run
         self._run_start = 0
         self._run_waiting = num_waiting
-        end = env.timeout(bounds[total] - now)
+        end = StepEnd(env, float(bounds[total]) - now, self._end_priority)
         self.num_events += 1
         self._stepping = True
         yield end | self.wake
@@ -467,7 +468,7 @@ class Replica:
             else:
                 m = j + 1  # let the step in flight finish
                 self.num_events += 1
-                yield env.timeout(bounds[m] - t)
+                yield StepEnd(env, float(bounds[m]) - t, self._end_priority)
         self._stepping = False
         chain = self._chain
         while chain and chain[0].start < m:  # the preempting plans made within the first m steps
