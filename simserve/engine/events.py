@@ -14,15 +14,23 @@ from simpy.core import NORMAL, URGENT
 from simserve.request import Request
 
 
-class Arrival(simpy.Event):
+class _Scheduled(simpy.Event):
+    """A timeout at a chosen priority: an event already triggered, processed `delay_s` from now in the heap
+    position (time, priority, sequence) that priority gives it."""
+
+    def __init__(self, env: simpy.Environment, delay_s: float, priority: float) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, priority, delay_s)  # type: ignore[arg-type]  # priorities between SimPy's, as floats
+
+
+class Arrival(_Scheduled):
     """A timeout with URGENT priority: an arrival at the same instant as a step boundary is processed first, so
     the scheduling decision at that boundary sees it, in fast-forward and step-by-step modes alike."""
 
     def __init__(self, env: simpy.Environment, delay_s: float) -> None:
-        super().__init__(env)
-        self._ok = True
-        self._value = None
-        env.schedule(self, URGENT, delay_s)
+        super().__init__(env, delay_s, URGENT)
 
 
 LATE = 2  # after URGENT (0, arrivals) and NORMAL (1, step ends): a replica plans once its instant has settled
@@ -35,31 +43,22 @@ def step_end_priority(index: int) -> float:
     return NORMAL + (index + 1) / (1 << 20)
 
 
-class StepEnd(simpy.Event):
-    """A replica's step (or fast-forwarded run) ending `delay_s` from now. Same-time step ends of different
-    replicas are processed in replica order, not in the order they were scheduled: a run is scheduled at its
-    start, a step at its own, so that order differs between fast-forward and step-by-step, and the outputs a
-    step delivers (a completion whose hook cancels a sibling sample on another replica) must reach the hooks
-    in the same order in both."""
-
-    def __init__(self, env: simpy.Environment, delay_s: float, priority: float) -> None:
-        super().__init__(env)
-        self._ok = True
-        self._value = None
-        env.schedule(self, priority, delay_s)  # type: ignore[arg-type]  # between NORMAL and LATE
+class StepEnd(_Scheduled):
+    """A replica's step (or fast-forwarded run) ending `delay_s` from now, at its `step_end_priority`. Same-time
+    step ends of different replicas are processed in replica order, not in the order they were scheduled: a run
+    is scheduled at its start, a step at its own, so that order differs between fast-forward and step-by-step,
+    and the outputs a step delivers (a completion whose hook cancels a sibling sample on another replica) must
+    reach the hooks in the same order in both."""
 
 
-class Settle(simpy.Event):
+class Settle(_Scheduled):
     """Resume at the current instant, after every arrival and step end scheduled for it. A plan at time t must
     see every request that arrives at t, including a follow-up turn created by another replica's step ending at
     the same t; without this, the order of same-time events (which differs between fast-forward and
     step-by-step) would decide."""
 
     def __init__(self, env: simpy.Environment) -> None:
-        super().__init__(env)
-        self._ok = True
-        self._value = None
-        env.schedule(self, LATE, 0)  # type: ignore[arg-type]  # a third priority, below NORMAL
+        super().__init__(env, 0, LATE)  # a third priority, below NORMAL
 
 
 def arrivals(env: simpy.Environment, requests: Iterator[Request], arrive: Callable[[Request], None],
@@ -75,14 +74,11 @@ def arrivals(env: simpy.Environment, requests: Iterator[Request], arrive: Callab
 AFTER_PLANS = 3  # after LATE: every replica that plans at this instant has planned
 
 
-class AfterPlans(simpy.Event):
+class AfterPlans(_Scheduled):
     """Resume at the current instant, after every replica that plans at it has planned. A cancel made at time t
     from outside a replica's loop (another replica's hook, a timer) acts here, so a replica that also plans at t
     has always planned first, whichever order same-time step ends happen to be processed in (which differs
     between fast-forward and step-by-step)."""
 
     def __init__(self, env: simpy.Environment) -> None:
-        super().__init__(env)
-        self._ok = True
-        self._value = None
-        env.schedule(self, AFTER_PLANS, 0)  # type: ignore[arg-type]  # a fourth priority, below LATE
+        super().__init__(env, 0, AFTER_PLANS)  # a fourth priority, below LATE
