@@ -19,16 +19,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench_blis import byte_compile, user_env  # the same child environment and byte-compiling as the BLIS bench
+
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = ("import time\nt = time.process_time()\nimport simserve\nsimserve.load_scenario({path!r})\n"
          "print(time.process_time() - t)")
 
 
 def startup_cpu_s(root: Path, scenario: Path) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPATH"] = str(root)
-    out = subprocess.run([sys.executable, "-c", CHILD.format(path=str(scenario.resolve()))], cwd=root, env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD.format(path=str(scenario.resolve()))], cwd=root,
+                         env=user_env(root), capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     roots = [r.resolve() for r in args.root]
     for root in roots:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "simserve")], check=True,
-                       env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+        byte_compile(root)
         startup_cpu_s(root, args.scenario)  # warm the file cache
     times: dict[str, list[float]] = {str(r): [] for r in roots}
     load = os.getloadavg()[0]
