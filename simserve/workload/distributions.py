@@ -191,18 +191,14 @@ def _read_pmf_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         text = f.read()
     if '"' not in text and "'" not in text:
         header, _, body = text.partition("\n")
-        width = len(header.split(","))
         table = None
-        try:
-            if body.strip():
-                table = np.loadtxt(io.StringIO(body), delimiter=",", comments=None, dtype=float, ndmin=2,
-                                   usecols=range(min(width, 2)))
-        except ValueError:
-            pass
-        commas = width - 1
-        if (table is not None and header.strip() and len(table)
-                and all(line.count(",") == commas for line in body.splitlines() if line)):
-            return table[:, 0].copy(), (table[:, 1].copy() if width > 1 else np.ones(len(table)))
+        if header.strip() and body.strip():
+            try:
+                table = np.loadtxt(io.StringIO(body), delimiter=",", comments=None, dtype=float, ndmin=2)
+            except ValueError:  # not all numbers, or rows of different widths: the csv/float path decides
+                pass
+        if table is not None and table.shape[1] == len(header.split(",")):
+            return table[:, 0].copy(), (table[:, 1].copy() if table.shape[1] > 1 else np.ones(len(table)))
         rows = [line.split(",") for line in text.splitlines() if line]
     else:  # quoting: the csv module's rules
         rows = [row for row in csv.reader(text.splitlines()) if row]
