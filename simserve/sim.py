@@ -19,6 +19,7 @@ import simpy
 
 from simserve.answers import Answers
 from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, PlannerConfig, Replica, arrivals
+from simserve.engine.events import Environment
 from simserve.engine.speculative import SpecPlanner, SpecReplica
 from simserve.hardware import GpuSpec, ModelSpec
 from simserve.metrics import Recorder, busy_seconds, quality_summary, revenue_summary, service_summary, summarize
@@ -137,7 +138,7 @@ class Simulation:
                  records_dir: Path | None = None) -> None:
         self.scenario = scenario
         self.base_dir = base_dir
-        self.env = simpy.Environment()
+        self.env = Environment()
         self.rngs = rng_streams(scenario.seed)
         # Speculative decoding's accepted-token draws: a counter-based hash keyed once from its own stream.
         self._spec_key = int(self.rngs["speculative"].integers(1 << 63))

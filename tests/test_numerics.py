@@ -69,3 +69,77 @@ def test_a_replay_summarises_latencies_as_a_run_does():
         assert report[f"ttft_s_{st}_real"] == float(np.percentile(real.ttft_s, int(st[1:])))
     empty = compare(pd.DataFrame({"ttft_s": [], "tpot_s": [], "e2e_s": []}), sim)
     assert math.isnan(empty["ttft_s_mean_real"]) and math.isnan(empty["ttft_s_mean_rel_error"])
+
+
+# -- a decode run's step times are single steps' to the last bit ---------------------------------------------
+def _perf_models():
+    from simserve.hardware import GPUS, MODELS
+    from simserve.perf import CalibratedPerfSpec, LinearPerfSpec, PerfContext, RooflinePerfSpec
+
+    h100 = GPUS["h100-sxm"]
+    yield "linear", LinearPerfSpec(step_overhead_s=0.003, per_prefill_token_s=1e-5, per_decode_seq_s=7e-5,
+                                   per_kv_token_s=3.3e-8).build(PerfContext(h100, MODELS["llama-3.1-8b"]))
+    for name, tp in [("llama-3.1-8b", 1), ("llama-3.1-70b", 4), ("qwen3-30b-a3b", 1), ("deepseek-r1", 8)]:
+        ctx = PerfContext(h100, MODELS[name], tp)
+        yield f"roofline {name} tp{tp}", RooflinePerfSpec().build(ctx)
+        # compute-bound: the other side of the roofline, and runs that cross from one side to the other
+        yield f"roofline {name} tp{tp} slow compute", RooflinePerfSpec(compute_efficiency=0.002).build(ctx)
+        yield f"roofline {name} tp{tp} mid", RooflinePerfSpec(compute_efficiency=0.05).build(ctx)
+    for name, tp in [("llama-3.1-8b", 1), ("qwen3-30b-a3b", 1), ("deepseek-r1", 8)]:
+        yield f"calibrated {name} tp{tp}", CalibratedPerfSpec().build(PerfContext(h100, MODELS[name], tp))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_decode_run_step_times_equal_single_steps_bit_for_bit(seed):
+    """Fast-forward takes a run's step times from the perf model's closed form (decode_run_stats_s, or
+    decode_run_times_s under KV caps); stepping takes each from step_time_s. They must be equal to the last bit,
+    not to rounding: two replicas whose step ends tie in one mode must tie in the other, or a same-instant choice
+    (whose cancel comes before whose plan) could differ between the modes. Random batches from 1 to 512
+    sequences, contexts from 1 to 200k tokens, runs of up to 300 steps, with and without caps."""
+    from simserve.perf import Batch
+
+    rng = np.random.default_rng(seed)
+    empty = np.zeros(0, np.int64)
+    for label, perf in _perf_models():
+        for _ in range(12):
+            n = int(rng.choice([1, 2, 3, 7, 64, 255, 512]))
+            contexts = rng.integers(1, int(rng.choice([50, 4000, 200_000])), size=n)
+            k = int(rng.integers(1, 300))
+            runs = perf.decode_run_times_s(contexts, k)
+            stats = perf.decode_run_stats_s(n, int(contexts.sum()), int(contexts.max()), k)
+            single = np.array([perf.step_time_s(Batch(contexts + s, empty, empty)) for s in range(k)])
+            assert np.array_equal(runs, single), label
+            assert np.array_equal(stats, single), label
+            caps = contexts + rng.integers(0, k + 5, size=n)
+            capped = perf.decode_run_times_s(contexts, k, caps)
+            single = np.array([perf.step_time_s(Batch(np.minimum(contexts + s, caps), empty, empty))
+                               for s in range(k)])
+            assert np.array_equal(capped, single), label
+
+
+def test_roofline_runs_that_cross_from_memory_to_compute_bound_equal_single_steps():
+    """The roofline's closed form picks one side for a whole run where it dominates with a margin; a run whose
+    memory and compute times cross takes the max step by step. Runs that cross at their 100th step, for every
+    roofline of _perf_models whose sides cross at a reachable context (8B at 512 sequences of ~240 tokens does, at
+    the default efficiencies)."""
+    from simserve.perf import Batch
+
+    empty = np.zeros(0, np.int64)
+    crossing = 0
+    for label, perf in _perf_models():
+        if not label.startswith("roofline"):
+            continue
+        for n in (1, 8, 64, 512):
+            kvs, attn = perf.kv_s_per_token, perf.attn_s_per_pair
+            at = (perf._weight_s(float(n)) + kvs * n - perf.linear_s_per_token * n) / (attn - kvs)
+            per_seq = int(at / n) - 100
+            if not 50 <= per_seq <= 100_000:
+                continue
+            crossing += 1
+            contexts = np.full(n, per_seq)
+            single = np.array([perf.step_time_s(Batch(contexts + s, empty, empty)) for s in range(250)])
+            ctx = n * (per_seq + np.arange(250.0))
+            memory_bound = perf._weight_s(float(n)) + kvs * (ctx + n) > perf.linear_s_per_token * n + attn * ctx
+            assert memory_bound[0] != memory_bound[-1]  # the run does cross
+            assert np.array_equal(perf.decode_run_stats_s(n, int(contexts.sum()), per_seq, 250), single), label
+    assert crossing >= 4

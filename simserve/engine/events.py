@@ -6,6 +6,7 @@ replicas' own step ends in replica order), plans (LATE), and what must come afte
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
+from heapq import heappush
 from typing import Any
 
 import simpy
@@ -14,15 +15,32 @@ from simpy.core import NORMAL, URGENT
 from simserve.request import Request
 
 
+class Environment(simpy.Environment):
+    """SimPy's environment, which also schedules an event at an absolute time. SimPy schedules at now + delay, and
+    no delay need give a chosen time exactly: where it is more than twice now, now + d steps over it for some
+    values (the two ulps differ). A fast-forwarded run must end at its last step end to the last bit, the
+    sequential sum stepping makes, so that a tie with another replica's step end is a tie in both modes."""
+
+    def schedule_at(self, event: simpy.Event, priority: float, at_s: float) -> None:
+        if at_s < self._now:
+            raise ValueError(f"cannot schedule at {at_s!r}, before now ({self._now!r})")
+        entry: Any = (at_s, priority, next(self._eid), event)  # SimPy's heap entry, at an absolute time
+        heappush(self._queue, entry)
+
+
 class _Scheduled(simpy.Event):
     """A timeout at a chosen priority: an event already triggered, processed `delay_s` from now in the heap
     position (time, priority, sequence) that priority gives it."""
 
-    def __init__(self, env: simpy.Environment, delay_s: float, priority: float) -> None:
+    def __init__(self, env: simpy.Environment, delay_s: float, priority: float, at_s: float | None = None) -> None:
         super().__init__(env)
         self._ok = True
         self._value = None
-        env.schedule(self, priority, delay_s)  # type: ignore[arg-type]  # priorities between SimPy's, as floats
+        if at_s is None:
+            env.schedule(self, priority, delay_s)  # type: ignore[arg-type]  # priorities between SimPy's, as floats
+        else:  # at an absolute time, exactly (delay_s is not read)
+            assert isinstance(env, Environment)
+            env.schedule_at(self, priority, at_s)
 
 
 class Arrival(_Scheduled):
@@ -44,7 +62,8 @@ def step_end_priority(index: int) -> float:
 
 
 class StepEnd(_Scheduled):
-    """A replica's step (or fast-forwarded run) ending `delay_s` from now, at its `step_end_priority`. Same-time
+    """A replica's step (or fast-forwarded run) ending `delay_s` from now (or at `at_s`: a run's last step end,
+    to the last bit), at its `step_end_priority`. Same-time
     step ends of different replicas are processed in replica order, not in the order they were scheduled: a run
     is scheduled at its start, a step at its own, so that order differs between fast-forward and step-by-step,
     and the outputs a step delivers (a completion whose hook cancels a sibling sample on another replica) must

@@ -454,7 +454,7 @@ class Replica:
         self._run = run
         self._run_start = 0
         self._run_waiting = num_waiting
-        end = StepEnd(env, float(bounds[total]) - now, self._end_priority)
+        end = StepEnd(env, 0.0, self._end_priority, at_s=float(bounds[total]))
         self.num_events += 1
         self._stepping = True
         yield end | self.wake
@@ -468,7 +468,7 @@ class Replica:
             else:
                 m = j + 1  # let the step in flight finish
                 self.num_events += 1
-                yield StepEnd(env, float(bounds[m]) - t, self._end_priority)
+                yield StepEnd(env, 0.0, self._end_priority, at_s=float(bounds[m]))
         self._stepping = False
         chain = self._chain
         while chain and chain[0].start < m:  # the preempting plans made within the first m steps

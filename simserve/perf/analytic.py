@@ -185,16 +185,43 @@ class RooflinePerf:
         return self.decode_run_stats_s(len(decode_context_tokens), int(decode_context_tokens.sum()), 0, num_steps)
 
     def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
-        # step_tokens of decode-only steps over the run: n tokens, ctx + n KV tokens, ctx pairs, with ctx growing by
-        # n a step. Memory and compute time are both affine in the step index, so their maximum is one line up to
-        # where they cross and the other after it: two affine fills, not a max over two arrays.
-        ctx0 = float(context_sum)
-        fixed = self.overhead_s + self.comm_fixed_s + self.comm_s_per_token * n
-        mem0, mem_slope = self._weight_s(n) + self.kv_s_per_token * (ctx0 + n), self.kv_s_per_token * n
-        cmp0, cmp_slope = self.linear_s_per_token * n + self.attn_s_per_pair * ctx0, self.attn_s_per_pair * n
-        steps = step_indices(num_steps)
-        if mem0 >= cmp0 and mem_slope >= cmp_slope:
-            return fixed + mem0 + mem_slope * steps
-        if cmp0 >= mem0 and cmp_slope >= mem_slope:
-            return fixed + cmp0 + cmp_slope * steps
-        return fixed + np.maximum(mem0 + mem_slope * steps, cmp0 + cmp_slope * steps)
+        # Element s is step_time_s of step s's batch to the last bit: the same operations, in the same order, on the
+        # same values (n tokens, ctx = context_sum + n*s query-key pairs, ctx + n KV tokens; whole numbers, exact
+        # as floats). A run's step ends must equal those of stepping one step at a time exactly, or a tie between
+        # replicas could be broken differently in the two modes. Where one roofline side dominates the whole run
+        # with a margin far above rounding (both sides are affine in s), the other is not computed.
+        tokens = float(n)
+        weight_s = self._weight_s(tokens)
+        kvs, attn = self.kv_s_per_token, self.attn_s_per_pair
+        lin = self.linear_s_per_token * tokens
+        last = float(n * (num_steps - 1))
+        mem0 = weight_s + kvs * (context_sum + tokens)
+        cmp0 = lin + attn * float(context_sum)
+        mem1, cmp1 = mem0 + kvs * last, cmp0 + attn * last
+        t = step_indices(num_steps) * tokens  # n*s
+        if mem0 > cmp0 * _MARGIN and mem1 > cmp1 * _MARGIN:
+            t += float(context_sum + n)
+            t *= kvs
+            t += weight_s
+        elif cmp0 > mem0 * _MARGIN and cmp1 > mem1 * _MARGIN:
+            t += float(context_sum)
+            t *= attn
+            t += lin
+        else:
+            t += float(context_sum)
+            mem = (t + tokens) * kvs
+            mem += weight_s
+            t *= attn
+            t += lin
+            np.maximum(mem, t, out=t)
+        t += self.overhead_s
+        if self.comm_fixed_s:
+            t += self.comm_fixed_s
+        if self.comm_s_per_token:
+            t += self.comm_s_per_token * tokens
+        return t
+
+
+# A side dominates a run if it exceeds the other by this factor at both ends: far above the few roundings between
+# the affine estimate and each step's value, so the step's own max() would pick the same side.
+_MARGIN = 1.0 + 1e-9

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.hardware import GpuSpec, ModelSpec, datasheet_of
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, PerfContext, kept_context_sums
+from simserve.perf.base import Batch, PerfContext, kept_context_sums, step_indices
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features, fit_for_gpu, load_fit_cached
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
@@ -91,26 +91,19 @@ def _int_grid(high: int, num: int) -> np.ndarray:
     return x[np.concatenate([[True], x[1:] != x[:-1]])].astype(float)
 
 
+try:  # np.interp's compiled core: the same arithmetic without the wrapper's checks (a third of a step's cost)
+    from numpy._core.multiarray import interp as _interp
+except ImportError:  # pragma: no cover - numpy 1.x
+    _interp = np.interp
+
 _KV_GRID = _int_grid(1 << 20, 160)
 _NEW_GRID = _int_grid(1 << 17, 120)
 _CACHED_GRID = np.concatenate([[0.0], _int_grid(1 << 20, 120)])
 _LOG_KV = np.log(_KV_GRID)
-_LOG_KV_LIST = _LOG_KV.tolist()
 _LOG_NEW = np.log(_NEW_GRID)
 _LOG_CACHED = np.log1p(_CACHED_GRID)
 _NEW_LIST, _CACHED_LIST = _NEW_GRID.tolist(), _CACHED_GRID.tolist()
 _LOG_NEW_LIST, _LOG_CACHED_LIST = _LOG_NEW.tolist(), _LOG_CACHED.tolist()
-
-
-def _interp1(xs: list[float], ys: list[float], x: float) -> float:
-    """np.interp for one point (clamped at the ends)."""
-    if x <= xs[0]:
-        return ys[0]
-    if x >= xs[-1]:
-        return ys[-1]
-    i = bisect_right(xs, x) - 1
-    w = (x - xs[i]) / (xs[i + 1] - xs[i])
-    return ys[i] + w * (ys[i + 1] - ys[i])
 
 
 class CalibratedPerf:
@@ -136,7 +129,6 @@ class CalibratedPerf:
         self._token_table = np.zeros(0)
         self._lm_table = np.zeros(0)
         self._decode_rows: dict[int, np.ndarray] = {}
-        self._decode_lists: dict[int, list[float]] = {}
         self._prefill_table: np.ndarray | None = None
         self._prefill_rows: list[list[float]] | None = None
         self._layers_moe = 0 if model.moe is None else model.num_layers - model.moe.num_dense_layers
@@ -295,21 +287,19 @@ class CalibratedPerf:
         return row
 
     def _decode_attn_s(self, b: int, mean_kv: np.ndarray, max_kv: np.ndarray) -> np.ndarray:
-        uniform = np.exp(np.interp(np.log(mean_kv), _LOG_KV, self._decode_row(b)))
-        longest = np.exp(np.interp(np.log(max_kv), _LOG_KV, self._decode_row(1)))
-        return np.maximum(uniform, longest)
+        """One layer's decode attention of b sequences: the larger of b uniform sequences of the mean context and one
+        of the longest, interpolated in log-log on the rows built once per batch size."""
+        t = _interp(np.log(mean_kv), _LOG_KV, self._decode_row(b))
+        np.maximum(t, _interp(np.log(max_kv), _LOG_KV, self._decode_row(1)), out=t)
+        return np.exp(t, out=t)
 
     def _decode_attn_one_s(self, b: int, mean_kv: float, max_kv: float) -> float:
-        """_decode_attn_s for one step, in plain Python (a single step is too small for numpy to pay)."""
-        return max(math.exp(_interp1(_LOG_KV_LIST, self._decode_row_list(b), math.log(mean_kv))),
-                   math.exp(_interp1(_LOG_KV_LIST, self._decode_row_list(1), math.log(max_kv))))
-
-    def _decode_row_list(self, b: int) -> list[float]:
-        row = self._decode_lists.get(b)
-        if row is None:
-            row = self._decode_row(b).tolist()
-            self._decode_lists[b] = row
-        return row
+        """_decode_attn_s for one step, through the same numpy functions: math.exp and math.log need not round as
+        numpy's vector loops do, and a step of a run (decode_run_stats_s) must equal the same step taken alone to
+        the last bit."""
+        log_mean, log_max = np.log(np.array((mean_kv, max_kv))).tolist()
+        return float(np.exp(max(_interp(log_mean, _LOG_KV, self._decode_row(b)),
+                                _interp(log_max, _LOG_KV, self._decode_row(1)))))
 
     def prefill_attention_s(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
         """One layer's prefill attention, one call per chunk (new tokens after `cached` tokens)."""
@@ -398,7 +388,11 @@ class CalibratedPerf:
                                        num_steps)
 
     def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
-        s = np.arange(num_steps, dtype=float)
-        mean, longest = float(context_sum) / n, float(context_max)
-        attn = self._decode_attn_s(self._rank_batch(n), mean + s, longest + s)
+        # Step s's mean context is (context_sum + n*s) / n, as step_time_s computes it from that step's batch
+        # (not context_sum / n + s, which can round differently).
+        s = step_indices(num_steps)
+        mean = s * float(n)
+        mean += float(context_sum)
+        mean /= n
+        attn = self._decode_attn_s(self._rank_batch(n), mean, float(context_max) + s)
         return self.overhead_s + self._tokens_s(n, n) + self.model.num_layers * attn
