@@ -109,3 +109,28 @@ def test_overload_ends_at_the_horizon_and_says_so():
     assert s["num_completed"] + s["num_unfinished"] + s["num_rejected"] + s["num_not_arrived"] == 200
     assert s["num_requests"] == 200  # every request of the workload is recorded, arrived or not
     assert s["num_not_arrived"] > 0 and s["stopped_at_horizon"] is True
+
+
+def test_schedule_at_reaches_a_time_no_delay_reaches():
+    """SimPy schedules at now + delay; from 1.842082018323207 no delay reaches 6.493300224171503 (now + d jumps from
+    ...502 to ...504), and a fast-forwarded run must end exactly at its last step end. Environment.schedule_at puts
+    the event at the absolute time; a time before now is refused."""
+    import math
+
+    from simserve.engine.events import Environment, StepEnd, step_end_priority
+
+    now, at = 1.842082018323207, 6.493300224171503
+    d = at - now
+    assert now + d != at and now + math.nextafter(d, -math.inf) != at  # the two delays around it miss
+    env = Environment(initial_time=now)
+    seen = []
+
+    def proc():
+        yield StepEnd(env, 0.0, step_end_priority(0), at_s=at)
+        seen.append(env.now)
+
+    env.process(proc())
+    env.run()
+    assert seen == [at]
+    with pytest.raises(ValueError, match="before now"):
+        StepEnd(env, 0.0, step_end_priority(0), at_s=at - 1.0)
