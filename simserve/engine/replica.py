@@ -336,9 +336,13 @@ class Replica:
             np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
             np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY))
 
-    def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None) -> np.ndarray:
-        """Seconds of each step of a fast-forwarded run of k decode steps (the perf model's closed form)."""
-        return self.perf.decode_run_times_s(contexts, k, caps)
+    def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int) -> np.ndarray:
+        """Seconds of each step of a fast-forwarded run of k decode steps (the perf model's closed form; uncapped,
+        from the contexts' sum, given, and their maximum, read only by a model that uses it)."""
+        if caps is not None:
+            return self.perf.decode_run_times_s(contexts, k, caps)
+        return self.perf.decode_run_stats_s(len(contexts), context_sum,
+                                            int(contexts.max()) if self._longest_context else 0, k)
 
     def _idle(self, num_waiting: int, kv_mean: float, kv_end: int | None) -> Generator[simpy.Event, Any, None]:
         """Wait until an arrival or a finished KV transfer wakes the loop; record the gap as one segment (its
@@ -434,7 +438,8 @@ class Replica:
             contexts, caps = dec.kept(), dec.keep[: dec.n].copy()
         else:  # the plan's contexts (a view of the decode arrays: read now, not kept)
             contexts, caps = plan.decode_context_tokens, None
-        times = self._run_times_s(contexts, k, caps)
+        context_sum = int(contexts.sum())
+        times = self._run_times_s(contexts, k, caps, context_sum)
         pieces = self._predict_chain(k, extra) if self._chains and len(extra) > k else []
         total = k + sum(p.num_steps for p in pieces)
         bounds = np.empty(total + 1)
@@ -446,7 +451,7 @@ class Replica:
             p.run = FastForwardRun(bounds[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
                                    p.num_decodes, 0, context_sum=float(p.context_sum))
         np.cumsum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
-        run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, context_sum=float(contexts.sum()),
+        run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, context_sum=float(context_sum),
                              contexts=contexts if caps is not None else None, caps=caps)
         self._chain.extend(pieces)
         self._chain_bounds = bounds

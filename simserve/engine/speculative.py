@@ -220,7 +220,7 @@ class SpecReplica(Replica):
             np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
             np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY), q)
 
-    def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None) -> np.ndarray:
+    def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int) -> np.ndarray:
         ctxs, qs = self._run_plan
         return np.array([self.timing.step_time_s(Batch(c, _EMPTY, _EMPTY), q) for c, q in zip(ctxs[:k], qs[:k],
                                                                                                strict=True)])
