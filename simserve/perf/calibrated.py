@@ -395,4 +395,6 @@ class CalibratedPerf:
         mean += float(context_sum)
         mean /= n
         attn = self._decode_attn_s(self._rank_batch(n), mean, float(context_max) + s)
-        return self.overhead_s + self._tokens_s(n, n) + self.model.num_layers * attn
+        attn *= self.model.num_layers  # in place: (overhead + tokens) + layers * attn, step_time_s's operations
+        attn += self.overhead_s + self._tokens_s(n, n)
+        return attn
