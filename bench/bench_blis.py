@@ -19,6 +19,8 @@ in (BLIS reads its model and hardware configs from there):
     python bench/bench_blis.py --requests 1000 10000 --repeat 3 --blis /tmp/blis/blis --blis-dir /tmp/blis/src
     python bench/bench_blis.py --requests 100000 --repeat 1            # simserve alone
     python bench/bench_blis.py --requests 10000 --root ../before       # another checkout (before/after)
+    python bench/bench_blis.py --scenario scenarios/quickstart.yaml --set workload.arrival.rate_per_s=1.2 \
+        --requests 20000 --repeat 5                                    # the light load (docs/performance.md)
     python bench/bench_blis.py --requests 1000 --scenario bench/vidur/simserve-a100.yaml --peer-name Vidur \
         --peer 'VIDUR_HOME=$HOME/vidur bench/vidur/run.sh {n} r{n}_{i}'     # beside Vidur (bench/vidur/README.md)
 """
@@ -43,7 +45,7 @@ CHILD = r"""
 import json, resource, sys, time
 t0 = time.process_time()
 import simserve
-s = simserve.load_scenario(sys.argv[1])
+s = simserve.load_scenario(sys.argv[1], sys.argv[3:])  # overrides: --set KEY=VALUE
 s = s.model_copy(update={"workload": s.workload.model_copy(update={"num_requests": int(sys.argv[2])})})
 t1 = time.process_time()
 r = simserve.run(s)
@@ -80,9 +82,9 @@ def byte_compile(root: Path) -> None:
                    env=user_env(root))
 
 
-def run_simserve(scenario: Path, n: int, root: Path = ROOT) -> dict[str, Any]:
-    cpu, out = child_cpu([sys.executable, "-c", CHILD, str(scenario.resolve()), str(n)], env=user_env(root),
-                         cwd=root)
+def run_simserve(scenario: Path, n: int, root: Path = ROOT, overrides: list[str] | None = None) -> dict[str, Any]:
+    cpu, out = child_cpu([sys.executable, "-c", CHILD, str(scenario.resolve()), str(n), *(overrides or [])],
+                         env=user_env(root), cwd=root)
     return {"process_cpu_s": cpu, **json.loads(out.strip().splitlines()[-1])}
 
 
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--scenario", type=Path, default=KIT / "blis-speed.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a scenario override, as `simserve run --set` takes it (repeatable)")
     ap.add_argument("--blis", type=Path, help="the BLIS binary (omit to run simserve alone)")
     ap.add_argument("--blis-dir", type=Path, help="the BLIS source folder it was built in (its configs)")
     ap.add_argument("--peer", help="another simulator's command, run by bash with {n} replaced by the number of "
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.requests:
             sim_runs, blis_runs, peer_runs = [], [], []
             for i in range(args.repeat):
-                sim_runs.append(run_simserve(args.scenario, n, args.root))
+                sim_runs.append(run_simserve(args.scenario, n, args.root, args.overrides))
                 r = sim_runs[-1]
                 print(f"{n:>9,} requests  simserve #{i + 1}: process {r['process_cpu_s']:.2f} s CPU "
                       f"(import + parse {r['startup_cpu_s']:.2f}, run {r['run_cpu_s']:.2f}), "
