@@ -22,7 +22,7 @@ import numpy as np
 import simpy
 
 from simserve.engine.decodes import ChainPiece, FastForwardRun
-from simserve.engine.events import AfterPlans, Settle, StepEnd, step_end_priority
+from simserve.engine.events import AfterPlans, Environment, Settle, StepEnd, step_end_priority
 from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
@@ -43,7 +43,7 @@ class Replica:
 
     chains_ok = True  # a subclass with its own decode pass turns runs across preemptions off
 
-    def __init__(self, env: simpy.Environment, *, pool: str, index: int, perf: PerfModel, planner: Planner,
+    def __init__(self, env: Environment, *, pool: str, index: int, perf: PerfModel, planner: Planner,
                  max_model_len_tokens: int, recorder: Recorder, hooks: Hooks, exact_steps: bool = False,
                  check_invariants: bool = False, stop_at_reasoning_end: bool = False,
                  kv_compression: KvCompressionSpec | None = None) -> None:
