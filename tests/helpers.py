@@ -65,3 +65,16 @@ def assert_same_records(now: Path, before: Path) -> None:
             np.testing.assert_allclose(x, y, rtol=4e-16, atol=0, err_msg=col)
         else:
             assert np.array_equal(x, y), col
+
+
+ENGINE_EVENTS = ("num_events", "events_per_request")  # what the engine did, not what it simulated
+
+
+def assert_same_summary(now: dict[str, Any], before: dict[str, Any]) -> None:
+    """A summary equals one written by an older commit: every simulated figure exactly; the engine's event counts
+    no higher (an engine change may take fewer events for the same simulation, never more)."""
+    assert set(now) == set(before)
+    for key in ENGINE_EVENTS:
+        assert now[key] <= before[key], (key, now[key], before[key])
+    assert {k: v for k, v in now.items() if k not in ENGINE_EVENTS} == {
+        k: v for k, v in before.items() if k not in ENGINE_EVENTS}

@@ -1,5 +1,5 @@
-"""A replica's SimPy process: plan -> timeout | wake -> apply outputs -> record. Time lives here; every decision
-is the planner's (simserve.engine.planner), every step time the perf model's.
+"""A replica's SimPy process: plan -> step end (or wake, when idle) -> apply outputs -> record. Time lives here;
+every decision is the planner's (simserve.engine.planner), every step time the perf model's.
 
 A run of decode steps whose batch cannot change (no request can be admitted or preempted, none finishes before
 its end) is advanced in one event, in closed form (simserve.engine.decodes.FastForwardRun), giving exactly the
@@ -87,6 +87,8 @@ class Replica:
         self.kv_token_area = 0.0  # integral of KV tokens the running steps attend over (kept KV) over time
         self.kv_peak = 0
         self._run: FastForwardRun | None = None  # the fast-forwarded run in flight
+        self._run_end: simpy.Event | None = None  # the event its loop waits on (None once cut, or between runs)
+        self._run_steps = 0  # the steps of the run in flight to take (fewer once cut)
         self._run_waiting = 0
         self.num_rejected_too_long = 0  # requests rejected on arrival: they could never fit here
         # Cancellation (`cancel`): running requests cancelled while a step is in flight wait here for its end.
@@ -153,16 +155,15 @@ class Replica:
         behind = self._run is not None and self._fifo and len(waiting) > 0
         waiting.push(req)
         self.waiting_mon.set(self.env.now, len(waiting))
-        if not behind and not self.wake.triggered:
-            self.wake.succeed()
+        if not behind:
+            self._rouse()
 
     def transfer_done(self, req: Request) -> None:
         """The request's KV has left for a decode replica: free its blocks here (which may let a waiting request
         in, so wake the loop as an arrival would)."""
         self._sync_run()
         self.planner.transfer_done(req)
-        if not self.wake.triggered:
-            self.wake.succeed()
+        self._rouse()
 
     def cancel(self, req: Request, reason: str = "cancelled") -> bool:
         """Cancel a request queued or running here (a sample no longer needed), as vLLM aborts one
@@ -199,14 +200,16 @@ class Replica:
         if not self._stepping:
             self._cancel_now(req, reason)
             return
+        # A step (or a run) started at or before now is in flight: a fast-forwarded run ends with it.
         if req.slot >= 0 or req in p.prefilling or req in p.handing_off:
             self._cancels.setdefault(req, reason)
-        elif not self._cancel_now(req, reason):
-            return
-        # A step (or a run) started at or before now is in flight: a fast-forwarded run ends with it.
+        else:
+            before, self._cut_after_now = self._cut_after_now, True  # read by the cut that _cancel_now makes
+            if not self._cancel_now(req, reason):
+                self._cut_after_now = before
+                return
         self._cut_after_now = True
-        if not self.wake.triggered:
-            self.wake.succeed()
+        self._rouse()
 
     def _cancel_now(self, req: Request, reason: str) -> bool:
         if req.status:
@@ -223,8 +226,7 @@ class Replica:
         self._changed = True
         self.running_mon.set(now, self.planner.num_running)
         self.waiting_mon.set(now, len(self.planner.waiting))
-        if not self.wake.triggered:
-            self.wake.succeed()  # freed blocks may let a waiting request in
+        self._rouse()  # freed blocks may let a waiting request in
         if self.check_invariants and self._run is None:  # a run's blocks are counted when it ends
             self.planner.check()
         self.hooks.finished(req)
@@ -459,21 +461,15 @@ class Replica:
         self._run = run
         self._run_start = 0
         self._run_waiting = num_waiting
-        end = StepEnd(env, 0.0, self._end_priority, at_s=float(bounds[total]))
+        end: simpy.Event = StepEnd(env, 0.0, self._end_priority, at_s=float(bounds[total]))
+        self._run_end, self._run_steps = end, total  # `_rouse` may cut the run: it moves the end earlier
         self.num_events += 1
         self._stepping = True
-        yield end | self.wake
-        if end.processed:
-            m = total
-        else:
-            t = env.now
-            j = int(np.searchsorted(bounds[1:], t, side="right"))  # boundaries at or before t
-            if j >= 1 and bounds[j] == t and not self._cut_after_now:
-                m = j  # an arrival at a step boundary: stepping would plan the next step after it
-            else:
-                m = j + 1  # let the step in flight finish
-                self.num_events += 1
-                yield StepEnd(env, 0.0, self._end_priority, at_s=float(bounds[m]))
+        if self.wake.triggered:  # woken since the loop's top (by its own hooks): cut at the first step's end
+            end = self._cut_run(waiting=False)
+        yield end
+        m = self._run_steps
+        self._run_end = None
         self._stepping = False
         chain = self._chain
         while chain and chain[0].start < m:  # the preempting plans made within the first m steps
@@ -688,6 +684,46 @@ class Replica:
                               num_waiting=self._run_waiting, kv_blocks_mean=area / span if span > 0 else float(
                                   run.used_at_start), kv_blocks_end=self.kv.used_blocks, prefill_tokens=0,
                               decode_tokens=run.num_decodes * done)
+
+    def _rouse(self) -> None:
+        """Something the next plan must see happened now (an arrival, freed blocks, a cancel): wake the loop, or,
+        inside a fast-forwarded run, cut the run at the end of its step in flight (or at now, if a step ends now and
+        the plans of the instant have not been made), as stepping would plan the next step there. The run's end is
+        moved, not waited for beside a wake: the loop resumes once, at the end of the step in flight, in the heap
+        position of that step end (time, then replica order)."""
+        if self._run_end is None:
+            if not self.wake.triggered:
+                self.wake.succeed()
+            return
+        self._cut_run()
+
+    def _cut_run(self, waiting: bool = True) -> simpy.Event:
+        """Cut the fast-forwarded run in flight (see `_rouse`); returns the event that now ends it, which the loop
+        waits on (`waiting`: the loop's resumption moves there) or is about to."""
+        end = self._run_end
+        assert end is not None
+        self._run_end = None
+        t = self.env.now
+        bounds = self._chain_bounds
+        total = self._run_steps
+        j = int(np.searchsorted(bounds[1: total + 1], t, side="right"))  # boundaries at or before t
+        if j >= 1 and bounds[j] == t and not self._cut_after_now:
+            m = j  # an arrival at a step boundary: stepping would plan the next step after it
+        else:
+            m = j + 1  # let the step in flight finish
+            self.num_events += 1
+        self._cut_after_now = False
+        if m >= total:
+            return end  # the step in flight is the run's last: it ends as planned
+        self._run_steps = m
+        cut = StepEnd(self.env, 0.0, self._end_priority, at_s=float(bounds[m]))
+        if waiting:
+            process = self._process
+            assert process is not None
+            end.callbacks.remove(process._resume)  # type: ignore[union-attr]  # the loop waits on the run's end
+            cut.callbacks.append(process._resume)  # type: ignore[union-attr]
+            process._target = cut
+        return cut
 
     def _sync_run(self) -> None:
         """Bring KV allocation up to now inside a fast-forwarded run: blocks for every step planned by now (and
