@@ -77,9 +77,31 @@ def _chained_run_end_case() -> dict:
             "slo": {"ttft_s": 1.0}, "engine": {"horizon_s": 1e6}}
 
 
+def _first_step_reasoning_end_case() -> dict:
+    """A draw of `saturated()` (with forks) that CI's hypothesis run found: a request sampled its last reasoning token
+    in a chained run's first step (stamped when the run ends), was preempted by one of the run's plans, and was
+    cancelled while it waited, when another sample of its prompt completed. Its row was recorded then, without the
+    reasoning end the run would stamp later. The first step's reasoning ends are now stamped at the run's first
+    preempting plan, before any victim leaves."""
+    return {"name": "chains", "seed": 272, "model": "llama-3.1-8b",
+            "cluster": {"pools": [{"name": "p", "gpu": "h100-sxm", "replicas": 3, "max_num_seqs": 6,
+                                   "max_num_batched_tokens": 43, "kv_block_tokens": 16, "num_kv_blocks": 9,
+                                   "prefix_caching": False, "long_prefill_token_threshold": 8,
+                                   "chunked_prefill": True}]},
+            "perf": {"kind": "roofline"}, "scheduler": {"kind": "fcfs"}, "router": "least_outstanding",
+            "workload": {"num_requests": 33, "prefix_unit_tokens": 16,
+                         "arrival": {"process": "poisson", "rate_per_s": 123.0},
+                         "mix": [{"query_type": "q", "prompt_tokens": {"dist": "uniform", "low": 1, "high": 30},
+                                  "reasoning_tokens": {"dist": "uniform", "low": 10, "high": 95},
+                                  "answer_tokens": {"dist": "uniform", "low": 1, "high": 8},
+                                  "system_prompt_tokens": 0}]},
+            "slo": {"ttft_s": 1.0}, "engine": {"horizon_s": 1e6}}
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(saturated(), st.booleans())
 @example(_chained_run_end_case(), True)
+@example(_first_step_reasoning_end_case(), True)
 def test_runs_across_preemptions_equal_exact_steps(data, forks):
     make = _ForkingSimulation if forks else Simulation
     sim_ff, sim_ex = make(scenario(data, check_invariants=True)), make(scenario(data, check_invariants=True,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simserve.perf.base import amin, count_nonzero
 from simserve.request import Request
 
 _NEVER = 1 << 62
@@ -109,9 +110,9 @@ class Decodes:
     def countdowns(self) -> tuple[int, int]:
         """(schedules until some slot samples its last token, ... its last reasoning token)."""
         if self._min_finish is None:
-            self._min_finish = int(self.finish_at[: self.n].min()) if self.n else _NEVER
+            self._min_finish = int(amin(self.finish_at[: self.n])) if self.n else _NEVER
         if self._min_reasoning is None:
-            self._min_reasoning = int(self.reasoning_at[: self.n].min()) if self.n else _NEVER
+            self._min_reasoning = int(amin(self.reasoning_at[: self.n])) if self.n else _NEVER
         return self._min_finish - self.tick, self._min_reasoning - self.tick
 
     def schedule_all(self, block_tokens: int, free_blocks: int) -> tuple[int, np.ndarray]:
@@ -124,7 +125,7 @@ class Decodes:
         needs = ctx >= blocks * block_tokens
         if self.compressed:
             needs &= blocks < self.cap[:n]  # a compressed sequence at its cap overwrites evicted slots
-        need = int(np.count_nonzero(needs))
+        need = int(count_nonzero(needs))
         if need > free_blocks:
             return -1, needs
         if need:
@@ -168,8 +169,8 @@ class Decodes:
         scheduled; the latter are done with reasoning from now on."""
         tick = self.tick
         if slots is None:
-            finish = np.flatnonzero(self.finish_at[: self.n] == tick).tolist()
-            reasoning = np.flatnonzero(self.reasoning_at[: self.n] == tick).tolist()
+            finish = (self.finish_at[: self.n] == tick).nonzero()[0].tolist()
+            reasoning = (self.reasoning_at[: self.n] == tick).nonzero()[0].tolist()
         else:
             finish = slots[self.finish_at[slots] == tick].tolist()
             reasoning = slots[self.reasoning_at[slots] == tick].tolist()
@@ -192,7 +193,7 @@ class Decodes:
         if self.compressed:
             room = self.cap[:n] - self.blocks[:n]  # blocks a slot may still take (0 at its cap)
             first = np.where(room > 0, first, 0)
-        np.cumsum(np.bincount(first, minlength=block_tokens), out=buf[1:])
+        np.bincount(first, minlength=block_tokens).cumsum(out=buf[1:])
         laps, phase = self._step_laps(num_steps, block_tokens)
         extra = laps * n
         extra += buf[phase]
@@ -224,14 +225,14 @@ class Decodes:
 
     def finished(self) -> list[int]:
         """Slots whose last token has been scheduled."""
-        return np.flatnonzero(self.finish_at[: self.n] <= self.tick).tolist()
+        return (self.finish_at[: self.n] <= self.tick).nonzero()[0].tolist()
 
     def reasoning_ended(self) -> list[tuple[int, int]]:
         """Slots whose last reasoning token was scheduled at a tick up to now, with that tick; they are done
         with reasoning from now on."""
         n = self.n
         at = self.reasoning_at[:n]
-        done = np.flatnonzero(at <= self.tick).tolist()
+        done = (at <= self.tick).nonzero()[0].tolist()
         out = [(j, int(at[j])) for j in done]
         if done:
             at[done] = _NEVER
@@ -275,7 +276,7 @@ class FastForwardRun:
     def steps_started(self, now_s: float) -> int:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting
         exactly now is planned after every arrival at now is seen)."""
-        return min(int(np.searchsorted(self.bounds[1:], now_s, side="left")) + 1, self.num_steps)
+        return min(int(self.bounds[1:].searchsorted(now_s, side="left")) + 1, self.num_steps)
 
 
 @dataclass(slots=True)

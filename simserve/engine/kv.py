@@ -290,11 +290,17 @@ class KvBlockPool:
         if hold is None or not self.prefix_caching:
             return 0
         total = 0
-        cache = self._cache
+        get, gone = self._cache.get, released.get
         for key, _ in hold.chain:
-            copies = cache.get(key)
-            if copies:
-                total += max((e.size for e in copies if e.refs - released.get(e, 0) > 0), default=0)
+            copies = get(key)
+            if not copies:
+                continue
+            if len(copies) == 1:  # the common case, without a generator
+                e = copies[0]
+                if e.refs > gone(e, 0):
+                    total += e.size
+            else:
+                total += max((e.size for e in copies if e.refs > gone(e, 0)), default=0)
         return total
 
     # ------------------------------------------------------------------------------------------ checks

@@ -31,6 +31,7 @@ import numpy as np
 
 from simserve.engine.decodes import Decodes
 from simserve.engine.kv import Extent, KvBlockPool, KvHold, blocks_for
+from simserve.perf.base import amax, asum, count_nonzero
 from simserve.request import Request
 from simserve.schedulers import FairShare, ReasoningAware, Scheduler
 
@@ -186,7 +187,7 @@ class Planner:
             budget = self._schedule_running(plan, budget, threshold, self._running_order())
         else:
             q = plan.decode_query_tokens  # speculative decoding: each decode's verified positions
-            budget -= len(plan.decode_context_tokens) if q is None else int(q.sum())
+            budget -= len(plan.decode_context_tokens) if q is None else int(asum(q))
             if self.prefilling or self.handing_off:
                 budget = self._schedule_running(plan, budget, threshold, self._running_order(decodes=False))
         if waiting and len(plan.preempted) == yielded:
@@ -206,7 +207,7 @@ class Planner:
         if n > budget or dec.countdowns()[0] <= 0:  # async: some last token still in flight
             return False
         others = [*self.prefilling, *self.handing_off] if self.prefilling or self.handing_off else []
-        if others and int(dec.seq[:n].max()) > min(r.seq for r in others):
+        if others and int(amax(dec.seq[:n])) > min(r.seq for r in others):
             return False
         need, needs = dec.schedule_all(self.config.block_tokens, kv.free_blocks)
         if need < 0:
@@ -236,7 +237,7 @@ class Planner:
         after the pass every decode not preempted is scheduled. The pool sees the same allocations and releases,
         in the same order, as the request-by-request pass."""
         dec, kv = self.decodes, self.kv
-        remaining = int(np.count_nonzero(needs))  # blocks still wanted by decodes neither served nor preempted
+        remaining = int(count_nonzero(needs))  # blocks still wanted by decodes neither served nor preempted
         tail = sorted(others, key=lambda r: r.seq)
         gone: list[int] = []
         while remaining > kv.free_blocks:
@@ -373,7 +374,7 @@ class Planner:
                 self.kv.free_blocks:
             return 0
         steps, _, gen = self.chunk_boundaries(waiting)
-        at = np.flatnonzero(steps == 0).tolist()
+        at = (steps == 0).nonzero()[0].tolist()
         if not at:
             return 0
         at.sort(key=lambda j: (-int(gen[j]), int(dec.seq[j])))  # the most generated first, then the oldest

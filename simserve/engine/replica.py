@@ -28,7 +28,7 @@ from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel, kept_context_sums
-from simserve.perf.base import step_indices
+from simserve.perf.base import amax, asum, step_indices
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware
@@ -258,7 +258,7 @@ class Replica:
         self._sync_run()
         run = self._run
         assert run is not None
-        done = min(int(np.searchsorted(run.bounds[1:], now, side="left")), run.num_steps)
+        done = min(int(run.bounds[1:].searchsorted(now, side="left")), run.num_steps)
         g = self._run_start
         self._finish_run(g + min(done + 1, run.num_steps), g + done, at_horizon=True)
         self._record_run(run, done)
@@ -318,7 +318,7 @@ class Replica:
             yield StepEnd(env, dt, self._end_priority)
             self._stepping = False
             self.kv_area += used * dt
-            self.kv_token_area += dt * float(plan.decode_context_tokens.sum() + sum(c + h for _, c, h in chunks))
+            self.kv_token_area += dt * float(asum(plan.decode_context_tokens) + sum(c + h for _, c, h in chunks))
             if self.async_scheduling:
                 inflight = self._delivered = plan
             else:
@@ -344,7 +344,7 @@ class Replica:
         if caps is not None:
             return self.perf.decode_run_times_s(contexts, k, caps)
         return self.perf.decode_run_stats_s(len(contexts), context_sum,
-                                            int(contexts.max()) if self._longest_context else 0, k)
+                                            int(amax(contexts)) if self._longest_context else 0, k)
 
     def _idle(self, num_waiting: int, kv_mean: float, kv_end: int | None) -> Generator[simpy.Event, Any, None]:
         """Wait until an arrival or a finished KV transfer wakes the loop; record the gap as one segment (its
@@ -428,7 +428,7 @@ class Replica:
         if k <= 1:
             return 1, _EMPTY
         extra = dec.extra_blocks(self.block_tokens, k, self.planner.block_buffer)
-        return int(np.searchsorted(extra, self.kv.free_blocks, side="right")), extra
+        return int(extra.searchsorted(self.kv.free_blocks, side="right")), extra
 
     def _fast_forward(self, plan: StepPlan, k: int, extra: np.ndarray, now: float, used: int,
                       num_waiting: int) -> Generator[simpy.Event, Any, StepPlan | None]:
@@ -440,7 +440,7 @@ class Replica:
             contexts, caps = dec.kept(), dec.keep[: dec.n].copy()
         else:  # the plan's contexts (a view of the decode arrays: read now, not kept)
             contexts, caps = plan.decode_context_tokens, None
-        context_sum = int(contexts.sum())
+        context_sum = int(asum(contexts))
         times = self._run_times_s(contexts, k, caps, context_sum)
         pieces = self._predict_chain(k, extra) if self._chains and len(extra) > k else []
         total = k + sum(p.num_steps for p in pieces)
@@ -452,7 +452,7 @@ class Replica:
             bounds[p.start + 1: p.start + p.num_steps + 1] = ptimes
             p.run = FastForwardRun(bounds[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
                                    p.num_decodes, 0, context_sum=float(p.context_sum))
-        np.cumsum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
+        bounds.cumsum(out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
         run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, context_sum=float(context_sum),
                              contexts=contexts if caps is not None else None, caps=caps)
         self._chain.extend(pieces)
@@ -507,7 +507,7 @@ class Replica:
         n = dec.n
         ctx = dec.ctx[:n]
         room = dec.blocks[:n] * bt - ctx
-        if int(room.max()) >= bt:
+        if int(amax(room)) >= bt:
             return []  # a decode holds a spare block (not vLLM's FCFS pass here): runs end where blocks run out
         phase_a = room + 1
         phase_a %= bt
@@ -518,7 +518,7 @@ class Replica:
         first_out = int(finish.argmin())  # the decode that schedules its last token first (recounted if preempted)
         longest = int(ctx.argmax()) if self._longest_context else -1  # the calibrated model reads it
         tick0 = dec.tick  # the run's first step scheduled
-        alive, ctx_sum = n, int(ctx.sum())
+        alive, ctx_sum = n, int(asum(ctx))
         vi = 0
         free = kv.free_blocks - int(extra[k - 1])
         released: dict[Extent, int] = {}
@@ -581,7 +581,7 @@ class Replica:
             demand = np.empty(steps, np.int64)
             demand[0] = 0
             if steps > 1:
-                np.cumsum(np.array(order * (1 + (steps - 2) // bt), np.int64)[: steps - 1], out=demand[1:])
+                np.array(order * (1 + (steps - 2) // bt), np.int64)[: steps - 1].cumsum(out=demand[1:])
             pieces.append(ChainPiece(start, steps, demand, *first, victims, remaining, free))
             if steps == to_finish + 1:
                 return pieces
@@ -607,6 +607,10 @@ class Replica:
         num_waiting = len(planner.waiting)
         plan = StepPlan()
         tick0 = dec.tick  # the run's first step's: the arrays lag until the run ends
+        if self._chain_first:  # reasoning ends of the run's first step, which has ended: stamped before any victim
+            for first in self._chain_first:  # leaves (it could be cancelled, and recorded, while it waits)
+                self._reasoning_done(first, float(self._chain_bounds[1]))
+            self._chain_first = []
         for before, req, ctx, blocks, behind in piece.victims:
             if before:
                 kv.allocate(before)
@@ -706,7 +710,7 @@ class Replica:
         t = self.env.now
         bounds = self._chain_bounds
         total = self._run_steps
-        j = int(np.searchsorted(bounds[1: total + 1], t, side="right"))  # boundaries at or before t
+        j = int(bounds[1: total + 1].searchsorted(t, side="right"))  # boundaries at or before t
         if j >= 1 and bounds[j] == t and not self._cut_after_now:
             m = j  # an arrival at a step boundary: stepping would plan the next step after it
         else:

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simserve.hardware import ModelSpec
-from simserve.perf.base import Batch, PerfContext, kept_context_sums, step_indices
+from simserve.perf.base import Batch, PerfContext, asum, kept_context_sums, step_indices
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
@@ -28,7 +28,7 @@ def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarra
 def step_tokens(batch: Batch) -> tuple[float, float, float]:
     """(tokens computed, KV tokens read by attention plus those written, query-key pairs) of one step."""
     dec = batch.decode_context_tokens
-    decode_ctx = float(dec.sum()) if len(dec) else 0.0
+    decode_ctx = float(asum(dec)) if len(dec) else 0.0
     tokens = float(len(dec))
     kv_tokens = decode_ctx
     pairs = decode_ctx
@@ -105,7 +105,7 @@ class LinearPerf:
                            caps: np.ndarray | None = None) -> np.ndarray:
         n = len(decode_context_tokens)
         if caps is None:
-            return self.decode_run_stats_s(n, int(decode_context_tokens.sum()), 0, num_steps)
+            return self.decode_run_stats_s(n, int(asum(decode_context_tokens)), 0, num_steps)
         kv, _ = kept_context_sums(decode_context_tokens, caps, num_steps)
         return self.c0 + self.c_seq * n + self.c_kv * kv
 
@@ -182,7 +182,7 @@ class RooflinePerf:
             mem = self._weight_s(n) + self.kv_s_per_token * (ctx + n)
             compute = self.linear_s_per_token * n + self.attn_s_per_pair * ctx
             return self.overhead_s + np.maximum(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * n
-        return self.decode_run_stats_s(len(decode_context_tokens), int(decode_context_tokens.sum()), 0, num_steps)
+        return self.decode_run_stats_s(len(decode_context_tokens), int(asum(decode_context_tokens)), 0, num_steps)
 
     def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
         # Element s is step_time_s of step s's batch to the last bit: the same operations, in the same order, on the

@@ -64,6 +64,17 @@ _STEPS = np.arange(1 << 14, dtype=float)
 _STEPS.flags.writeable = False
 
 
+# Reductions of the hot paths, once or more per event: ndarray.sum/max/min pass through a Python frame
+# (numpy._core._methods) to these same C loops, called here directly; the results are the same to the bit.
+asum = np.add.reduce
+amax = np.maximum.reduce
+amin = np.minimum.reduce
+try:  # np.count_nonzero is a Python wrapper around this
+    from numpy._core.multiarray import count_nonzero
+except ImportError:  # pragma: no cover - numpy 1.x
+    count_nonzero = np.count_nonzero
+
+
 def step_indices(num_steps: int) -> np.ndarray:
     """0, 1, ..., num_steps - 1 as floats (read-only views of a shared table for the usual lengths)."""
     return _STEPS[:num_steps] if num_steps <= len(_STEPS) else np.arange(num_steps, dtype=float)

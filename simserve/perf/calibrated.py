@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.hardware import GpuSpec, ModelSpec, datasheet_of
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, PerfContext, kept_context_sums, step_indices
+from simserve.perf.base import Batch, PerfContext, amax, asum, kept_context_sums, step_indices
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features, fit_for_gpu, load_fit_cached
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
@@ -362,11 +362,11 @@ class CalibratedPerf:
         dec = batch.decode_context_tokens
         new = batch.prefill_new_tokens
         n_dec = len(dec)
-        m = n_dec + int(new.sum())
+        m = n_dec + int(asum(new))
         r = n_dec + len(new)
         attn = 0.0
         if n_dec:
-            attn += self._decode_attn_one_s(self._rank_batch(n_dec), float(dec.sum()) / n_dec, float(dec.max()))
+            attn += self._decode_attn_one_s(self._rank_batch(n_dec), float(asum(dec)) / n_dec, float(amax(dec)))
         if len(new) == 1:
             attn += self._prefill_attn_one_s(float(new[0]), float(batch.prefill_cached_tokens[0]))
         elif len(new):
