@@ -20,38 +20,55 @@ from simserve import Simulation, load_scenario, run
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _chains_scenario(*, seed: int, replicas: int, max_num_seqs: int, max_num_batched_tokens: int,
+                     kv_block_tokens: int, num_kv_blocks: int, prefix_caching: bool,
+                     long_prefill_token_threshold: int, perf: dict, router: str, num_requests: int,
+                     rate_per_s: float, prompt_high: int, reasoning_high: int, answer_high: int,
+                     system_prompt_tokens: int, horizon_s: float = 1e6) -> dict:
+    """A saturated single-pool FCFS scenario of the shape `saturated()` draws (and its hunted examples take)."""
+    return {
+        "name": "chains", "seed": seed, "model": "llama-3.1-8b",
+        "cluster": {"pools": [{
+            "name": "p", "gpu": "h100-sxm", "replicas": replicas, "max_num_seqs": max_num_seqs,
+            "max_num_batched_tokens": max_num_batched_tokens, "kv_block_tokens": kv_block_tokens,
+            "num_kv_blocks": num_kv_blocks, "prefix_caching": prefix_caching,
+            "long_prefill_token_threshold": long_prefill_token_threshold, "chunked_prefill": True}]},
+        "perf": perf, "scheduler": {"kind": "fcfs"}, "router": router,
+        "workload": {"num_requests": num_requests, "prefix_unit_tokens": 16,
+                     "arrival": {"process": "poisson", "rate_per_s": rate_per_s},
+                     "mix": [{"query_type": "q",
+                              "prompt_tokens": {"dist": "uniform", "low": 1, "high": prompt_high},
+                              "reasoning_tokens": {"dist": "uniform", "low": 10, "high": reasoning_high},
+                              "answer_tokens": {"dist": "uniform", "low": 1, "high": answer_high},
+                              "system_prompt_tokens": system_prompt_tokens}]},
+        "slo": {"ttft_s": 1.0},
+        "engine": {"horizon_s": horizon_s},
+    }
+
+
 @st.composite
 def saturated(draw):
     block = draw(st.sampled_from([1, 2, 4, 16]))
     max_seqs = draw(st.integers(2, 12))
     budget = draw(st.integers(max(max_seqs, 16), 96))
-    pool = {
-        "name": "p", "gpu": "h100-sxm", "replicas": draw(st.integers(1, 3)),
-        "max_num_seqs": max_seqs, "max_num_batched_tokens": budget, "kv_block_tokens": block,
-        "num_kv_blocks": draw(st.integers(120 // block + 1, 500 // block + 2)),
-        "prefix_caching": draw(st.booleans()),
-        "long_prefill_token_threshold": draw(st.sampled_from([0, 0, 8])),
-        "chunked_prefill": True,
-    }
+    replicas = draw(st.integers(1, 3))
+    num_kv_blocks = draw(st.integers(120 // block + 1, 500 // block + 2))
+    prefix_caching = draw(st.booleans())
+    threshold = draw(st.sampled_from([0, 0, 8]))
     kind = draw(st.sampled_from(["linear", "roofline", "calibrated"]))
     perf = ({"kind": "linear", "step_overhead_s": draw(st.floats(1e-3, 0.05)),
              "per_prefill_token_s": draw(st.floats(0, 1e-3)), "per_decode_seq_s": draw(st.floats(0, 1e-2)),
              "per_kv_token_s": draw(st.floats(0, 1e-4))} if kind == "linear" else {"kind": kind})
-    return {
-        "name": "chains", "seed": draw(st.integers(0, 2**32 - 1)), "model": "llama-3.1-8b",
-        "cluster": {"pools": [pool]}, "perf": perf, "scheduler": {"kind": "fcfs"},
-        "router": draw(st.sampled_from(["round_robin", "least_kv", "least_outstanding", "power_of_two",
-                                        "prefix_affinity"])),
-        "workload": {"num_requests": draw(st.integers(8, 40)), "prefix_unit_tokens": 16,
-                     "arrival": {"process": "poisson", "rate_per_s": draw(st.floats(2, 200))},
-                     "mix": [{"query_type": "q",
-                              "prompt_tokens": {"dist": "uniform", "low": 1, "high": draw(st.integers(1, 60))},
-                              "reasoning_tokens": {"dist": "uniform", "low": 10, "high": draw(st.integers(10, 240))},
-                              "answer_tokens": {"dist": "uniform", "low": 1, "high": draw(st.integers(1, 10))},
-                              "system_prompt_tokens": draw(st.sampled_from([0, 16, 32]))}]},
-        "slo": {"ttft_s": 1.0},
-        "engine": {"horizon_s": draw(st.sampled_from([1e6, 1e6, 1e6, 0.7, 4.0]))},
-    }
+    return _chains_scenario(
+        seed=draw(st.integers(0, 2**32 - 1)), replicas=replicas, max_num_seqs=max_seqs, max_num_batched_tokens=budget,
+        kv_block_tokens=block, num_kv_blocks=num_kv_blocks, prefix_caching=prefix_caching,
+        long_prefill_token_threshold=threshold, perf=perf,
+        router=draw(st.sampled_from(["round_robin", "least_kv", "least_outstanding", "power_of_two",
+                                     "prefix_affinity"])),
+        num_requests=draw(st.integers(8, 40)), rate_per_s=draw(st.floats(2, 200)),
+        prompt_high=draw(st.integers(1, 60)), reasoning_high=draw(st.integers(10, 240)),
+        answer_high=draw(st.integers(1, 10)), system_prompt_tokens=draw(st.sampled_from([0, 16, 32])),
+        horizon_s=draw(st.sampled_from([1e6, 1e6, 1e6, 0.7, 4.0])))
 
 
 def _chained_run_end_case() -> dict:
@@ -59,22 +76,13 @@ def _chained_run_end_case() -> dict:
     at 6.493300224171502 s instead of its last step end, ...503, which no SimPy delay reaches from 1.842 s (now + d
     jumps from ...502 to ...504). Later first-token and finish times moved by an ulp. A run's end is now scheduled
     at its absolute time (events.Environment.schedule_at)."""
-    return {"name": "chains", "seed": 228, "model": "llama-3.1-8b",
-            "cluster": {"pools": [{"name": "p", "gpu": "h100-sxm", "replicas": 1, "max_num_seqs": 6,
-                                   "max_num_batched_tokens": 68, "kv_block_tokens": 16, "num_kv_blocks": 22,
-                                   "prefix_caching": True, "long_prefill_token_threshold": 0,
-                                   "chunked_prefill": True}]},
-            "perf": {"kind": "linear", "step_overhead_s": 0.02219824709462799,
-                     "per_prefill_token_s": 3.360085547104853e-05, "per_decode_seq_s": 9.076990886985745e-05,
-                     "per_kv_token_s": 9.076990886985745e-05},
-            "scheduler": {"kind": "fcfs"}, "router": "round_robin",
-            "workload": {"num_requests": 38, "prefix_unit_tokens": 16,
-                         "arrival": {"process": "poisson", "rate_per_s": 92.99181138924803},
-                         "mix": [{"query_type": "q", "prompt_tokens": {"dist": "uniform", "low": 1, "high": 42},
-                                  "reasoning_tokens": {"dist": "uniform", "low": 10, "high": 228},
-                                  "answer_tokens": {"dist": "uniform", "low": 1, "high": 1},
-                                  "system_prompt_tokens": 16}]},
-            "slo": {"ttft_s": 1.0}, "engine": {"horizon_s": 1e6}}
+    return _chains_scenario(
+        seed=228, replicas=1, max_num_seqs=6, max_num_batched_tokens=68, kv_block_tokens=16, num_kv_blocks=22,
+        prefix_caching=True, long_prefill_token_threshold=0,
+        perf={"kind": "linear", "step_overhead_s": 0.02219824709462799, "per_prefill_token_s": 3.360085547104853e-05,
+              "per_decode_seq_s": 9.076990886985745e-05, "per_kv_token_s": 9.076990886985745e-05},
+        router="round_robin", num_requests=38, rate_per_s=92.99181138924803, prompt_high=42, reasoning_high=228,
+        answer_high=1, system_prompt_tokens=16)
 
 
 def _first_step_reasoning_end_case() -> dict:
@@ -83,19 +91,10 @@ def _first_step_reasoning_end_case() -> dict:
     cancelled while it waited, when another sample of its prompt completed. Its row was recorded then, without the
     reasoning end the run would stamp later. The first step's reasoning ends are now stamped at the run's first
     preempting plan, before any victim leaves."""
-    return {"name": "chains", "seed": 272, "model": "llama-3.1-8b",
-            "cluster": {"pools": [{"name": "p", "gpu": "h100-sxm", "replicas": 3, "max_num_seqs": 6,
-                                   "max_num_batched_tokens": 43, "kv_block_tokens": 16, "num_kv_blocks": 9,
-                                   "prefix_caching": False, "long_prefill_token_threshold": 8,
-                                   "chunked_prefill": True}]},
-            "perf": {"kind": "roofline"}, "scheduler": {"kind": "fcfs"}, "router": "least_outstanding",
-            "workload": {"num_requests": 33, "prefix_unit_tokens": 16,
-                         "arrival": {"process": "poisson", "rate_per_s": 123.0},
-                         "mix": [{"query_type": "q", "prompt_tokens": {"dist": "uniform", "low": 1, "high": 30},
-                                  "reasoning_tokens": {"dist": "uniform", "low": 10, "high": 95},
-                                  "answer_tokens": {"dist": "uniform", "low": 1, "high": 8},
-                                  "system_prompt_tokens": 0}]},
-            "slo": {"ttft_s": 1.0}, "engine": {"horizon_s": 1e6}}
+    return _chains_scenario(
+        seed=272, replicas=3, max_num_seqs=6, max_num_batched_tokens=43, kv_block_tokens=16, num_kv_blocks=9,
+        prefix_caching=False, long_prefill_token_threshold=8, perf={"kind": "roofline"}, router="least_outstanding",
+        num_requests=33, rate_per_s=123.0, prompt_high=30, reasoning_high=95, answer_high=8, system_prompt_tokens=0)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

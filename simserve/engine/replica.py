@@ -607,10 +607,7 @@ class Replica:
         num_waiting = len(planner.waiting)
         plan = StepPlan()
         tick0 = dec.tick  # the run's first step's: the arrays lag until the run ends
-        if self._chain_first:  # reasoning ends of the run's first step, which has ended: stamped before any victim
-            for first in self._chain_first:  # leaves (it could be cancelled, and recorded, while it waits)
-                self._reasoning_done(first, float(self._chain_bounds[1]))
-            self._chain_first = []
+        self._first_step_reasoning_ends()  # before any victim leaves (it could be cancelled, and recorded, waiting)
         for before, req, ctx, blocks, behind in piece.victims:
             if before:
                 kv.allocate(before)
@@ -636,6 +633,12 @@ class Replica:
         self._run_start = piece.start
         self._run_waiting = num_waiting
 
+    def _first_step_reasoning_ends(self) -> None:
+        """Stamp the reasoning ends sampled by the run's first step (it has ended), once."""
+        for first in self._chain_first:
+            self._reasoning_done(first, float(self._chain_bounds[1]))
+        self._chain_first = []
+
     def _finish_run(self, m: int, done: int, at_horizon: bool = False) -> StepPlan:
         """Apply the run's first m planned steps (its preempting plans up to then made, by `_next_piece`): the
         blocks of the piece in flight, the m-1 schedules after the first for the decodes that went on, reasoning
@@ -654,8 +657,7 @@ class Replica:
         bounds = self._chain_bounds
         last = StepPlan()
         if done >= 1:  # the first step's reasoning ends, delivered at its end (not if the horizon cut it)
-            for first in self._chain_first:
-                self._reasoning_done(first, float(bounds[1]))
+            self._first_step_reasoning_ends()
         if m - 1 >= to_reasoning_end:
             for j, tick in dec.reasoning_ended():
                 i = tick - first_tick + 1  # its step in the run, from 1

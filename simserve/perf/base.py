@@ -69,10 +69,11 @@ _STEPS.flags.writeable = False
 asum = np.add.reduce
 amax = np.maximum.reduce
 amin = np.minimum.reduce
-try:  # np.count_nonzero is a Python wrapper around this
-    from numpy._core.multiarray import count_nonzero
+try:  # the compiled cores of np.count_nonzero and np.interp, without their Python wrappers (np.interp's checks
+    # were a third of a calibrated step's cost)
+    from numpy._core.multiarray import count_nonzero, interp
 except ImportError:  # pragma: no cover - numpy 1.x
-    count_nonzero = np.count_nonzero
+    count_nonzero, interp = np.count_nonzero, np.interp
 
 
 def step_indices(num_steps: int) -> np.ndarray:

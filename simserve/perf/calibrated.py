@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simserve.hardware import GpuSpec, ModelSpec, datasheet_of
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, PerfContext, amax, asum, kept_context_sums, step_indices
+from simserve.perf.base import Batch, PerfContext, amax, asum, interp, kept_context_sums, step_indices
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features, fit_for_gpu, load_fit_cached
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
@@ -90,11 +90,6 @@ def _int_grid(high: int, num: int) -> np.ndarray:
     x = np.round(np.geomspace(1, high, num))
     return x[np.concatenate([[True], x[1:] != x[:-1]])].astype(float)
 
-
-try:  # np.interp's compiled core: the same arithmetic without the wrapper's checks (a third of a step's cost)
-    from numpy._core.multiarray import interp as _interp
-except ImportError:  # pragma: no cover - numpy 1.x
-    _interp = np.interp
 
 _KV_GRID = _int_grid(1 << 20, 160)
 _NEW_GRID = _int_grid(1 << 17, 120)
@@ -289,8 +284,8 @@ class CalibratedPerf:
     def _decode_attn_s(self, b: int, mean_kv: np.ndarray, max_kv: np.ndarray) -> np.ndarray:
         """One layer's decode attention of b sequences: the larger of b uniform sequences of the mean context and one
         of the longest, interpolated in log-log on the rows built once per batch size."""
-        t = _interp(np.log(mean_kv), _LOG_KV, self._decode_row(b))
-        np.maximum(t, _interp(np.log(max_kv), _LOG_KV, self._decode_row(1)), out=t)
+        t = interp(np.log(mean_kv), _LOG_KV, self._decode_row(b))
+        np.maximum(t, interp(np.log(max_kv), _LOG_KV, self._decode_row(1)), out=t)
         return np.exp(t, out=t)
 
     def _decode_attn_one_s(self, b: int, mean_kv: float, max_kv: float) -> float:
@@ -298,8 +293,8 @@ class CalibratedPerf:
         numpy's vector loops do, and a step of a run (decode_run_stats_s) must equal the same step taken alone to
         the last bit."""
         log_mean, log_max = np.log(np.array((mean_kv, max_kv))).tolist()
-        return float(np.exp(max(_interp(log_mean, _LOG_KV, self._decode_row(b)),
-                                _interp(log_max, _LOG_KV, self._decode_row(1)))))
+        return float(np.exp(max(interp(log_mean, _LOG_KV, self._decode_row(b)),
+                                interp(log_max, _LOG_KV, self._decode_row(1)))))
 
     def prefill_attention_s(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
         """One layer's prefill attention, one call per chunk (new tokens after `cached` tokens)."""
