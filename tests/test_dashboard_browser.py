@@ -103,6 +103,24 @@ def _wait_idle(page: object, timeout_ms: int = 120_000) -> None:
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 
 
+def _open_tab(page: object, name: str, shows: str, timeout_s: float = 90) -> None:
+    """Select a tab and wait until `shows` (text in it) is visible. A click that lands while the script reruns can be
+    lost when Streamlit redraws the tab bar, leaving the old tab selected (CI saw it once: "Press Run" found but
+    hidden); so click again until the tab's content shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _wait_idle(page)
+        page.get_by_role("tab", name=name, exact=True).click()  # type: ignore[attr-defined]
+        try:
+            page.get_by_text(shows).first.wait_for(state="visible", timeout=5_000)  # type: ignore[attr-defined]
+            return
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
+
+
 def test_the_dashboard_in_chromium(server: str, shots: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -127,14 +145,13 @@ def test_the_dashboard_in_chromium(server: str, shots: Path) -> None:
         page.screenshot(path=str(shots / "dashboard-run.png"))
         before = page.locator("[data-testid='stMetricValue']").all_inner_texts()
         # Pin this setting as A, then one replica instead of two: not run yet, so no figures until Run is pressed.
-        page.get_by_role("tab", name="Compare A vs B").click()
+        _open_tab(page, "Compare A vs B", "Pin the sidebar's setting as A")
         page.get_by_role("button", name="Pin the sidebar's setting as A").click()
         page.get_by_text("A: workload.num_requests=400 | B:").wait_for(timeout=30_000)
         _wait_idle(page)
         _set_number(page, "replicas", 1)
         _wait_idle(page)
-        page.get_by_role("tab", name="Run").click()
-        page.get_by_text("Press Run").wait_for(timeout=30_000)
+        _open_tab(page, "Run", "Press Run")
         page.get_by_role("button", name="Run", exact=True).click()
         page.locator(CHART).first.wait_for(timeout=120_000)
         _wait_idle(page)
@@ -143,7 +160,7 @@ def test_the_dashboard_in_chromium(server: str, shots: Path) -> None:
         assert after and after != before  # the figures moved (one replica is busier: TTFT and cost change)
         page.screenshot(path=str(shots / "dashboard-one-replica.png"))
         # A (two replicas) against B (one) over three seeds, paired by seed.
-        page.get_by_role("tab", name="Compare A vs B").click()
+        _open_tab(page, "Compare A vs B", "Pin the sidebar's setting as A")
         page.get_by_role("button", name="Compare", exact=True).click()
         page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=120_000)
         _wait_idle(page)
