@@ -54,7 +54,8 @@ m = r.summary
 print(json.dumps({"startup_cpu_s": t1 - t0, "run_cpu_s": t2 - t1, "num_events": int(m["num_events"]),
                   "events_per_request": float(m["events_per_request"]), "num_preemptions": int(m["num_preemptions"]),
                   "num_completed": int(m["num_completed"]), "output_tokens": int(m["output_tokens"]),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "engine": simserve.engine_build()}))
 """
 
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"(import + parse {r['startup_cpu_s']:.2f}, run {r['run_cpu_s']:.2f}), "
                       f"{r['events_per_request']:.2f} events/request, "
                       f"{1e6 * r['run_cpu_s'] / r['num_events']:.1f} us/event, {r['num_preemptions']:,} preemptions, "
-                      f"peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+                      f"peak RSS {r['peak_rss_mib']:.0f} MiB, {r['engine']} engine", flush=True)
                 if args.blis is not None:
                     blis_runs.append(run_blis(args.blis, args.blis_dir or args.blis.parent, n, Path(tmp)))
                     print(f"{n:>9,} requests  BLIS     #{i + 1}: process {blis_runs[-1]['process_cpu_s']:.2f} s CPU",

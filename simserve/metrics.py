@@ -357,7 +357,7 @@ def percentile_of_sorted(value_at: Callable[[int], float], n: int, p: float) -> 
 
 
 def _stats(prefix: str, batches: Batches, column: str, max_held: int,
-           where: tuple[str, str] | None = None) -> dict[str, float]:
+           where: tuple[str, Any] | None = None) -> dict[str, float]:
     """Mean (exactly rounded sum over count) and percentiles of a latency over completed requests (those whose
     `where` column, when given, holds the given value)."""
 
@@ -505,13 +505,13 @@ GROUP_METRICS = ("ttft_s", "time_to_answer_s", "e2e_s")
 
 
 def group_summary(requests: pd.DataFrame | Path, by: str, *, metrics: Iterable[str] = GROUP_METRICS,
-                  max_held: int = ROW_GROUP_ROWS) -> dict[str, dict[str, Any]]:
+                  max_held: int = ROW_GROUP_ROWS) -> dict[Any, dict[str, Any]]:
     """Per value of `by` (query_type, pool): request counts by status and the mean and percentiles of each
     latency in `metrics` over completed requests, exactly and in bounded memory as `summarize` computes them
     (one pass for the counts, then a few per group and metric). Groups in order of first appearance; requests
     that never reached a pool (rejected up front, not arrived) have pool ''."""
     batches = _batches(requests)
-    counts: dict[str, dict[str, Any]] = {}
+    counts: dict[Any, dict[str, Any]] = {}  # keyed by the column's values (a difficulty level is an int)
     for t in batches([by, "status"]):
         pairs = pa.table({"g": t[by], "s": t["status"]}).group_by(["g", "s"], use_threads=False).aggregate(
             [([], "count_all")])

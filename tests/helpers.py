@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,15 @@ def assert_same_records(now: Path, before: Path) -> None:
 
 
 ENGINE_EVENTS = ("num_events", "events_per_request")  # what the engine did, not what it simulated
+
+
+def assert_equal_figures(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two summaries hold the same figures, NaN equal to NaN (a dict's == holds for NaN only where both sides are one
+    float object, which neither a JSON file nor the compiled engine promises)."""
+    assert set(a) == set(b)
+    differ = {k: (a[k], b[k]) for k in a if not (a[k] == b[k] or (isinstance(a[k], float) and isinstance(b[k], float)
+                                                                  and math.isnan(a[k]) and math.isnan(b[k])))}
+    assert not differ, differ
 
 
 def assert_same_summary(now: dict[str, Any], before: dict[str, Any]) -> None:

@@ -493,6 +493,6 @@ def test_all_is_exactly_the_public_names():
     public = {name for name, value in vars(simserve).items()
               if not name.startswith("_") and not isinstance(value, types.ModuleType)}
     assert set(simserve.__all__) == public
-    assert set(simserve.__all__) == {"Results", "Scenario", "ScenarioError", "Simulation", "load_scenario",
-                                     "parse_scenario", "run"}
+    assert set(simserve.__all__) == {"Results", "Scenario", "ScenarioError", "Simulation", "engine_build",
+                                     "load_scenario", "parse_scenario", "run"}
     assert simserve.__version__ == "0.1.0"

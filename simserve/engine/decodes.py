@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from simserve.perf.base import amin, count_nonzero
 from simserve.request import Request
@@ -17,6 +18,7 @@ from simserve.request import Request
 _NEVER = 1 << 62
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecDecodes
 class Decodes:
     """Requests whose known tokens are all in the KV cache, each generating one token per step.
 

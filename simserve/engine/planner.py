@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from simserve.engine.decodes import Decodes
 from simserve.engine.kv import Extent, KvBlockPool, KvHold, blocks_for
@@ -107,6 +108,7 @@ class StepPlan:
         return self.all_decodes and not self.finishing
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecPlanner
 class Planner:
     """A replica's scheduling state: the waiting queue, the running requests and the KV pool."""
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import simpy
+from mypy_extensions import mypyc_attr
 
 from simserve.engine.decodes import ChainPiece, FastForwardRun
 from simserve.engine.events import AfterPlans, Environment, Settle, StepEnd, step_end_priority
@@ -38,6 +39,7 @@ _ONE_STEP = np.zeros(1, dtype=np.int64)
 _MAX_PIECES = 256  # preempting plans one run may span (it is predicted whole at its start)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecReplica
 class Replica:
     """One model instance on `tensor_parallel` GPUs, driven by its planner, timed by its perf model."""
 
