@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -54,6 +55,10 @@ def _extensions() -> list:
     os.chdir(ROOT)  # mypyc names modules by their paths from here
     try:
         extensions = mypycify(list(ENGINE_MODULES), opt_level="3", group_name="simserve_engine")
+    except Exception as exc:  # mypyc could not translate the modules (a release it does not know): pure Python
+        print(f"simserve: not compiling the engine ({type(exc).__name__}: {exc}); installing pure Python",
+              file=sys.stderr)
+        return []
     finally:
         os.chdir(cwd)
     for ext in extensions:

@@ -25,6 +25,7 @@ from types import ModuleType
 # The modules setup.py compiles (its ENGINE_MODULES, as paths; a test keeps the two in step).
 ENGINE_MODULES = ("simserve.request", "simserve.metrics", "simserve.engine.kv", "simserve.engine.decodes",
                   "simserve.engine.planner", "simserve.engine.replica")
+GROUP = "simserve_engine__mypyc"  # the shared library the compiled modules load (setup.py's group_name)
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "_compiled.json"
 
@@ -78,11 +79,13 @@ class SourceFirst(importlib.abc.MetaPathFinder):
 def select() -> None:
     """Called once by `import simserve`, before any engine module is imported."""
     global _why_pure
-    if not any(compiled_path(m) for m in ENGINE_MODULES):
+    found = [compiled_path(m) is not None for m in ENGINE_MODULES]
+    if not any(found):
         return  # a pure Python install: nothing shadows the source
     if os.environ.get("SIMSERVE_PURE") == "1":
         _why_pure = "SIMSERVE_PURE=1"
-    elif (reason := stale_reason()) is not None:
+    elif (reason := stale_reason() if all(found) and importlib.util.find_spec(GROUP) is not None else
+          "the compiled engine is incomplete (a module or its shared library was not built)") is not None:
         _why_pure = reason
         warnings.warn(f"simserve: {reason}; running the engine's pure Python source (slower). Rebuild the compiled "
                       "engine with `pip install -e .`, or set SIMSERVE_PURE=1 to silence this.",
