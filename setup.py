@@ -1,6 +1,6 @@
 """Builds simserve. The engine's hot modules (ENGINE_MODULES) are compiled to C with mypyc when the build can: the
-same source, with the same results to the bit, in about three quarters of the CPU time (docs/performance.md,
-stage 6). Without a C compiler, or with SIMSERVE_COMPILE=0, simserve installs as pure Python.
+same source, with the same results to the bit; a saturated run takes two thirds to three quarters of the CPU time
+(docs/performance.md, stage 6). Without a C compiler, or with SIMSERVE_COMPILE=0, simserve installs as pure Python.
 
 A compiled module shadows its .py file. simserve/__init__.py therefore checks, at import, that every compiled
 module was built from the source beside it (the digests this build writes to simserve/_compiled.json) and falls

@@ -21,6 +21,7 @@ in (BLIS reads its model and hardware configs from there):
     python bench/bench_blis.py --requests 10000 --root ../before       # another checkout (before/after)
     python bench/bench_blis.py --scenario scenarios/quickstart.yaml --set workload.arrival.rate_per_s=1.2 \
         --requests 20000 --repeat 5                                    # the light load (docs/performance.md)
+    python bench/bench_blis.py --requests 10000 --repeat 4 --pure-too   # compiled engine against its pure source
     python bench/bench_blis.py --requests 1000 --scenario bench/vidur/simserve-a100.yaml --peer-name Vidur \
         --peer 'VIDUR_HOME=$HOME/vidur bench/vidur/run.sh {n} r{n}_{i}'     # beside Vidur (bench/vidur/README.md)
 """
@@ -83,9 +84,12 @@ def byte_compile(root: Path) -> None:
                    env=user_env(root))
 
 
-def run_simserve(scenario: Path, n: int, root: Path = ROOT, overrides: list[str] | None = None) -> dict[str, Any]:
+def run_simserve(scenario: Path, n: int, root: Path = ROOT, overrides: list[str] | None = None,
+                 pure: bool = False) -> dict[str, Any]:
+    """One simserve child; `pure` runs the engine's Python source where the install compiled it (SIMSERVE_PURE)."""
+    env = {k: v for k, v in user_env(root).items() if k != "SIMSERVE_PURE"} | ({"SIMSERVE_PURE": "1"} if pure else {})
     cpu, out = child_cpu([sys.executable, "-c", CHILD, str(scenario.resolve()), str(n), *(overrides or [])],
-                         env=user_env(root), cwd=root)
+                         env=env, cwd=root)
     return {"process_cpu_s": cpu, **json.loads(out.strip().splitlines()[-1])}
 
 
@@ -115,13 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-name", default="peer")
     ap.add_argument("--root", type=Path, default=ROOT,
                     help="the simserve checkout to run (default: this one; another to compare before and after)")
+    ap.add_argument("--pure-too", action="store_true",
+                    help="after each simserve run, run it again on the engine's pure Python source (SIMSERVE_PURE=1), "
+                    "and report both medians: the compiled engine's speed-up (docs/performance.md, stage 6)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     results: dict[str, Any] = {"load_average_start": os.getloadavg(), "sizes": {}}
     byte_compile(args.root)
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.requests:
-            sim_runs, blis_runs, peer_runs = [], [], []
+            sim_runs, blis_runs, peer_runs, pure_runs = [], [], [], []
             for i in range(args.repeat):
                 sim_runs.append(run_simserve(args.scenario, n, args.root, args.overrides))
                 r = sim_runs[-1]
@@ -130,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['events_per_request']:.2f} events/request, "
                       f"{1e6 * r['run_cpu_s'] / r['num_events']:.1f} us/event, {r['num_preemptions']:,} preemptions, "
                       f"peak RSS {r['peak_rss_mib']:.0f} MiB, {r['engine']} engine", flush=True)
+                if args.pure_too:
+                    pure_runs.append(run_simserve(args.scenario, n, args.root, args.overrides, pure=True))
+                    p = pure_runs[-1]
+                    print(f"{n:>9,} requests  pure     #{i + 1}: process {p['process_cpu_s']:.2f} s CPU "
+                          f"(run {p['run_cpu_s']:.2f}), {p['engine']} engine", flush=True)
                 if args.blis is not None:
                     blis_runs.append(run_blis(args.blis, args.blis_dir or args.blis.parent, n, Path(tmp)))
                     print(f"{n:>9,} requests  BLIS     #{i + 1}: process {blis_runs[-1]['process_cpu_s']:.2f} s CPU",
@@ -141,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             row: dict[str, Any] = {"simserve": sim_runs, "blis": blis_runs, args.peer_name: peer_runs}
             for key in ("process_cpu_s", "startup_cpu_s", "run_cpu_s"):
                 row[f"simserve_{key}_median"] = statistics.median(r[key] for r in sim_runs)
+            if pure_runs:
+                row["pure"] = pure_runs
+                for key in ("process_cpu_s", "run_cpu_s"):
+                    row[f"pure_{key}_median"] = statistics.median(r[key] for r in pure_runs)
+                print(f"{n:>9,} requests  median CPU of the run: pure {row['pure_run_cpu_s_median']:.2f} s, "
+                      f"{sim_runs[0]['engine']} {row['simserve_run_cpu_s_median']:.2f} s: "
+                      f"{row['pure_run_cpu_s_median'] / row['simserve_run_cpu_s_median']:.2f}x", flush=True)
             if blis_runs:
                 row["blis_process_cpu_s_median"] = statistics.median(r["process_cpu_s"] for r in blis_runs)
                 row["ratio_process"] = row["blis_process_cpu_s_median"] / row["simserve_process_cpu_s_median"]
