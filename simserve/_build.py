@@ -3,9 +3,10 @@
 A compiled module (`replica.cpython-311-x86_64-linux-gnu.so`) sits beside its `replica.py` and Python imports it
 first. After an edit to the source, that would run the old code. So, when simserve is imported, `select()`
 compares each compiled module's source with the digest the build recorded (simserve/_compiled.json). Where any
-differs, or SIMSERVE_PURE=1, it puts a finder in front of Python's that imports all of ENGINE_MODULES from their
-.py files: the compiled modules call one another directly, so they run all compiled or all pure. The check reads
-six small files (well under a millisecond) and only where compiled modules exist."""
+differs, where the compiled set is incomplete (a module or the shared library they load missing), or with
+SIMSERVE_PURE=1, it puts a finder in front of Python's that imports all of ENGINE_MODULES from their .py files: the
+compiled modules call one another directly, so they run all compiled or all pure; it warns, but for SIMSERVE_PURE.
+The check reads six small files (well under a millisecond) and only where compiled modules exist."""
 
 from __future__ import annotations
 
