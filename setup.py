@@ -1,6 +1,7 @@
-"""Builds simserve. The engine's hot modules (ENGINE_MODULES) are compiled to C with mypyc when the build can: the
-same source, with the same results to the bit; a saturated run takes two thirds to three quarters of the CPU time
-(docs/performance.md, stage 6). Without a C compiler, or with SIMSERVE_COMPILE=0, simserve installs as pure Python.
+"""Builds simserve. The engine's hot modules (simserve/_build.py's ENGINE_MODULES) are compiled to C with mypyc when
+the build can: the same source, with the same results to the bit; a saturated run takes two thirds to three quarters
+of the CPU time (docs/performance.md, stage 6). Without a C compiler, or with SIMSERVE_COMPILE=0, simserve installs
+as pure Python.
 
 A compiled module shadows its .py file. simserve/__init__.py therefore checks, at import, that every compiled
 module was built from the source beside it (the digests this build writes to simserve/_compiled.json) and falls
@@ -9,7 +10,7 @@ back to the pure Python modules, all of them, where one was edited since (SIMSER
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -19,14 +20,16 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-# Kept in step with simserve/_build.py's ENGINE_MODULES (a test checks).
-ENGINE_MODULES = ("simserve/request.py", "simserve/metrics.py", "simserve/engine/kv.py",
-                  "simserve/engine/decodes.py", "simserve/engine/planner.py", "simserve/engine/replica.py")
-MANIFEST = "simserve/_compiled.json"
 
 
-def _digest(path: str) -> str:
-    return hashlib.sha256((ROOT / path).read_bytes()).hexdigest()
+def _load_build():  # simserve/_build.py by its path (stdlib only), without importing simserve or its dependencies
+    spec = importlib.util.spec_from_file_location("_simserve_build", ROOT / "simserve" / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_build = _load_build()
 
 
 class BuildEngine(build_ext):
@@ -37,11 +40,11 @@ class BuildEngine(build_ext):
         super().run()
         if not self.extensions:
             return
-        built = {m: _digest(m) for m in ENGINE_MODULES}
-        text = json.dumps({"modules": built}, indent=1, sort_keys=True) + "\n"
+        text = json.dumps({"modules": _build.source_digests()}, indent=1, sort_keys=True) + "\n"
+        where = _build.MANIFEST.relative_to(ROOT)
         for base in {Path(self.build_lib), ROOT} if self.inplace else {Path(self.build_lib)}:
-            (base / MANIFEST).parent.mkdir(parents=True, exist_ok=True)
-            (base / MANIFEST).write_text(text)
+            (base / where).parent.mkdir(parents=True, exist_ok=True)
+            (base / where).write_text(text)
 
 
 def _extensions() -> list:
@@ -54,7 +57,8 @@ def _extensions() -> list:
     cwd = os.getcwd()
     os.chdir(ROOT)  # mypyc names modules by their paths from here
     try:
-        extensions = mypycify(list(ENGINE_MODULES), opt_level="3", group_name="simserve_engine")
+        extensions = mypycify([_build.source_key(m) for m in _build.ENGINE_MODULES], opt_level="3",
+                              group_name=_build.GROUP_NAME)
     except Exception as exc:  # mypyc could not translate the modules (a release it does not know): pure Python
         print(f"simserve: not compiling the engine ({type(exc).__name__}: {exc}); installing pure Python",
               file=sys.stderr)

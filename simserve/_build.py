@@ -23,10 +23,11 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-# The modules setup.py compiles (its ENGINE_MODULES, as paths; a test keeps the two in step).
+# The modules setup.py compiles (it loads this file for them, the group's name and the digests; stdlib only here).
 ENGINE_MODULES = ("simserve.request", "simserve.metrics", "simserve.engine.kv", "simserve.engine.decodes",
                   "simserve.engine.planner", "simserve.engine.replica")
-GROUP = "simserve_engine__mypyc"  # the shared library the compiled modules load (setup.py's group_name)
+GROUP_NAME = "simserve_engine"  # mypyc's group: one shared library, GROUP, that the compiled modules load
+GROUP = f"{GROUP_NAME}__mypyc"
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "_compiled.json"
 
@@ -35,6 +36,20 @@ _why_pure: str | None = None  # set by select(): why the source runs where compi
 
 def source_path(module: str) -> Path:
     return PACKAGE_DIR.parent.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def source_key(module: str) -> str:
+    """`module`'s source as the build names it: its path from the package's parent ('simserve/engine/kv.py')."""
+    return source_path(module).relative_to(PACKAGE_DIR.parent).as_posix()
+
+
+def source_digest(module: str) -> str:
+    return hashlib.sha256(source_path(module).read_bytes()).hexdigest()
+
+
+def source_digests(modules: Sequence[str] = ENGINE_MODULES) -> dict[str, str]:
+    """{source_key: SHA-256 of the source}: what the build records in MANIFEST and `stale_reason` compares."""
+    return {source_key(m): source_digest(m) for m in modules}
 
 
 def compiled_path(module: str) -> Path | None:
@@ -53,14 +68,13 @@ def stale_reason(manifest: Path = MANIFEST, modules: Sequence[str] = ENGINE_MODU
     except (OSError, ValueError, KeyError, TypeError):
         return f"{manifest.name} (the compiled sources' digests) is missing or unreadable"
     for module in modules:
-        path = source_path(module)
-        rel = path.relative_to(PACKAGE_DIR.parent).as_posix()
+        key = source_key(module)
         try:
-            now = hashlib.sha256(path.read_bytes()).hexdigest()
+            now = source_digest(module)
         except OSError:
-            return f"{rel} is missing"
-        if built.get(rel) != now:
-            return f"{rel} changed since it was compiled"
+            return f"{key} is missing"
+        if built.get(key) != now:
+            return f"{key} changed since it was compiled"
     return None
 
 
@@ -85,12 +99,15 @@ def select() -> None:
         return  # a pure Python install: nothing shadows the source
     if os.environ.get("SIMSERVE_PURE") == "1":
         _why_pure = "SIMSERVE_PURE=1"
-    elif (reason := stale_reason() if all(found) and importlib.util.find_spec(GROUP) is not None else
-          "the compiled engine is incomplete (a module or its shared library was not built)") is not None:
-        _why_pure = reason
-        warnings.warn(f"simserve: {reason}; running the engine's pure Python source (slower). Rebuild the compiled "
-                      "engine with `pip install -e .`, or set SIMSERVE_PURE=1 to silence this.",
-                      RuntimeWarning, stacklevel=3)
+    else:
+        if not all(found) or importlib.util.find_spec(GROUP) is None:
+            _why_pure = "the compiled engine is incomplete (a module or its shared library was not built)"
+        else:
+            _why_pure = stale_reason()
+        if _why_pure is not None:
+            warnings.warn(f"simserve: {_why_pure}; running the engine's pure Python source (slower). Rebuild the "
+                          "compiled engine with `pip install -e .`, or set SIMSERVE_PURE=1 to silence this.",
+                          RuntimeWarning, stacklevel=3)
     if _why_pure is not None and not any(isinstance(f, SourceFirst) for f in sys.meta_path):
         sys.meta_path.insert(0, SourceFirst(ENGINE_MODULES))
 

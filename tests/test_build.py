@@ -4,8 +4,6 @@ and CI runs it (SIMSERVE_REQUIRE_COMPILED=1 in .ci/run turns the skip where noth
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import json
 import os
 import subprocess
@@ -27,25 +25,17 @@ def _needs_compiled() -> None:
         pytest.skip("the engine was not compiled here (no C compiler at install, or SIMSERVE_COMPILE=0)")
 
 
-def _python(code: str, **env: str) -> str:
+def _python(code: str, *args: str, **env: str) -> str:
+    """stdout of `python -c code args` in a fresh process, SIMSERVE_PURE only as `env` says."""
     full = {k: v for k, v in os.environ.items() if k != "SIMSERVE_PURE"} | env
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full, capture_output=True, text=True,
-                         check=True)
-    return out.stdout.strip()
-
-
-def test_setup_compiles_the_modules_the_import_checks():
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    listed = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-                  and any(isinstance(t, ast.Name) and t.id == "ENGINE_MODULES" for t in node.targets))
-    assert tuple(listed) == tuple(_build.source_path(m).relative_to(ROOT).as_posix()
-                                  for m in _build.ENGINE_MODULES)
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=full, capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def test_an_edited_source_is_stale(tmp_path):
     modules = _build.ENGINE_MODULES
-    digests = {_build.source_path(m).relative_to(ROOT).as_posix():
-               hashlib.sha256(_build.source_path(m).read_bytes()).hexdigest() for m in modules}
+    digests = _build.source_digests(modules)
+    assert set(digests) == {_build.source_path(m).relative_to(ROOT).as_posix() for m in modules}
     manifest = tmp_path / "_compiled.json"
     manifest.write_text(json.dumps({"modules": digests}))
     assert _build.stale_reason(manifest, modules) is None
@@ -78,9 +68,7 @@ print(json.dumps([repr(figures), tables]))
 
 
 def _results(scenario: str, out: Path, overrides: list[str], **env: str) -> list[str]:
-    full = {k: v for k, v in os.environ.items() if k != "SIMSERVE_PURE"} | env
-    return subprocess.run([sys.executable, "-c", RUN, scenario, str(out), *overrides], cwd=ROOT, env=full,
-                          capture_output=True, text=True, check=True).stdout.splitlines()
+    return _python(RUN, scenario, str(out), *overrides, **env).splitlines()
 
 
 @pytest.mark.parametrize("scenario, overrides", [
