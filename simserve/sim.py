@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -366,7 +369,8 @@ class Simulation:
         self._horizon_follows_trace = not math.isfinite(horizon)
         stop = self._trace_horizon if self._horizon_follows_trace else env.timeout(horizon)
         try:
-            env.run(until=self._all_done | stop)
+            with _fewer_collections():
+                env.run(until=self._all_done | stop)
         except BaseException:
             self.recorder.abort()  # the .partial files stay as they are; nothing gets a final name
             raise
@@ -540,6 +544,43 @@ def build_perf(spec: PerfSpec, gpu: GpuSpec, model: ModelSpec, pool: PoolSpec, b
     """A pool's step-time model."""
     return spec.build(PerfContext(gpu, model, pool.tensor_parallel, pool.expert_parallel,
                                   pool.data_parallel_attention, base_dir))
+
+
+# The cyclic garbage collector while runs are in flight: how many, and the state to restore when the last ends.
+_gc_lock = threading.Lock()
+_gc_runs = 0
+_gc_saved: tuple[tuple[int, int, int], bool] = ((700, 10, 10), False)
+RUN_GC_THRESHOLD = (100_000, 50, 100)
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Run with fewer cyclic collections: a run allocates millions of short-lived objects (requests' records, plans,
+    numpy temporaries), almost all freed by reference counting, and CPython's default threshold (a young-generation
+    collection every 700 net allocations) spends 3-4% of a saturated run rescanning them. The objects made before the
+    run (modules, the scenario, fitted tables) are frozen out of every collection and the young generation is
+    collected every 100,000 allocations; cycles are still collected. The collector's settings come back when the
+    last run in flight ends (runs in threads of one process share them); a caller's own frozen objects are left
+    frozen. Collections do not touch simulated state, so results are the same."""
+    global _gc_runs, _gc_saved
+    with _gc_lock:
+        if _gc_runs == 0:
+            froze = gc.get_freeze_count() == 0
+            _gc_saved = (gc.get_threshold(), froze)
+            if froze:
+                gc.freeze()
+            gc.set_threshold(*RUN_GC_THRESHOLD)
+        _gc_runs += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_runs -= 1
+            if _gc_runs == 0:
+                threshold, froze = _gc_saved
+                gc.set_threshold(*threshold)
+                if froze:
+                    gc.unfreeze()
 
 
 def run(scenario: Scenario, base_dir: Path | None = None) -> Results:

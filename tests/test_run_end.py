@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import scenario
+from helpers import scenario, tiny
 
 from simserve import Simulation, load_scenario, run
 
@@ -108,3 +108,33 @@ def test_a_reasoning_end_in_a_step_the_horizon_cuts_is_not_recorded():
     for exact in (False, True):
         df = Simulation(scenario(data, exact_steps=exact)).run().requests
         assert df["reasoning_end_s"].iloc[0] == pytest.approx(2.0, abs=1e-6), exact
+
+
+def test_a_run_collects_garbage_less_often_and_restores_the_collectors_settings():
+    import gc
+
+    from simserve import sim
+
+    seen: list[tuple[tuple[int, int, int], bool]] = []
+
+    class Watch(sim.Hooks):
+        def arrived(self, req):
+            seen.append((gc.get_threshold(), gc.get_freeze_count() > 0))
+
+    before = gc.get_threshold()
+    gc.set_threshold(500, 7, 9)
+    try:
+        res = sim.Simulation(scenario(tiny()), hooks=[Watch()]).run()
+        assert res.summary["num_completed"] == 10
+        assert seen and all(t == sim.RUN_GC_THRESHOLD and frozen for t, frozen in seen)
+        assert gc.get_threshold() == (500, 7, 9) and gc.get_freeze_count() == 0
+        # Nested (or concurrent) runs: the settings come back when the last ends; a caller's frozen objects stay.
+        gc.freeze()
+        with sim._fewer_collections():
+            with sim._fewer_collections():
+                assert gc.get_threshold() == sim.RUN_GC_THRESHOLD
+            assert gc.get_threshold() == sim.RUN_GC_THRESHOLD
+        assert gc.get_threshold() == (500, 7, 9) and gc.get_freeze_count() > 0  # not unfrozen
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
