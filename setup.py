@@ -59,7 +59,8 @@ def _extensions() -> list:
     try:
         extensions = mypycify([_build.source_key(m) for m in _build.ENGINE_MODULES], opt_level="3",
                               group_name=_build.GROUP_NAME)
-    except Exception as exc:  # mypyc could not translate the modules (a release it does not know): pure Python
+    except (Exception, SystemExit) as exc:  # mypyc could not translate the modules (a type error, or an internal
+        # error of a release it does not know: mypyc reports those with sys.exit): pure Python
         print(f"simserve: not compiling the engine ({type(exc).__name__}: {exc}); installing pure Python",
               file=sys.stderr)
         return []

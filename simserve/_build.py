@@ -6,7 +6,7 @@ compares each compiled module's source with the digest the build recorded (simse
 differs, where the compiled set is incomplete (a module or the shared library they load missing), or with
 SIMSERVE_PURE=1, it puts a finder in front of Python's that imports all of ENGINE_MODULES from their .py files: the
 compiled modules call one another directly, so they run all compiled or all pure; it warns, but for SIMSERVE_PURE.
-The check reads six small files (well under a millisecond) and only where compiled modules exist."""
+The check reads nine small files (well under a millisecond) and only where compiled modules exist."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from pathlib import Path
 from types import ModuleType
 
 # The modules setup.py compiles (it loads this file for them, the group's name and the digests; stdlib only here).
-ENGINE_MODULES = ("simserve.request", "simserve.metrics", "simserve.engine.kv", "simserve.engine.decodes",
+ENGINE_MODULES = ("simserve.request", "simserve.metrics", "simserve.perf.base", "simserve.perf.analytic",
+                  "simserve.perf.calibrated", "simserve.engine.kv", "simserve.engine.decodes",
                   "simserve.engine.planner", "simserve.engine.replica")
 GROUP_NAME = "simserve_engine"  # mypyc's group: one shared library, GROUP, that the compiled modules load
 GROUP = f"{GROUP_NAME}__mypyc"

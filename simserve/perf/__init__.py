@@ -5,22 +5,16 @@
 fits are loaded read-only, fitting lives in simserve.calibration).
 """
 
-from typing import Annotated
-
-from pydantic import Field
-
 from simserve.perf.analytic import (
     LinearPerf,
-    LinearPerfSpec,
     RooflinePerf,
-    RooflinePerfSpec,
     StepQuantities,
     causal_pairs,
     step_quantities,
     step_tokens,
 )
 from simserve.perf.base import Batch, PerfContext, PerfModel, kept_context_sums
-from simserve.perf.calibrated import CalibratedPerf, CalibratedPerfSpec
+from simserve.perf.calibrated import CalibratedPerf
 from simserve.perf.fits import (
     SHIPPED_FITS_DIR,
     TABLES,
@@ -32,8 +26,7 @@ from simserve.perf.fits import (
     load_fit_cached,
     shipped_fits,
 )
-
-PerfSpec = Annotated[RooflinePerfSpec | LinearPerfSpec | CalibratedPerfSpec, Field(discriminator="kind")]
+from simserve.perf.specs import CalibratedPerfSpec, LinearPerfSpec, PerfSpec, RooflinePerfSpec
 
 __all__ = [
     "kept_context_sums",

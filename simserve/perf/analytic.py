@@ -8,15 +8,11 @@ them) and the prefill-attention features of a fit, so the three cannot drift apa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from simserve.hardware import ModelSpec
 from simserve.perf.base import Batch, PerfContext, asum, kept_context_sums, step_indices
-
-_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
 
 
 def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:
@@ -69,32 +65,18 @@ def step_quantities(model: ModelSpec, batch: Batch) -> StepQuantities:
                           attention_flops=attention_flops_per_pair(model) * pairs)
 
 
-class LinearPerfSpec(BaseModel):
-    """step = step_overhead_s + per_prefill_token_s x prefill tokens + per_decode_seq_s x decoding sequences
-    + per_kv_token_s x context tokens the decoding sequences attend over."""
-
-    model_config = _FROZEN
-    kind: Literal["linear"] = Field(default="linear", description="step time linear in the batch's work")
-    step_overhead_s: float = Field(default=0.0, ge=0, description="seconds every step takes")
-    per_prefill_token_s: float = Field(default=0.0, ge=0, description="seconds per prompt token computed")
-    per_decode_seq_s: float = Field(default=0.0, ge=0, description="seconds per decoding sequence")
-    per_kv_token_s: float = Field(default=0.0, ge=0, description="seconds per context token the decoding "
-                                  "sequences attend over")
-
-    def build(self, ctx: PerfContext) -> LinearPerf:
-        return LinearPerf(self)
-
-
 class LinearPerf:
-    """The linear PerfModel (LinearPerfSpec)."""
+    """The linear PerfModel (simserve.perf.specs.LinearPerfSpec): overhead + per prefill token + per decoding
+    sequence + per context token the decodes attend over."""
 
     reads_longest_context = False  # decode_run_stats_s ignores context_max
 
-    def __init__(self, spec: LinearPerfSpec) -> None:
-        self.c0 = self.overhead_s = spec.step_overhead_s
-        self.c_prefill = spec.per_prefill_token_s
-        self.c_seq = spec.per_decode_seq_s
-        self.c_kv = spec.per_kv_token_s
+    def __init__(self, step_overhead_s: float, per_prefill_token_s: float, per_decode_seq_s: float,
+                 per_kv_token_s: float) -> None:
+        self.c0 = self.overhead_s = step_overhead_s
+        self.c_prefill = per_prefill_token_s
+        self.c_seq = per_decode_seq_s
+        self.c_kv = per_kv_token_s
 
     def step_time_s(self, batch: Batch) -> float:
         n = len(batch.decode_context_tokens)
@@ -114,38 +96,18 @@ class LinearPerf:
         return self.c0 + self.c_seq * n + self.c_kv * kv
 
 
-class RooflinePerfSpec(BaseModel):
-    """Roofline step time for one replica of `tensor_parallel` GPUs:
-
-    overhead + max(bytes moved / (HBM bandwidth x memory_efficiency), FLOPs / (peak x compute_efficiency))
-    + tensor-parallel all-reduce time. Bytes: weights (read once per step) plus KV read by attention and KV
-    written. FLOPs: 2 x active params per token plus attention (4 x layers x heads x head_dim per query-key
-    pair; a prefill chunk's queries see its cached tokens and, causally, its own). Efficiencies default to the
-    middle of the achievable ranges in REFERENCE.md (decode GEMV 75-88% of HBM bandwidth; large prefill GEMMs
-    70-80% of peak).
-    """
-
-    model_config = _FROZEN
-    kind: Literal["roofline"] = Field(default="roofline", description="step time from datasheet peaks")
-    memory_efficiency: float = Field(default=0.8, gt=0, le=1, description="share of HBM bandwidth achieved")
-    compute_efficiency: float = Field(default=0.7, gt=0, le=1, description="share of peak FLOPs achieved")
-    step_overhead_s: float = Field(default=0.002, ge=0, description="scheduler, sampling and launch overhead")
-    allreduce_latency_s: float = Field(default=30e-6, ge=0, description="per all-reduce call (NCCL floor)")
-
-    def build(self, ctx: PerfContext) -> RooflinePerf:
-        return RooflinePerf(self, ctx)
-
-
 class RooflinePerf:
-    """The roofline PerfModel of one replica (RooflinePerfSpec), its per-GPU rates computed once."""
+    """The roofline PerfModel of one replica (simserve.perf.specs.RooflinePerfSpec), its per-GPU rates computed
+    once."""
 
     reads_longest_context = False  # decode_run_stats_s ignores context_max
 
-    def __init__(self, spec: RooflinePerfSpec, ctx: PerfContext) -> None:
+    def __init__(self, ctx: PerfContext, memory_efficiency: float, compute_efficiency: float,
+                 step_overhead_s: float, allreduce_latency_s: float) -> None:
         gpu, model, tp = ctx.gpu, ctx.model, ctx.tensor_parallel
-        self.overhead_s = spec.step_overhead_s
-        bw = gpu.hbm_bandwidth_bytes_per_s * spec.memory_efficiency
-        flops = gpu.peak_flops_per_s * spec.compute_efficiency
+        self.overhead_s = step_overhead_s
+        bw = gpu.hbm_bandwidth_bytes_per_s * memory_efficiency
+        flops = gpu.peak_flops_per_s * compute_efficiency
         # Per GPU: everything below is sharded evenly over the tensor-parallel group.
         self.model = model
         self.bw_per_gpu = bw * tp
@@ -157,7 +119,7 @@ class RooflinePerf:
             link = gpu.interconnect_bandwidth_bytes_per_s
             per_token = 2.0 * (tp - 1) / tp * model.hidden_size * model.bytes_per_value / link
             # Two all-reduces per layer (after attention and after the MLP).
-            self.comm_fixed_s = 2 * model.num_layers * spec.allreduce_latency_s
+            self.comm_fixed_s = 2 * model.num_layers * allreduce_latency_s
             self.comm_s_per_token = 2 * model.num_layers * per_token
         else:
             self.comm_fixed_s = 0.0

@@ -8,9 +8,10 @@ the engine can fast-forward exactly with any model.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -69,11 +70,11 @@ _STEPS.flags.writeable = False
 asum = np.add.reduce
 amax = np.maximum.reduce
 amin = np.minimum.reduce
-try:  # the compiled cores of np.count_nonzero and np.interp, without their Python wrappers (np.interp's checks
-    # were a third of a calibrated step's cost)
-    from numpy._core.multiarray import count_nonzero, interp
-except ImportError:  # pragma: no cover - numpy 1.x
-    count_nonzero, interp = np.count_nonzero, np.interp
+# The compiled cores of np.count_nonzero and np.interp, without their Python wrappers (np.interp's checks were a
+# third of a calibrated step's cost); numpy 1.x keeps them in numpy.core.
+_cores: Any = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+count_nonzero = _cores.count_nonzero
+interp = _cores.interp
 
 
 def step_indices(num_steps: int) -> np.ndarray:

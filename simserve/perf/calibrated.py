@@ -20,68 +20,13 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import replace
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from simserve.hardware import GpuSpec, ModelSpec, datasheet_of
+from simserve.hardware import ModelSpec
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, PerfContext, amax, asum, interp, kept_context_sums, step_indices
-from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features, fit_for_gpu, load_fit_cached
-
-_FROZEN = ConfigDict(frozen=True, extra="forbid", defer_build=True, allow_inf_nan=False)
-
-
-class CalibratedPerfSpec(BaseModel):
-    """Step time composed from operations fitted on measured profiles. Without `fit`, each pool uses the fit of its
-    GPU: `<gpu>.yaml` in `fits_dir` when given and there, else the one shipped for it (a100-80gb, h100-sxm), else
-    the nearest shipped one ported by datasheet."""
-
-    model_config = _FROZEN
-    kind: Literal["calibrated"] = Field(default="calibrated", description="step time from operations fitted on "
-                                        "measured kernels (docs/calibration.md)")
-    fit: str | None = Field(default=None, description="a fit file (simserve calibrate fit); relative to the scenario")
-    fits_dir: str | None = Field(default=None, description="a folder of your fits, each named after a GPU preset "
-                                 "(h100-sxm.yaml); a pool's GPU's fit there wins over the shipped one; relative to "
-                                 "the scenario")
-    step_overhead_s: float | None = Field(default=None, ge=0, description="per-step CPU overhead; defaults to the "
-                                          "fit's")
-    compute_scale: float | None = Field(default=None, gt=0, description="sustained-load factor on every FLOPs "
-                                        "term; defaults to the fit's")
-    bandwidth_scale: float | None = Field(default=None, gt=0, description="factor on every memory-bytes term "
-                                          "(above 1: memory slower than the fit's kernels reached); defaults to "
-                                          "the fit's")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> CalibratedPerfSpec:
-        if self.fit is not None and self.fits_dir is not None:
-            raise ValueError("give fit (one file for every pool) or fits_dir (a folder of fits named after GPU "
-                             "presets), not both")
-        return self
-
-    def resolve_fit(self, gpu: GpuSpec, base_dir: Path | None = None) -> Fit:
-        """The fit a pool on `gpu` uses (FitError if it cannot be read); relative paths are from `base_dir`."""
-        if self.fit is None:
-            return fit_for_gpu(gpu, _resolve(self.fits_dir, base_dir) if self.fits_dir is not None else None)
-        return load_fit_cached(_resolve(self.fit, base_dir)).on(datasheet_of(gpu))
-
-    def build(self, ctx: PerfContext) -> CalibratedPerf:
-        fit = self.resolve_fit(ctx.gpu, ctx.base_dir)
-        if self.compute_scale is not None:
-            fit = replace(fit, compute_scale=self.compute_scale)
-        if self.bandwidth_scale is not None:
-            fit = replace(fit, bandwidth_scale=self.bandwidth_scale)
-        overhead = self.step_overhead_s if self.step_overhead_s is not None else fit.step_overhead_s
-        return CalibratedPerf(fit, ctx.model, ctx.tensor_parallel, overhead, ctx.expert_parallel,
-                              ctx.data_parallel_attention)
-
-
-def _resolve(path: str, base_dir: Path | None) -> Path:
-    p = Path(path)
-    return base_dir / p if not p.is_absolute() and base_dir is not None else p
+from simserve.perf.base import Batch, amax, asum, interp, kept_context_sums, step_indices
+from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features
 
 
 def _int_grid(high: int, num: int) -> np.ndarray:
