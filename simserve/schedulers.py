@@ -58,34 +58,23 @@ class Scheduler(Protocol):
         """With `newest_victim` False: the running request with the largest key is preempted first."""
 
 
-class Fcfs:
-    """First come, first served; a preempted request goes back to the front of the queue (vLLM's default)."""
+class Fcfs(deque[Request]):
+    """First come, first served; a preempted request goes back to the front of the queue (vLLM's default).
+
+    The queue is a deque itself, its methods deque's own under the protocol's names: the planner asks a queue's
+    length several times a plan, and a deque answers (and pushes and pops) without a Python frame."""
 
     newest_victim = True
 
     def __init__(self, spec: Any = None, rng: np.random.Generator | None = None) -> None:
-        self._queue: deque[Request] = deque()
+        super().__init__()
 
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def __iter__(self) -> Iterator[Request]:
-        return iter(self._queue)
-
-    def push(self, request: Request) -> None:
-        self._queue.append(request)
-
-    def push_front(self, request: Request) -> None:
-        self._queue.appendleft(request)
+    push = deque.append
+    push_front = deque.appendleft
+    pop = deque.popleft  # type: ignore[assignment]  # the head, not deque's right end
 
     def peek(self) -> Request:
-        return self._queue[0]
-
-    def pop(self) -> Request:
-        return self._queue.popleft()
-
-    def remove(self, request: Request) -> None:
-        self._queue.remove(request)
+        return self[0]
 
     def victim_key(self, request: Request) -> Any:
         return request.seq
