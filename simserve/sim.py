@@ -297,7 +297,7 @@ class Simulation:
     def _sample_backlog(self) -> None:
         """Keep about 512 samples of the cluster-wide waiting queue at arrivals (for the saturation test), in
         requests: parallel samples waiting count as the share of a request they are."""
-        waiting: float = sum(len(r.waiting) for r in self.replicas)
+        waiting: float = sum(r.num_waiting for r in self.replicas)
         if self.answers is not None and self.answers.num_samples > self.num_arrived > 0:
             waiting = waiting * self.num_arrived / self.answers.num_samples
         self._backlog.append((self.env.now, waiting))

@@ -149,3 +149,24 @@ def test_the_blis_speed_workload_spans_its_preemptions():
     s = run(sc).summary
     assert s["num_preemptions"] > 6000  # about two per request
     assert s["events_per_request"] < 5.5  # 5.09; 9.4 with a plan and an event per preemption
+
+
+def test_the_waiting_count_inside_a_run_counts_the_victims_of_its_plans_made_before_now():
+    # Replica.num_waiting (the backlog samples read it at arrivals) must be len(waiting) after the run in flight is
+    # brought up to now, without bringing it: the queue plus the victims of the preempting plans made before now.
+    from simserve.engine import Hooks
+
+    seen = {"samples": 0, "ahead": 0}
+
+    class Compare(Hooks):
+        def arrived(self, req):
+            for r in sim.replicas:
+                counted, queued = r.num_waiting, len(r.planner.waiting)
+                assert counted == len(r.waiting), (counted, queued)  # r.waiting syncs the run
+                seen["samples"] += 1
+                seen["ahead"] += counted > queued
+
+    sim = Simulation(scenario(SATURATED), hooks=[Compare()])
+    sim.run()
+    assert sim.replicas[0].num_chained_plans > 0 and seen["samples"] > 100
+    assert seen["ahead"] > 0  # some samples counted victims not yet in the queue

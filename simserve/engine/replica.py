@@ -109,6 +109,19 @@ class Replica:
         return self.planner.waiting
 
     @property
+    def num_waiting(self) -> int:
+        """len(self.waiting), without bringing a fast-forwarded run up to now: the queue, plus the decodes that the
+        run's preempting plans made before now put back at its front (which `_sync_run` would make)."""
+        n = len(self.planner.waiting)
+        if self._run is not None:
+            now = self.env.now
+            for piece in self._chain:
+                if self._chain_bounds[piece.start] >= now:
+                    break
+                n += len(piece.victims)
+        return n
+
+    @property
     def num_running(self) -> int:
         self._sync_run()
         return self.planner.num_running
