@@ -4,9 +4,15 @@ The public names are loaded on first use (PEP 562), so `import simserve` (and `s
 until a scenario is loaded or run."""
 
 import importlib as _importlib
+import os as _os
 import typing as _typing
 
-from simserve import _build
+# OpenBLAS (numpy's BLAS) starts worker threads when numpy is imported, and each spins for about 0.1 s of CPU
+# before it sleeps: a tenth of a short run's CPU, for nothing (simserve does no large linear algebra). Idle threads
+# sleep at once with this; BLAS keeps its threads. Read when numpy is first imported; the user's setting wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from simserve import _build  # noqa: E402
 
 _build.select()  # the compiled engine, or its source where that was edited since the build (simserve/_build.py)
 engine_build = _build.engine_build

@@ -96,3 +96,29 @@ def test_input_errors_name_real_exception_classes():
     for module, name in INPUT_ERRORS.items():
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, Exception), (module, name)
+
+
+def _blas_thread_cpu_ticks(env: dict[str, str]) -> tuple[str, int]:
+    """OPENBLAS_THREAD_TIMEOUT after `import simserve` and a short run, and the CPU clock ticks of every thread but
+    the main one (OpenBLAS's workers, once idle), in a fresh interpreter."""
+    probe = ("import os, time, simserve\n"
+             "simserve.run(simserve.load_scenario('scenarios/quickstart.yaml', ['workload.num_requests=50']))\n"
+             "time.sleep(0.3)\n"
+             "ticks = [int(open(f'/proc/self/task/{t}/stat').read().split(')')[1].split()[11])\n"
+             "         for t in os.listdir('/proc/self/task') if int(t) != os.getpid()]\n"
+             "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], sum(ticks))")
+    import os
+
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in {**os.environ, **env}.items() if v})
+    assert out.returncode == 0, out.stderr
+    value, ticks = out.stdout.split()
+    return value, int(ticks)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads per-thread CPU from /proc (Linux)")
+def test_numpys_idle_blas_threads_sleep_at_once_unless_the_user_says_otherwise():
+    # Spinning, OpenBLAS's idle workers take about 10 ticks (0.1 s) of CPU each after numpy is imported.
+    value, ticks = _blas_thread_cpu_ticks({"OPENBLAS_THREAD_TIMEOUT": ""})
+    assert value == "4" and ticks <= 2, ticks
+    assert _blas_thread_cpu_ticks({"OPENBLAS_THREAD_TIMEOUT": "28"})[0] == "28"  # the user's setting wins
