@@ -36,7 +36,7 @@ class _Scheduled(simpy.Event):
         # simpy.Event.__init__ and Environment.schedule, inlined (one of these per simulated event): the same
         # attributes and the same heap entry (now + delay, priority, sequence, event).
         self.env = env
-        self.callbacks = []
+        self.callbacks: list[Any] = []
         self._ok = True
         self._value = None
         if at_s is None:
