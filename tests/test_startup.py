@@ -4,6 +4,7 @@ answer in well under a second; the lazy public surfaces still hold every name th
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import time
@@ -107,8 +108,6 @@ def _blas_thread_cpu_ticks(env: dict[str, str]) -> tuple[str, int]:
              "ticks = [int(open(f'/proc/self/task/{t}/stat').read().split(')')[1].split()[11])\n"
              "         for t in os.listdir('/proc/self/task') if int(t) != os.getpid()]\n"
              "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], sum(ticks))")
-    import os
-
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={k: v for k, v in {**os.environ, **env}.items() if v})
     assert out.returncode == 0, out.stderr
