@@ -5,20 +5,27 @@ result files: a run's records have to leave memory as they are made (10M-request
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is not imported by a run: pyarrow's conversions to and from numpy (pa.array, to_numpy, read_table) go
+# through its pandas shim, which imports pandas (about 0.2 s, a quarter of a short run's process), so the records
+# are written from and read into their buffers here, and string columns are compared through dictionary codes.
 
 REQUEST_COLUMNS = (
     "request_id", "user_id", "query_type", "pool", "replica", "arrival_s", "first_token_s", "reasoning_end_s",
@@ -79,30 +86,63 @@ _SEGMENT_KINDS = {
     "num_waiting": "q", "kv_blocks_mean": "d", "kv_blocks_end": "q", "prefill_tokens": "q", "decode_tokens": "q",
 }
 _DTYPES = {"q": "int64", "d": "float64", "s": "string"}
+_ARROW_TYPES = {"q": pa.int64(), "d": pa.float64(), "s": pa.large_string()}
+_PANDAS_TYPES = {"q": ("int64", "int64"), "d": ("float64", "float64"), "s": ("object", "string")}  # pandas, numpy
+
+
+def _pandas_version() -> str | None:
+    try:
+        return version("pandas")
+    except PackageNotFoundError:  # pragma: no cover - pandas is a dependency
+        return None
 
 
 def _schema(columns: tuple[str, ...], kinds: dict[str, str]) -> pa.Schema:
-    """The Parquet schema, made from an empty DataFrame so the file carries pandas metadata and reads back with the
-    same dtypes (int64, float64, string) as the frames `Results` has always held."""
-    empty = pd.DataFrame({c: pd.Series([], dtype=_DTYPES[kinds.get(c, "d")]) for c in columns})
-    return pa.Schema.from_pandas(empty, preserve_index=False)
+    """The Parquet schema, with the pandas metadata pa.Schema.from_pandas gives an empty DataFrame of these dtypes
+    (int64, float64, string), so the file reads back with the same dtypes as the frames `Results` has always held
+    (tests/test_records.py checks it equals from_pandas's), written without importing pandas."""
+    cols = []
+    for c in columns:
+        pandas_type, numpy_type = _PANDAS_TYPES[kinds.get(c, "d")]
+        cols.append({"name": c, "field_name": c, "pandas_type": pandas_type, "numpy_type": numpy_type,
+                     "metadata": None})
+    meta = {"index_columns": [], "column_indexes": [], "columns": cols, "attributes": {},
+            "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": _pandas_version()}
+    return pa.schema([pa.field(c, _ARROW_TYPES[kinds.get(c, "d")]) for c in columns],
+                     metadata={b"pandas": json.dumps(meta).encode()})
+
+
+def _numeric(values: np.ndarray) -> pa.Array:
+    """A numpy int64 or float64 array as an Arrow array sharing its buffer (NaN stays a value, as pa.array leaves
+    it)."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.int64() if values.dtype.kind == "i" else pa.float64(), len(values),
+                                 [None, pa.py_buffer(values)])
+
+
+def _strings(values: list[Any]) -> pa.Array:
+    """Python strings (None: null) as an Arrow large_string array, built from its buffers."""
+    n = len(values)
+    encoded = [b"" if v is None else v.encode() for v in values]
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, n), out=offsets[1:])
+    valid = None
+    if any(v is None for v in values):
+        valid = pa.py_buffer(np.packbits(np.fromiter((v is not None for v in values), bool, n), bitorder="little"))
+    return pa.Array.from_buffers(pa.large_string(), n, [valid, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
 
 
 def _derive_request_times(cols: dict[str, Any]) -> None:
     """Per-request latencies from the timestamps: TTFT, time to answer (end of reasoning), TPOT (mean time per
     output token after the first) and end to end; TPOT and e2e only for completed requests."""
     arrival, first, finish = cols["arrival_s"], cols["first_token_s"], cols["finish_s"]
-    completed = pc.equal(cols["status"], "completed").to_numpy(zero_copy_only=False)
+    completed = np.fromiter((s == "completed" for s in cols["status"]), bool, len(arrival))
     output = cols["reasoning_tokens"] + cols["answer_tokens"]
     cols["ttft_s"] = first - arrival
     cols["time_to_answer_s"] = cols["reasoning_end_s"] - arrival
     with np.errstate(divide="ignore", invalid="ignore"):
         cols["tpot_s"] = np.where(completed & (output > 1), (finish - first) / (output - 1), np.nan)
     cols["e2e_s"] = np.where(completed, finish - arrival, np.nan)
-
-
-def _arrow(values: Any) -> pa.Array:
-    return values if isinstance(values, pa.Array) else pa.array(values)
 
 
 class _Sink:
@@ -135,11 +175,12 @@ class _Sink:
         n = len(buf["replica"])
         if n == 0:
             return
-        cols: dict[str, Any] = {k: pa.array(v, pa.large_string()) if self.kinds[k] == "s"
-                                else np.frombuffer(v, dtype=_DTYPES[self.kinds[k]]) for k, v in buf.items()}
+        cols: dict[str, Any] = {k: v if self.kinds[k] == "s" else np.frombuffer(v, dtype=_DTYPES[self.kinds[k]])
+                                for k, v in buf.items()}
         if self.derive is not None:
             self.derive(cols)
-        table = pa.Table.from_arrays([_arrow(cols[c]) for c in self.columns], schema=self.schema)
+        table = pa.Table.from_arrays([_strings(cols[c]) if self.kinds.get(c) == "s" else _numeric(cols[c])
+                                      for c in self.columns], schema=self.schema)
         self._open().write_table(table, row_group_size=n)
         self.num_rows += n
         self.num_row_groups += 1
@@ -266,19 +307,27 @@ class Recorder:
 
 Batches = Callable[[list[str]], Iterator[pa.Table]]
 
+_STRING_COLUMNS = sorted({c for kinds in (_REQUEST_KINDS, _SEGMENT_KINDS) for c, k in kinds.items() if k == "s"})
+
 
 def _batches(requests: pd.DataFrame | Path) -> Batches:
-    """Replayable reads of some columns: a Parquet file a row group at a time, or a DataFrame in one piece."""
-    if isinstance(requests, pd.DataFrame):
+    """Replayable reads of some columns: a Parquet file a row group at a time (string columns as dictionaries), or a
+    DataFrame in one piece."""
+    if not isinstance(requests, (str, os.PathLike)):
         frame = requests
 
         def from_frame(columns: list[str]) -> Iterator[pa.Table]:
-            yield pa.Table.from_pandas(frame[columns], preserve_index=False)
+            t = pa.Table.from_pandas(frame[columns], preserve_index=False)
+            yield pa.Table.from_arrays([c.dictionary_encode() if pa.types.is_string(c.type)
+                                        or pa.types.is_large_string(c.type) else c for c in t.columns],
+                                       names=t.column_names)
         return from_frame
     path = Path(requests)
 
     def from_file(columns: list[str]) -> Iterator[pa.Table]:
-        f = pq.ParquetFile(path)
+        meta = pq.read_metadata(path)
+        names = set(meta.schema.names)
+        f = pq.ParquetFile(path, metadata=meta, read_dictionary=[c for c in _STRING_COLUMNS if c in names])
         try:
             for i in range(f.num_row_groups):
                 yield f.read_row_group(i, columns=columns, use_threads=False)
@@ -287,8 +336,63 @@ def _batches(requests: pd.DataFrame | Path) -> Batches:
     return from_file
 
 
+_NUMPY_TYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64, "uint8": np.uint8,
+                "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64, "float": np.float32,
+                "double": np.float64}
+
+
+def _chunk_numpy(chunk: pa.Array) -> np.ndarray:
+    """One Arrow array's values as numpy, read from its data buffer (a chunk with nulls, or of another type,
+    converts as pyarrow's to_numpy does)."""
+    dtype = _NUMPY_TYPES.get(str(chunk.type))
+    if dtype is None or chunk.null_count:
+        return np.asarray(chunk.to_numpy(zero_copy_only=False))
+    if not len(chunk):
+        return np.empty(0, dtype)
+    return np.frombuffer(chunk.buffers()[1], dtype=dtype, count=len(chunk),
+                         offset=chunk.offset * np.dtype(dtype).itemsize)
+
+
+def _numpy(col: pa.ChunkedArray) -> np.ndarray:
+    """A column's values as one numpy array (what col.to_numpy() gives)."""
+    parts = [_chunk_numpy(c) for c in col.chunks]
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return np.empty(0, _NUMPY_TYPES.get(str(col.type), object))
+    return np.concatenate(parts)
+
+
 def _float(col: pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(col.to_numpy(), dtype=float)
+    return np.asarray(_numpy(col), dtype=float)
+
+
+def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
+    """A column as codes into the list of its distinct values: (codes, values), values[codes[i]] being row i's.
+    String columns come as dictionaries (their chunks' dictionaries are merged); others are coded here."""
+    index: dict[Any, int] = {}  # value -> code, in order of first listing
+    parts: list[np.ndarray] = []
+    for chunk in col.chunks:
+        if isinstance(chunk, pa.DictionaryArray):
+            distinct, idx = chunk.dictionary.to_pylist(), _chunk_numpy(chunk.indices)
+        else:
+            uniq, idx = np.unique(_chunk_numpy(chunk), return_inverse=True)
+            distinct = uniq.tolist()
+        lut = np.array([index.setdefault(v, len(index)) for v in distinct], dtype=np.int64)
+        parts.append(lut[idx] if len(lut) else np.zeros(len(idx), np.int64))
+    values = list(index)
+    if not parts:
+        return np.empty(0, np.int64), values
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), values
+
+
+def _equals(col: pa.ChunkedArray, value: Any) -> np.ndarray:
+    """Which rows of a column hold `value` (a boolean mask)."""
+    codes, values = _codes(col)
+    hits = [i for i, v in enumerate(values) if v == value]
+    if len(hits) == 1:
+        return codes == hits[0]
+    return np.isin(codes, hits)
 
 
 def _sortable(x: np.ndarray) -> np.ndarray:
@@ -363,10 +467,10 @@ def _stats(prefix: str, batches: Batches, column: str, max_held: int,
 
     def read() -> Iterator[np.ndarray]:
         for t in batches(["status", column] + ([where[0]] if where else [])):
-            done = pc.equal(t["status"], "completed")
+            done = _equals(t["status"], "completed")
             if where is not None:
-                done = pc.and_(done, pc.equal(t[where[0]], where[1]))
-            v = _float(t[column])[done.to_numpy(zero_copy_only=False)]
+                done &= _equals(t[where[0]], where[1])
+            v = _float(t[column])[done]
             yield v[~np.isnan(v)]
 
     n = 0
@@ -403,23 +507,25 @@ def _counts(batches: Batches, slo: dict[str, float | None]) -> dict[str, Any]:
     first, last = math.inf, -math.inf
     for t in batches(["status", "generated_tokens", "num_preemptions", "prefix_hit_tokens", "prompt_tokens",
                       "arrival_s", *checked]):
-        status = t["status"]
-        done = pc.equal(status, "completed").to_numpy(zero_copy_only=False)
+        codes, values = _codes(t["status"])
+        per_status = np.bincount(codes, minlength=len(values)).tolist()
+        code = {v: i for i, v in enumerate(values)}
+        done = codes == code.get("completed", -1)
         c["n"] += t.num_rows
         c["completed"] += int(done.sum())
         for s in ("rejected", "unfinished", "not_arrived"):
-            c[s] += int(pc.sum(pc.equal(status, s)).as_py() or 0)
+            c[s] += per_status[code[s]] if s in code else 0
         ok = done.copy()
         for k in checked:
             within = done & (np.nan_to_num(_float(t[k]), nan=0.0) <= slo[k])
             c[f"within_{k}"] += int(within.sum())
             ok &= within
         c["ok"] += int(ok.sum())
-        c["output_tokens"] += int(t["generated_tokens"].to_numpy().sum())
-        c["num_preemptions"] += int(t["num_preemptions"].to_numpy().sum())
-        c["hit_tokens"] += int(t["prefix_hit_tokens"].to_numpy()[done].sum())
-        c["prompt_tokens"] += int(t["prompt_tokens"].to_numpy()[done].sum())
-        arrived = _float(t["arrival_s"])[pc.not_equal(status, "not_arrived").to_numpy(zero_copy_only=False)]
+        c["output_tokens"] += int(_numpy(t["generated_tokens"]).sum())
+        c["num_preemptions"] += int(_numpy(t["num_preemptions"]).sum())
+        c["hit_tokens"] += int(_numpy(t["prefix_hit_tokens"])[done].sum())
+        c["prompt_tokens"] += int(_numpy(t["prompt_tokens"])[done].sum())
+        arrived = _float(t["arrival_s"])[codes != code.get("not_arrived", -1)]
         if len(arrived):
             first, last = min(first, float(arrived.min())), max(last, float(arrived.max()))
     c["first_arrival_s"], c["last_arrival_s"] = first, last
@@ -434,8 +540,8 @@ def _rates(batches: Batches, first_s: float, last_s: float) -> tuple[float, floa
     arrivals = completions = 0
     for t in batches(["status", "arrival_s", "finish_s"]):
         arrival, finish = _float(t["arrival_s"]), _float(t["finish_s"])
-        arrived = pc.not_equal(t["status"], "not_arrived").to_numpy(zero_copy_only=False)
-        done = pc.equal(t["status"], "completed").to_numpy(zero_copy_only=False)
+        arrived = ~_equals(t["status"], "not_arrived")
+        done = _equals(t["status"], "completed")
         arrivals += int((arrived & (arrival >= mid) & (arrival <= last_s)).sum())
         completions += int((done & (finish >= mid) & (finish <= last_s)).sum())
     return arrivals / (last_s - mid), completions / (last_s - mid)
@@ -513,9 +619,13 @@ def group_summary(requests: pd.DataFrame | Path, by: str, *, metrics: Iterable[s
     batches = _batches(requests)
     counts: dict[Any, dict[str, Any]] = {}  # keyed by the column's values (a difficulty level is an int)
     for t in batches([by, "status"]):
-        pairs = pa.table({"g": t[by], "s": t["status"]}).group_by(["g", "s"], use_threads=False).aggregate(
-            [([], "count_all")])
-        for g, st, k in zip(*(pairs.column(i).to_pylist() for i in range(3)), strict=True):
+        if not t.num_rows:
+            continue
+        groups, names = _codes(t[by])
+        statuses, kinds = _codes(t["status"])
+        pairs, first, sizes = np.unique(groups * len(kinds) + statuses, return_index=True, return_counts=True)
+        for i in np.argsort(first).tolist():  # in order of first appearance
+            g, st, k = names[int(pairs[i]) // len(kinds)], kinds[int(pairs[i]) % len(kinds)], int(sizes[i])
             row = counts.setdefault(g, dict.fromkeys(("num_requests", "num_completed", "num_rejected",
                                                      "num_unfinished", "num_not_arrived"), 0))
             row["num_requests"] += k
@@ -532,12 +642,11 @@ def busy_seconds(segments: pd.DataFrame | Path) -> dict[str, float]:
     gaps excluded), read a row group at a time. Over replicas x makespan it is the pool's busy share."""
     out: dict[str, float] = {}
     for t in _batches(segments)(["pool", "start_s", "end_s", "num_steps"]):
-        busy = pc.greater(t["num_steps"], 0).to_numpy(zero_copy_only=False)
+        busy = _numpy(t["num_steps"]) > 0
         dur = np.where(busy, _float(t["end_s"]) - _float(t["start_s"]), 0.0)
-        pools = pc.dictionary_encode(t["pool"]).combine_chunks()
-        sums = np.bincount(pools.indices.to_numpy(zero_copy_only=False), weights=dur,
-                           minlength=len(pools.dictionary))
-        for name, total in zip(pools.dictionary.to_pylist(), sums.tolist(), strict=True):
+        codes, names = _codes(t["pool"])
+        sums = np.bincount(codes, weights=dur, minlength=len(names))
+        for name, total in zip(names, sums.tolist(), strict=True):
             out[name] = out.get(name, 0.0) + total
     return out
 
@@ -553,19 +662,22 @@ def quality_summary(requests: pd.DataFrame | Path, cost_usd: float) -> dict[str,
     by: dict[str, list[int]] = {}
     for t in batches(["query_type", "correct", "generated_tokens", "reasoning_tokens_spent", "probe_tokens",
                       "p_correct", "num_samples"]):
-        correct = t["correct"].to_numpy(zero_copy_only=False)
+        correct = _numpy(t["correct"])
         modelled = np.isfinite(_float(t["p_correct"]))
         known = correct >= 0
         answered += int(known.sum())
         right += int((correct == 1).sum())
-        tokens += int(t["generated_tokens"].to_numpy(zero_copy_only=False)[modelled].sum())
-        spent += int(t["reasoning_tokens_spent"].to_numpy(zero_copy_only=False)[modelled].sum())
-        probes += int(t["probe_tokens"].to_numpy(zero_copy_only=False)[modelled].sum())
-        samples += int(t["num_samples"].to_numpy(zero_copy_only=False)[modelled].sum())
+        tokens += int(_numpy(t["generated_tokens"])[modelled].sum())
+        spent += int(_numpy(t["reasoning_tokens_spent"])[modelled].sum())
+        probes += int(_numpy(t["probe_tokens"])[modelled].sum())
+        samples += int(_numpy(t["num_samples"])[modelled].sum())
         p_sum += float(_float(t["p_correct"])[known].sum())
-        qt = np.asarray(t["query_type"].to_pylist(), dtype=object)
-        for name in dict.fromkeys(qt[known].tolist()):
-            mine = known & (qt == name)
+        types, names = _codes(t["query_type"])
+        seen = types[known]
+        _, first = np.unique(seen, return_index=True)
+        for code in seen[np.sort(first)].tolist():  # in order of first appearance
+            name = names[code]
+            mine = known & (types == code)
             row = by.setdefault(name, [0, 0])
             row[0] += int(mine.sum())
             row[1] += int((correct[mine] == 1).sum())
@@ -597,14 +709,14 @@ def revenue_summary(requests: pd.DataFrame | Path, *, input_usd_per_mtok: float,
     batches = _batches(requests)
     prompt = generated = reused = completed = 0
     for t in batches(["status", "prompt_tokens", "generated_tokens"]):
-        done = pc.equal(t["status"], "completed").to_numpy(zero_copy_only=False)
+        done = _equals(t["status"], "completed")
         completed += int(done.sum())
-        prompt += int(t["prompt_tokens"].to_numpy()[done].sum())
-        generated += int(t["generated_tokens"].to_numpy()[done].sum())
+        prompt += int(_numpy(t["prompt_tokens"])[done].sum())
+        generated += int(_numpy(t["generated_tokens"])[done].sum())
     if bill_reused_reasoning and reuse_columns:
         for t in batches(["status", "reused_reasoning_tokens"]):
-            done = pc.equal(t["status"], "completed").to_numpy(zero_copy_only=False)
-            reused += int(t["reused_reasoning_tokens"].to_numpy()[done].sum())
+            done = _equals(t["status"], "completed")
+            reused += int(_numpy(t["reused_reasoning_tokens"])[done].sum())
     billed_in, billed_out = prompt - step_prompt_tokens, generated + reused
     revenue = (billed_in * input_usd_per_mtok + billed_out * output_usd_per_mtok) / 1e6
     margin = revenue - cost_usd
@@ -643,14 +755,14 @@ def service_summary(requests: pd.DataFrame | Path) -> dict[str, float]:
         wait = wait[~np.isnan(wait)]
         if len(wait):
             wait_max = max(wait_max, float(wait.max()))
-    rows = len(requests) if isinstance(requests, pd.DataFrame) else pq.ParquetFile(requests).metadata.num_rows
+    rows = pq.ParquetFile(requests).metadata.num_rows if isinstance(requests, (str, os.PathLike)) else len(requests)
     slices = max(1, math.ceil(rows / SERVICE_SLICE_ROWS))
     num_users = total = squares = 0
     for k in range(slices):
         users, tokens = [], []
         for t in batches(["user_id", "generated_tokens"]):
-            u = np.asarray(t["user_id"].to_numpy(), dtype=np.int64)
-            g = np.asarray(t["generated_tokens"].to_numpy(), dtype=np.int64)
+            u = np.asarray(_numpy(t["user_id"]), dtype=np.int64)
+            g = np.asarray(_numpy(t["generated_tokens"]), dtype=np.int64)
             mine = u % slices == k
             users.append(u[mine])
             tokens.append(g[mine])

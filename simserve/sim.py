@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import simpy
 
 from simserve.answers import Answers
@@ -36,6 +35,8 @@ from simserve.schedulers import SCHEDULERS
 from simserve.workload import Sessions, build_sessions, generate_requests, rng_streams
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from simserve.scenario import PoolSpec, Scenario
 
 
@@ -55,10 +56,14 @@ class Results:
 
     @cached_property
     def requests(self) -> pd.DataFrame:
+        import pandas as pd  # not imported by a run (simserve.metrics)
+
         return pd.read_parquet(self.requests_path)
 
     @cached_property
     def replicas(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.read_parquet(self.replicas_path)
 
 

@@ -9,6 +9,7 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import by_id, req, scenario, tiny
@@ -16,11 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import simserve.sim
-from simserve import Simulation
+from simserve import Simulation, metrics
 from simserve.engine import Hooks
 from simserve.metrics import (
     PERCENTILES,
+    QUALITY_COLUMNS,
     REQUEST_COLUMNS,
+    REUSE_COLUMNS,
     SEGMENT_COLUMNS,
     Recorder,
     order_statistics,
@@ -236,3 +239,42 @@ def test_order_statistics_hold_few_values_of_a_large_stream():
     s = np.sort(x)
     assert at == {r: float(s[r]) for r in ranks}
     assert len(held) <= 20 * 5  # a pass per 16 bits at most, then one to collect
+
+
+# ------------------------------------------------------------------------------------------ written without pandas
+
+@pytest.mark.parametrize("columns, kinds", [
+    (REQUEST_COLUMNS + QUALITY_COLUMNS + REUSE_COLUMNS, metrics._REQUEST_KINDS),
+    (SEGMENT_COLUMNS, metrics._SEGMENT_KINDS),
+])
+def test_the_schema_and_its_pandas_metadata_are_those_from_pandas_gives(columns, kinds):
+    """The files carry the pandas metadata pa.Schema.from_pandas writes for frames of these dtypes (so they read
+    back as int64, float64 and string columns), made without importing pandas."""
+    empty = pd.DataFrame({c: pd.Series([], dtype=metrics._DTYPES[kinds.get(c, "d")]) for c in columns})
+    want = pa.Schema.from_pandas(empty, preserve_index=False)
+    got = metrics._schema(columns, kinds)
+    assert got.equals(want, check_metadata=True), (got, want)
+
+
+def test_strings_are_built_from_buffers_with_nulls_and_any_text():
+    values = ["completed", None, "", "häßlich ✓", "rejected", None]
+    arr = metrics._strings(values)
+    arr.validate(full=True)
+    assert arr.type == pa.large_string() and arr.null_count == 2
+    assert arr.to_pylist() == values
+    assert metrics._strings([]).to_pylist() == []
+
+
+def test_columns_read_back_from_their_buffers_as_to_numpy_gives():
+    ints = pa.chunked_array([pa.array([1, 2, 3], pa.int64()).slice(1), pa.array([7], pa.int64())])
+    assert metrics._numpy(ints).tolist() == [2, 3, 7] and metrics._numpy(ints).dtype == np.int64
+    with_nulls = pa.chunked_array([pa.array([1.5, None, 2.5])])
+    assert np.array_equal(metrics._numpy(with_nulls), [1.5, np.nan, 2.5], equal_nan=True)
+    assert metrics._numpy(pa.chunked_array([], pa.float64())).dtype == np.float64
+    # Strings as dictionaries whose chunks list their values differently: one code per value across chunks.
+    status = pa.chunked_array([pa.array(["b", "a", "b"]).dictionary_encode(), pa.array(["a", "c"]).dictionary_encode()])
+    codes, values = metrics._codes(status)
+    assert [values[c] for c in codes.tolist()] == ["b", "a", "b", "a", "c"]
+    assert metrics._equals(status, "a").tolist() == [False, True, False, True, False]
+    assert metrics._equals(status, "z").tolist() == [False] * 5
+    assert metrics._equals(pa.chunked_array([pa.array([3, 1, 3])]), 3).tolist() == [True, False, True]

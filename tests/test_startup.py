@@ -121,3 +121,17 @@ def test_numpys_idle_blas_threads_sleep_at_once_unless_the_user_says_otherwise()
     value, ticks = _blas_thread_cpu_ticks({"OPENBLAS_THREAD_TIMEOUT": ""})
     assert value == "4" and ticks <= 2, ticks
     assert _blas_thread_cpu_ticks({"OPENBLAS_THREAD_TIMEOUT": "28"})[0] == "28"  # the user's setting wins
+
+
+def test_a_run_and_its_result_files_import_neither_pandas_nor_pyarrow_compute(tmp_path):
+    """`simserve run` (the records written and read back for summary.json's tables) goes without pandas and
+    pyarrow.compute: 0.2 s of a short run's process (docs/performance.md); pyarrow converts through its pandas shim,
+    which imports pandas, so simserve.metrics reads and writes the columns' buffers."""
+    probe = ("import sys\nfrom simserve.cli import main\n"
+             f"rc = main(['run', 'scenarios/quickstart.yaml', '--out', {str(tmp_path / 'out')!r}, "
+             "'--set', 'workload.num_requests=200'])\n"
+             "print(rc, ' '.join(m for m in ('pandas', 'pyarrow.compute') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1:] == ["0"], out.stdout[-500:]
+    assert (tmp_path / "out" / "summary.json").exists()
