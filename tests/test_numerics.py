@@ -117,12 +117,15 @@ def test_decode_run_step_times_equal_single_steps_bit_for_bit(seed):
             assert np.array_equal(capped, single), label
 
 
-def test_roofline_runs_that_cross_from_memory_to_compute_bound_equal_single_steps():
+@pytest.mark.parametrize("steps, cross_at", [(250, 100), (60, 30)])
+def test_roofline_runs_that_cross_from_memory_to_compute_bound_equal_single_steps(steps, cross_at):
     """The roofline's closed form picks one side for a whole run where it dominates with a margin; a run whose
-    memory and compute times cross takes the max step by step. Runs that cross at their 100th step, for every
-    roofline of _perf_models whose sides cross at a reachable context (8B at 512 sequences of ~240 tokens does, at
-    the default efficiencies)."""
-    from simserve.perf import Batch
+    memory and compute times cross takes the max step by step. Runs that cross at their 100th step (array code)
+    or, short runs timed with floats, at their 30th, for every roofline of _perf_models whose sides cross at a
+    reachable context (8B at 512 sequences of ~240 tokens does, at the default efficiencies)."""
+    from simserve.perf import Batch, analytic
+
+    assert (steps <= analytic._SCALAR_STEPS) == (steps == 60)
 
     empty = np.zeros(0, np.int64)
     crossing = 0
@@ -132,14 +135,14 @@ def test_roofline_runs_that_cross_from_memory_to_compute_bound_equal_single_step
         for n in (1, 8, 64, 512):
             kvs, attn = perf.kv_s_per_token, perf.attn_s_per_pair
             at = (perf._weight_s(float(n)) + kvs * n - perf.linear_s_per_token * n) / (attn - kvs)
-            per_seq = int(at / n) - 100
+            per_seq = int(at / n) - cross_at
             if not 50 <= per_seq <= 100_000:
                 continue
             crossing += 1
             contexts = np.full(n, per_seq)
-            single = np.array([perf.step_time_s(Batch(contexts + s, empty, empty)) for s in range(250)])
-            ctx = n * (per_seq + np.arange(250.0))
+            single = np.array([perf.step_time_s(Batch(contexts + s, empty, empty)) for s in range(steps)])
+            ctx = n * (per_seq + np.arange(float(steps)))
             memory_bound = perf._weight_s(float(n)) + kvs * (ctx + n) > perf.linear_s_per_token * n + attn * ctx
             assert memory_bound[0] != memory_bound[-1]  # the run does cross
-            assert np.array_equal(perf.decode_run_stats_s(n, int(contexts.sum()), per_seq, 250), single), label
+            assert np.array_equal(perf.decode_run_stats_s(n, int(contexts.sum()), per_seq, steps), single), label
     assert crossing >= 4

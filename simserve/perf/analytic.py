@@ -160,6 +160,10 @@ class RooflinePerf:
         mem0 = weight_s + kvs * (context_sum + tokens)
         cmp0 = lin + attn * float(context_sum)
         mem1, cmp1 = mem0 + kvs * last, cmp0 + attn * last
+        if num_steps <= _SCALAR_STEPS:  # a short run: the same operations on floats, without numpy's per-call cost
+            return np.array(self._stats_list(num_steps, tokens, float(context_sum), weight_s,
+                                             mem0 > cmp0 * _MARGIN and mem1 > cmp1 * _MARGIN,
+                                             cmp0 > mem0 * _MARGIN and cmp1 > mem1 * _MARGIN))
         t = step_indices(num_steps) * tokens  # n*s
         if mem0 > cmp0 * _MARGIN and mem1 > cmp1 * _MARGIN:
             t += float(context_sum + n)
@@ -183,7 +187,38 @@ class RooflinePerf:
             t += self.comm_s_per_token * tokens
         return t
 
+    def _stats_list(self, num_steps: int, tokens: float, context_sum: float, weight_s: float, memory_bound: bool,
+                    compute_bound: bool) -> list[float]:
+        """decode_run_stats_s's values for a short run, step by step: each the same operations, in the same order,
+        as the array code's (so the same bits; tests/test_numerics.py compares them)."""
+        kvs, attn, lin = self.kv_s_per_token, self.attn_s_per_pair, self.linear_s_per_token * tokens
+        overhead, fixed, per_token = self.overhead_s, self.comm_fixed_s, self.comm_s_per_token * tokens
+        mem_base = context_sum + tokens  # float(context_sum + n): whole numbers, exact
+        out: list[float] = []
+        for s in range(num_steps):
+            x = float(s) * tokens
+            if memory_bound:
+                v = (x + mem_base) * kvs + weight_s
+            elif compute_bound:
+                v = (x + context_sum) * attn + lin
+            else:
+                y = x + context_sum
+                m = (y + tokens) * kvs + weight_s
+                c = y * attn + lin
+                v = m if m >= c else c
+            v += overhead
+            if fixed:
+                v += fixed
+            if per_token:
+                v += per_token
+            out.append(v)
+        return out
+
 
 # A side dominates a run if it exceeds the other by this factor at both ends: far above the few roundings between
 # the affine estimate and each step's value, so the step's own max() would pick the same side.
 _MARGIN = 1.0 + 1e-9
+# Runs of at most this many steps are timed with floats, not arrays: numpy's per-call cost (about 5,000 instructions
+# for each of the array code's 6-8 operations) is most of a short run's; half the runs of a saturated replica
+# (pieces between preempting plans) are 3 steps or fewer.
+_SCALAR_STEPS = 64
