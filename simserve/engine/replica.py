@@ -16,6 +16,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Generator, Iterator
 from functools import partial
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,9 @@ from simserve.schedulers import FairShare, Fcfs, ReasoningAware
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _ONE_STEP = np.zeros(1, dtype=np.int64)
+# A piece's block demand over at most this many steps is summed in Python and made an array in one call: numpy's
+# cumsum alone costs about 11,000 instructions a call, most of a short piece's.
+_SCALAR_SUMS = 128
 _MAX_PIECES = 256  # preempting plans one run may span (it is predicted whole at its start)
 
 
@@ -593,9 +597,12 @@ class Replica:
                     break
                 part += c
             steps = min(laps * bt + r, to_finish + 1)  # to the next preempting plan, or through the last token
-            demand = np.empty(steps, np.int64)
-            demand[0] = 0
-            if steps > 1:
+            if steps <= _SCALAR_SUMS:
+                demand = np.array(list(accumulate((order * (1 + (steps - 2) // bt))[: steps - 1], initial=0)),
+                                  np.int64)
+            else:
+                demand = np.empty(steps, np.int64)
+                demand[0] = 0
                 np.array(order * (1 + (steps - 2) // bt), np.int64)[: steps - 1].cumsum(out=demand[1:])
             pieces.append(ChainPiece(start, steps, demand, *first, victims, remaining, free))
             if steps == to_finish + 1:
