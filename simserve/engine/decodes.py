@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from simserve.perf.base import amin, count_nonzero
+from simserve.perf.base import amin, bincount, count_nonzero
 from simserve.request import Request
 
 _NEVER = 1 << 62
@@ -195,7 +195,7 @@ class Decodes:
         if self.compressed:
             room = self.cap[:n] - self.blocks[:n]  # blocks a slot may still take (0 at its cap)
             first = np.where(room > 0, first, 0)
-        np.bincount(first, minlength=block_tokens).cumsum(out=buf[1:])
+        bincount(first, None, block_tokens).cumsum(out=buf[1:])
         laps, phase = self._step_laps(num_steps, block_tokens)
         extra = laps * n
         extra += buf[phase]

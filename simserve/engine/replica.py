@@ -30,7 +30,7 @@ from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel, kept_context_sums
-from simserve.perf.base import amax, asum, step_indices
+from simserve.perf.base import amax, asum, bincount, step_indices
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware
@@ -530,9 +530,9 @@ class Replica:
             return []  # a decode holds a spare block (not vLLM's FCFS pass here): runs end where blocks run out
         phase_a = room + 1
         phase_a %= bt
-        cnt = np.bincount(phase_a, minlength=bt).tolist()  # decodes needing a block at further steps u = r (mod B)
+        cnt = bincount(phase_a, None, bt).tolist()  # decodes needing a block at further steps u = r (mod B)
         finish = dec.finish_at[:n]
-        by_seq = np.argsort(dec.seq[:n])[::-1].tolist()  # victims, newest first
+        by_seq = dec.seq[:n].argsort()[::-1].tolist()  # victims, newest first
         gone = [False] * n
         first_out = int(finish.argmin())  # the decode that schedules its last token first (recounted if preempted)
         longest = int(ctx.argmax()) if self._longest_context else -1  # the calibrated model reads it
@@ -697,14 +697,14 @@ class Replica:
     def _record_run(self, run: FastForwardRun, done: int) -> None:
         """The first `done` steps of a run as one segment, and their KV over time."""
         span = float(run.bounds[done] - run.bounds[0])
-        area = run.used_at_start * span + float(np.dot(run.extra[:done], run.times[:done]))
+        area = run.used_at_start * span + float(run.extra[:done].dot(run.times[:done]))  # np.dot's C code
         self.kv_area += area
         if done:
             if run.contexts is None:  # kept_context_sums' sums (all contexts grow by one a step), in closed form
                 sums = run.context_sum + run.num_decodes * step_indices(done)
             else:
                 sums, _ = kept_context_sums(run.contexts, run.caps, done)
-            self.kv_token_area += float(np.dot(sums, run.times[:done]))
+            self.kv_token_area += float(sums.dot(run.times[:done]))
         if done == 0:
             return
         self.recorder.segment(pool=self.pool, replica=self.index, start_s=float(run.bounds[0]),
