@@ -11,6 +11,7 @@ import os
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from itertools import chain
 from pathlib import Path
@@ -90,6 +91,7 @@ _ARROW_TYPES = {"q": pa.int64(), "d": pa.float64(), "s": pa.large_string()}
 _PANDAS_TYPES = {"q": ("int64", "int64"), "d": ("float64", "float64"), "s": ("object", "string")}  # pandas, numpy
 
 
+@cache  # the installed version, read once a process (about 4 ms), not once a file written
 def _pandas_version() -> str | None:
     try:
         return version("pandas")

@@ -597,13 +597,13 @@ class Replica:
                     break
                 part += c
             steps = min(laps * bt + r, to_finish + 1)  # to the next preempting plan, or through the last token
+            per_step = (order * (1 + (steps - 2) // bt))[: steps - 1]  # the demand of further steps u + 1, ...
             if steps <= _SCALAR_SUMS:
-                demand = np.array(list(accumulate((order * (1 + (steps - 2) // bt))[: steps - 1], initial=0)),
-                                  np.int64)
+                demand = np.array(list(accumulate(per_step, initial=0)), np.int64)
             else:
                 demand = np.empty(steps, np.int64)
                 demand[0] = 0
-                np.array(order * (1 + (steps - 2) // bt), np.int64)[: steps - 1].cumsum(out=demand[1:])
+                np.array(per_step, np.int64).cumsum(out=demand[1:])
             pieces.append(ChainPiece(start, steps, demand, *first, victims, remaining, free))
             if steps == to_finish + 1:
                 return pieces

@@ -160,16 +160,17 @@ class RooflinePerf:
         mem0 = weight_s + kvs * (context_sum + tokens)
         cmp0 = lin + attn * float(context_sum)
         mem1, cmp1 = mem0 + kvs * last, cmp0 + attn * last
+        memory_bound = mem0 > cmp0 * _MARGIN and mem1 > cmp1 * _MARGIN
+        compute_bound = cmp0 > mem0 * _MARGIN and cmp1 > mem1 * _MARGIN
         if num_steps <= _SCALAR_STEPS:  # a short run: the same operations on floats, without numpy's per-call cost
-            return np.array(self._stats_list(num_steps, tokens, float(context_sum), weight_s,
-                                             mem0 > cmp0 * _MARGIN and mem1 > cmp1 * _MARGIN,
-                                             cmp0 > mem0 * _MARGIN and cmp1 > mem1 * _MARGIN))
+            return np.array(self._stats_list(num_steps, tokens, float(context_sum), weight_s, memory_bound,
+                                             compute_bound))
         t = step_indices(num_steps) * tokens  # n*s
-        if mem0 > cmp0 * _MARGIN and mem1 > cmp1 * _MARGIN:
+        if memory_bound:
             t += float(context_sum + n)
             t *= kvs
             t += weight_s
-        elif cmp0 > mem0 * _MARGIN and cmp1 > mem1 * _MARGIN:
+        elif compute_bound:
             t += float(context_sum)
             t *= attn
             t += lin
