@@ -146,3 +146,35 @@ def test_roofline_runs_that_cross_from_memory_to_compute_bound_equal_single_step
             assert memory_bound[0] != memory_bound[-1]  # the run does cross
             assert np.array_equal(perf.decode_run_stats_s(n, int(contexts.sum()), per_seq, steps), single), label
     assert crossing >= 4
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_runs_kv_integrals_are_sums_in_step_order_with_floats_or_arrays_alike(seed):
+    """A fast-forwarded run's KV over time (blocks taken beyond its start, and KV tokens attended over, each times
+    its step's duration, summed over the steps) is added in step order: with floats for a short run, with arrays
+    (ordered_dot) for a long one. Both must give the bits of a plain loop over the steps, so that a run's figures
+    do not depend on its length's side of the threshold, nor on the machine (np.dot's BLAS kernel orders its sum
+    by CPU)."""
+    from simserve.engine.decodes import FastForwardRun
+    from simserve.perf.base import ordered_dot
+
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        k = int(rng.integers(1, 400))
+        n = int(rng.integers(1, 512))
+        context_sum = float(rng.integers(n, n * 100_000))
+        times = rng.uniform(0.005, 0.2, k)
+        extra = np.cumsum(rng.integers(0, 4, k)).astype(np.int64)
+        bounds = np.concatenate([[rng.uniform(0, 1e4)], times]).cumsum()
+        run = FastForwardRun(bounds, times, extra, k, n, 0, context_sum=context_sum)
+        for done in {0, 1, int(rng.integers(1, k + 1)), k}:
+            loop_extra = loop_tokens = 0.0
+            for i in range(done):
+                loop_extra += float(extra[i]) * float(times[i])
+                loop_tokens += (context_sum + float(n * i)) * float(times[i])
+            want = (loop_extra, loop_tokens)
+            assert run.kv_integrals(done, scalar_up_to=done) == want  # floats
+            assert run.kv_integrals(done, scalar_up_to=0) == want  # arrays
+    a, b = rng.uniform(-1, 1, 1000), rng.uniform(-1, 1, 1000)
+    assert ordered_dot(a, b) == float(np.cumsum(a * b)[-1])
+    assert ordered_dot(a[:0], b[:0]) == 0.0

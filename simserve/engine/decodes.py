@@ -12,10 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from simserve.perf.base import amin, bincount, count_nonzero
+from simserve.perf.base import amin, bincount, count_nonzero, kept_context_sums, ordered_dot, step_indices
 from simserve.request import Request
 
 _NEVER = 1 << 62
+# A run's KV integrals over at most this many steps are summed with floats: numpy's per-call cost (about 5,000
+# instructions a call, eight calls) is most of a short run's; half the runs of a saturated replica are 3 steps or
+# fewer.
+_SCALAR_INTEGRALS = 128
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecDecodes
@@ -274,6 +278,31 @@ class FastForwardRun:
     context_sum: float = 0.0  # the decodes' contexts at its first step, summed
     contexts: np.ndarray | None = None  # under KV compression, each decode's kept context at its first step
     caps: np.ndarray | None = None  # ... and its kept-token cap (same order)
+
+    def kv_integrals(self, done: int, scalar_up_to: int = _SCALAR_INTEGRALS) -> tuple[float, float]:
+        """Over the run's first `done` steps: (the integral over time of the blocks taken beyond those held at its
+        start, of the KV tokens its decodes attend over). Each is the sum over the steps of a step's value times
+        its duration, added in step order (ordered_dot), with floats for a run of at most `scalar_up_to` steps
+        and with arrays for a longer one (the same operations in the same order: the same bits)."""
+        if done == 0:
+            return 0.0, 0.0
+        if self.contexts is None and done <= scalar_up_to:
+            extra: list[int] = self.extra[:done].tolist()
+            times: list[float] = self.times[:done].tolist()
+            context_sum, n = self.context_sum, self.num_decodes
+            extra_area = 0.0
+            token_area = 0.0
+            for i in range(done):
+                t = times[i]
+                extra_area += extra[i] * t
+                token_area += (context_sum + float(n * i)) * t  # the closed form below, at step i
+            return extra_area, token_area
+        times_a = self.times[:done]
+        if self.contexts is None:  # kept_context_sums' sums (all contexts grow by one a step), in closed form
+            sums = self.context_sum + self.num_decodes * step_indices(done)
+        else:
+            sums, _ = kept_context_sums(self.contexts, self.caps, done)
+        return ordered_dot(self.extra[:done], times_a), ordered_dot(sums, times_a)
 
     def steps_started(self, now_s: float) -> int:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting

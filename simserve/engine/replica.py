@@ -29,8 +29,8 @@ from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
-from simserve.perf import Batch, PerfModel, kept_context_sums
-from simserve.perf.base import amax, asum, bincount, step_indices
+from simserve.perf import Batch, PerfModel
+from simserve.perf.base import amax, asum, bincount
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware
@@ -696,19 +696,16 @@ class Replica:
 
     def _record_run(self, run: FastForwardRun, done: int) -> None:
         """The first `done` steps of a run as one segment, and their KV over time."""
-        span = float(run.bounds[done] - run.bounds[0])
-        area = run.used_at_start * span + float(run.extra[:done].dot(run.times[:done]))  # np.dot's C code
+        start_s, end_s = float(run.bounds[0]), float(run.bounds[done])
+        span = end_s - start_s
+        extra_area, token_area = run.kv_integrals(done)
+        area = run.used_at_start * span + extra_area
         self.kv_area += area
-        if done:
-            if run.contexts is None:  # kept_context_sums' sums (all contexts grow by one a step), in closed form
-                sums = run.context_sum + run.num_decodes * step_indices(done)
-            else:
-                sums, _ = kept_context_sums(run.contexts, run.caps, done)
-            self.kv_token_area += float(sums.dot(run.times[:done]))
+        self.kv_token_area += token_area
         if done == 0:
             return
-        self.recorder.segment(pool=self.pool, replica=self.index, start_s=float(run.bounds[0]),
-                              end_s=float(run.bounds[done]), num_steps=done, batch_size=run.num_decodes,
+        self.recorder.segment(pool=self.pool, replica=self.index, start_s=start_s, end_s=end_s, num_steps=done,
+                              batch_size=run.num_decodes,
                               num_waiting=self._run_waiting, kv_blocks_mean=area / span if span > 0 else float(
                                   run.used_at_start), kv_blocks_end=self.kv.used_blocks, prefill_tokens=0,
                               decode_tokens=run.num_decodes * done)

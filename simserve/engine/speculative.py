@@ -22,6 +22,7 @@ from simserve.engine.kv import KvBlockPool, blocks_for
 from simserve.engine.planner import Planner, PlannerConfig, StepPlan
 from simserve.engine.replica import Replica
 from simserve.perf import Batch
+from simserve.perf.base import ordered_dot
 from simserve.perf.speculative import SpeculativeSpec, SpeculativeTiming, uniforms
 from simserve.request import Request
 from simserve.schedulers import FairShare, ReasoningAware, Scheduler
@@ -280,4 +281,4 @@ class SpecReplica(Replica):
         super()._record_run(run, done)
         if done:
             sums = np.array([float(c.sum()) for c in self._run_plan[0][:done]])
-            self.kv_token_area = before + float(np.dot(sums, run.times[:done]))
+            self.kv_token_area = before + ordered_dot(sums, run.times[:done])

@@ -80,6 +80,16 @@ interp = _cores.interp
 bincount: Any = getattr(np.bincount, "_implementation", np.bincount)
 
 
+def ordered_dot(a: np.ndarray, b: np.ndarray) -> float:
+    """sum(a[i] * b[i]), added in index order: the products then a sequential sum (numpy's cumsum), as a loop over
+    floats adds them. np.dot's BLAS kernel chooses its order by CPU (vector lanes, fused multiply-adds), so its
+    last bits differ between machines; this does not."""
+    if len(a) == 0:
+        return 0.0
+    products = a * b
+    return float(products.cumsum()[-1])
+
+
 def step_indices(num_steps: int) -> np.ndarray:
     """0, 1, ..., num_steps - 1 as floats (read-only views of a shared table for the usual lengths)."""
     return _STEPS[:num_steps] if num_steps <= len(_STEPS) else np.arange(num_steps, dtype=float)
