@@ -7,8 +7,6 @@ exactly the times, blocks and token counts that stepping one iteration at a time
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from mypy_extensions import mypyc_attr
 
@@ -261,23 +259,37 @@ def _capped_growth(stop: np.ndarray, block_tokens: int, num_steps: int) -> np.nd
     return out
 
 
-@dataclass(slots=True)
 class FastForwardRun:
     """A run of decode-only steps in flight: `bounds[i]` is the end of step i (bounds[0] its start), `times[i]`
     step i+1's duration, `extra[i]` the blocks the decodes need beyond those held at its start to run i+1 steps,
     `num_steps` its planned length and `allocated` the blocks taken so far (KV is allocated as each step starts,
-    exactly as stepping would, when someone looks at the replica mid-run)."""
+    exactly as stepping would, when someone looks at the replica mid-run). `context_sum`: the decodes' contexts
+    at its first step, summed; under KV compression, `contexts` each decode's kept context at its first step and
+    `caps` its kept-token cap (same order).
 
-    bounds: np.ndarray
-    times: np.ndarray
-    extra: np.ndarray
-    num_steps: int
-    num_decodes: int
-    used_at_start: int
-    allocated: int = 0
-    context_sum: float = 0.0  # the decodes' contexts at its first step, summed
-    contexts: np.ndarray | None = None  # under KV compression, each decode's kept context at its first step
-    caps: np.ndarray | None = None  # ... and its kept-token cap (same order)
+    A plain class, not a dataclass: compiled, its constructor is a direct call (a dataclass's generated __init__
+    runs as Python, about 4,000 instructions a call, and a saturated replica makes one or two runs an event)."""
+
+    __slots__ = ("bounds", "times", "extra", "num_steps", "num_decodes", "used_at_start", "allocated",
+                 "context_sum", "contexts", "caps")
+
+    def __init__(self, bounds: np.ndarray, times: np.ndarray, extra: np.ndarray, num_steps: int, num_decodes: int,
+                 used_at_start: int, allocated: int = 0, context_sum: float = 0.0,
+                 contexts: np.ndarray | None = None, caps: np.ndarray | None = None) -> None:
+        self.bounds = bounds
+        self.times = times
+        self.extra = extra
+        self.num_steps = num_steps
+        self.num_decodes = num_decodes
+        self.used_at_start = used_at_start
+        self.allocated = allocated
+        self.context_sum = context_sum
+        self.contexts = contexts
+        self.caps = caps
+
+    def __repr__(self) -> str:
+        return (f"FastForwardRun(num_steps={self.num_steps}, num_decodes={self.num_decodes}, "
+                f"used_at_start={self.used_at_start}, allocated={self.allocated}, context_sum={self.context_sum})")
 
     def kv_integrals(self, done: int, scalar_up_to: int = _SCALAR_INTEGRALS) -> tuple[float, float]:
         """Over the run's first `done` steps: (the integral over time of the blocks taken beyond those held at its
@@ -310,7 +322,6 @@ class FastForwardRun:
         return min(int(self.bounds[1:].searchsorted(now_s, side="left")) + 1, self.num_steps)
 
 
-@dataclass(slots=True)
 class ChainPiece:
     """A plan predicted inside a fast-forwarded run, one that preempts the newest decodes when blocks run out, and
     the decode steps it begins: `start` is its step in the run (from 0: its plan is made at the run's
@@ -318,15 +329,27 @@ class ChainPiece:
     run each prefix of it (as FastForwardRun.extra), `num_decodes`, `context_sum` and `context_max` its first
     step's batch. Its plan: `victims` in order as (blocks allocated before it: the oldest decodes take every free
     block, the request, its computed tokens and blocks then, the run's schedules it had taken after the first),
-    then `final_alloc` blocks for the decodes left, leaving `free_blocks`."""
+    then `final_alloc` blocks for the decodes left, leaving `free_blocks`. `run`: the piece as a run of its own,
+    once its times are known. A plain class, as FastForwardRun."""
 
-    start: int
-    num_steps: int
-    extra: np.ndarray
-    num_decodes: int
-    context_sum: int
-    context_max: int
-    victims: list[tuple[int, Request, int, int, int]]
-    final_alloc: int
-    free_blocks: int
-    run: FastForwardRun | None = None  # the piece as a run of its own, once its times are known
+    __slots__ = ("start", "num_steps", "extra", "num_decodes", "context_sum", "context_max", "victims",
+                 "final_alloc", "free_blocks", "run")
+
+    def __init__(self, start: int, num_steps: int, extra: np.ndarray, num_decodes: int, context_sum: int,
+                 context_max: int, victims: list[tuple[int, Request, int, int, int]], final_alloc: int,
+                 free_blocks: int, run: FastForwardRun | None = None) -> None:
+        self.start = start
+        self.num_steps = num_steps
+        self.extra = extra
+        self.num_decodes = num_decodes
+        self.context_sum = context_sum
+        self.context_max = context_max
+        self.victims = victims
+        self.final_alloc = final_alloc
+        self.free_blocks = free_blocks
+        self.run = run
+
+    def __repr__(self) -> str:
+        return (f"ChainPiece(start={self.start}, num_steps={self.num_steps}, num_decodes={self.num_decodes}, "
+                f"context_sum={self.context_sum}, context_max={self.context_max}, victims={len(self.victims)}, "
+                f"final_alloc={self.final_alloc}, free_blocks={self.free_blocks})")

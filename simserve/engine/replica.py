@@ -580,12 +580,12 @@ class Replica:
             to_finish = int(finish[first_out]) - tick0 - u  # further steps after u to the first last token
             if to_finish <= 0:
                 return pieces  # the plan schedules a last token: the loop makes it
-            first = (alive, ctx_sum + alive * u, int(ctx[longest]) + u if longest >= 0 else 0)
+            first_sum, first_max = ctx_sum + alive * u, int(ctx[longest]) + u if longest >= 0 else 0
             assert head is not None
             following = cnt[(u + 1) % bt]
             if following <= free and (blocks_for(head_tokens, bt) - kv.held_hit_bound(head.kv, released)
                                       <= free - following):  # the next plan may admit the head: the run ends
-                pieces.append(ChainPiece(start, 1, _ONE_STEP, *first, victims, remaining, free))
+                pieces.append(ChainPiece(start, 1, _ONE_STEP, alive, first_sum, first_max, victims, remaining, free))
                 return pieces
             laps, rem = divmod(free, alive)
             at = (u + 1) % bt
@@ -604,7 +604,8 @@ class Replica:
                 demand = np.empty(steps, np.int64)
                 demand[0] = 0
                 np.array(per_step, np.int64).cumsum(out=demand[1:])
-            pieces.append(ChainPiece(start, steps, demand, *first, victims, remaining, free))
+            pieces.append(ChainPiece(start, steps, demand, alive, first_sum, first_max, victims, remaining,
+                                     free))
             if steps == to_finish + 1:
                 return pieces
             free -= int(demand[-1])
