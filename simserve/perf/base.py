@@ -39,8 +39,8 @@ class Batch:
         self.prefill_cached_tokens: Final[np.ndarray] = prefill_cached_tokens
 
     def __repr__(self) -> str:
-        return (f"Batch(decode_context_tokens={self.decode_context_tokens!r}, "
-                f"prefill_new_tokens={self.prefill_new_tokens!r}, prefill_cached_tokens={self.prefill_cached_tokens!r})")
+        return (f"Batch(decode_context_tokens={self.decode_context_tokens!r}, prefill_new_tokens="
+                f"{self.prefill_new_tokens!r}, prefill_cached_tokens={self.prefill_cached_tokens!r})")
 
     @property
     def num_tokens(self) -> int:
