@@ -178,3 +178,25 @@ def test_a_runs_kv_integrals_are_sums_in_step_order_with_floats_or_arrays_alike(
     a, b = rng.uniform(-1, 1, 1000), rng.uniform(-1, 1, 1000)
     assert ordered_dot(a, b) == float(np.cumsum(a * b)[-1])
     assert ordered_dot(a[:0], b[:0]) == 0.0
+
+
+def test_a_batch_of_lists_times_as_the_same_batch_of_arrays():
+    """The engine hands a step's prefill chunks to the perf model as lists (Batch makes arrays of them only when a
+    model reads them as arrays): every model times a batch given as lists and as arrays to the same bits."""
+    from simserve.perf import Batch
+
+    rng = np.random.default_rng(5)
+    for label, perf in _perf_models():
+        for _ in range(5):
+            ctx = rng.integers(1, 50_000, int(rng.integers(0, 64)))
+            new = rng.integers(1, 8192, int(rng.integers(1, 4))).tolist()
+            cached = rng.integers(0, 30_000, len(new)).tolist()
+            as_lists = Batch(ctx, list(new), list(cached))
+            assert as_lists.prefill_lists() == (new, cached)
+            t = perf.step_time_s(as_lists)
+            assert t == perf.step_time_s(Batch(ctx, np.array(new), np.array(cached))), label
+            assert np.array_equal(as_lists.prefill_new_tokens, new)
+            assert np.array_equal(as_lists.prefill_cached_tokens, cached)
+            assert perf.step_time_s(as_lists) == t, label  # read again, now from the arrays made on first read
+    with pytest.raises(ValueError, match="2 prefill chunks"):
+        Batch(np.zeros(0, np.int64), [1, 2], [0])

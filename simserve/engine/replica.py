@@ -352,10 +352,8 @@ class Replica:
         if plan.empty:
             return self.perf.overhead_s  # async: every running request's last token is in flight
         chunks = plan.chunks
-        return self.perf.step_time_s(Batch(
-            plan.decode_context_tokens,
-            np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
-            np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY))
+        return self.perf.step_time_s(Batch(plan.decode_context_tokens, [c for _, c, _ in chunks],
+                                           [h for _, _, h in chunks]))
 
     def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int) -> np.ndarray:
         """Seconds of each step of a fast-forwarded run of k decode steps (the perf model's closed form; uncapped,

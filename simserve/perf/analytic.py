@@ -30,8 +30,9 @@ def step_tokens(batch: Batch) -> tuple[float, float, float]:
     pairs = decode_ctx
     # A step has few prefill chunks: plain floats are faster than numpy here (the same arithmetic as
     # causal_pairs, element by element).
-    for q, c in zip(batch.prefill_new_tokens.tolist(), batch.prefill_cached_tokens.tolist(), strict=True):
-        q, c = float(q), float(c)
+    new, cached = batch.prefill_lists()
+    for new_i, cached_i in zip(new, cached, strict=True):
+        q, c = float(new_i), float(cached_i)
         tokens += q
         kv_tokens += c + q
         pairs += q * (c + (q + 1.0) / 2.0)

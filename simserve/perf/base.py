@@ -19,24 +19,50 @@ from simserve.hardware import GpuSpec, ModelSpec
 
 
 class Batch:
-    """What one step computes (read-only: its fields are Final).
+    """What one step computes (read-only).
 
     decode_context_tokens: per decoding sequence, the context its new token attends over (KV tokens already in
         cache plus the one being computed).
     prefill_new_tokens / prefill_cached_tokens: per prefill chunk, the tokens computed in this step and the
-        tokens of the same sequence already in the KV cache before it (earlier chunks or a cached prefix).
+        tokens of the same sequence already in the KV cache before it (earlier chunks or a cached prefix). Given
+        as arrays or as lists of ints; read as arrays (a list is made one on first read), or as lists with
+        `prefill_lists()` (a model that loops over a step's few chunks: the engine passes lists, and neither side
+        pays numpy's per-call cost, about 5,000 instructions, for a round trip).
 
     A plain class, not a dataclass: compiled, its constructor is a direct call (a dataclass's generated __init__
     runs as Python, about 4,800 instructions a call; the engine makes one a step it times singly).
     """
 
-    __slots__ = ("decode_context_tokens", "prefill_new_tokens", "prefill_cached_tokens")
+    __slots__ = ("decode_context_tokens", "_new", "_cached")
 
-    def __init__(self, decode_context_tokens: np.ndarray, prefill_new_tokens: np.ndarray,
-                 prefill_cached_tokens: np.ndarray) -> None:
+    def __init__(self, decode_context_tokens: np.ndarray, prefill_new_tokens: np.ndarray | list[int],
+                 prefill_cached_tokens: np.ndarray | list[int]) -> None:
+        if len(prefill_new_tokens) != len(prefill_cached_tokens):
+            raise ValueError(f"{len(prefill_new_tokens)} prefill chunks' new tokens but {len(prefill_cached_tokens)}"
+                             " chunks' cached tokens")
         self.decode_context_tokens: Final[np.ndarray] = decode_context_tokens
-        self.prefill_new_tokens: Final[np.ndarray] = prefill_new_tokens
-        self.prefill_cached_tokens: Final[np.ndarray] = prefill_cached_tokens
+        self._new = prefill_new_tokens
+        self._cached = prefill_cached_tokens
+
+    @property
+    def prefill_new_tokens(self) -> np.ndarray:
+        new = self._new
+        if isinstance(new, list):
+            new = self._new = np.array(new, np.int64)
+        return new
+
+    @property
+    def prefill_cached_tokens(self) -> np.ndarray:
+        cached = self._cached
+        if isinstance(cached, list):
+            cached = self._cached = np.array(cached, np.int64)
+        return cached
+
+    def prefill_lists(self) -> tuple[list[int], list[int]]:
+        """(prefill_new_tokens, prefill_cached_tokens) as lists of ints."""
+        new, cached = self._new, self._cached
+        return (new if isinstance(new, list) else new.tolist(),
+                cached if isinstance(cached, list) else cached.tolist())
 
     def __repr__(self) -> str:
         return (f"Batch(decode_context_tokens={self.decode_context_tokens!r}, prefill_new_tokens="
