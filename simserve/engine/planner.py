@@ -75,7 +75,7 @@ class StepPlan:
     """What one planned step computes and what it will deliver."""
 
     __slots__ = ("decode_context_tokens", "chunks", "preempted", "admitted", "sampled", "reasoning_done",
-                 "finishing", "all_decodes", "swap_s", "decode_query_tokens")
+                 "finishing", "all_decodes", "swap_s", "decode_query_tokens", "_context_sum")
 
     def __init__(self) -> None:
         self.decode_context_tokens: np.ndarray = _EMPTY  # per scheduled decode, its new token included
@@ -88,6 +88,16 @@ class StepPlan:
         self.all_decodes = False  # every running request is a decode and was scheduled, and nothing else
         self.swap_s = 0.0  # KV moved between host and GPU for this step (swap out and in), seconds of PCIe
         self.decode_query_tokens: np.ndarray | None = None  # speculative decoding: positions each decode verifies
+        self._context_sum = -1  # decode_context_sum(), once read
+
+    def decode_context_sum(self) -> int:
+        """The sum of decode_context_tokens, computed on first read and kept: the step's timing and its KV
+        integral both read it (read it once the plan is made: the contexts may be a view of the decode arrays)."""
+        total = self._context_sum
+        if total < 0:
+            dec = self.decode_context_tokens
+            total = self._context_sum = int(asum(dec)) if len(dec) else 0
+        return total
 
     @property
     def num_decodes(self) -> int:

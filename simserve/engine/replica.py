@@ -337,7 +337,7 @@ class Replica:
             yield StepEnd(env, dt, self._end_priority)
             self._stepping = False
             self.kv_area += used * dt
-            self.kv_token_area += dt * float(asum(plan.decode_context_tokens) + sum(c + h for _, c, h in chunks))
+            self.kv_token_area += dt * float(plan.decode_context_sum() + sum(c + h for _, c, h in chunks))
             if self.async_scheduling:
                 inflight = self._delivered = plan
             else:
@@ -353,7 +353,7 @@ class Replica:
             return self.perf.overhead_s  # async: every running request's last token is in flight
         chunks = plan.chunks
         return self.perf.step_time_s(Batch(plan.decode_context_tokens, [c for _, c, _ in chunks],
-                                           [h for _, _, h in chunks]))
+                                           [h for _, _, h in chunks], float(plan.decode_context_sum())))
 
     def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int) -> np.ndarray:
         """Seconds of each step of a fast-forwarded run of k decode steps (the perf model's closed form; uncapped,
@@ -457,7 +457,7 @@ class Replica:
             contexts, caps = dec.kept(), dec.keep[: dec.n].copy()
         else:  # the plan's contexts (a view of the decode arrays: read now, not kept)
             contexts, caps = plan.decode_context_tokens, None
-        context_sum = int(asum(contexts))
+        context_sum = int(asum(contexts)) if caps is not None else plan.decode_context_sum()
         times = self._run_times_s(contexts, k, caps, context_sum)
         pieces = self._predict_chain(k, extra) if self._chains and len(extra) > k else []
         total = k + sum(p.num_steps for p in pieces)
@@ -526,11 +526,12 @@ class Replica:
         room = dec.blocks[:n] * bt - ctx
         if int(amax(room)) >= bt:
             return []  # a decode holds a spare block (not vLLM's FCFS pass here): runs end where blocks run out
-        phase_a = room + 1
-        phase_a %= bt
-        cnt = bincount(phase_a, None, bt).tolist()  # decodes needing a block at further steps u = r (mod B)
+        # Decodes needing a block at further steps u = r (mod B): those with room r - 1 (room B - 1 at r = 0),
+        # counted by room (0 <= room < B) and rotated by one, without numpy's +1 and remainder.
+        by_room: list[int] = bincount(room, None, bt).tolist()
+        cnt = [by_room[bt - 1], *by_room[: bt - 1]]
         finish = dec.finish_at[:n]
-        by_seq = dec.seq[:n].argsort()[::-1].tolist()  # victims, newest first
+        by_seq: list[int] = dec.seq[:n].argsort()[::-1].tolist()  # victims, newest first
         gone = [False] * n
         first_out = int(finish.argmin())  # the decode that schedules its last token first (recounted if preempted)
         longest = int(ctx.argmax()) if self._longest_context else -1  # the calibrated model reads it

@@ -23,9 +23,8 @@ def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarra
 
 def step_tokens(batch: Batch) -> tuple[float, float, float]:
     """(tokens computed, KV tokens read by attention plus those written, query-key pairs) of one step."""
-    dec = batch.decode_context_tokens
-    decode_ctx = float(asum(dec)) if len(dec) else 0.0
-    tokens = float(len(dec))
+    decode_ctx = batch.decode_context_sum
+    tokens = float(len(batch.decode_context_tokens))
     kv_tokens = decode_ctx
     pairs = decode_ctx
     # A step has few prefill chunks: plain floats are faster than numpy here (the same arithmetic as

@@ -28,21 +28,33 @@ class Batch:
         as arrays or as lists of ints; read as arrays (a list is made one on first read), or as lists with
         `prefill_lists()` (a model that loops over a step's few chunks: the engine passes lists, and neither side
         pays numpy's per-call cost, about 5,000 instructions, for a round trip).
+    decode_context_sum: the sum of decode_context_tokens, if the caller has it (computed on first read if not):
+        the engine's step reads it for its KV integral too, and one sum is one numpy call.
 
     A plain class, not a dataclass: compiled, its constructor is a direct call (a dataclass's generated __init__
     runs as Python, about 4,800 instructions a call; the engine makes one a step it times singly).
     """
 
-    __slots__ = ("decode_context_tokens", "_new", "_cached")
+    __slots__ = ("decode_context_tokens", "_new", "_cached", "_context_sum")
 
     def __init__(self, decode_context_tokens: np.ndarray, prefill_new_tokens: np.ndarray | list[int],
-                 prefill_cached_tokens: np.ndarray | list[int]) -> None:
+                 prefill_cached_tokens: np.ndarray | list[int], decode_context_sum: float = -1.0) -> None:
         if len(prefill_new_tokens) != len(prefill_cached_tokens):
             raise ValueError(f"{len(prefill_new_tokens)} prefill chunks' new tokens but {len(prefill_cached_tokens)}"
                              " chunks' cached tokens")
         self.decode_context_tokens: Final[np.ndarray] = decode_context_tokens
         self._new = prefill_new_tokens
         self._cached = prefill_cached_tokens
+        self._context_sum = decode_context_sum
+
+    @property
+    def decode_context_sum(self) -> float:
+        """The sum of decode_context_tokens (given by a caller that has it, or computed on first read)."""
+        total = self._context_sum
+        if total < 0.0:
+            dec = self.decode_context_tokens
+            total = self._context_sum = float(asum(dec)) if len(dec) else 0.0
+        return total
 
     @property
     def prefill_new_tokens(self) -> np.ndarray:

@@ -306,7 +306,8 @@ class CalibratedPerf:
         r = n_dec + len(new)
         attn = 0.0
         if n_dec:
-            attn += self._decode_attn_one_s(self._rank_batch(n_dec), float(asum(dec)) / n_dec, float(amax(dec)))
+            attn += self._decode_attn_one_s(self._rank_batch(n_dec), batch.decode_context_sum / n_dec,
+                                              float(amax(dec)))
         if len(new) == 1:
             attn += self._prefill_attn_one_s(float(new[0]), float(batch.prefill_cached_tokens[0]))
         elif len(new):
