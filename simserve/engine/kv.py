@@ -79,7 +79,7 @@ class KvBlockPool:
     """Block accounting for one replica: the free queue, the prefix cache and allocation."""
 
     __slots__ = ("capacity_blocks", "block_tokens", "prefix_caching", "free_blocks", "evictable_blocks",
-                 "_queue", "_cache", "_next_own_key", "num_evicted_units")
+                 "_front", "_queue", "_cache", "_next_own_key", "num_evicted_units")
 
     def __init__(self, capacity_blocks: int, block_tokens: int, prefix_caching: bool = False) -> None:
         if capacity_blocks <= 0:
@@ -91,7 +91,11 @@ class KvBlockPool:
         self.prefix_caching = prefix_caching
         self.free_blocks = capacity_blocks  # the queue's length, cached blocks nobody holds included
         self.evictable_blocks = 0  # cached blocks in the queue
-        self._queue: OrderedDict[Extent, None] = OrderedDict({Extent(None, capacity_blocks): None})
+        # The free queue: `_front` uncached blocks at its very front, then `_queue`'s extents in order. Uncached
+        # blocks pushed to the front, and the blocks popped from it, are counted there without a dictionary
+        # operation (two adjacent runs of uncached blocks are the same queue as one run: blocks are counted).
+        self._front = capacity_blocks
+        self._queue: OrderedDict[Extent, None] = OrderedDict()
         self._cache: dict[int, list[Extent]] = {}  # key -> copies, oldest first
         self._next_own_key = -1
         self.num_evicted_units = 0
@@ -119,6 +123,12 @@ class KvBlockPool:
         if num_blocks > self.free_blocks:
             raise RuntimeError(f"cannot allocate {num_blocks} blocks with {self.free_blocks} free")
         self.free_blocks -= num_blocks
+        front = self._front
+        if front >= num_blocks:
+            self._front = front - num_blocks
+            return
+        num_blocks -= front
+        self._front = 0
         queue = self._queue
         while num_blocks:
             ext = next(iter(queue))
@@ -149,15 +159,14 @@ class KvBlockPool:
             return
         self.free_blocks += num_blocks
         queue = self._queue
-        if queue:
-            end = next(iter(queue)) if front else next(reversed(queue))
-            if end.key is None:
-                end.size += num_blocks
-                return
-        ext = Extent(None, num_blocks)
-        queue[ext] = None
-        if front:
-            queue.move_to_end(ext, last=False)
+        if front or not queue:  # the front run (at the back too when no extent follows it)
+            self._front += num_blocks
+            return
+        end = next(reversed(queue))
+        if end.key is None:
+            end.size += num_blocks
+            return
+        queue[Extent(None, num_blocks)] = None
 
     def _push_unit(self, ext: Extent) -> None:
         self.free_blocks += ext.size
@@ -315,7 +324,8 @@ class KvBlockPool:
         return copies[0].size if copies else 0
 
     def check(self) -> None:
-        queued = sum(e.size for e in self._queue)
+        assert self._front >= 0
+        queued = self._front + sum(e.size for e in self._queue)
         assert queued == self.free_blocks, (queued, self.free_blocks)
         assert self.evictable_blocks == sum(e.size for e in self._queue if e.key is not None)
         assert all(e.refs == 0 for e in self._queue)
