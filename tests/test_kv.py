@@ -72,6 +72,35 @@ def test_freed_uncached_blocks_go_to_the_front_and_cached_ones_to_the_back_tail_
     pool.check()
 
 
+def test_blocks_freed_to_the_front_are_reused_before_a_cached_unit_each_time():
+    """The front run of uncached blocks (a counter, not an extent) stays ahead of every cached unit however many
+    frees join it, and an allocation that outgrows it goes on into the units behind it, in queue order."""
+    pool = KvBlockPool(8, 4, prefix_caching=True)
+    a = hold_with(pool, [(1, 1)], 6)  # unit 1 and a partial block
+    b = KvHold()
+    pool.grow(b, 6)
+    assert pool.free_blocks == 0
+    pool.release(a, cached_tokens=6)  # queue: [partial][unit 1]
+    c = KvHold()
+    pool.grow(c, 1)
+    assert pool.cached_blocks(1) == 1  # the partial block went first
+    pool.release(b)  # queue: [6 uncached][unit 1]
+    pool.release(c)  # queue: [7 uncached][unit 1]
+    pool.check()
+    pool.allocate(7)
+    assert pool.cached_blocks(1) == 1 and pool.free_blocks == 1
+    pool.allocate(1)
+    assert pool.cached_blocks(1) == 0 and pool.free_blocks == 0
+    pool.check()
+    pool._push_free(3, front=False)  # nothing queued: the back is the front run too
+    pool._push_free(2, front=True)
+    assert pool.free_blocks == 5
+    pool.check()
+    pool.allocate(5)
+    assert pool.free_blocks == 0
+    pool.check()
+
+
 def test_a_hit_on_blocks_nobody_holds_takes_them_out_of_the_free_queue():
     pool = KvBlockPool(8, 4, prefix_caching=True)
     a = hold_with(pool, [(1, 1), (2, 1)], 8)

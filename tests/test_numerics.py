@@ -198,5 +198,9 @@ def test_a_batch_of_lists_times_as_the_same_batch_of_arrays():
             assert np.array_equal(as_lists.prefill_new_tokens, new)
             assert np.array_equal(as_lists.prefill_cached_tokens, cached)
             assert perf.step_time_s(as_lists) == t, label  # read again, now from the arrays made on first read
+            # The context sum a caller gives (the engine's plan has it) is the one computed, and the time the same.
+            given = Batch(ctx, list(new), list(cached), float(ctx.sum()) if len(ctx) else 0.0)
+            assert as_lists.decode_context_sum == given.decode_context_sum == float(ctx.sum()), label
+            assert perf.step_time_s(given) == t, label
     with pytest.raises(ValueError, match="2 prefill chunks"):
         Batch(np.zeros(0, np.int64), [1, 2], [0])
