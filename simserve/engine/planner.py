@@ -32,7 +32,7 @@ from mypy_extensions import mypyc_attr
 
 from simserve.engine.decodes import Decodes
 from simserve.engine.kv import Extent, KvBlockPool, KvHold, blocks_for
-from simserve.perf.base import amax, asum, count_nonzero
+from simserve.perf.base import amax, asum, context_sum, count_nonzero
 from simserve.request import Request
 from simserve.schedulers import FairShare, ReasoningAware, Scheduler
 
@@ -95,8 +95,7 @@ class StepPlan:
         integral both read it (read it once the plan is made: the contexts may be a view of the decode arrays)."""
         total = self._context_sum
         if total < 0:
-            dec = self.decode_context_tokens
-            total = self._context_sum = int(asum(dec)) if len(dec) else 0
+            total = self._context_sum = context_sum(self.decode_context_tokens)
         return total
 
     @property

@@ -52,8 +52,7 @@ class Batch:
         """The sum of decode_context_tokens (given by a caller that has it, or computed on first read)."""
         total = self._context_sum
         if total < 0.0:
-            dec = self.decode_context_tokens
-            total = self._context_sum = float(asum(dec)) if len(dec) else 0.0
+            total = self._context_sum = float(context_sum(self.decode_context_tokens))
         return total
 
     @property
@@ -118,6 +117,12 @@ _STEPS.flags.writeable = False
 asum = np.add.reduce
 amax = np.maximum.reduce
 amin = np.minimum.reduce
+
+
+def context_sum(contexts: np.ndarray) -> int:
+    """The sum of a step's decode contexts (0 for none): what `Batch.decode_context_sum` and
+    `StepPlan.decode_context_sum` each compute once and keep."""
+    return int(asum(contexts)) if len(contexts) else 0
 # The compiled cores of np.count_nonzero and np.interp, without their Python wrappers (np.interp's checks were a
 # third of a calibrated step's cost); numpy 1.x keeps them in numpy.core.
 _cores: Any = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
