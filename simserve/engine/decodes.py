@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from simserve.perf.base import amin, bincount, count_nonzero, kept_context_sums, ordered_dot, step_indices
+from simserve.perf.base import amin, asum, bincount, count_nonzero, kept_context_sums, ordered_dot, step_indices
 from simserve.request import Request
 
 _NEVER = 1 << 62
@@ -18,6 +18,12 @@ _NEVER = 1 << 62
 # instructions a call, eight calls) is most of a short run's; half the runs of a saturated replica are 3 steps or
 # fewer.
 _SCALAR_INTEGRALS = 128
+# A run's block demand over at most this many steps is built in Python and made an array in one call (numpy's
+# arithmetic on the step indices, a fancy index and a cumsum into a buffer cost about 30,000 instructions; the
+# median saturated run is 34 steps).
+_SCALAR_EXTRA = 256
+# numpy takes a 0-d int64 array as an operand in half the time of a Python int (which it must first type).
+_ONE = np.ones((), np.int64)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecDecodes
@@ -47,7 +53,11 @@ class Decodes:
         self._min_reasoning: int | None = _NEVER
         self.req: list[Request | None] = [None] * capacity
         self.n = 0
+        # sum(ctx[:n]), kept as the slots change (-1: unknown, recounted on the next read): a step's context sum,
+        # which its timing and KV integral read, without a numpy reduction a step.
+        self.ctx_sum = 0
         self._block_tokens = block_tokens  # for the caps of compressed slots
+        self._bt = np.full((), block_tokens, np.int64)  # the same, as an operand numpy takes quickly
         self._laps: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def add(self, req: Request, num_blocks: int) -> None:
@@ -63,6 +73,8 @@ class Decodes:
         self.req[j] = req
         req.slot = j
         self.n = j + 1
+        if self.ctx_sum >= 0:
+            self.ctx_sum += req.computed_tokens
         if self._min_finish is not None and finish_at < self._min_finish:
             self._min_finish = finish_at
         if self._min_reasoning is not None and reasoning_at < self._min_reasoning:
@@ -80,10 +92,25 @@ class Decodes:
         """Output tokens slot j has still to schedule."""
         return int(self.finish_at[j]) - self.tick
 
+    def context_total(self) -> int:
+        """sum(ctx[:n]): kept, or recounted if unknown."""
+        total = self.ctx_sum
+        if total < 0:
+            total = self.ctx_sum = int(asum(self.ctx[: self.n])) if self.n else 0
+        return total
+
+    def set_progress(self, j: int, ctx: int, blocks: int) -> None:
+        """Write slot j's computed tokens and blocks (a run's prediction, before it is preempted)."""
+        if self.ctx_sum >= 0:
+            self.ctx_sum += ctx - int(self.ctx[j])
+        self.ctx[j], self.blocks[j] = ctx, blocks
+
     def schedule_one(self, j: int) -> None:
         """One decode token for slot j alone (a step that did not schedule every slot): its last (reasoning)
         token comes a tick sooner than the others'."""
         self.ctx[j] += 1
+        if self.ctx_sum >= 0:
+            self.ctx_sum += 1
         self.finish_at[j] -= 1
         if self.reasoning_at[j] != _NEVER:
             self.reasoning_at[j] -= 1
@@ -99,6 +126,8 @@ class Decodes:
         if self.reasoning_at[j] == self._min_reasoning:
             self._min_reasoning = None
         last = self.n - 1
+        if self.ctx_sum >= 0:
+            self.ctx_sum -= int(self.ctx[j])
         if j != last:
             rows = self._rows
             rows[:, j] = rows[:, last]
@@ -126,7 +155,7 @@ class Decodes:
         its last reasoning token."""
         n = self.n
         ctx, blocks = self.ctx[:n], self.blocks[:n]
-        needs = ctx >= blocks * block_tokens
+        needs = ctx >= blocks * (self._bt if block_tokens == self._block_tokens else block_tokens)
         if self.compressed:
             needs &= blocks < self.cap[:n]  # a compressed sequence at its cap overwrites evicted slots
         need = int(count_nonzero(needs))
@@ -134,16 +163,20 @@ class Decodes:
             return -1, needs
         if need:
             blocks += needs
-        ctx += 1
+        ctx += _ONE
         self.tick += 1
+        if self.ctx_sum >= 0:
+            self.ctx_sum += n
         return need, needs
 
     def schedule_every(self, needs: np.ndarray) -> None:
         """One decode token for every slot, its new blocks `needs` (0 or 1 each) allocated by the caller."""
         n = self.n
         self.blocks[:n] += needs
-        self.ctx[:n] += 1
+        self.ctx[:n] += _ONE
         self.tick += 1
+        if self.ctx_sum >= 0:
+            self.ctx_sum += n
 
     def kept(self, slots: np.ndarray | None = None) -> np.ndarray:
         """Context tokens whose KV is kept (attention reads them): min(ctx, keep), for these slots (all if None).
@@ -157,6 +190,7 @@ class Decodes:
         (reasoning) tokens come a tick sooner than the others'."""
         self.blocks[slots] += needs
         self.ctx[slots] += 1
+        self.ctx_sum = -1  # recounted when next read
         self.finish_at[slots] -= 1
         at = self.reasoning_at[slots]
         self.reasoning_at[slots] = np.where(at == _NEVER, _NEVER, at - 1)
@@ -192,12 +226,31 @@ class Decodes:
         covering c; it needs another at step b*B - c + 1 and every B steps after, so the demand is periodic in
         the step index with period B (block_tokens)."""
         n = self.n
-        first = self.blocks[:n] * block_tokens - self.ctx[:n]  # further steps that fit in the blocks held
+        bt = self._bt if block_tokens == self._block_tokens else block_tokens
+        first = self.blocks[:n] * bt - self.ctx[:n]  # further steps that fit in the blocks held
         room = None
         if self.compressed:
             room = self.cap[:n] - self.blocks[:n]  # blocks a slot may still take (0 at its cap)
             first = np.where(room > 0, first, 0)
-        bincount(first, None, block_tokens).cumsum(out=buf[1:])
+        counts = bincount(first, None, block_tokens)
+        if room is None and num_steps <= _SCALAR_EXTRA and len(counts) == block_tokens:
+            # The same values in Python: extra[s] = (s // B) * n + (decodes whose first need is before phase s % B).
+            by_first: list[int] = counts.tolist()
+            before = [0] * block_tokens
+            c = 0
+            for p in range(1, block_tokens):
+                c += by_first[p - 1]
+                before[p] = c
+            out: list[int] = []
+            lap = 0
+            s = 0
+            while s < num_steps:
+                for p in range(min(block_tokens, num_steps - s)):
+                    out.append(lap + before[p])
+                lap += n
+                s += block_tokens
+            return np.array(out, np.int64)
+        counts.cumsum(out=buf[1:])
         laps, phase = self._step_laps(num_steps, block_tokens)
         extra = laps * n
         extra += buf[phase]
@@ -221,6 +274,8 @@ class Decodes:
         self.tick += num_steps
         ctx = self.ctx[:n]
         ctx += num_steps
+        if self.ctx_sum >= 0:
+            self.ctx_sum += n * num_steps
         grown = ctx + (block_tokens - 1)
         grown //= block_tokens
         if self.compressed:

@@ -235,6 +235,7 @@ class Planner:
         else:
             ctx = dec.ctx[:n]
             plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
+            plan._context_sum = dec.context_total()
         return True
 
     def _schedule_decodes_preempting(self, plan: StepPlan, needs: np.ndarray, others: list[Request]) -> None:
@@ -279,6 +280,7 @@ class Planner:
             else:
                 ctx = dec.ctx[:n]
                 plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
+                plan._context_sum = dec.context_total()
             if not dec.events_due:  # the earliest last (reasoning) token, from tick counts kept per slot
                 self._end_running_pass(gone)
                 return
@@ -682,4 +684,5 @@ class Planner:
         assert private + kv.held_unit_blocks() + kv.free_blocks == kv.capacity_blocks, (
             private, kv.held_unit_blocks(), kv.free_blocks, kv.capacity_blocks)
         kv.check()
+        assert dec.ctx_sum < 0 or dec.ctx_sum == int(asum(dec.ctx[: dec.n])), (dec.ctx_sum, dec.ctx[: dec.n])
         assert self.num_running <= self.config.max_num_seqs

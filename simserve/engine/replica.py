@@ -30,7 +30,7 @@ from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel
-from simserve.perf.base import amax, asum, bincount
+from simserve.perf.base import accumulate_sum, amax, asum, bincount
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware
@@ -469,7 +469,7 @@ class Replica:
             bounds[p.start + 1: p.start + p.num_steps + 1] = ptimes
             p.run = FastForwardRun(bounds[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
                                    p.num_decodes, 0, context_sum=float(p.context_sum))
-        bounds.cumsum(out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as stepping adds
+        accumulate_sum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as steps add
         run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, context_sum=float(context_sum),
                              contexts=contexts if caps is not None else None, caps=caps)
         self._chain.extend(pieces)
@@ -536,7 +536,7 @@ class Replica:
         first_out = int(finish.argmin())  # the decode that schedules its last token first (recounted if preempted)
         longest = int(ctx.argmax()) if self._longest_context else -1  # the calibrated model reads it
         tick0 = dec.tick  # the run's first step scheduled
-        alive, ctx_sum = n, int(asum(ctx))
+        alive, ctx_sum = n, dec.context_total()
         vi = 0
         free = kv.free_blocks - int(extra[k - 1])
         released: dict[Extent, int] = {}
@@ -602,7 +602,7 @@ class Replica:
             else:
                 demand = np.empty(steps, np.int64)
                 demand[0] = 0
-                np.array(per_step, np.int64).cumsum(out=demand[1:])
+                accumulate_sum(np.array(per_step, np.int64), out=demand[1:])
             pieces.append(ChainPiece(start, steps, demand, alive, first_sum, first_max, victims, remaining,
                                      free))
             if steps == to_finish + 1:
@@ -634,7 +634,7 @@ class Replica:
             if before:
                 kv.allocate(before)
             j = req.slot
-            dec.ctx[j], dec.blocks[j] = ctx, blocks
+            dec.set_progress(j, ctx, blocks)
             dec.finish_at[j] -= behind  # its tokens left after the schedules it took (the arrays lag)
             at = int(dec.reasoning_at[j])
             if at - tick0 <= behind:  # its last reasoning token was scheduled inside the run

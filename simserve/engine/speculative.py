@@ -91,6 +91,7 @@ class SpecDecodes(Decodes):
         """After the slots' step was scheduled (one token each): their accepted drafts are computed and
         committed too; a reasoning end inside them comes at this tick."""
         self.ctx[slots] += acc
+        self.ctx_sum = -1  # recounted when next read
         self.finish_at[slots] -= acc
         at = self.reasoning_at[slots]
         self.reasoning_at[slots] = np.where(at == _NEVER, _NEVER, np.maximum(at - acc, self.tick))
@@ -102,6 +103,7 @@ class SpecDecodes(Decodes):
         ctx, blocks, fin, rat, ticks = self.run
         n = self.n
         self.ctx[:n], self.blocks[:n] = ctx[num_steps], blocks[num_steps]
+        self.ctx_sum = -1
         self.finish_at[:n], self.reasoning_at[:n] = fin[num_steps], rat[num_steps]
         self.tick = int(ticks[num_steps])
         self._min_finish = self._min_reasoning = None

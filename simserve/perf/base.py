@@ -117,6 +117,9 @@ _STEPS.flags.writeable = False
 asum = np.add.reduce
 amax = np.maximum.reduce
 amin = np.minimum.reduce
+# cumsum's own loop (np.cumsum is add.accumulate: the same sequential sums), without the method's slower handling of
+# `out=` (about 1.9 us a call against 0.7 us).
+accumulate_sum = np.add.accumulate
 
 
 def context_sum(contexts: np.ndarray) -> int:
