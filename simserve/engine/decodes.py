@@ -218,7 +218,8 @@ class Decodes:
                 self._min_reasoning = None
         return finish, reasoning
 
-    def extra_blocks(self, block_tokens: int, num_steps: int, buf: np.ndarray) -> np.ndarray:
+    def extra_blocks(self, block_tokens: int, num_steps: int, buf: np.ndarray,
+                     scalar_up_to: int = _SCALAR_EXTRA) -> np.ndarray:
         """extra[s-1] = blocks the decodes need beyond those held now to run s more steps after the one just
         planned (extra[0] = 0: that step's blocks are allocated).
 
@@ -233,7 +234,7 @@ class Decodes:
             room = self.cap[:n] - self.blocks[:n]  # blocks a slot may still take (0 at its cap)
             first = np.where(room > 0, first, 0)
         counts = bincount(first, None, block_tokens)
-        if room is None and num_steps <= _SCALAR_EXTRA and len(counts) == block_tokens:
+        if room is None and num_steps <= scalar_up_to and len(counts) == block_tokens:
             # The same values in Python: extra[s] = (s // B) * n + (decodes whose first need is before phase s % B).
             by_first: list[int] = counts.tolist()
             before = [0] * block_tokens
