@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simserve.engine.decodes import Decodes
+from simserve.engine.decodes import Decodes, FastForwardRun
 from simserve.request import Request
 
 
@@ -57,24 +57,47 @@ def test_context_sum_is_kept_through_every_change_of_the_slots(seed):
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_block_demand_equals_stepping_in_python_and_with_arrays(seed):
+def test_block_demand_in_closed_form_equals_the_array_and_stepping(seed):
     rng = np.random.default_rng(seed)
     bt = int(rng.choice([1, 2, 4, 16]))
     dec = _decodes(rng, bt, int(rng.integers(1, 40)))
     dec.schedule_all(bt, 1 << 40)  # the run's first step, planned: its blocks allocated
     k = int(rng.integers(2, 600))
     buf = np.zeros(bt + 1, np.int64)
-    in_python = dec.extra_blocks(bt, k, buf, scalar_up_to=k).copy()
-    with_arrays = dec.extra_blocks(bt, k, buf, scalar_up_to=0)
-    assert in_python.dtype == with_arrays.dtype == np.int64
-    assert (in_python == with_arrays).all()
-    assert (dec.extra_blocks(bt, k, buf) == with_arrays).all()  # the default: either, by k
+    closed = dec.extra_blocks(bt, k, buf)
+    as_array = dec.extra_blocks(bt, k, buf, periodic=False)
+    assert closed.array is None and as_array.array is not None
+    values = as_array.values(k)
+    assert values.dtype == closed.values(k).dtype == np.int64
+    assert (closed.values(k) == values).all()
+    assert [closed.at(s) for s in range(k)] == values.tolist() == [as_array.at(s) for s in range(k)]
+    for free in {0, 1, int(values[-1]), int(values[-1]) + 1, *rng.integers(0, int(values[-1]) + 5, 20).tolist()}:
+        want = int(values.searchsorted(free, side="right"))
+        assert closed.steps_within(free) == as_array.steps_within(free) == want, free
     stepped = Decodes(dec.n, bt)
     stepped._rows[:] = dec._rows
     stepped.n = dec.n
     blocks0 = int(dec.blocks[: dec.n].sum())
-    assert in_python[0] == 0
+    assert values[0] == 0
     for s in range(1, k):
         need, _ = stepped.schedule_all(bt, 1 << 40)
         assert need >= 0
-        assert int(stepped.blocks[: dec.n].sum()) - blocks0 == in_python[s], s
+        assert int(stepped.blocks[: dec.n].sum()) - blocks0 == values[s], s
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_runs_kv_integral_is_the_same_from_the_closed_form_and_the_array(seed):
+    rng = np.random.default_rng(seed)
+    bt = int(rng.choice([1, 4, 16]))
+    dec = _decodes(rng, bt, int(rng.integers(1, 300)), capacity=300)
+    dec.schedule_all(bt, 1 << 40)
+    k = int(rng.integers(1, 400))
+    buf = np.zeros(bt + 1, np.int64)
+    times = rng.uniform(0.005, 0.2, k)
+    bounds = np.concatenate([[0.0], times]).cumsum()
+    runs = [FastForwardRun(bounds, times, dec.extra_blocks(bt, k, buf, periodic=periodic), k, dec.n, 0,
+                           context_sum=float(dec.ctx_sum)) for periodic in (True, False)]
+    for done in {0, 1, int(rng.integers(1, k + 1)), k}:
+        for scalar_up_to in (done, 0):  # floats, arrays
+            a, b = (run.kv_integrals(done, scalar_up_to=scalar_up_to) for run in runs)
+            assert a == b, (done, scalar_up_to)

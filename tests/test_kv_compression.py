@@ -38,7 +38,9 @@ def test_extra_blocks_and_advance_with_caps_equal_stepping(seed):
     bt = int(rng.choice([1, 2, 4, 16]))
     dec = _decodes(rng, bt, int(rng.integers(1, 12)))
     k = int(rng.integers(2, 300))
-    extra = dec.extra_blocks(bt, k, np.zeros(bt + 1, np.int64)).copy()
+    demand = dec.extra_blocks(bt, k, np.zeros(bt + 1, np.int64))
+    assert demand.array is not None  # caps: not periodic
+    extra = demand.values(k).copy()
     blocks0, ctx0 = dec.blocks[: dec.n].sum(), dec.ctx[: dec.n].copy()
     stepped = Decodes(dec.n, bt, compressed=True)
     stepped._rows[:] = dec._rows

@@ -155,7 +155,7 @@ def test_a_runs_kv_integrals_are_sums_in_step_order_with_floats_or_arrays_alike(
     (ordered_dot) for a long one. Both must give the bits of a plain loop over the steps, so that a run's figures
     do not depend on its length's side of the threshold, nor on the machine (np.dot's BLAS kernel orders its sum
     by CPU)."""
-    from simserve.engine.decodes import FastForwardRun
+    from simserve.engine.decodes import BlockDemand, FastForwardRun
     from simserve.perf.base import ordered_dot
 
     rng = np.random.default_rng(seed)
@@ -166,7 +166,7 @@ def test_a_runs_kv_integrals_are_sums_in_step_order_with_floats_or_arrays_alike(
         times = rng.uniform(0.005, 0.2, k)
         extra = np.cumsum(rng.integers(0, 4, k)).astype(np.int64)
         bounds = np.concatenate([[rng.uniform(0, 1e4)], times]).cumsum()
-        run = FastForwardRun(bounds, times, extra, k, n, 0, context_sum=context_sum)
+        run = FastForwardRun(bounds, times, BlockDemand(k, extra), k, n, 0, context_sum=context_sum)
         for done in {0, 1, int(rng.integers(1, k + 1)), k}:
             loop_extra = loop_tokens = 0.0
             for i in range(done):

@@ -18,10 +18,6 @@ _NEVER = 1 << 62
 # instructions a call, eight calls) is most of a short run's; half the runs of a saturated replica are 3 steps or
 # fewer.
 _SCALAR_INTEGRALS = 128
-# A run's block demand over at most this many steps is built in Python and made an array in one call (numpy's
-# arithmetic on the step indices, a fancy index and a cumsum into a buffer cost about 30,000 instructions; the
-# median saturated run is 34 steps).
-_SCALAR_EXTRA = 256
 # numpy takes a 0-d int64 array as an operand in half the time of a Python int (which it must first type).
 _ONE = np.ones((), np.int64)
 
@@ -218,14 +214,14 @@ class Decodes:
                 self._min_reasoning = None
         return finish, reasoning
 
-    def extra_blocks(self, block_tokens: int, num_steps: int, buf: np.ndarray,
-                     scalar_up_to: int = _SCALAR_EXTRA) -> np.ndarray:
-        """extra[s-1] = blocks the decodes need beyond those held now to run s more steps after the one just
-        planned (extra[0] = 0: that step's blocks are allocated).
+    def extra_blocks(self, block_tokens: int, num_steps: int, buf: np.ndarray, periodic: bool = True) -> BlockDemand:
+        """The blocks the decodes need beyond those held now to run s more steps after the one just planned, for
+        s < num_steps (0 at s = 0: that step's blocks are allocated).
 
         After a step's allocation a sequence with c computed tokens (its new token included) holds b blocks
         covering c; it needs another at step b*B - c + 1 and every B steps after, so the demand is periodic in
-        the step index with period B (block_tokens)."""
+        the step index with period B (block_tokens): held in closed form (`periodic`) where every decode takes
+        its blocks (no KV compression's caps), as an array otherwise."""
         n = self.n
         bt = self._bt if block_tokens == self._block_tokens else block_tokens
         first = self.blocks[:n] * bt - self.ctx[:n]  # further steps that fit in the blocks held
@@ -234,30 +230,21 @@ class Decodes:
             room = self.cap[:n] - self.blocks[:n]  # blocks a slot may still take (0 at its cap)
             first = np.where(room > 0, first, 0)
         counts = bincount(first, None, block_tokens)
-        if room is None and num_steps <= scalar_up_to and len(counts) == block_tokens:
-            # The same values in Python: extra[s] = (s // B) * n + (decodes whose first need is before phase s % B).
+        if room is None and periodic and len(counts) == block_tokens:
             by_first: list[int] = counts.tolist()
-            before = [0] * block_tokens
+            before = [0] * block_tokens  # before[p]: decodes whose first new block comes before further step p
             c = 0
             for p in range(1, block_tokens):
                 c += by_first[p - 1]
                 before[p] = c
-            out: list[int] = []
-            lap = 0
-            s = 0
-            while s < num_steps:
-                for p in range(min(block_tokens, num_steps - s)):
-                    out.append(lap + before[p])
-                lap += n
-                s += block_tokens
-            return np.array(out, np.int64)
+            return BlockDemand(num_steps, None, n, before)
         counts.cumsum(out=buf[1:])
         laps, phase = self._step_laps(num_steps, block_tokens)
         extra = laps * n
         extra += buf[phase]
         if room is not None:
             extra -= _capped_growth(first + np.minimum(room, num_steps) * block_tokens, block_tokens, num_steps)
-        return extra
+        return BlockDemand(num_steps, extra)
 
     def _step_laps(self, num_steps: int, block_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """divmod(range(num_steps), block_tokens), from a table kept between runs."""
@@ -315,9 +302,74 @@ def _capped_growth(stop: np.ndarray, block_tokens: int, num_steps: int) -> np.nd
     return out
 
 
+class BlockDemand:
+    """The blocks a run's decodes need beyond those held at its start to run its first s + 1 steps (`at(s)`, for
+    s < num_steps; 0 at s = 0, whose blocks are allocated when it is planned). Nondecreasing in s.
+
+    Either in closed form: a batch of n decodes that all take their blocks (`Decodes.extra_blocks`) needs
+    at(s) = (s // B) * n + before[s % B], `before[p]` (B of them, the period) the decodes whose first new block
+    comes before further step p; or as an `array` of the values (KV compression's caps, a piece of a chain,
+    speculative decoding). The closed form costs O(B) to make, against numpy over the run's steps (about 45,000
+    instructions a run, most of them numpy's per-call cost: a saturated replica's median run is 34 steps).
+    A plain class, as FastForwardRun."""
+
+    __slots__ = ("num_steps", "array", "n", "before", "period")
+
+    def __init__(self, num_steps: int, array: np.ndarray | None, n: int = 0, before: list[int] | None = None) -> None:
+        self.num_steps = num_steps
+        self.array = array
+        self.n = n
+        self.before: list[int] = before if before is not None else []
+        self.period = len(self.before)
+
+    def __repr__(self) -> str:
+        if self.array is not None:
+            return f"BlockDemand(num_steps={self.num_steps}, array={self.array!r})"
+        return f"BlockDemand(num_steps={self.num_steps}, n={self.n}, before={self.before})"
+
+    def at(self, s: int) -> int:
+        array = self.array
+        if array is not None:
+            return int(array[s])
+        period = self.period
+        return (s // period) * self.n + self.before[s % period]
+
+    def steps_within(self, free_blocks: int) -> int:
+        """The longest prefix of the run whose demand fits in `free_blocks` (as searchsorted(values, free_blocks,
+        side="right")): every lap before free // n fits whole, and of the next, the phases whose `before` fits in
+        what is left."""
+        array = self.array
+        if array is not None:
+            return int(array.searchsorted(free_blocks, side="right"))
+        n = self.n
+        if n == 0:
+            return self.num_steps
+        laps = free_blocks // n
+        left = free_blocks - laps * n
+        fit = 0
+        for b in self.before:
+            if b > left:
+                break
+            fit += 1
+        return min(laps * self.period + fit, self.num_steps)
+
+    def values(self, done: int) -> np.ndarray:
+        """at(s) for s < done, as an int64 array."""
+        array = self.array
+        if array is not None:
+            return array[:done]
+        laps, phase = np.divmod(np.arange(done, dtype=np.int64), self.period)
+        out: np.ndarray = laps * self.n
+        out += np.array(self.before, np.int64)[phase]
+        return out
+
+
+NO_DEMAND = BlockDemand(0, np.zeros(0, np.int64))
+
+
 class FastForwardRun:
     """A run of decode-only steps in flight: `bounds[i]` is the end of step i (bounds[0] its start), `times[i]`
-    step i+1's duration, `extra[i]` the blocks the decodes need beyond those held at its start to run i+1 steps,
+    step i+1's duration, `extra.at(i)` the blocks the decodes need beyond those held at its start to run i+1 steps,
     `num_steps` its planned length and `allocated` the blocks taken so far (KV is allocated as each step starts,
     exactly as stepping would, when someone looks at the replica mid-run). `context_sum`: the decodes' contexts
     at its first step, summed; under KV compression, `contexts` each decode's kept context at its first step and
@@ -329,7 +381,7 @@ class FastForwardRun:
     __slots__ = ("bounds", "times", "extra", "num_steps", "num_decodes", "used_at_start", "allocated",
                  "context_sum", "contexts", "caps")
 
-    def __init__(self, bounds: np.ndarray, times: np.ndarray, extra: np.ndarray, num_steps: int, num_decodes: int,
+    def __init__(self, bounds: np.ndarray, times: np.ndarray, extra: BlockDemand, num_steps: int, num_decodes: int,
                  used_at_start: int, allocated: int = 0, context_sum: float = 0.0,
                  contexts: np.ndarray | None = None, caps: np.ndarray | None = None) -> None:
         self.bounds = bounds
@@ -355,22 +407,35 @@ class FastForwardRun:
         if done == 0:
             return 0.0, 0.0
         if self.contexts is None and done <= scalar_up_to:
-            extra: list[int] = self.extra[:done].tolist()
             times: list[float] = self.times[:done].tolist()
             context_sum, n = self.context_sum, self.num_decodes
             extra_area = 0.0
             token_area = 0.0
+            demand = self.extra
+            if demand.array is None:  # the closed form's values, step by step: extra = lap + before[phase]
+                before, period, per_lap = demand.before, demand.period, demand.n
+                lap = phase = 0
+                for i in range(done):
+                    t = times[i]
+                    extra_area += (lap + before[phase]) * t
+                    token_area += (context_sum + float(n * i)) * t  # the closed form below, at step i
+                    phase += 1
+                    if phase == period:
+                        phase = 0
+                        lap += per_lap
+                return extra_area, token_area
+            extra: list[int] = demand.array[:done].tolist()
             for i in range(done):
                 t = times[i]
                 extra_area += extra[i] * t
-                token_area += (context_sum + float(n * i)) * t  # the closed form below, at step i
+                token_area += (context_sum + float(n * i)) * t
             return extra_area, token_area
         times_a = self.times[:done]
         if self.contexts is None:  # kept_context_sums' sums (all contexts grow by one a step), in closed form
             sums = self.context_sum + self.num_decodes * step_indices(done)
         else:
             sums, _ = kept_context_sums(self.contexts, self.caps, done)
-        return ordered_dot(self.extra[:done], times_a), ordered_dot(sums, times_a)
+        return ordered_dot(self.extra.values(done), times_a), ordered_dot(sums, times_a)
 
     def steps_started(self, now_s: float) -> int:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting

@@ -23,19 +23,18 @@ import numpy as np
 import simpy
 from mypy_extensions import mypyc_attr
 
-from simserve.engine.decodes import ChainPiece, FastForwardRun
+from simserve.engine.decodes import NO_DEMAND, BlockDemand, ChainPiece, FastForwardRun
 from simserve.engine.events import AfterPlans, Environment, Settle, StepEnd, step_end_priority
 from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel
-from simserve.perf.base import accumulate_sum, amax, asum, bincount
+from simserve.perf.base import accumulate_sum, amax, asum
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware
 
-_EMPTY = np.zeros(0, dtype=np.int64)
 _ONE_STEP = np.zeros(1, dtype=np.int64)
 # A piece's block demand over at most this many steps is summed in Python and made an array in one call: numpy's
 # cumsum alone costs about 11,000 instructions a call, most of a short piece's.
@@ -325,7 +324,7 @@ class Replica:
             used = self.kv.used_blocks
             if plan.decode_only and calm and not self._changed and not self.exact_steps:
                 k, extra = self._run_length(plan)
-                if k > 1 or (self._chains and len(extra) > k):
+                if k > 1 or (self._chains and extra.num_steps > k):
                     inflight = self._delivered = yield from self._fast_forward(plan, k, extra, now, used,
                                                                                num_waiting)
                     continue
@@ -421,7 +420,7 @@ class Replica:
 
     # ------------------------------------------------------------------------------------------ fast-forward
 
-    def _run_length(self, plan: StepPlan) -> tuple[int, np.ndarray]:
+    def _run_length(self, plan: StepPlan) -> tuple[int, BlockDemand]:
         """Steps of the decode-only batch just planned that can run as one event: until a sequence schedules its
         last token (or its last reasoning token, if a hook acts on it), or blocks run out; and the blocks the
         decodes need beyond those held for each prefix of the run."""
@@ -430,7 +429,7 @@ class Replica:
         k = 1 + to_finish
         if self.stop_at_reasoning_end:
             if plan.reasoning_done:
-                return 1, _EMPTY
+                return 1, NO_DEMAND
             k = min(k, 1 + to_reasoning_end)
         waiting = self.planner.waiting
         if isinstance(waiting, ReasoningAware) and waiting.num_short_waiting:
@@ -443,11 +442,11 @@ class Replica:
             if ahead >= 1:
                 k = min(k, ahead)  # the plan at which another user's request may come first is not skipped
         if k <= 1:
-            return 1, _EMPTY
+            return 1, NO_DEMAND
         extra = dec.extra_blocks(self.block_tokens, k, self.planner.block_buffer)
-        return int(extra.searchsorted(self.kv.free_blocks, side="right")), extra
+        return extra.steps_within(self.kv.free_blocks), extra
 
-    def _fast_forward(self, plan: StepPlan, k: int, extra: np.ndarray, now: float, used: int,
+    def _fast_forward(self, plan: StepPlan, k: int, extra: BlockDemand, now: float, used: int,
                       num_waiting: int) -> Generator[simpy.Event, Any, StepPlan | None]:
         """Run k decode steps (the first one planned) as one event, or fewer if something arrives; where blocks
         run out first, on across the plans that preempt (the pieces `_predict_chain` finds)."""
@@ -459,7 +458,7 @@ class Replica:
             contexts, caps = plan.decode_context_tokens, None
         context_sum = int(asum(contexts)) if caps is not None else plan.decode_context_sum()
         times = self._run_times_s(contexts, k, caps, context_sum)
-        pieces = self._predict_chain(k, extra) if self._chains and len(extra) > k else []
+        pieces = self._predict_chain(k, extra) if self._chains and extra.num_steps > k else []
         total = k + sum(p.num_steps for p in pieces)
         bounds = np.empty(total + 1)
         bounds[0] = now
@@ -467,7 +466,8 @@ class Replica:
         for p in pieces:  # each piece a run of its own over its steps (views of the run's bounds)
             ptimes = self.perf.decode_run_stats_s(p.num_decodes, p.context_sum, p.context_max, p.num_steps)
             bounds[p.start + 1: p.start + p.num_steps + 1] = ptimes
-            p.run = FastForwardRun(bounds[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
+            p.run = FastForwardRun(bounds[p.start: p.start + p.num_steps + 1], ptimes,
+                                   BlockDemand(p.num_steps, p.extra), p.num_steps,
                                    p.num_decodes, 0, context_sum=float(p.context_sum))
         accumulate_sum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as steps add
         run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, context_sum=float(context_sum),
@@ -501,13 +501,13 @@ class Replica:
         self._record_run(run, m - self._run_start)
         return last if self.async_scheduling else None
 
-    def _predict_chain(self, k: int, extra: np.ndarray) -> list[ChainPiece]:
+    def _predict_chain(self, k: int, extra: BlockDemand) -> list[ChainPiece]:
         """The pieces of a run that goes on across preempting plans: a saturated replica's decodes eat the free
         blocks, the plan that cannot give them theirs preempts the newest decode (vLLM's FCFS running pass),
         and the decodes go on, until one of them schedules its last token. Predicted in closed form, changing
         nothing; the plans are made for real, at their instants, by `_next_piece` (which checks them).
 
-        After the run's first k steps (`extra` as `_run_length` gives it, k < len(extra): blocks run out first),
+        After the run's first k steps (`extra` as `_run_length` gives it, k < extra.num_steps: blocks run out first),
         each piece is its plan (its victims, their progress and the allocations around them), its steps, the
         blocks its decodes need beyond those held at its start (as `extra`), and its first step's batch. The
         chain stops before a plan that would
@@ -523,13 +523,13 @@ class Replica:
         dec, kv, bt = self.planner.decodes, self.kv, self.block_tokens
         n = dec.n
         ctx = dec.ctx[:n]
-        room = dec.blocks[:n] * bt - ctx
-        if int(amax(room)) >= bt:
+        below = extra.before
+        if extra.array is not None or len(below) != bt or extra.n != n:
             return []  # a decode holds a spare block (not vLLM's FCFS pass here): runs end where blocks run out
         # Decodes needing a block at further steps u = r (mod B): those with room r - 1 (room B - 1 at r = 0),
-        # counted by room (0 <= room < B) and rotated by one, without numpy's +1 and remainder.
-        by_room: list[int] = bincount(room, None, bt).tolist()
-        cnt = [by_room[bt - 1], *by_room[: bt - 1]]
+        # room = blocks * B - context (0 <= room < B, the run's closed form: `below[p]` counts the rooms below p),
+        # counted by room and rotated by one.
+        cnt = [n - below[bt - 1], *[below[r + 1] - below[r] for r in range(bt - 1)]]
         finish = dec.finish_at[:n]
         by_seq: list[int] = dec.seq[:n].argsort()[::-1].tolist()  # victims, newest first
         gone = [False] * n
@@ -538,7 +538,7 @@ class Replica:
         tick0 = dec.tick  # the run's first step scheduled
         alive, ctx_sum = n, dec.context_total()
         vi = 0
-        free = kv.free_blocks - int(extra[k - 1])
+        free = kv.free_blocks - extra.at(k - 1)
         released: dict[Extent, int] = {}
         pieces: list[ChainPiece] = []
         start = k  # the run's step at which the piece begins
@@ -554,14 +554,14 @@ class Replica:
                 free = 0
                 j = by_seq[vi]
                 vi += 1
-                due = int(room[j]) + 1  # its first further step taking a block
+                c0, b0 = int(ctx[j]), int(dec.blocks[j])
+                due = b0 * bt - c0 + 1  # its first further step taking a block (its room + 1)
                 if due % bt == u % bt:
                     remaining -= 1
-                held = int(dec.blocks[j]) + ((u - 1 - due) // bt + 1 if u - 1 >= due else 0)
+                held = b0 + ((u - 1 - due) // bt + 1 if u - 1 >= due else 0)
                 head = dec.req[j]
                 assert head is not None and head.kv is not None
                 free += kv.releasable_blocks(head.kv, held, released)
-                c0 = int(ctx[j])
                 head_tokens = head.prompt_tokens + head.output_tokens - (int(finish[j]) - tick0 - u + 1)
                 victims.append((before, head, c0 + u - 1, held, u - 1))
                 gone[j] = True
@@ -766,7 +766,7 @@ class Replica:
 
     def _take_blocks(self, run: FastForwardRun, steps: int) -> int:
         """Allocate what the run's first `steps` steps need beyond its start, if not yet taken; returns that."""
-        target = int(run.extra[steps - 1])
+        target = run.extra.at(steps - 1)
         if target > run.allocated:
             self.kv.allocate(target - run.allocated)
             run.allocated = target

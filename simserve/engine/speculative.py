@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from simserve.engine.decodes import _NEVER, Decodes
+from simserve.engine.decodes import _NEVER, NO_DEMAND, BlockDemand, Decodes
 from simserve.engine.kv import KvBlockPool, blocks_for
 from simserve.engine.planner import Planner, PlannerConfig, StepPlan
 from simserve.engine.replica import Replica
@@ -228,7 +228,7 @@ class SpecReplica(Replica):
         return np.array([self.timing.step_time_s(Batch(c, _EMPTY, _EMPTY), q) for c, q in zip(ctxs[:k], qs[:k],
                                                                                                strict=True)])
 
-    def _run_length(self, plan: StepPlan) -> tuple[int, np.ndarray]:
+    def _run_length(self, plan: StepPlan) -> tuple[int, BlockDemand]:
         """The steps after the one just planned, simulated on copies of the decode arrays with their accepted
         tokens drawn now: until a sequence schedules its last token (or, if a hook acts on it, its last reasoning
         token), the blocks or the token budget run out, or MAX_RUN_STEPS."""
@@ -238,7 +238,7 @@ class SpecReplica(Replica):
         if plan.decode_query_tokens is None or (self.stop_at_reasoning_end and plan.reasoning_done) or (
                 isinstance(waiting, ReasoningAware) and waiting.num_short_waiting) or (
                 isinstance(waiting, FairShare) and waiting.num_users_waiting > 1):
-            return 1, _EMPTY  # (fair share: users' counters grow by the accepted tokens; each plan may reorder)
+            return 1, NO_DEMAND  # (fair share: users' counters grow by the accepted tokens; each plan may reorder)
         n, bt, k = dec.n, self.block_tokens, dec.k
         budget, free = self.planner.config.max_num_batched_tokens, self.kv.free_blocks
         ctx, blocks = dec.ctx[:n].copy(), dec.blocks[:n].copy()
@@ -271,10 +271,10 @@ class SpecReplica(Replica):
                 break
         m = len(extra)
         if m <= 1:
-            return 1, _EMPTY
+            return 1, NO_DEMAND
         dec.run = tuple(np.array([s[f] for s in snaps]) for f in range(5))
         self._run_plan = (ctxs, qs)
-        return m, np.array(extra, np.int64)
+        return m, BlockDemand(m, np.array(extra, np.int64))
 
     def _record_run(self, run: Any, done: int) -> None:
         """As Replica's, with the KV tokens the run's steps attend over taken from its snapshots (each decode's
