@@ -1,5 +1,6 @@
-"""The decode arrays' bookkeeping that stepping does not recompute: the context sum kept as slots change, and a
-run's block demand (built in Python for a short run, with arrays for a long one) against stepping."""
+"""The decode arrays' bookkeeping that stepping does not recompute: the context sum kept as slots change, blocks
+implied by the contexts (counted by (ctx - tick) mod B) against blocks kept in their row, and a run's block demand
+(in closed form or as an array) against stepping."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ from simserve.engine.decodes import Decodes, FastForwardRun
 from simserve.request import Request
 
 
-def _decodes(rng: np.random.Generator, bt: int, n: int, capacity: int | None = None) -> Decodes:
-    dec = Decodes(capacity or n, bt)
+def _decodes(rng: np.random.Generator, bt: int, n: int, capacity: int | None = None, lazy: bool = True) -> Decodes:
+    dec = Decodes(capacity or n, bt, lazy_blocks=lazy)
     for i in range(n):
-        dec.add(_request(rng, i, bt), 0)
-        j = dec.n - 1
-        dec.blocks[j] = -(-int(dec.ctx[j]) // bt)  # vLLM's: the blocks that cover the computed tokens
+        req = _request(rng, i, bt)
+        dec.add(req, -(-req.computed_tokens // bt))  # vLLM's: the blocks that cover the computed tokens
     return dec
+
+
+def _explicit_copy(dec: Decodes) -> Decodes:
+    """The same slots with blocks kept in their row (the reference)."""
+    copy = Decodes(len(dec.req), dec._block_tokens, lazy_blocks=False)
+    dec.fresh_blocks()
+    copy._rows[:] = dec._rows
+    copy.n, copy.tick, copy.req = dec.n, dec.tick, list(dec.req)
+    copy.ctx_sum = -1
+    return copy
 
 
 def _request(rng: np.random.Generator, i: int, bt: int) -> Request:
@@ -29,42 +39,72 @@ def _request(rng: np.random.Generator, i: int, bt: int) -> Request:
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_context_sum_is_kept_through_every_change_of_the_slots(seed):
+def test_kept_counts_and_implied_blocks_through_every_change_of_the_slots(seed):
+    """Random adds, removes, steps for all, runs, steps for one and written progress, on slots whose blocks follow
+    from their contexts and on the same slots with blocks kept in their row: the same blocks, needs and sums
+    throughout; a slot written with other blocks turns the lazy one explicit, and both go on agreeing."""
     rng = np.random.default_rng(seed)
     bt = int(rng.choice([1, 4, 16]))
-    dec = _decodes(rng, bt, int(rng.integers(1, 20)), capacity=64)
+    lazy = _decodes(rng, bt, int(rng.integers(1, 20)), capacity=64)
+    ref = _explicit_copy(lazy)
     next_id = 100
-    for _ in range(200):
+    spare_at = int(rng.integers(100, 400))  # when a slot is written with a spare block (turns lazy off)
+    wrote_spare = False
+    for step in range(300):
         op = int(rng.integers(0, 6))
-        if op == 0 and dec.n < 64:
-            dec.add(_request(rng, next_id, bt), 8)
+        if op == 0 and lazy.n < 64:
+            for dec in (lazy, ref):
+                req = _request(np.random.default_rng(next_id), next_id, bt)
+                dec.add(req, -(-req.computed_tokens // bt))
             next_id += 1
-        elif op == 1 and dec.n > 1:
-            dec.remove(int(rng.integers(0, dec.n)))
-        elif op == 2 and dec.n:
-            dec.schedule_all(bt, 1 << 40)
-        elif op == 3 and dec.n:
-            dec.advance(int(rng.integers(1, 40)), bt)
-        elif op == 4 and dec.n:
-            dec.schedule_one(int(rng.integers(0, dec.n)))
-        elif op == 5 and dec.n:
-            j = int(rng.integers(0, dec.n))
-            dec.set_progress(j, int(dec.ctx[j]) + int(rng.integers(0, 30)), int(dec.blocks[j]) + 2)
-        assert dec.ctx_sum == int(dec.ctx[: dec.n].sum())
-        assert dec.context_total() == dec.ctx_sum
-    dec.ctx_sum = -1  # unknown (a subclass wrote the arrays): recounted on the next read
-    assert dec.context_total() == int(dec.ctx[: dec.n].sum()) == dec.ctx_sum
+        elif op == 1 and lazy.n > 1:
+            j = int(rng.integers(0, lazy.n))
+            lazy.remove(j)
+            ref.remove(j)
+        elif op == 2 and lazy.n:
+            free = int(rng.integers(0, 8))
+            need, needs = lazy.schedule_all(bt, free)
+            ref_need, ref_needs = ref.schedule_all(bt, free)
+            assert need == ref_need
+            if need < 0:  # they do not fit: both name the slots that need a block
+                assert (needs == ref_needs).all()
+        elif op == 3 and lazy.n:
+            k = int(rng.integers(1, 40))
+            lazy.advance(k, bt)
+            ref.advance(k, bt)
+        elif op == 4 and lazy.n:
+            j = int(rng.integers(0, lazy.n))
+            for dec in (lazy, ref):  # the general pass: the slot's next block, then its step
+                have = dec.blocks_of(j)
+                dec.blocks[j] += max(-(-(int(dec.ctx[j]) + 1) // bt) - have, 0)
+                dec.schedule_one(j)
+        elif op == 5 and lazy.n:
+            j = int(rng.integers(0, lazy.n))
+            ctx = int(lazy.ctx[j]) + int(rng.integers(0, 30))
+            blocks = -(-ctx // bt) + (step >= spare_at)
+            wrote_spare |= step >= spare_at
+            lazy.set_progress(j, ctx, blocks)
+            ref.set_progress(j, ctx, blocks)
+        lazy.check()
+        ref.check()
+        assert lazy.ctx_sum == int(lazy.ctx[: lazy.n].sum()) == ref.context_total()
+        assert [lazy.blocks_of(j) for j in range(lazy.n)] == ref.blocks[: ref.n].tolist()
+        assert (lazy.fresh_blocks() == ref.blocks[: ref.n]).all()
+        assert (lazy.ctx[: lazy.n] == ref.ctx[: ref.n]).all()
+    assert lazy._lazy == (not wrote_spare)
+    lazy.ctx_sum = -1  # unknown (a subclass wrote the arrays): recounted on the next read
+    assert lazy.context_total() == int(lazy.ctx[: lazy.n].sum()) == lazy.ctx_sum
 
 
 @pytest.mark.parametrize("seed", range(30))
 def test_block_demand_in_closed_form_equals_the_array_and_stepping(seed):
     rng = np.random.default_rng(seed)
     bt = int(rng.choice([1, 2, 4, 16]))
-    dec = _decodes(rng, bt, int(rng.integers(1, 40)))
+    dec = _decodes(rng, bt, int(rng.integers(1, 40)), lazy=bool(seed % 2))
     dec.schedule_all(bt, 1 << 40)  # the run's first step, planned: its blocks allocated
     k = int(rng.integers(2, 600))
     buf = np.zeros(bt + 1, np.int64)
-    closed = dec.extra_blocks(bt, k, buf)
+    closed = dec.extra_blocks(bt, k, buf)  # from the counts by (ctx - tick) mod B if lazy, else by bincount
     as_array = dec.extra_blocks(bt, k, buf, periodic=False)
     assert closed.array is None and as_array.array is not None
     values = as_array.values(k)
@@ -74,10 +114,8 @@ def test_block_demand_in_closed_form_equals_the_array_and_stepping(seed):
     for free in {0, 1, int(values[-1]), int(values[-1]) + 1, *rng.integers(0, int(values[-1]) + 5, 20).tolist()}:
         want = int(values.searchsorted(free, side="right"))
         assert closed.steps_within(free) == as_array.steps_within(free) == want, free
-    stepped = Decodes(dec.n, bt)
-    stepped._rows[:] = dec._rows
-    stepped.n = dec.n
-    blocks0 = int(dec.blocks[: dec.n].sum())
+    stepped = _explicit_copy(dec)
+    blocks0 = int(stepped.blocks[: dec.n].sum())
     assert values[0] == 0
     for s in range(1, k):
         need, _ = stepped.schedule_all(bt, 1 << 40)

@@ -20,6 +20,7 @@ _NEVER = 1 << 62
 _SCALAR_INTEGRALS = 128
 # numpy takes a 0-d int64 array as an operand in half the time of a Python int (which it must first type).
 _ONE = np.ones((), np.int64)
+_NO_NEEDS = np.zeros(0, np.bool_)  # schedule_all's needs when they fit (read only when they do not)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecDecodes
@@ -31,9 +32,18 @@ class Decodes:
     the largest), and the Request; a request's `slot` attribute names its slot. Output tokens left to schedule are
     not stored but kept as the tick at which the slot schedules its last one (`finish_at`): a step given to every
     slot is then one increment of `tick`, whatever the batch size (`left(j)` = finish_at[j] - tick).
+
+    Blocks implied by contexts (`lazy_blocks`, without KV compression): while every slot holds exactly the blocks
+    that cover its context, ceil(ctx / B) (vLLM's allocation: a decode takes a block when its next token starts
+    one), the `blocks` row is not advanced with the contexts but recomputed from them when read
+    (`fresh_blocks`, `blocks_of`). A step given to every slot then needs a block for the slots whose context is a
+    multiple of B, and ctx - tick does not change with such steps, so the slots are counted by (ctx - tick) mod B
+    (`_hist`): the step's block count, and a run's block demand, come from B counts, not from the batch. A slot
+    that joins or is written with other blocks turns this off for good (`_explicit`).
     """
 
-    def __init__(self, capacity: int, block_tokens: int = 1, compressed: bool = False) -> None:
+    def __init__(self, capacity: int, block_tokens: int = 1, compressed: bool = False,
+                 lazy_blocks: bool = True) -> None:
         # One row per field (a slot moves or joins in one numpy call): ctx, blocks, seq, ctx0 (ctx when it
         # joined: a decode step was scheduled iff ctx > ctx0), finish_at, reasoning_at, and under KV compression
         # keep (most tokens of KV kept, _NEVER: all) and cap (the blocks that holds: blocks never grow past it).
@@ -54,6 +64,10 @@ class Decodes:
         self.ctx_sum = 0
         self._block_tokens = block_tokens  # for the caps of compressed slots
         self._bt = np.full((), block_tokens, np.int64)  # the same, as an operand numpy takes quickly
+        self._bt_less_one = np.full((), block_tokens - 1, np.int64)
+        self._lazy = lazy_blocks and not compressed and block_tokens >= 1
+        self._fresh = True  # the `blocks` row is up to date (always, unless lazy)
+        self._hist = [0] * max(block_tokens, 1)  # lazy: slots by (ctx - tick) mod B
         self._laps: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def add(self, req: Request, num_blocks: int) -> None:
@@ -64,6 +78,12 @@ class Decodes:
         reasoning_at = self.tick + left - answer if left > answer else _NEVER
         keep = req.kv_keep_tokens or _NEVER
         cap = -(-keep // self._block_tokens) if req.kv_keep_tokens else _NEVER
+        if self._lazy:
+            bt = self._block_tokens
+            if num_blocks == -(-req.computed_tokens // bt):
+                self._hist[(req.computed_tokens - self.tick) % bt] += 1
+            else:
+                self._explicit()
         self._rows[:, j] = (req.computed_tokens, num_blocks, req.seq, req.computed_tokens, finish_at, reasoning_at,
                             keep, cap)
         self.req[j] = req
@@ -88,6 +108,39 @@ class Decodes:
         """Output tokens slot j has still to schedule."""
         return int(self.finish_at[j]) - self.tick
 
+    def _explicit(self) -> None:
+        """Keep the `blocks` row up to date from now on (a slot's blocks no longer follow from its context)."""
+        if self._lazy:
+            self.fresh_blocks()
+            self._lazy = False
+
+    def fresh_blocks(self) -> np.ndarray:
+        """blocks[:n], brought up to date first if the contexts moved on without them."""
+        n = self.n
+        blocks = self.blocks[:n]
+        if not self._fresh:
+            np.floor_divide(self.ctx[:n] + self._bt_less_one, self._bt, blocks)
+            self._fresh = True
+        return blocks
+
+    def blocks_of(self, j: int) -> int:
+        """Slot j's blocks."""
+        if self._lazy:
+            return -(-int(self.ctx[j]) // self._block_tokens)
+        return int(self.blocks[j])
+
+    def check(self) -> None:
+        """The kept counts (tests and check_invariants): the context sum, and if lazy, the slots by (ctx - tick) mod B
+        and blocks that cover each context exactly."""
+        n = self.n
+        ctx = self.ctx[:n]
+        assert self.ctx_sum < 0 or self.ctx_sum == int(ctx.sum()), (self.ctx_sum, ctx)
+        if self._lazy:
+            bt = self._block_tokens
+            assert self._hist == np.bincount((ctx - self.tick) % bt, minlength=bt).tolist(), self._hist
+            if self._fresh:
+                assert (self.blocks[:n] == -(-ctx // bt)).all()
+
     def context_total(self) -> int:
         """sum(ctx[:n]): kept, or recounted if unknown."""
         total = self.ctx_sum
@@ -97,13 +150,26 @@ class Decodes:
 
     def set_progress(self, j: int, ctx: int, blocks: int) -> None:
         """Write slot j's computed tokens and blocks (a run's prediction, before it is preempted)."""
+        old = int(self.ctx[j])
+        if self._lazy:
+            bt = self._block_tokens
+            if blocks == -(-ctx // bt):
+                self._hist[(old - self.tick) % bt] -= 1
+                self._hist[(ctx - self.tick) % bt] += 1
+            else:
+                self._explicit()
         if self.ctx_sum >= 0:
-            self.ctx_sum += ctx - int(self.ctx[j])
+            self.ctx_sum += ctx - old
         self.ctx[j], self.blocks[j] = ctx, blocks
 
     def schedule_one(self, j: int) -> None:
         """One decode token for slot j alone (a step that did not schedule every slot): its last (reasoning)
-        token comes a tick sooner than the others'."""
+        token comes a tick sooner than the others' (its blocks, if lazy, are the caller's to have taken)."""
+        if self._lazy:
+            bt = self._block_tokens
+            c = int(self.ctx[j]) - self.tick
+            self._hist[c % bt] -= 1
+            self._hist[(c + 1) % bt] += 1
         self.ctx[j] += 1
         if self.ctx_sum >= 0:
             self.ctx_sum += 1
@@ -122,8 +188,11 @@ class Decodes:
         if self.reasoning_at[j] == self._min_reasoning:
             self._min_reasoning = None
         last = self.n - 1
+        c = int(self.ctx[j])
+        if self._lazy:
+            self._hist[(c - self.tick) % self._block_tokens] -= 1
         if self.ctx_sum >= 0:
-            self.ctx_sum -= int(self.ctx[j])
+            self.ctx_sum -= c
         if j != last:
             rows = self._rows
             rows[:, j] = rows[:, last]
@@ -150,6 +219,17 @@ class Decodes:
         done; each slot's need of a new block). `events_due` then says whether some slot sampled its last token or
         its last reasoning token."""
         n = self.n
+        if self._lazy and block_tokens == self._block_tokens:
+            # The slots whose context is a multiple of B: those with ctx - tick = -tick (mod B).
+            need = self._hist[(-self.tick) % block_tokens]
+            if need <= free_blocks:
+                self.ctx[:n] += _ONE
+                self.tick += 1
+                if self.ctx_sum >= 0:
+                    self.ctx_sum += n
+                self._fresh = False
+                return need, _NO_NEEDS
+            self.fresh_blocks()  # they do not fit: the preempting pass reads which slots need one
         ctx, blocks = self.ctx[:n], self.blocks[:n]
         needs = ctx >= blocks * (self._bt if block_tokens == self._block_tokens else block_tokens)
         if self.compressed:
@@ -168,6 +248,7 @@ class Decodes:
     def schedule_every(self, needs: np.ndarray) -> None:
         """One decode token for every slot, its new blocks `needs` (0 or 1 each) allocated by the caller."""
         n = self.n
+        self.fresh_blocks()
         self.blocks[:n] += needs
         self.ctx[:n] += _ONE
         self.tick += 1
@@ -184,6 +265,7 @@ class Decodes:
     def schedule_some(self, slots: np.ndarray, needs: np.ndarray) -> None:
         """One decode token for these slots only (their new blocks' `needs` allocated by the caller): their last
         (reasoning) tokens come a tick sooner than the others'."""
+        self._explicit()
         self.blocks[slots] += needs
         self.ctx[slots] += 1
         self.ctx_sum = -1  # recounted when next read
@@ -223,8 +305,18 @@ class Decodes:
         the step index with period B (block_tokens): held in closed form (`periodic`) where every decode takes
         its blocks (no KV compression's caps), as an array otherwise."""
         n = self.n
+        if self._lazy and periodic and block_tokens == self._block_tokens:
+            # A slot's further steps that fit in its blocks are (-ctx) mod B: s for the slots counted at
+            # (ctx - tick) = -s - tick (mod B).
+            hist, t = self._hist, self.tick
+            below = [0] * block_tokens
+            c = 0
+            for p in range(1, block_tokens):
+                c += hist[(1 - p - t) % block_tokens]
+                below[p] = c
+            return BlockDemand(num_steps, None, n, below)
         bt = self._bt if block_tokens == self._block_tokens else block_tokens
-        first = self.blocks[:n] * bt - self.ctx[:n]  # further steps that fit in the blocks held
+        first = self.fresh_blocks() * bt - self.ctx[:n]  # further steps that fit in the blocks held
         room = None
         if self.compressed:
             room = self.cap[:n] - self.blocks[:n]  # blocks a slot may still take (0 at its cap)
@@ -264,6 +356,9 @@ class Decodes:
         ctx += num_steps
         if self.ctx_sum >= 0:
             self.ctx_sum += n * num_steps
+        if self._lazy and block_tokens == self._block_tokens:  # blocks follow from the contexts
+            self._fresh = False
+            return
         grown = ctx + (block_tokens - 1)
         grown //= block_tokens
         if self.compressed:

@@ -263,7 +263,8 @@ class Planner:
                 continue
             j = int(dec.seq[: dec.n].argmax())  # the newest decode: never among those just served
             bt = self.config.block_tokens
-            remaining -= int(dec.ctx[j] >= dec.blocks[j] * bt and (not dec.compressed or dec.blocks[j] < dec.cap[j]))
+            have = dec.blocks_of(j)
+            remaining -= int(int(dec.ctx[j]) >= have * bt and (not dec.compressed or have < int(dec.cap[j])))
             self._preempt((int(dec.seq[j]), j, None), plan, gone)
             dec.remove(j)
             gone.clear()
@@ -271,9 +272,10 @@ class Planner:
             kv.allocate(remaining)
         if dec.n:
             n = dec.n
-            grow = dec.ctx[:n] >= dec.blocks[:n] * self.config.block_tokens
+            blocks = dec.fresh_blocks()
+            grow = dec.ctx[:n] >= blocks * self.config.block_tokens
             if dec.compressed:
-                grow &= dec.blocks[:n] < dec.cap[:n]
+                grow &= blocks < dec.cap[:n]
             dec.schedule_every(grow)
             if dec.compressed:
                 plan.decode_context_tokens = dec.kept()
@@ -337,7 +339,7 @@ class Planner:
                 i += 1  # its last token is in flight (async): nothing to compute
                 continue
             if slot >= 0:
-                new, have, computed = 1, int(dec.blocks[slot]), int(dec.ctx[slot])
+                new, have, computed = 1, dec.blocks_of(slot), int(dec.ctx[slot])
                 keep = int(dec.keep[slot])
             else:
                 assert req is not None
@@ -446,7 +448,7 @@ class Planner:
         if slot >= 0:
             req = dec.sync(slot)
             assert req.kv is not None
-            req.kv.private_blocks = int(dec.blocks[slot]) - req.kv.unit_blocks
+            req.kv.private_blocks = dec.blocks_of(slot) - req.kv.unit_blocks
             cached = self._cached_tokens(slot)
             gone_slots.append(slot)
         else:
@@ -596,7 +598,7 @@ class Planner:
         slot = req.slot
         hold = req.kv
         assert hold is not None
-        hold.private_blocks = int(dec.blocks[slot]) - hold.unit_blocks
+        hold.private_blocks = dec.blocks_of(slot) - hold.unit_blocks
         cached = self._cached_tokens(slot)
         dec.remove(slot)
         return cached
@@ -666,14 +668,16 @@ class Planner:
         """Block conservation: free + held units + every hold's private blocks = capacity."""
         dec, kv = self.decodes, self.kv
         private = 0
+        dec.check()
+        blocks = dec.fresh_blocks()
         for j in range(dec.n):
             req = dec.req[j]
             assert req is not None and req.kv is not None and req.slot == j
-            private += int(dec.blocks[j]) - req.kv.unit_blocks
+            private += int(blocks[j]) - req.kv.unit_blocks
             kept = min(int(dec.ctx[j]), req.kv_keep_tokens or int(dec.ctx[j]))
-            assert dec.blocks[j] * self.config.block_tokens >= kept
+            assert blocks[j] * self.config.block_tokens >= kept
             if req.kv_keep_tokens:  # a compressed sequence never holds more than its prompt and budget need
-                assert dec.blocks[j] == blocks_for(kept, self.config.block_tokens), (j, kept, dec.blocks[j])
+                assert blocks[j] == blocks_for(kept, self.config.block_tokens), (j, kept, blocks[j])
         for req in [*self.prefilling, *self.handing_off, *self.transferring.values()]:
             assert req.kv is not None
             private += req.kv.private_blocks
@@ -684,5 +688,4 @@ class Planner:
         assert private + kv.held_unit_blocks() + kv.free_blocks == kv.capacity_blocks, (
             private, kv.held_unit_blocks(), kv.free_blocks, kv.capacity_blocks)
         kv.check()
-        assert dec.ctx_sum < 0 or dec.ctx_sum == int(asum(dec.ctx[: dec.n])), (dec.ctx_sum, dec.ctx[: dec.n])
         assert self.num_running <= self.config.max_num_seqs

@@ -554,7 +554,7 @@ class Replica:
                 free = 0
                 j = by_seq[vi]
                 vi += 1
-                c0, b0 = int(ctx[j]), int(dec.blocks[j])
+                c0, b0 = int(ctx[j]), dec.blocks_of(j)
                 due = b0 * bt - c0 + 1  # its first further step taking a block (its room + 1)
                 if due % bt == u % bt:
                     remaining -= 1
@@ -675,7 +675,7 @@ class Replica:
         if m > 1:
             dec.advance(m - 1, self.block_tokens)
         if self.check_invariants:
-            assert (dec.blocks[: dec.n] * self.block_tokens >= dec.kept()).all()
+            assert (dec.fresh_blocks() * self.block_tokens >= dec.kept()).all()
         bounds = self._chain_bounds
         last = StepPlan()
         if done >= 1:  # the first step's reasoning ends, delivered at its end (not if the horizon cut it)

@@ -36,7 +36,7 @@ class SpecDecodes(Decodes):
     output and reasoning tokens (the draw's counter and phase) and the acceptance thresholds of both phases."""
 
     def __init__(self, capacity: int, block_tokens: int, spec: SpeculativeSpec, key: int) -> None:
-        super().__init__(capacity, block_tokens, False)
+        super().__init__(capacity, block_tokens, False, lazy_blocks=False)  # its own block pass
         self.spec = spec
         self.k = spec.num_speculative_tokens
         self.key = key
