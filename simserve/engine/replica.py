@@ -68,7 +68,10 @@ class Replica:
         self.exact_steps = exact_steps
         self.check_invariants = check_invariants
         self.stop_at_reasoning_end = stop_at_reasoning_end
+        # The stages some hook acts on (a chain's empty stages are not called: a call into it is a Python frame).
         self._hook_admitted = not isinstance(hooks, HookChain) or hooks.wants("admitted")
+        self._hook_prompt_done = not isinstance(hooks, HookChain) or hooks.wants("prompt_done")
+        self._hook_reasoning_done = not isinstance(hooks, HookChain) or hooks.wants("reasoning_done")
         self._fifo = type(planner.waiting) is Fcfs  # only the head of the queue can be admitted next
         # A run may span the plans that preempt the newest decode when blocks run out (see _predict_chain) where
         # those plans are vLLM's FCFS decode pass and nothing else: no compression, sync scheduling, no hook on
@@ -397,7 +400,8 @@ class Replica:
                 continue  # cancelled after this step was planned: its outputs are dropped
             if math.isnan(req.first_token_s):
                 req.first_token_s = now
-            hooks.prompt_done(req, self)
+            if self._hook_prompt_done:
+                hooks.prompt_done(req, self)
         for req in plan.reasoning_done:
             if not req.status:
                 self._reasoning_done(req, now)
@@ -416,7 +420,8 @@ class Replica:
     def _reasoning_done(self, req: Request, time_s: float) -> None:
         if math.isnan(req.reasoning_end_s):
             req.reasoning_end_s = time_s
-            self.hooks.reasoning_done(req, self)
+            if self._hook_reasoning_done:
+                self.hooks.reasoning_done(req, self)
 
     # ------------------------------------------------------------------------------------------ fast-forward
 
