@@ -309,12 +309,7 @@ class Decodes:
             # A slot's further steps that fit in its blocks are (-ctx) mod B: s for the slots counted at
             # (ctx - tick) = -s - tick (mod B).
             hist, t = self._hist, self.tick
-            below = [0] * block_tokens
-            c = 0
-            for p in range(1, block_tokens):
-                c += hist[(1 - p - t) % block_tokens]
-                below[p] = c
-            return BlockDemand(num_steps, None, n, below)
+            return _periodic_demand([hist[(-s - t) % block_tokens] for s in range(block_tokens)], n, num_steps)
         bt = self._bt if block_tokens == self._block_tokens else block_tokens
         first = self.fresh_blocks() * bt - self.ctx[:n]  # further steps that fit in the blocks held
         room = None
@@ -324,12 +319,7 @@ class Decodes:
         counts = bincount(first, None, block_tokens)
         if room is None and periodic and len(counts) == block_tokens:
             by_first: list[int] = counts.tolist()
-            before = [0] * block_tokens  # before[p]: decodes whose first new block comes before further step p
-            c = 0
-            for p in range(1, block_tokens):
-                c += by_first[p - 1]
-                before[p] = c
-            return BlockDemand(num_steps, None, n, before)
+            return _periodic_demand(by_first, n, num_steps)
         counts.cumsum(out=buf[1:])
         laps, phase = self._step_laps(num_steps, block_tokens)
         extra = laps * n
@@ -380,6 +370,16 @@ class Decodes:
             at[done] = _NEVER
             self._min_reasoning = None
         return out
+
+
+def _periodic_demand(by_first: list[int], n: int, num_steps: int) -> BlockDemand:
+    """The closed-form demand of n decodes, `by_first[s]` of them with s further steps left in their blocks."""
+    before = [0] * len(by_first)  # before[p]: decodes whose first new block comes before further step p
+    c = 0
+    for p in range(1, len(by_first)):
+        c += by_first[p - 1]
+        before[p] = c
+    return BlockDemand(num_steps, None, n, before)
 
 
 def _capped_growth(stop: np.ndarray, block_tokens: int, num_steps: int) -> np.ndarray:
