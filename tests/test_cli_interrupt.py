@@ -115,18 +115,20 @@ def test_ctrl_c_with_partial_writes_what_finished_marked_partial(old_results):
 
 
 def test_a_second_ctrl_c_stops_at_once(old_results):
-    """One request of 600,000 tokens stepped one step at a time (about 15 s): no arrival or completion, the points
-    where a first Ctrl-C can stop the run whole, for seconds; the second Ctrl-C does not wait. Two GPUs per
-    replica: its KV (50,000 blocks, 105 GB) does not fit the memory one H100 leaves."""
+    """One request of 3,000,000 tokens stepped one step at a time: no arrival or completion, the points where a
+    first Ctrl-C can stop the run whole, for half a minute or more (600,000 tokens, about 7 s here, once finished
+    before the second Ctrl-C was sent on a loaded machine); the second Ctrl-C does not wait. Eight GPUs per
+    replica: its KV (200,000 blocks, 420 GB) does not fit the memory fewer H100s leave."""
     out, before = old_results
     one_long_request = ["--exact-steps", "--set", "workload.num_requests=1",
-                        "--set", "workload.mix.0.reasoning_tokens={dist: constant, value: 600000}",
-                        "--set", "cluster.pools.0.max_model_len_tokens=700000",
-                        "--set", "cluster.pools.0.tensor_parallel=2", "--set", "cluster.pools.0.num_kv_blocks=50000",
-                        "--set", "engine.horizon_s=1e6"]
+                        "--set", "workload.mix.0.reasoning_tokens={dist: constant, value: 3000000}",
+                        "--set", "cluster.pools.0.max_model_len_tokens=3100000",
+                        "--set", "cluster.pools.0.tensor_parallel=8", "--set", "cluster.pools.0.num_kv_blocks=200000",
+                        "--set", "engine.horizon_s=1e7"]
     rc, stdout, stderr = interrupt(start(QUICKSTART, "--out", str(out), "--partial", *one_long_request), times=2)
     assert rc == 130, stderr
-    assert "Traceback" not in stderr and stdout == ""
+    assert "Traceback" not in stderr, stderr
+    assert stdout == "", f"the run was not stopped at once; stderr:\n{stderr}"
     assert "; stopping at the next request (Ctrl-C again: at once)" in stderr
     line = last_line(stderr)
     assert line.startswith("simserve: stopped at once at ") and " s simulated, 0 requests finished" in line
