@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from simserve.perf.base import amin, asum, bincount, count_nonzero, kept_context_sums, ordered_dot, step_indices
+from simserve.perf.base import amin, bincount, context_sum, count_nonzero, kept_context_sums, ordered_dot, step_indices
 from simserve.request import Request
 
 _NEVER = 1 << 62
@@ -145,7 +145,7 @@ class Decodes:
         """sum(ctx[:n]): kept, or recounted if unknown."""
         total = self.ctx_sum
         if total < 0:
-            total = self.ctx_sum = int(asum(self.ctx[: self.n])) if self.n else 0
+            total = self.ctx_sum = context_sum(self.ctx[: self.n])
         return total
 
     def set_progress(self, j: int, ctx: int, blocks: int) -> None:
