@@ -172,39 +172,50 @@ def test_without_prefix_caching_nothing_is_cached_and_frees_are_counts():
 
 
 class PoolModel(RuleBasedStateMachine):
-    """Random holds grow, cache, hit, keep and release: blocks are conserved after every operation."""
+    """Random holds grow, cache, hit, keep and release: blocks are conserved after every operation. A twin pool
+    compacts its free queue's list at every chance (the pool itself only past 1,024 entries): the two must hold
+    the same extents in the same order, and hit the same blocks."""
 
     def __init__(self):
         super().__init__()
         self.pool = KvBlockPool(40, 4, prefix_caching=True)
-        self.holds: list[tuple[KvHold, int]] = []  # (hold, tokens computed)
+        self.twin = KvBlockPool(40, 4, prefix_caching=True, compact_after=0)
+        self.holds: list[tuple[KvHold, KvHold, int]] = []  # (hold, the twin's, tokens computed)
 
     @rule(keys=st.lists(st.integers(1, 6), min_size=0, max_size=4), tokens=st.integers(1, 30))
     def admit(self, keys, tokens):
         chain = [(k, 1) for k in keys]
-        h = KvHold(chain)
+        h, t = KvHold(list(chain)), KvHold(list(chain))
         units, hit, evictable = self.pool.lookup(h, (tokens - 1) // 4)
+        assert [(e.key, e.size) for e in self.twin.lookup(t, (tokens - 1) // 4)[0]] == [
+            (e.key, e.size) for e in units]
         need = blocks_for(tokens, 4) - hit + evictable
         if need > self.pool.free_blocks:
             return
-        self.pool.acquire(h, units)
-        self.pool.grow(h, blocks_for(tokens, 4) - hit)
-        self.pool.cache_computed(h, tokens // 4)
-        self.holds.append((h, tokens))
+        for pool, hold in ((self.pool, h), (self.twin, t)):
+            pool.acquire(hold, pool.lookup(hold, (tokens - 1) // 4)[0])
+            pool.grow(hold, blocks_for(tokens, 4) - hit)
+            pool.cache_computed(hold, tokens // 4)
+        self.holds.append((h, t, tokens))
 
     @precondition(lambda self: self.holds)
     @rule(i=st.integers(0, 100), keep=st.booleans())
     def free(self, i, keep):
-        h, tokens = self.holds.pop(i % len(self.holds))
-        if keep:
-            self.pool.keep(h, tokens)
-        self.pool.release(h, tokens)
+        h, t, tokens = self.holds.pop(i % len(self.holds))
+        for pool, hold in ((self.pool, h), (self.twin, t)):
+            if keep:
+                pool.keep(hold, tokens)
+            pool.release(hold, tokens)
 
     @invariant()
     def conserved(self):
-        private = sum(h.private_blocks for h, _ in self.holds)
+        private = sum(h.private_blocks for h, _, _ in self.holds)
         assert private + self.pool.held_unit_blocks() + self.pool.free_blocks == self.pool.capacity_blocks
         self.pool.check()
+        self.twin.check()
+        assert [(e.key, e.size) for e in self.pool._waiting()] == [(e.key, e.size) for e in self.twin._waiting()]
+        assert (self.pool.free_blocks, self.pool.evictable_blocks, self.pool.num_evicted_units) == (
+            self.twin.free_blocks, self.twin.evictable_blocks, self.twin.num_evicted_units)
 
 
 TestPoolModel = PoolModel.TestCase

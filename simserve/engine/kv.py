@@ -23,7 +23,6 @@ Invariant: free_blocks + blocks of units held by at least one request + private 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 
@@ -36,12 +35,13 @@ class Extent:
     """A run of blocks in the free queue or in a hold: a cached unit (`key` set: the first `size` of the unit's
     blocks; `refs` requests hold it) or, with `key` None, uncached free blocks."""
 
-    __slots__ = ("key", "size", "refs")
+    __slots__ = ("key", "size", "refs", "pos")
 
     def __init__(self, key: int | None, size: int, refs: int = 0) -> None:
         self.key = key
         self.size = size
         self.refs = refs
+        self.pos = -1  # where it waits in the free queue (KvBlockPool._queue), -1 when it is not there
 
 
 class KvHold:
@@ -79,9 +79,11 @@ class KvBlockPool:
     """Block accounting for one replica: the free queue, the prefix cache and allocation."""
 
     __slots__ = ("capacity_blocks", "block_tokens", "prefix_caching", "free_blocks", "evictable_blocks",
-                 "_front", "_queue", "_cache", "_next_own_key", "num_evicted_units")
+                 "_front", "_queue", "_head", "_base", "_live", "_compact_after", "_cache", "_next_own_key",
+                 "num_evicted_units")
 
-    def __init__(self, capacity_blocks: int, block_tokens: int, prefix_caching: bool = False) -> None:
+    def __init__(self, capacity_blocks: int, block_tokens: int, prefix_caching: bool = False,
+                 compact_after: int = 1024) -> None:
         if capacity_blocks <= 0:
             raise ValueError(f"capacity_blocks must be > 0, got {capacity_blocks}")
         if block_tokens <= 0:
@@ -91,12 +93,21 @@ class KvBlockPool:
         self.prefix_caching = prefix_caching
         self.free_blocks = capacity_blocks  # the queue's length, cached blocks nobody holds included
         self.evictable_blocks = 0  # cached blocks in the queue
-        # The free queue: `_front` uncached blocks at its very front, then `_queue`'s extents in order. Uncached
-        # blocks pushed to the front, and the blocks popped from it, are counted there without a dictionary
-        # operation (two adjacent runs of uncached blocks are the same queue as one run: blocks are counted).
+        # The free queue: `_front` uncached blocks at its very front, then the extents waiting in `_queue` from
+        # index `_head` on, in order. Uncached blocks pushed to the front, and the blocks popped from it, are
+        # counted there without touching the list (two adjacent runs of uncached blocks are the same queue as one
+        # run: blocks are counted). A list read from a moving head, not a linked dictionary: a pop is an index and
+        # a push an append. An extent knows its place (`pos`, counted from `_base`, the place of `_queue[0]`); a
+        # prefix hit takes a unit out by forgetting its place, and the entry left behind is skipped when the head
+        # reaches it. `_live` counts the extents waiting; past `compact_after` entries, the list is compacted when
+        # the entries popped or left behind outnumber them, so its length stays within about twice the queue's.
         self._front = capacity_blocks
-        self._queue: OrderedDict[Extent, None] = OrderedDict()
-        self._cache: dict[int, list[Extent]] = {}  # key -> copies, oldest first
+        self._queue: list[Extent] = []
+        self._head = 0
+        self._base = 0
+        self._live = 0
+        self._compact_after = compact_after
+        self._cache: dict[object, list[Extent]] = {}  # key -> copies, oldest first
         self._next_own_key = -1
         self.num_evicted_units = 0
 
@@ -130,27 +141,55 @@ class KvBlockPool:
         num_blocks -= front
         self._front = 0
         queue = self._queue
+        head = self._head
+        at = self._base + head
         while num_blocks:
-            ext = next(iter(queue))
+            ext = queue[head]
+            if ext.pos != at:  # left behind by a prefix hit
+                head += 1
+                at += 1
+                continue
             if ext.size > num_blocks:
                 ext.size -= num_blocks  # a cached unit loses its last blocks; its head stays cached
                 if ext.key is not None:
                     self.evictable_blocks -= num_blocks
-                return
+                break
             num_blocks -= ext.size
-            queue.popitem(last=False)
+            head += 1
+            at += 1
+            ext.pos = -1
+            self._live -= 1
             if ext.key is not None:
                 self.evictable_blocks -= ext.size
                 self._uncache(ext)
             ext.size = 0
+        self._head = head
+        if head > self._compact_after and 2 * head > len(queue):
+            del queue[:head]
+            self._base += head
+            self._head = 0
 
     def _uncache(self, ext: Extent) -> None:
-        assert ext.key is not None
-        copies = self._cache[ext.key]
-        copies.remove(ext)
-        if not copies:
-            del self._cache[ext.key]
+        key = ext.key  # not narrowed to int: the compiled engine would unbox it and box it again per use
+        copies = self._cache[key]
+        if len(copies) == 1:
+            del self._cache[key]
+        else:
+            copies.remove(ext)
         self.num_evicted_units += 1
+
+    def _append(self, ext: Extent) -> None:
+        """Queue an extent at the back."""
+        queue = self._queue
+        waiting = len(queue) - self._head
+        if waiting > self._compact_after and waiting > 2 * self._live:  # mostly entries left behind by hits
+            queue = self._queue = self._waiting()
+            for i, e in enumerate(queue):
+                e.pos = i
+            self._head = self._base = 0
+        ext.pos = self._base + len(queue)
+        queue.append(ext)
+        self._live += 1
 
     def _push_free(self, num_blocks: int, front: bool) -> None:
         """Put blocks no lookup will find in the free queue: uncached ones at the front (reused first), or, at the
@@ -158,20 +197,19 @@ class KvBlockPool:
         if num_blocks <= 0:
             return
         self.free_blocks += num_blocks
-        queue = self._queue
-        if front or not queue:  # the front run (at the back too when no extent follows it)
+        if front or not self._live:  # the front run (at the back too when no extent follows it)
             self._front += num_blocks
             return
-        end = next(reversed(queue))
+        end = self._queue[-1]  # waiting: an uncached run leaves the queue only by being popped
         if end.key is None:
             end.size += num_blocks
             return
-        queue[Extent(None, num_blocks)] = None
+        self._append(Extent(None, num_blocks))
 
     def _push_unit(self, ext: Extent) -> None:
         self.free_blocks += ext.size
         self.evictable_blocks += ext.size
-        self._queue[ext] = None
+        self._append(ext)
 
     # ------------------------------------------------------------------------------------------ holds
 
@@ -201,10 +239,11 @@ class KvBlockPool:
 
     def acquire(self, hold: KvHold, units: Sequence[Extent]) -> None:
         """The hold takes these cached units (a prefix hit found by `lookup`)."""
-        queue = self._queue
         for ext in units:
             if ext.refs == 0:
-                del queue[ext]
+                assert ext.pos >= 0, "a cached unit nobody holds waits in the free queue"
+                ext.pos = -1  # its entry stays behind, skipped when the head reaches it
+                self._live -= 1
                 self.free_blocks -= ext.size
                 self.evictable_blocks -= ext.size
             ext.refs += 1
@@ -314,6 +353,10 @@ class KvBlockPool:
 
     # ------------------------------------------------------------------------------------------ checks
 
+    def _waiting(self) -> list[Extent]:
+        """The extents in the free queue, front first."""
+        return [e for i, e in enumerate(self._queue[self._head:], self._base + self._head) if e.pos == i]
+
     def held_unit_blocks(self) -> int:
         """Blocks of cached units held by at least one request."""
         return sum(e.size for copies in self._cache.values() for e in copies if e.refs > 0)
@@ -325,10 +368,13 @@ class KvBlockPool:
 
     def check(self) -> None:
         assert self._front >= 0
-        queued = self._front + sum(e.size for e in self._queue)
+        waiting = self._waiting()
+        assert len(waiting) == self._live, (len(waiting), self._live)
+        assert all(e.pos != i for i, e in enumerate(self._queue[:self._head], self._base))  # popped or left
+        queued = self._front + sum(e.size for e in waiting)
         assert queued == self.free_blocks, (queued, self.free_blocks)
-        assert self.evictable_blocks == sum(e.size for e in self._queue if e.key is not None)
-        assert all(e.refs == 0 for e in self._queue)
+        assert self.evictable_blocks == sum(e.size for e in waiting if e.key is not None)
+        assert all(e.refs == 0 and e.size > 0 for e in waiting)
         assert 0 <= self.free_blocks <= self.capacity_blocks
         for key, copies in self._cache.items():
             assert copies and all(e.key == key for e in copies)
