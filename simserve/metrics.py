@@ -158,6 +158,8 @@ class _Sink:
         self.columns = columns
         self.kinds = kinds
         self.schema = _schema(columns, kinds)
+        # Rows given to `write_rows` lead with their string columns: numbers only after them.
+        self.lead_strings = next((i for i, c in enumerate(columns) if kinds.get(c) != "s"), len(columns))
         self.row_group_rows = row_group_rows
         self.derive = derive
         self.num_rows = 0  # written to the file
@@ -182,15 +184,22 @@ class _Sink:
         self._write(cols, n)
 
     def write_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        """Write rows (tuples in column order, every column) as one row group, after what is buffered."""
+        """Write rows (tuples in column order, every column) as one row group, after what is buffered. The string
+        columns come first: the numbers after them are read in one pass, as float64 (exact for the integers a
+        simulation counts, below 2**53), then each column is taken out as its own type."""
         self.flush()
         n = len(rows)
         if n == 0:
             return
-        cols: dict[str, Any] = {}
-        for name, values in zip(self.columns, zip(*rows, strict=True), strict=True):
-            kind = self.kinds[name]
-            cols[name] = list(values) if kind == "s" else np.fromiter(values, _DTYPES[kind], n)
+        lead = self.lead_strings
+        numbers = self.columns[lead:]
+        assert all(self.kinds[c] != "s" for c in numbers), "rows lead with their strings"
+        cols: dict[str, Any] = {name: [r[i] for r in rows] for i, name in enumerate(self.columns[:lead])}
+        values = rows if lead == 0 else (r[lead:] for r in rows)
+        table = np.fromiter(chain.from_iterable(values), np.float64, n * len(numbers))
+        table = table.reshape(n, len(numbers)).T.copy()  # a column per row, each contiguous
+        for name, column in zip(numbers, table, strict=True):
+            cols[name] = column.astype(np.int64) if self.kinds[name] == "q" else column
         self._write(cols, n)
 
     def _write(self, cols: dict[str, Any], n: int) -> None:
@@ -205,7 +214,10 @@ class _Sink:
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.partial, self.schema, compression="snappy")
+            # Dictionary pages for strings and integers (few distinct values: smaller and faster), not for
+            # floats (times, means: nearly all distinct, so a dictionary fills up and is dropped, at a cost).
+            self._writer = pq.ParquetWriter(self.partial, self.schema, compression="snappy", use_dictionary=[
+                c for c in self.columns if self.kinds.get(c, "d") != "d"])
         return self._writer
 
     def close(self) -> Path:
