@@ -403,9 +403,10 @@ class BlockDemand:
 
     Either in closed form: a batch of n decodes that all take their blocks (`Decodes.extra_blocks`) needs
     at(s) = (s // B) * n + before[s % B], `before[p]` (B of them, the period) the decodes whose first new block
-    comes before further step p; or as an `array` of the values (KV compression's caps, a piece of a chain,
-    speculative decoding). The closed form costs O(B) to make, against numpy over the run's steps (about 45,000
-    instructions a run, most of them numpy's per-call cost: a saturated replica's median run is 34 steps).
+    comes before further step p (a piece of a chain too: there, its own decodes' demand, rotated to its start);
+    or as an `array` of the values (KV compression's caps, speculative decoding). The closed form costs O(B) to
+    make, against numpy over the run's steps (about 45,000 instructions a run, most of them numpy's per-call cost:
+    a saturated replica's median run is 34 steps).
     A plain class, as FastForwardRun."""
 
     __slots__ = ("num_steps", "array", "n", "before", "period")
@@ -551,7 +552,7 @@ class ChainPiece:
     __slots__ = ("start", "num_steps", "extra", "num_decodes", "context_sum", "context_max", "victims",
                  "final_alloc", "free_blocks", "run")
 
-    def __init__(self, start: int, num_steps: int, extra: np.ndarray, num_decodes: int, context_sum: int,
+    def __init__(self, start: int, num_steps: int, extra: BlockDemand, num_decodes: int, context_sum: int,
                  context_max: int, victims: list[tuple[int, Request, int, int, int]], final_alloc: int,
                  free_blocks: int, run: FastForwardRun | None = None) -> None:
         self.start = start

@@ -36,9 +36,6 @@ from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware
 
 _ONE_STEP = np.zeros(1, dtype=np.int64)
-# A piece's block demand over at most this many steps is summed in Python and made an array in one call: numpy's
-# cumsum alone costs about 11,000 instructions a call, most of a short piece's.
-_SCALAR_SUMS = 128
 _MAX_PIECES = 256  # preempting plans one run may span (it is predicted whole at its start)
 
 
@@ -472,7 +469,7 @@ class Replica:
             ptimes = self.perf.decode_run_stats_s(p.num_decodes, p.context_sum, p.context_max, p.num_steps)
             bounds[p.start + 1: p.start + p.num_steps + 1] = ptimes
             p.run = FastForwardRun(bounds[p.start: p.start + p.num_steps + 1], ptimes,
-                                   BlockDemand(p.num_steps, p.extra), p.num_steps,
+                                   p.extra, p.num_steps,
                                    p.num_decodes, 0, context_sum=float(p.context_sum))
         accumulate_sum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as steps add
         run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, context_sum=float(context_sum),
@@ -536,13 +533,14 @@ class Replica:
         # counted by room and rotated by one.
         cnt = [n - below[bt - 1], *[below[r + 1] - below[r] for r in range(bt - 1)]]
         finish = dec.finish_at[:n]
-        by_seq: list[int] = dec.seq[:n].argsort()[::-1].tolist()  # victims, newest first
+        # Victims, newest first: the largest running-order key (keys are distinct, >= 0) of those left, taken
+        # one at a time (a chain preempts a few decodes; sorting them all cost more than the few maxima).
+        newest = dec.seq[:n].copy()
         gone = [False] * n
         first_out = int(finish.argmin())  # the decode that schedules its last token first (recounted if preempted)
         longest = int(ctx.argmax()) if self._longest_context else -1  # the calibrated model reads it
         tick0 = dec.tick  # the run's first step scheduled
         alive, ctx_sum = n, dec.context_total()
-        vi = 0
         free = kv.free_blocks - extra.at(k - 1)
         released: dict[Extent, int] = {}
         pieces: list[ChainPiece] = []
@@ -557,8 +555,8 @@ class Replica:
                 before = free  # the oldest decodes take every free block
                 remaining -= free
                 free = 0
-                j = by_seq[vi]
-                vi += 1
+                j = int(newest.argmax())
+                newest[j] = -1
                 c0, b0 = int(ctx[j]), dec.blocks_of(j)
                 due = b0 * bt - c0 + 1  # its first further step taking a block (its room + 1)
                 if due % bt == u % bt:
@@ -589,7 +587,8 @@ class Replica:
             following = cnt[(u + 1) % bt]
             if following <= free and (blocks_for(head_tokens, bt) - kv.held_hit_bound(head.kv, released)
                                       <= free - following):  # the next plan may admit the head: the run ends
-                pieces.append(ChainPiece(start, 1, _ONE_STEP, alive, first_sum, first_max, victims, remaining, free))
+                pieces.append(ChainPiece(start, 1, BlockDemand(1, _ONE_STEP), alive, first_sum, first_max, victims,
+                                         remaining, free))
                 return pieces
             laps, rem = divmod(free, alive)
             at = (u + 1) % bt
@@ -601,18 +600,14 @@ class Replica:
                     break
                 part += c
             steps = min(laps * bt + r, to_finish + 1)  # to the next preempting plan, or through the last token
-            per_step = (order * (1 + (steps - 2) // bt))[: steps - 1]  # the demand of further steps u + 1, ...
-            if steps <= _SCALAR_SUMS:
-                demand = np.array(list(accumulate(per_step, initial=0)), np.int64)
-            else:
-                demand = np.empty(steps, np.int64)
-                demand[0] = 0
-                accumulate_sum(np.array(per_step, np.int64), out=demand[1:])
+            # Further step u + 1 + i needs order[i % B] blocks, the alive decodes every B steps: the piece's demand
+            # after s steps is (s // B) * alive + (order's first s % B summed), in closed form as a run's.
+            demand = BlockDemand(steps, None, alive, list(accumulate(order[:-1], initial=0)))
             pieces.append(ChainPiece(start, steps, demand, alive, first_sum, first_max, victims, remaining,
                                      free))
             if steps == to_finish + 1:
                 return pieces
-            free -= int(demand[-1])
+            free -= demand.at(steps - 1)
             u += steps
             start += steps
         return pieces
