@@ -123,10 +123,16 @@ def _numeric(values: np.ndarray) -> pa.Array:
 
 
 def _strings(values: list[Any]) -> pa.Array:
-    """Python strings (None: null) as an Arrow large_string array. Arrow's own conversion reads each string's
-    UTF-8 in place: about 380 instructions a value, where encoding each and building the buffers here took
-    1,000-1,300."""
-    return pa.array(values, type=pa.large_string())
+    """Python strings (None: null) as an Arrow large_string array, built from its buffers (`pa.array` would
+    import pandas, 0.2 s, on its first call)."""
+    n = len(values)
+    encoded = [b"" if v is None else v.encode() for v in values]
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, n), out=offsets[1:])
+    valid = None
+    if any(v is None for v in values):
+        valid = pa.py_buffer(np.packbits(np.fromiter((v is not None for v in values), bool, n), bitorder="little"))
+    return pa.Array.from_buffers(pa.large_string(), n, [valid, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
 
 
 def _derive_request_times(cols: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ import math
 from collections import Counter, deque
 from collections.abc import Generator, Iterator
 from functools import partial
-from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -602,7 +601,12 @@ class Replica:
             steps = min(laps * bt + r, to_finish + 1)  # to the next preempting plan, or through the last token
             # Further step u + 1 + i needs order[i % B] blocks, the alive decodes every B steps: the piece's demand
             # after s steps is (s // B) * alive + (order's first s % B summed), in closed form as a run's.
-            demand = BlockDemand(steps, None, alive, list(accumulate(order[:-1], initial=0)))
+            sums = [0] * bt  # order's first p summed, p < B (a loop: accumulate's list cost 2,700 instructions)
+            total = 0
+            for p in range(bt - 1):
+                total += order[p]
+                sums[p + 1] = total
+            demand = BlockDemand(steps, None, alive, sums)
             pieces.append(ChainPiece(start, steps, demand, alive, first_sum, first_max, victims, remaining,
                                      free))
             if steps == to_finish + 1:
