@@ -50,6 +50,11 @@ class Decodes:
         self._rows = np.zeros((8, capacity), np.int64)
         (self.ctx, self.blocks, self.seq, self.ctx0, self.finish_at, self.reasoning_at, self.keep,
          self.cap) = self._rows
+        # The same rows as memoryviews, for one slot's value: read as a Python int, or written from one, in about
+        # 150 instructions, where a numpy scalar read costs about 1,250 (the scalar, then int()) and a tuple
+        # written into a column 4,300.
+        (self.v_ctx, self.v_blocks, self.v_seq, self.v_ctx0, self.v_finish_at, self.v_reasoning_at, self.v_keep,
+         self.v_cap) = [row.data for row in self._rows]
         self.compressed = compressed
         # Events without scanning the batch each step: `tick` counts schedules given to every slot; a slot
         # samples its last token at tick `finish_at` and its last reasoning token at `reasoning_at` (_NEVER once
@@ -84,8 +89,15 @@ class Decodes:
                 self._hist[(req.computed_tokens - self.tick) % bt] += 1
             else:
                 self._explicit()
-        self._rows[:, j] = (req.computed_tokens, num_blocks, req.seq, req.computed_tokens, finish_at, reasoning_at,
-                            keep, cap)
+        c = req.computed_tokens
+        self.v_ctx[j] = c
+        self.v_blocks[j] = num_blocks
+        self.v_seq[j] = req.seq
+        self.v_ctx0[j] = c
+        self.v_finish_at[j] = finish_at
+        self.v_reasoning_at[j] = reasoning_at
+        self.v_keep[j] = keep
+        self.v_cap[j] = cap
         self.req[j] = req
         req.slot = j
         self.n = j + 1
@@ -100,13 +112,13 @@ class Decodes:
         """Write slot j's progress back to its Request (before it leaves the arrays or is reported)."""
         req = self.req[j]
         assert req is not None
-        req.computed_tokens = int(self.ctx[j])
+        req.computed_tokens = self.v_ctx[j]
         req.generated_tokens = req.output_tokens - self.left(j)
         return req
 
     def left(self, j: int) -> int:
         """Output tokens slot j has still to schedule."""
-        return int(self.finish_at[j]) - self.tick
+        return self.v_finish_at[j] - self.tick
 
     def _explicit(self) -> None:
         """Keep the `blocks` row up to date from now on (a slot's blocks no longer follow from its context)."""
@@ -126,8 +138,8 @@ class Decodes:
     def blocks_of(self, j: int) -> int:
         """Slot j's blocks."""
         if self._lazy:
-            return -(-int(self.ctx[j]) // self._block_tokens)
-        return int(self.blocks[j])
+            return -(-self.v_ctx[j] // self._block_tokens)
+        return self.v_blocks[j]
 
     def check(self) -> None:
         """The kept counts (tests and check_invariants): the context sum, and if lazy, the slots by (ctx - tick) mod B
@@ -150,7 +162,7 @@ class Decodes:
 
     def set_progress(self, j: int, ctx: int, blocks: int) -> None:
         """Write slot j's computed tokens and blocks (a run's prediction, before it is preempted)."""
-        old = int(self.ctx[j])
+        old = self.v_ctx[j]
         if self._lazy:
             bt = self._block_tokens
             if blocks == -(-ctx // bt):
@@ -160,22 +172,23 @@ class Decodes:
                 self._explicit()
         if self.ctx_sum >= 0:
             self.ctx_sum += ctx - old
-        self.ctx[j], self.blocks[j] = ctx, blocks
+        self.v_ctx[j] = ctx
+        self.v_blocks[j] = blocks
 
     def schedule_one(self, j: int) -> None:
         """One decode token for slot j alone (a step that did not schedule every slot): its last (reasoning)
         token comes a tick sooner than the others' (its blocks, if lazy, are the caller's to have taken)."""
         if self._lazy:
             bt = self._block_tokens
-            c = int(self.ctx[j]) - self.tick
+            c = self.v_ctx[j] - self.tick
             self._hist[c % bt] -= 1
             self._hist[(c + 1) % bt] += 1
-        self.ctx[j] += 1
+        self.v_ctx[j] += 1
         if self.ctx_sum >= 0:
             self.ctx_sum += 1
-        self.finish_at[j] -= 1
-        if self.reasoning_at[j] != _NEVER:
-            self.reasoning_at[j] -= 1
+        self.v_finish_at[j] -= 1
+        if self.v_reasoning_at[j] != _NEVER:
+            self.v_reasoning_at[j] -= 1
         self._min_finish = self._min_reasoning = None
 
     def remove(self, j: int) -> Request:
@@ -183,12 +196,12 @@ class Decodes:
         progress is needed)."""
         req = self.req[j]
         assert req is not None
-        if self.finish_at[j] == self._min_finish:
+        if self.v_finish_at[j] == self._min_finish:
             self._min_finish = None
-        if self.reasoning_at[j] == self._min_reasoning:
+        if self.v_reasoning_at[j] == self._min_reasoning:
             self._min_reasoning = None
         last = self.n - 1
-        c = int(self.ctx[j])
+        c = self.v_ctx[j]
         if self._lazy:
             self._hist[(c - self.tick) % self._block_tokens] -= 1
         if self.ctx_sum >= 0:

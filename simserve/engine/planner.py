@@ -264,8 +264,8 @@ class Planner:
             j = int(dec.seq[: dec.n].argmax())  # the newest decode: never among those just served
             bt = self.config.block_tokens
             have = dec.blocks_of(j)
-            remaining -= int(int(dec.ctx[j]) >= have * bt and (not dec.compressed or have < int(dec.cap[j])))
-            self._preempt((int(dec.seq[j]), j, None), plan, gone)
+            remaining -= int(dec.v_ctx[j] >= have * bt and (not dec.compressed or have < dec.v_cap[j]))
+            self._preempt((dec.v_seq[j], j, None), plan, gone)
             dec.remove(j)
             gone.clear()
         if remaining:
@@ -339,7 +339,7 @@ class Planner:
                 i += 1  # its last token is in flight (async): nothing to compute
                 continue
             if slot >= 0:
-                new, have, computed = 1, dec.blocks_of(slot), int(dec.ctx[slot])
+                new, have, computed = 1, dec.blocks_of(slot), dec.v_ctx[slot]
                 keep = int(dec.keep[slot])
             else:
                 assert req is not None
@@ -582,7 +582,7 @@ class Planner:
         tokens known then, so under async scheduling a decode step's own input token (sampled by the step before,
         still in flight) is not among them."""
         dec = self.decodes
-        ctx = int(dec.ctx[slot])
+        ctx = dec.v_ctx[slot]
         if self.config.async_scheduling and ctx > dec.ctx0[slot]:
             ctx -= 1
         if dec.compressed:

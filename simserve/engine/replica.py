@@ -556,7 +556,7 @@ class Replica:
                 free = 0
                 j = int(newest.argmax())
                 newest[j] = -1
-                c0, b0 = int(ctx[j]), dec.blocks_of(j)
+                c0, b0 = dec.v_ctx[j], dec.blocks_of(j)
                 due = b0 * bt - c0 + 1  # its first further step taking a block (its room + 1)
                 if due % bt == u % bt:
                     remaining -= 1
@@ -564,7 +564,7 @@ class Replica:
                 head = dec.req[j]
                 assert head is not None and head.kv is not None
                 free += kv.releasable_blocks(head.kv, held, released)
-                head_tokens = head.prompt_tokens + head.output_tokens - (int(finish[j]) - tick0 - u + 1)
+                head_tokens = head.prompt_tokens + head.output_tokens - (dec.v_finish_at[j] - tick0 - u + 1)
                 victims.append((before, head, c0 + u - 1, held, u - 1))
                 gone[j] = True
                 cnt[due % bt] -= 1
@@ -578,10 +578,10 @@ class Replica:
                     if longest >= 0:
                         longest = int(left[ctx[left].argmax()])
             free -= remaining
-            to_finish = int(finish[first_out]) - tick0 - u  # further steps after u to the first last token
+            to_finish = dec.v_finish_at[first_out] - tick0 - u  # further steps after u to the first last token
             if to_finish <= 0:
                 return pieces  # the plan schedules a last token: the loop makes it
-            first_sum, first_max = ctx_sum + alive * u, int(ctx[longest]) + u if longest >= 0 else 0
+            first_sum, first_max = ctx_sum + alive * u, dec.v_ctx[longest] + u if longest >= 0 else 0
             assert head is not None
             following = cnt[(u + 1) % bt]
             if following <= free and (blocks_for(head_tokens, bt) - kv.held_hit_bound(head.kv, released)
@@ -639,11 +639,11 @@ class Replica:
                 kv.allocate(before)
             j = req.slot
             dec.set_progress(j, ctx, blocks)
-            dec.finish_at[j] -= behind  # its tokens left after the schedules it took (the arrays lag)
-            at = int(dec.reasoning_at[j])
+            dec.v_finish_at[j] -= behind  # its tokens left after the schedules it took (the arrays lag)
+            at = dec.v_reasoning_at[j]
             if at - tick0 <= behind:  # its last reasoning token was scheduled inside the run
                 self._reasoning_done(req, float(self._chain_bounds[at - tick0 + 1]))
-            planner._preempt((int(dec.seq[j]), j, None), plan, [])
+            planner._preempt((dec.v_seq[j], j, None), plan, [])
             dec.remove(j)
         if piece.final_alloc:
             kv.allocate(piece.final_alloc)
