@@ -322,7 +322,7 @@ class Decodes:
             # A slot's further steps that fit in its blocks are (-ctx) mod B: s for the slots counted at
             # (ctx - tick) = -s - tick (mod B).
             hist, t = self._hist, self.tick
-            return _periodic_demand([hist[(-s - t) % block_tokens] for s in range(block_tokens)], n, num_steps)
+            return periodic_demand([hist[(-s - t) % block_tokens] for s in range(block_tokens)], n, num_steps)
         bt = self._bt if block_tokens == self._block_tokens else block_tokens
         first = self.fresh_blocks() * bt - self.ctx[:n]  # further steps that fit in the blocks held
         room = None
@@ -332,7 +332,7 @@ class Decodes:
         counts = bincount(first, None, block_tokens)
         if room is None and periodic and len(counts) == block_tokens:
             by_first: list[int] = counts.tolist()
-            return _periodic_demand(by_first, n, num_steps)
+            return periodic_demand(by_first, n, num_steps)
         counts.cumsum(out=buf[1:])
         laps, phase = self._step_laps(num_steps, block_tokens)
         extra = laps * n
@@ -385,8 +385,9 @@ class Decodes:
         return out
 
 
-def _periodic_demand(by_first: list[int], n: int, num_steps: int) -> BlockDemand:
-    """The closed-form demand of n decodes, `by_first[s]` of them with s further steps left in their blocks."""
+def periodic_demand(by_first: list[int], n: int, num_steps: int) -> BlockDemand:
+    """The closed-form demand of n decodes, `by_first[s]` of them with s further steps left in their blocks (the
+    first new block at further step s): before[p] = sum(by_first[:p]), p < B."""
     before = [0] * len(by_first)  # before[p]: decodes whose first new block comes before further step p
     c = 0
     for p in range(1, len(by_first)):

@@ -22,7 +22,7 @@ import numpy as np
 import simpy
 from mypy_extensions import mypyc_attr
 
-from simserve.engine.decodes import NO_DEMAND, BlockDemand, ChainPiece, FastForwardRun
+from simserve.engine.decodes import NO_DEMAND, BlockDemand, ChainPiece, FastForwardRun, periodic_demand
 from simserve.engine.events import AfterPlans, Environment, Settle, StepEnd, step_end_priority
 from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.kv import Extent, blocks_for
@@ -533,9 +533,9 @@ class Replica:
         cnt = [n - below[bt - 1], *[below[r + 1] - below[r] for r in range(bt - 1)]]
         finish = dec.finish_at[:n]
         # Victims, newest first: the largest running-order key (keys are distinct, >= 0) of those left, taken
-        # one at a time (a chain preempts a few decodes; sorting them all cost more than the few maxima).
+        # one at a time (a chain preempts a few decodes; sorting them all cost more than the few maxima). A victim's
+        # key becomes -1: the decodes left are those with a key >= 0.
         newest = dec.seq[:n].copy()
-        gone = [False] * n
         first_out = int(finish.argmin())  # the decode that schedules its last token first (recounted if preempted)
         longest = int(ctx.argmax()) if self._longest_context else -1  # the calibrated model reads it
         tick0 = dec.tick  # the run's first step scheduled
@@ -566,14 +566,13 @@ class Replica:
                 free += kv.releasable_blocks(head.kv, held, released)
                 head_tokens = head.prompt_tokens + head.output_tokens - (dec.v_finish_at[j] - tick0 - u + 1)
                 victims.append((before, head, c0 + u - 1, held, u - 1))
-                gone[j] = True
                 cnt[due % bt] -= 1
                 ctx_sum -= c0
                 alive -= 1
                 if not alive:
                     return pieces
                 if j == first_out or j == longest:  # rare: recount among the decodes left
-                    left = np.flatnonzero(~np.array(gone))
+                    left = np.flatnonzero(newest >= 0)
                     first_out = int(left[finish[left].argmin()])
                     if longest >= 0:
                         longest = int(left[ctx[left].argmax()])
@@ -601,12 +600,7 @@ class Replica:
             steps = min(laps * bt + r, to_finish + 1)  # to the next preempting plan, or through the last token
             # Further step u + 1 + i needs order[i % B] blocks, the alive decodes every B steps: the piece's demand
             # after s steps is (s // B) * alive + (order's first s % B summed), in closed form as a run's.
-            sums = [0] * bt  # order's first p summed, p < B (a loop: accumulate's list cost 2,700 instructions)
-            total = 0
-            for p in range(bt - 1):
-                total += order[p]
-                sums[p + 1] = total
-            demand = BlockDemand(steps, None, alive, sums)
+            demand = periodic_demand(order, alive, steps)
             pieces.append(ChainPiece(start, steps, demand, alive, first_sum, first_max, victims, remaining,
                                      free))
             if steps == to_finish + 1:
