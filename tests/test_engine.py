@@ -134,3 +134,34 @@ def test_schedule_at_reaches_a_time_no_delay_reaches():
     assert seen == [at]
     with pytest.raises(ValueError, match="before now"):
         StepEnd(env, 0.0, step_end_priority(0), at_s=at - 1.0)
+
+
+def test_the_simpy_state_the_engine_reads_directly_is_simpys_own():
+    """The engine reads SimPy's clock as `env._now`, an event's `triggered` as `_value is not PENDING` and `peek()`
+    from `env._queue` (simserve/engine/events.py): the values SimPy's own property and method give, at every step
+    of a small world with timeouts, a pending event and one triggered later (fails if a SimPy release renames
+    them)."""
+    from simpy.events import PENDING
+
+    from simserve.engine.events import Environment
+
+    env = Environment()
+    later = env.event()
+    seen = []
+
+    def proc():
+        for d in (0.5, 0.0, 1.25):
+            yield env.timeout(d)
+            seen.append((env._now, env.now, later._value is not PENDING, later.triggered))
+            if env._now > 1.0:
+                later.succeed()
+                seen.append((env._now, env.now, later._value is not PENDING, later.triggered))
+
+    env.process(proc())
+    while env._queue:
+        queue = env._queue
+        assert (queue[0][0] if queue else float("inf")) == env.peek()
+        env.step()
+    assert env.peek() == float("inf") and not env._queue
+    assert [(a == b, c == d) for a, b, c, d in seen] == [(True, True)] * 4
+    assert [s[0] for s in seen] == [0.5, 0.5, 1.75, 1.75] and seen[-1][3]

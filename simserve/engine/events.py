@@ -19,7 +19,12 @@ class Environment(simpy.Environment):
     """SimPy's environment, which also schedules an event at an absolute time. SimPy schedules at now + delay, and
     no delay need give a chosen time exactly: where it is more than twice now, now + d steps over it for some
     values (the two ulps differ). A fast-forwarded run must end at its last step end to the last bit, the
-    sequential sum stepping makes, so that a tie with another replica's step end is a tie in both modes."""
+    sequential sum stepping makes, so that a tie with another replica's step end is a tie in both modes.
+
+    The engine reads SimPy's state directly where it is read per event: the clock as `_now` (`now` is a
+    Python-level property: a call of about 900 instructions a read, some 23 reads a request), an event's
+    `triggered` as `_value is not PENDING`, and `peek()` from `_queue` (tests/test_engine.py checks these equal
+    SimPy's own)."""
 
     def schedule_at(self, event: simpy.Event, priority: float, at_s: float) -> None:
         if at_s < self._now:
@@ -89,7 +94,7 @@ def arrivals(env: simpy.Environment, requests: Iterator[Request], arrive: Callab
     """The front end: wait for each request's arrival time and hand it to `arrive` (the Simulation's one
     chokepoint for every arrival)."""
     for req in requests:
-        yield Arrival(env, max(0.0, req.arrival_s - env.now))
+        yield Arrival(env, max(0.0, req.arrival_s - env._now))
         arrive(req)
     on_exhausted()
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import simpy
 from mypy_extensions import mypyc_attr
+from simpy.events import PENDING
 
 from simserve.engine.decodes import NO_DEMAND, BlockDemand, ChainPiece, FastForwardRun, periodic_demand
 from simserve.engine.events import AfterPlans, Environment, Settle, StepEnd, step_end_priority
@@ -85,8 +86,8 @@ class Replica:
         self.wake = env.event()
         self._end_priority = step_end_priority(index)  # same-time step ends in replica order (events.StepEnd)
         self.num_events = 0
-        self.running_mon = LevelMonitor(env.now)
-        self.waiting_mon = LevelMonitor(env.now)
+        self.running_mon = LevelMonitor(env._now)
+        self.waiting_mon = LevelMonitor(env._now)
         self.kv_area = 0.0  # integral of used blocks over time
         self.kv_token_area = 0.0  # integral of KV tokens the running steps attend over (kept KV) over time
         self.kv_peak = 0
@@ -116,7 +117,7 @@ class Replica:
         run's preempting plans made before now put back at its front (which `_sync_run` would make)."""
         n = len(self.planner.waiting)
         if self._run is not None:
-            now = self.env.now
+            now = self.env._now
             for piece in self._chain:
                 if self._chain_bounds[piece.start] >= now:
                     break
@@ -171,7 +172,7 @@ class Replica:
         # plan of the run, so the run goes on (stepping one iteration at a time gives the same steps).
         behind = self._run is not None and self._fifo and len(waiting) > 0
         waiting.push(req)
-        self.waiting_mon.set(self.env.now, len(waiting))
+        self.waiting_mon.set(self.env._now, len(waiting))
         if not behind:
             self._rouse()
 
@@ -236,7 +237,7 @@ class Replica:
             return False  # its last token is delivered by a step that has ended: it completes
         if not self.planner.abort(req):
             return False
-        now = self.env.now
+        now = self.env._now
         req.status = "cancelled"
         req.reason = reason
         req.finish_s = now
@@ -290,10 +291,11 @@ class Replica:
         self._process = env.active_process
         inflight: StepPlan | None = None  # async: the step whose outputs are not applied yet
         while True:
-            if env.peek() == env.now:
+            queue: list[Any] = env._queue  # env.peek() == env.now, without SimPy's Python-level method and property
+            if queue and queue[0][0] == env._now:
                 self.num_events += 1
                 yield Settle(env)
-            if self.wake.triggered:
+            if self.wake._value is not PENDING:
                 self.wake = env.event()
                 self._cut_after_now = False
             if self._cancels and not self.async_scheduling:
@@ -302,7 +304,7 @@ class Replica:
             if inflight is None and running == 0 and not planner.waiting:
                 yield from self._idle(0, 0.0, 0)
                 continue
-            now = env.now
+            now = env._now
             num_waiting = len(planner.waiting)
             plan = planner.schedule() if running or planner.waiting else StepPlan()
             self._changed = False
@@ -340,7 +342,7 @@ class Replica:
                 inflight = self._delivered = plan
             else:
                 self._apply(plan)
-            self.recorder.segment(pool=self.pool, replica=self.index, start_s=now, end_s=env.now, num_steps=1,
+            self.recorder.segment(pool=self.pool, replica=self.index, start_s=now, end_s=env._now, num_steps=1,
                                   batch_size=plan.num_decodes + len(chunks), num_waiting=num_waiting,
                                   kv_blocks_mean=float(used), kv_blocks_end=self.kv.used_blocks,
                                   prefill_tokens=plan.prefill_tokens, decode_tokens=plan.num_decodes)
@@ -364,16 +366,16 @@ class Replica:
     def _idle(self, num_waiting: int, kv_mean: float, kv_end: int | None) -> Generator[simpy.Event, Any, None]:
         """Wait until an arrival or a finished KV transfer wakes the loop; record the gap as one segment (its
         final KV blocks as read on waking when kv_end is None)."""
-        start = self.env.now
+        start = self.env._now
         self.num_events += 1
         yield self.wake
         end = self.kv.used_blocks if kv_end is None else kv_end
-        self.recorder.segment(pool=self.pool, replica=self.index, start_s=start, end_s=self.env.now, num_steps=0,
+        self.recorder.segment(pool=self.pool, replica=self.index, start_s=start, end_s=self.env._now, num_steps=0,
                               batch_size=0, num_waiting=num_waiting, kv_blocks_mean=kv_mean, kv_blocks_end=end,
                               prefill_tokens=0, decode_tokens=0)
 
     def _after_plan(self, plan: StepPlan, now: float | None = None, check: bool = True) -> None:
-        now = self.env.now if now is None else now
+        now = self.env._now if now is None else now
         if plan.admitted or plan.preempted:
             if self._hook_admitted:
                 for req in plan.admitted:
@@ -388,7 +390,7 @@ class Replica:
         """A step's outputs arrive: first tokens, reasoning ends, hand-offs and finished requests."""
         if not (plan.sampled or plan.reasoning_done or plan.finishing):
             return
-        now = self.env.now
+        now = self.env._now
         hooks = self.hooks
         self._delivered = plan
         for req in plan.sampled:
@@ -483,7 +485,7 @@ class Replica:
         self._run_end, self._run_steps = end, total  # `_rouse` may cut the run: it moves the end earlier
         self.num_events += 1
         self._stepping = True
-        if self.wake.triggered:  # woken since the loop's top (by its own hooks): cut at the first step's end
+        if self.wake._value is not PENDING:  # woken since the loop's top (by its own hooks): cut at the first step
             end = self._cut_run(waiting=False)
         yield end
         m = self._run_steps
@@ -715,7 +717,7 @@ class Replica:
         moved, not waited for beside a wake: the loop resumes once, at the end of the step in flight, in the heap
         position of that step end (time, then replica order)."""
         if self._run_end is None:
-            if not self.wake.triggered:
+            if self.wake._value is PENDING:
                 self.wake.succeed()
             return
         self._cut_run()
@@ -726,7 +728,7 @@ class Replica:
         end = self._run_end
         assert end is not None
         self._run_end = None
-        t = self.env.now
+        t = self.env._now
         bounds = self._chain_bounds
         total = self._run_steps
         j = int(bounds[1: total + 1].searchsorted(t, side="right"))  # boundaries at or before t
@@ -754,7 +756,7 @@ class Replica:
         run = self._run
         if run is None:
             return
-        now = self.env.now
+        now = self.env._now
         chain = self._chain
         while chain and self._chain_bounds[chain[0].start] < now:  # a preempting plan of the run made before now
             self._next_piece()
