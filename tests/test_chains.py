@@ -75,7 +75,7 @@ def _chained_run_end_case() -> dict:
     """A draw of `saturated()` (with forks) that a strict-equality hunt found: a chained run that began at 1.842 s ended
     at 6.493300224171502 s instead of its last step end, ...503, which no SimPy delay reaches from 1.842 s (now + d
     jumps from ...502 to ...504). Later first-token and finish times moved by an ulp. A run's end is now scheduled
-    at its absolute time (events.Environment.schedule_at)."""
+    at its absolute time (a StepEnd's at_s, simserve/engine/events.py)."""
     return _chains_scenario(
         seed=228, replicas=1, max_num_seqs=6, max_num_batched_tokens=68, kv_block_tokens=16, num_kv_blocks=22,
         prefix_caching=True, long_prefill_token_threshold=0,

@@ -113,7 +113,7 @@ def test_overload_ends_at_the_horizon_and_says_so():
 
 def test_schedule_at_reaches_a_time_no_delay_reaches():
     """SimPy schedules at now + delay; from 1.842082018323207 no delay reaches 6.493300224171503 (now + d jumps from
-    ...502 to ...504), and a fast-forwarded run must end exactly at its last step end. Environment.schedule_at puts
+    ...502 to ...504), and a fast-forwarded run must end exactly at its last step end. A StepEnd's at_s puts
     the event at the absolute time; a time before now is refused."""
     import math
 

@@ -16,21 +16,16 @@ from simserve.request import Request
 
 
 class Environment(simpy.Environment):
-    """SimPy's environment, which also schedules an event at an absolute time. SimPy schedules at now + delay, and
-    no delay need give a chosen time exactly: where it is more than twice now, now + d steps over it for some
-    values (the two ulps differ). A fast-forwarded run must end at its last step end to the last bit, the
-    sequential sum stepping makes, so that a tie with another replica's step end is a tie in both modes.
+    """SimPy's environment, where an event can be scheduled at an absolute time (`_Scheduled`'s at_s). SimPy
+    schedules at now + delay, and no delay need give a chosen time exactly: where it is more than twice now,
+    now + d steps over it for some values (the two ulps differ). A fast-forwarded run must end at its last step
+    end to the last bit, the sequential sum stepping makes, so that a tie with another replica's step end is a tie
+    in both modes.
 
     The engine reads SimPy's state directly where it is read per event: the clock as `_now` (`now` is a
     Python-level property: a call of about 900 instructions a read, some 23 reads a request), an event's
     `triggered` as `_value is not PENDING`, and `peek()` from `_queue` (tests/test_engine.py checks these equal
     SimPy's own)."""
-
-    def schedule_at(self, event: simpy.Event, priority: float, at_s: float) -> None:
-        if at_s < self._now:
-            raise ValueError(f"cannot schedule at {at_s!r}, before now ({self._now!r})")
-        entry: Any = (at_s, priority, next(self._eid), event)  # SimPy's heap entry, at an absolute time
-        heappush(self._queue, entry)
 
 
 class _Scheduled(simpy.Event):
@@ -46,10 +41,11 @@ class _Scheduled(simpy.Event):
         self._value = None
         if at_s is None:
             entry: Any = (env._now + delay_s, priority, next(env._eid), self)
-            heappush(env._queue, entry)
-        else:  # at an absolute time, exactly (delay_s is not read)
-            assert isinstance(env, Environment)
-            env.schedule_at(self, priority, at_s)
+        else:  # at an absolute time, exactly (delay_s is not read; see Environment)
+            if at_s < env._now:
+                raise ValueError(f"cannot schedule at {at_s!r}, before now ({env._now!r})")
+            entry = (at_s, priority, next(env._eid), self)
+        heappush(env._queue, entry)
 
 
 class Arrival(_Scheduled):

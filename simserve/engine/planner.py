@@ -34,7 +34,7 @@ from simserve.engine.decodes import Decodes
 from simserve.engine.kv import Extent, KvBlockPool, KvHold, blocks_for
 from simserve.perf.base import amax, asum, context_sum, count_nonzero
 from simserve.request import Request
-from simserve.schedulers import FairShare, ReasoningAware, Scheduler
+from simserve.schedulers import FairShare, Fcfs, ReasoningAware, Scheduler
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _FORK_KEYS = 1 << 64  # fork block keys lie in [2**64, 2**129): above every int64 key a workload gives
@@ -520,7 +520,7 @@ class Planner:
         while budget > 0 and waiting:
             if self.num_running >= cfg.max_num_seqs:
                 break
-            req = waiting.peek()
+            req = waiting[0] if isinstance(waiting, Fcfs) else waiting.peek()  # FCFS's head: no Python frame
             hold = self.hold_of(req)
             tokens = req.known_tokens
             units: list[Extent] = []

@@ -481,7 +481,7 @@ class Replica:
         self._run = run
         self._run_start = 0
         self._run_waiting = num_waiting
-        end: simpy.Event = StepEnd(env, 0.0, self._end_priority, at_s=float(bounds[total]))
+        end: simpy.Event = StepEnd(env, 0.0, self._end_priority, float(bounds[total]))  # at_s
         self._run_end, self._run_steps = end, total  # `_rouse` may cut the run: it moves the end earlier
         self.num_events += 1
         self._stepping = True
@@ -741,7 +741,7 @@ class Replica:
         if m >= total:
             return end  # the step in flight is the run's last: it ends as planned
         self._run_steps = m
-        cut = StepEnd(self.env, 0.0, self._end_priority, at_s=float(bounds[m]))
+        cut = StepEnd(self.env, 0.0, self._end_priority, float(bounds[m]))  # at_s
         if waiting:
             process = self._process
             assert process is not None
