@@ -304,8 +304,8 @@ class Decodes:
             finish = slots[self.finish_at[slots] == tick].tolist()
             reasoning = slots[self.reasoning_at[slots] == tick].tolist()
         for j in reasoning:
-            if self.reasoning_at[j] != _NEVER:
-                self.reasoning_at[j] = _NEVER
+            if self.v_reasoning_at[j] != _NEVER:
+                self.v_reasoning_at[j] = _NEVER
                 self._min_reasoning = None
         return finish, reasoning
 

@@ -288,9 +288,9 @@ class Planner:
                 return
             finish, reasoning = dec.events()
             if len(finish) > 1:
-                finish.sort(key=lambda j: int(dec.seq[j]))  # running order, as the pass schedules them
+                finish.sort(key=lambda j: dec.v_seq[j])  # running order, as the pass schedules them
             if len(reasoning) > 1:
-                reasoning.sort(key=lambda j: int(dec.seq[j]))
+                reasoning.sort(key=lambda j: dec.v_seq[j])
             self._decode_events(plan, finish, reasoning)
         self._end_running_pass(gone)
 
@@ -340,7 +340,7 @@ class Planner:
                 continue
             if slot >= 0:
                 new, have, computed = 1, dec.blocks_of(slot), dec.v_ctx[slot]
-                keep = int(dec.keep[slot])
+                keep = dec.v_keep[slot]
             else:
                 assert req is not None
                 new = req.known_tokens - req.computed_tokens
@@ -357,7 +357,7 @@ class Planner:
                 break
             kv.allocate(need)
             if slot >= 0:
-                dec.blocks[slot] += need
+                dec.v_blocks[slot] += need
                 dec.schedule_one(slot)
                 sched_slots.append(slot)
             else:
@@ -392,10 +392,10 @@ class Planner:
         at = (steps == 0).nonzero()[0].tolist()
         if not at:
             return 0
-        at.sort(key=lambda j: (-int(gen[j]), int(dec.seq[j])))  # the most generated first, then the oldest
+        at.sort(key=lambda j: (-int(gen[j]), dec.v_seq[j]))  # the most generated first, then the oldest
         gone: list[int] = []
         for j in at[: waiting.num_short_waiting]:
-            self._preempt((int(dec.seq[j]), j, None), plan, gone, yielded=True)
+            self._preempt((dec.v_seq[j], j, None), plan, gone, yielded=True)
         self._end_running_pass(gone)
         return len(gone)
 
@@ -583,7 +583,7 @@ class Planner:
         still in flight) is not among them."""
         dec = self.decodes
         ctx = dec.v_ctx[slot]
-        if self.config.async_scheduling and ctx > dec.ctx0[slot]:
+        if self.config.async_scheduling and ctx > dec.v_ctx0[slot]:
             ctx -= 1
         if dec.compressed:
             req = dec.req[slot]

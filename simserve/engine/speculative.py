@@ -166,7 +166,7 @@ class SpecPlanner(Planner):
                 continue
             if slot >= 0:
                 new = 1 + min(dec.k, dec.left(slot) - 1, budget - 1)
-                have, computed, keep = int(dec.blocks[slot]), int(dec.ctx[slot]), 1 << 62
+                have, computed, keep = dec.v_blocks[slot], dec.v_ctx[slot], 1 << 62
             else:
                 assert req is not None
                 new = req.known_tokens - req.computed_tokens
@@ -183,7 +183,7 @@ class SpecPlanner(Planner):
             kv.allocate(need)
             if slot >= 0:
                 acc = dec.accepted(np.array([slot]), np.array([new - 1]))
-                dec.blocks[slot] += need
+                dec.v_blocks[slot] += need
                 dec.schedule_one(slot)
                 dec.commit(np.array([slot]), acc)
                 sched.append((slot, computed + 1, new))
