@@ -1,7 +1,9 @@
 """Records out, analysis after: per-request and per-segment rows streamed to Parquet a row group at a time as the
 run makes them, time-weighted level monitors, and the summary computed from the rows in bounded memory
 (percentiles, goodput against SLOs, KV utilisation, GPU-hours and cost). Besides cli.py, the one module that writes
-result files: a run's records have to leave memory as they are made (10M-request runs would not fit otherwise)."""
+result files: a run's records have to leave memory as they are made (10M-request runs would not fit otherwise).
+A run whose rows all fit one row group, with no folder asked for, keeps them in memory: its summary reads them
+there, and its files are written when first asked for (pyarrow is imported only then)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,13 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 # pandas is not imported by a run: pyarrow's conversions to and from numpy (pa.array, to_numpy, read_table) go
 # through its pandas shim, which imports pandas (about 0.2 s, a quarter of a short run's process), so the records
@@ -87,8 +88,21 @@ _SEGMENT_KINDS = {
     "num_waiting": "q", "kv_blocks_mean": "d", "kv_blocks_end": "q", "prefill_tokens": "q", "decode_tokens": "q",
 }
 _DTYPES = {"q": "int64", "d": "float64", "s": "string"}
-_ARROW_TYPES = {"q": pa.int64(), "d": pa.float64(), "s": pa.large_string()}
 _PANDAS_TYPES = {"q": ("int64", "int64"), "d": ("float64", "float64"), "s": ("object", "string")}  # pandas, numpy
+
+
+def _pa() -> Any:
+    """pyarrow, imported on first use (about 50 ms of CPU with its libraries): a run that keeps its rows in memory
+    and is never asked for its files does without it."""
+    import pyarrow as pa
+
+    return pa
+
+
+def _pq() -> Any:
+    import pyarrow.parquet as pq
+
+    return pq
 
 
 @cache  # the installed version, read once a process (about 4 ms), not once a file written
@@ -103,6 +117,8 @@ def _schema(columns: tuple[str, ...], kinds: dict[str, str]) -> pa.Schema:
     """The Parquet schema, with the pandas metadata pa.Schema.from_pandas gives an empty DataFrame of these dtypes
     (int64, float64, string), so the file reads back with the same dtypes as the frames `Results` has always held
     (tests/test_records.py checks it equals from_pandas's), written without importing pandas."""
+    pa = _pa()
+    arrow_types = {"q": pa.int64(), "d": pa.float64(), "s": pa.large_string()}
     cols = []
     for c in columns:
         pandas_type, numpy_type = _PANDAS_TYPES[kinds.get(c, "d")]
@@ -110,13 +126,14 @@ def _schema(columns: tuple[str, ...], kinds: dict[str, str]) -> pa.Schema:
                      "metadata": None})
     meta = {"index_columns": [], "column_indexes": [], "columns": cols, "attributes": {},
             "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": _pandas_version()}
-    return pa.schema([pa.field(c, _ARROW_TYPES[kinds.get(c, "d")]) for c in columns],
+    return pa.schema([pa.field(c, arrow_types[kinds.get(c, "d")]) for c in columns],
                      metadata={b"pandas": json.dumps(meta).encode()})
 
 
 def _numeric(values: np.ndarray) -> pa.Array:
     """A numpy int64 or float64 array as an Arrow array sharing its buffer (NaN stays a value, as pa.array leaves
     it)."""
+    pa = _pa()
     values = np.ascontiguousarray(values)
     return pa.Array.from_buffers(pa.int64() if values.dtype.kind == "i" else pa.float64(), len(values),
                                  [None, pa.py_buffer(values)])
@@ -125,6 +142,7 @@ def _numeric(values: np.ndarray) -> pa.Array:
 def _strings(values: list[Any]) -> pa.Array:
     """Python strings (None: null) as an Arrow large_string array, built from its buffers (`pa.array` would
     import pandas, 0.2 s, on its first call)."""
+    pa = _pa()
     n = len(values)
     encoded = [b"" if v is None else v.encode() for v in values]
     offsets = np.zeros(n + 1, np.int64)
@@ -148,23 +166,66 @@ def _derive_request_times(cols: dict[str, Any]) -> None:
     cols["e2e_s"] = np.where(completed, finish - arrival, np.nan)
 
 
+class _Folder:
+    """Where the files go: the folder given, or a temporary folder made on first use, which lasts as long as this
+    object (the Results of the run hold it)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.given = directory
+        self.tempdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def path(self) -> Path:
+        if self.given is not None:
+            return self.given
+        if self.tempdir is None:
+            self.tempdir = tempfile.TemporaryDirectory(prefix="simserve-")
+        return Path(self.tempdir.name)
+
+
+def _columns_of_rows(columns: tuple[str, ...], kinds: dict[str, str], rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Rows (tuples in column order, every column) as columns: numbers as numpy arrays, strings as lists. (Reading
+    the numbers in one pass as float64, from row slices, cost more: numpy converts each int through a float
+    object.)"""
+    n = len(rows)
+    if n == 0:
+        return {name: [] if kinds[name] == "s" else np.empty(0, _DTYPES[kinds[name]]) for name in columns}
+    cols: dict[str, Any] = {}
+    for name, values in zip(columns, zip(*rows, strict=True), strict=True):
+        kind = kinds[name]
+        cols[name] = list(values) if kind == "s" else np.fromiter(values, _DTYPES[kind], n)
+    return cols
+
+
 class _Sink:
     """One Parquet file written a row group at a time from columnar buffers. It is written under NAME.partial and
     renamed to NAME by `close()`, so a run that dies never leaves a half-written file under the final name."""
 
-    def __init__(self, path: Path, columns: tuple[str, ...], kinds: dict[str, str], row_group_rows: int,
-                 derive: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.path = path
-        self.partial = path.with_name(path.name + ".partial")
+    def __init__(self, folder: _Folder, name: str, columns: tuple[str, ...], kinds: dict[str, str],
+                 row_group_rows: int, derive: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.folder = folder
+        self.name = name
         self.columns = columns
         self.kinds = kinds
-        self.schema = _schema(columns, kinds)
         self.row_group_rows = row_group_rows
         self.derive = derive
         self.num_rows = 0  # written to the file
         self.num_row_groups = 0
-        self._writer: pq.ParquetWriter | None = None
+        self._writer: Any = None  # a pq.ParquetWriter once the file is opened
+        self._arrow_schema: Any = None  # its pa.Schema, made when first written
         self.buf = self._empty()
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path() / self.name
+
+    @property
+    def partial(self) -> Path:
+        return self.folder.path() / (self.name + ".partial")
+
+    def schema(self) -> Any:
+        if self._arrow_schema is None:
+            self._arrow_schema = _schema(self.columns, self.kinds)
+        return self._arrow_schema
 
     def _empty(self) -> dict[str, Any]:
         return {k: [] if self.kinds[k] == "s" else array(self.kinds[k]) for k in self.columns if k in self.kinds}
@@ -172,46 +233,57 @@ class _Sink:
     def full(self) -> bool:
         return len(self.buf["replica"]) >= self.row_group_rows  # every table has a replica column
 
-    def flush(self) -> None:
-        """Write the buffered rows as one row group and start new, empty buffers."""
-        buf, self.buf = self.buf, self._empty()
-        n = len(buf["replica"])
-        if n == 0:
-            return
+    def _buffered(self) -> tuple[dict[str, Any], int]:
+        """The buffered rows as columns (numbers as numpy arrays over the buffers), and how many there are."""
+        buf = self.buf
         cols: dict[str, Any] = {k: v if self.kinds[k] == "s" else np.frombuffer(v, dtype=_DTYPES[self.kinds[k]])
                                 for k, v in buf.items()}
-        self._write(cols, n)
+        return cols, len(buf["replica"])
 
-    def write_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        """Write rows (tuples in column order, every column) as one row group, after what is buffered. (Reading
-        the numbers in one pass as float64, from row slices, cost more: numpy converts each int through a float
-        object.)"""
-        self.flush()
-        n = len(rows)
+    def flush(self) -> None:
+        """Write the buffered rows as one row group and start new, empty buffers."""
+        cols, n = self._buffered()
+        self.buf = self._empty()
         if n == 0:
             return
-        cols: dict[str, Any] = {}
-        for name, values in zip(self.columns, zip(*rows, strict=True), strict=True):
-            kind = self.kinds[name]
-            cols[name] = list(values) if kind == "s" else np.fromiter(values, _DTYPES[kind], n)
         self._write(cols, n)
 
+    def frame(self, rows: list[tuple[Any, ...]] | None = None) -> Frame:
+        """The buffered rows (or `rows`, tuples in column order), derived columns included, as the summaries read
+        them; the buffers stay as they are, to be written later."""
+        if rows is None:
+            cols, n = self._buffered()
+        else:
+            cols, n = _columns_of_rows(self.columns, self.kinds, rows), len(rows)
+        if self.derive is not None:
+            self.derive(cols)
+        return Frame(n, cols)
+
+    def write_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Write rows (tuples in column order, every column) as one row group, after what is buffered."""
+        self.flush()
+        if rows:
+            self._write(_columns_of_rows(self.columns, self.kinds, rows), len(rows))
+
     def _write(self, cols: dict[str, Any], n: int) -> None:
+        pa = _pa()
         if self.derive is not None:
             self.derive(cols)
         table = pa.Table.from_arrays([_strings(cols[c]) if self.kinds.get(c) == "s" else _numeric(cols[c])
-                                      for c in self.columns], schema=self.schema)
+                                      for c in self.columns], schema=self.schema())
         self._open().write_table(table, row_group_size=n)
         self.num_rows += n
         self.num_row_groups += 1
 
-    def _open(self) -> pq.ParquetWriter:
+    def _open(self) -> Any:
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.partial
+            partial.parent.mkdir(parents=True, exist_ok=True)
             # Dictionary pages for strings and integers (few distinct values: smaller and faster), not for
             # floats (times, means: nearly all distinct, so a dictionary fills up and is dropped, at a cost).
-            self._writer = pq.ParquetWriter(self.partial, self.schema, compression="snappy", use_dictionary=[
-                c for c in self.columns if self.kinds.get(c, "d") != "d"])
+            self._writer = _pq().ParquetWriter(partial, self.schema(), compression="snappy",
+                                               use_dictionary=[c for c in self.columns
+                                                               if self.kinds.get(c, "d") != "d"])
         return self._writer
 
     def close(self) -> Path:
@@ -220,8 +292,9 @@ class _Sink:
         self.flush()
         self._open().close()
         self._writer = None
-        os.replace(self.partial, self.path)
-        return self.path
+        path = self.path
+        os.replace(self.partial, path)
+        return path
 
     def abort(self) -> None:
         """Finish the .partial file as it stands (a readable record of the rows so far) without renaming it."""
@@ -238,22 +311,23 @@ class Recorder:
     segments as each replica closes them. Sort by request_id to get arrival order.
 
     Files go to `directory`/requests.parquet and replicas.parquet (written as .partial until `close()`), or, with
-    no directory, to a temporary folder that lives as long as `tempdir` (the Results of the run hold it)."""
+    no directory, to a temporary folder that lives as long as this recorder (the Results of the run hold it). With
+    no directory, a run whose rows all fit one row group writes no file at all unless `paths()` asks for them."""
 
     def __init__(self, directory: Path | None = None, row_group_rows: int = ROW_GROUP_ROWS,
                  quality: bool = False, reuse: bool = False) -> None:
         if row_group_rows < 1:
             raise ValueError(f"'row_group_rows' must be >= 1, got {row_group_rows}")
-        self.tempdir = tempfile.TemporaryDirectory(prefix="simserve-") if directory is None else None
-        self.directory = Path(self.tempdir.name) if self.tempdir is not None else Path(directory)  # type: ignore[arg-type]
+        self.folder = _Folder(None if directory is None else Path(directory))
         self.quality = quality
         self.reuse = reuse
         columns = REQUEST_COLUMNS + (QUALITY_COLUMNS if quality else ()) + (REUSE_COLUMNS if reuse else ())
-        self.requests = _Sink(self.directory / "requests.parquet", columns, _REQUEST_KINDS, row_group_rows,
+        self.requests = _Sink(self.folder, "requests.parquet", columns, _REQUEST_KINDS, row_group_rows,
                               _derive_request_times)
-        self.segments = _Sink(self.directory / "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS, row_group_rows)
+        self.segments = _Sink(self.folder, "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS, row_group_rows)
         self._segment_rows: list[tuple[Any, ...]] = []  # segments recorded since the last row group written
         self.num_recorded = 0
+        self._paths: tuple[Path, Path] | None = None  # the two files, once closed under their final names
 
     def request(self, r: Any) -> None:
         """Record a request that has completed, been rejected, or is unfinished at the end of the run."""
@@ -316,10 +390,25 @@ class Recorder:
         self.segments.write_rows(self._segment_rows)
         self._segment_rows = []
 
-    def close(self) -> tuple[Path, Path]:
-        """Write the last row groups and give both files their final names: (requests, replicas)."""
-        self._write_segments()
-        return self.requests.close(), self.segments.close()
+    def close(self) -> tuple[Frame | Path, Frame | Path]:
+        """The run is over: what its summary reads, for the requests and the segments. Rows that all fit one row
+        group (none written yet) are read in memory, as `Frame`s; with a directory the files are written too, and
+        without one they are written only if `paths()` asks. Otherwise the last row groups are written and both
+        files get their final names, and the summary reads the files."""
+        if self.requests.num_row_groups == 0 and self.segments.num_row_groups == 0:
+            held = self.requests.frame(), self.segments.frame(self._segment_rows)
+            if self.folder.given is not None:
+                self.paths()
+            return held
+        return self.paths()
+
+    def paths(self) -> tuple[Path, Path]:
+        """The two files, (requests, replicas), under their final names: written now (the last row groups) if they
+        have not been."""
+        if self._paths is None:
+            self._write_segments()
+            self._paths = self.requests.close(), self.segments.close()
+        return self._paths
 
     def abort(self) -> None:
         """The run failed: finish the .partial files as they stand and leave the final names alone."""
@@ -327,37 +416,85 @@ class Recorder:
         self.segments.abort()
 
 
+class Coded:
+    """A string column as codes into its distinct values, in order of first appearance: values[codes[i]] is row
+    i's."""
+
+    __slots__ = ("codes", "values")
+
+    def __init__(self, codes: np.ndarray, values: list[Any]) -> None:
+        self.codes = codes
+        self.values = values
+
+
+def _coded(strings: list[Any]) -> Coded:
+    index: dict[Any, int] = {}
+    codes = np.fromiter([index.setdefault(v, len(index)) for v in strings], np.int64, len(strings))
+    return Coded(codes, list(index))
+
+
+class Frame:
+    """Rows of some columns, as every summary reads them: numbers as int64 or float64 numpy arrays, strings as
+    `Coded` (coded on first read). One is read from each Parquet row group, from a DataFrame, or made from the
+    rows a run held in memory."""
+
+    __slots__ = ("num_rows", "_columns")
+
+    def __init__(self, num_rows: int, columns: dict[str, Any]) -> None:
+        self.num_rows = num_rows
+        self._columns = columns  # name -> numpy array, Coded, or a list of strings still to code
+
+    def __getitem__(self, name: str) -> Any:
+        col = self._columns[name]
+        if isinstance(col, list):
+            col = self._columns[name] = _coded(col)
+        return col
+
+
 # ------------------------------------------------------------------------------------------ summary
 
-Batches = Callable[[list[str]], Iterator[pa.Table]]
+Batches = Callable[[list[str]], Iterator[Frame]]
+Rows: TypeAlias = "Frame | os.PathLike[str] | str | pd.DataFrame"  # what summaries read: in memory, a file, a frame
 
 _STRING_COLUMNS = sorted({c for kinds in (_REQUEST_KINDS, _SEGMENT_KINDS) for c, k in kinds.items() if k == "s"})
 
 
-def _batches(requests: pd.DataFrame | Path) -> Batches:
-    """Replayable reads of some columns: a Parquet file a row group at a time (string columns as dictionaries), or a
-    DataFrame in one piece."""
+def _batches(requests: Rows) -> Batches:
+    """Replayable reads of some columns: a Parquet file a row group at a time (string columns as dictionaries), a
+    DataFrame in one piece, or rows held in memory (one Frame, every column)."""
+    if isinstance(requests, Frame):
+        held = requests
+
+        def from_memory(columns: list[str]) -> Iterator[Frame]:
+            yield held
+        return from_memory
     if not isinstance(requests, (str, os.PathLike)):
         frame = requests
 
-        def from_frame(columns: list[str]) -> Iterator[pa.Table]:
-            t = pa.Table.from_pandas(frame[columns], preserve_index=False)
-            yield pa.Table.from_arrays([c.dictionary_encode() if pa.types.is_string(c.type)
-                                        or pa.types.is_large_string(c.type) else c for c in t.columns],
-                                       names=t.column_names)
+        def from_frame(columns: list[str]) -> Iterator[Frame]:
+            yield _frame_of_table(_pa().Table.from_pandas(frame[columns], preserve_index=False))
         return from_frame
     path = Path(requests)
 
-    def from_file(columns: list[str]) -> Iterator[pa.Table]:
+    def from_file(columns: list[str]) -> Iterator[Frame]:
+        pq = _pq()
         meta = pq.read_metadata(path)
         names = set(meta.schema.names)
         f = pq.ParquetFile(path, metadata=meta, read_dictionary=[c for c in _STRING_COLUMNS if c in names])
         try:
             for i in range(f.num_row_groups):
-                yield f.read_row_group(i, columns=columns, use_threads=False)
+                yield _frame_of_table(f.read_row_group(i, columns=columns, use_threads=False))
         finally:
             f.close()
     return from_file
+
+
+def _num_rows(requests: Rows) -> int:
+    if isinstance(requests, Frame):
+        return requests.num_rows
+    if isinstance(requests, (str, os.PathLike)):
+        return int(_pq().ParquetFile(requests).metadata.num_rows)
+    return len(requests)
 
 
 _NUMPY_TYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64, "uint8": np.uint8,
@@ -377,7 +514,7 @@ def _chunk_numpy(chunk: pa.Array) -> np.ndarray:
                          offset=chunk.offset * np.dtype(dtype).itemsize)
 
 
-def _numpy(col: pa.ChunkedArray) -> np.ndarray:
+def _chunked_numpy(col: pa.ChunkedArray) -> np.ndarray:
     """A column's values as one numpy array (what col.to_numpy() gives)."""
     parts = [_chunk_numpy(c) for c in col.chunks]
     if len(parts) == 1:
@@ -387,30 +524,47 @@ def _numpy(col: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _float(col: pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(_numpy(col), dtype=float)
-
-
-def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
-    """A column as codes into the list of its distinct values: (codes, values), values[codes[i]] being row i's.
-    String columns come as dictionaries (their chunks' dictionaries are merged); others are coded here."""
+def _dictionary_codes(col: pa.ChunkedArray) -> Coded:
+    """A dictionary column as codes into the list of its distinct values (its chunks' dictionaries merged, in order
+    of first listing)."""
     index: dict[Any, int] = {}  # value -> code, in order of first listing
     parts: list[np.ndarray] = []
     for chunk in col.chunks:
-        if isinstance(chunk, pa.DictionaryArray):
-            distinct, idx = chunk.dictionary.to_pylist(), _chunk_numpy(chunk.indices)
-        else:
-            uniq, idx = np.unique(_chunk_numpy(chunk), return_inverse=True)
-            distinct = uniq.tolist()
+        distinct, idx = chunk.dictionary.to_pylist(), _chunk_numpy(chunk.indices)
         lut = np.array([index.setdefault(v, len(index)) for v in distinct], dtype=np.int64)
         parts.append(lut[idx] if len(lut) else np.zeros(len(idx), np.int64))
     values = list(index)
     if not parts:
-        return np.empty(0, np.int64), values
-    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), values
+        return Coded(np.empty(0, np.int64), values)
+    return Coded(parts[0] if len(parts) == 1 else np.concatenate(parts), values)
 
 
-def _equals(col: pa.ChunkedArray, value: Any) -> np.ndarray:
+def _frame_of_table(t: pa.Table) -> Frame:
+    """An Arrow table as a Frame: numbers read from their buffers, strings through dictionaries."""
+    types = _pa().types
+    cols: dict[str, Any] = {}
+    for name in t.column_names:
+        col = t[name]
+        if types.is_string(col.type) or types.is_large_string(col.type):
+            col = col.dictionary_encode()
+        cols[name] = _dictionary_codes(col) if types.is_dictionary(col.type) else _chunked_numpy(col)
+    return Frame(t.num_rows, cols)
+
+
+def _float(col: np.ndarray) -> np.ndarray:
+    return np.asarray(col, dtype=float)
+
+
+def _codes(col: Coded | np.ndarray) -> tuple[np.ndarray, list[Any]]:
+    """A column as codes into the list of its distinct values: (codes, values), values[codes[i]] being row i's.
+    String columns come coded; numbers are coded here (their values in increasing order)."""
+    if isinstance(col, Coded):
+        return col.codes, col.values
+    uniq, idx = np.unique(col, return_inverse=True)
+    return idx.astype(np.int64, copy=False), uniq.tolist()
+
+
+def _equals(col: Coded | np.ndarray, value: Any) -> np.ndarray:
     """Which rows of a column hold `value` (a boolean mask)."""
     codes, values = _codes(col)
     hits = [i for i, v in enumerate(values) if v == value]
@@ -545,10 +699,10 @@ def _counts(batches: Batches, slo: dict[str, float | None]) -> dict[str, Any]:
             c[f"within_{k}"] += int(within.sum())
             ok &= within
         c["ok"] += int(ok.sum())
-        c["output_tokens"] += int(_numpy(t["generated_tokens"]).sum())
-        c["num_preemptions"] += int(_numpy(t["num_preemptions"]).sum())
-        c["hit_tokens"] += int(_numpy(t["prefix_hit_tokens"])[done].sum())
-        c["prompt_tokens"] += int(_numpy(t["prompt_tokens"])[done].sum())
+        c["output_tokens"] += int(t["generated_tokens"].sum())
+        c["num_preemptions"] += int(t["num_preemptions"].sum())
+        c["hit_tokens"] += int(t["prefix_hit_tokens"][done].sum())
+        c["prompt_tokens"] += int(t["prompt_tokens"][done].sum())
         arrived = _float(t["arrival_s"])[codes != code.get("not_arrived", -1)]
         if len(arrived):
             first, last = min(first, float(arrived.min())), max(last, float(arrived.max()))
@@ -580,7 +734,7 @@ def _attainment(c: dict[str, Any], slo: dict[str, float | None]) -> dict[str, An
     return out
 
 
-def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str, float | None],
+def summarize(requests: Rows, *, makespan_s: float, slo: dict[str, float | None],
               kv_utilization_mean: float, kv_utilization_max: float, gpu_hours: float, cost_usd: float,
               extra: dict[str, Any] | None = None, max_held: int = ROW_GROUP_ROWS) -> dict[str, Any]:
     """Flat summary of one run, from its request rows: a DataFrame, or a requests.parquet file read a row group
@@ -634,7 +788,7 @@ def summarize(requests: pd.DataFrame | Path, *, makespan_s: float, slo: dict[str
 GROUP_METRICS = ("ttft_s", "time_to_answer_s", "e2e_s")
 
 
-def group_summary(requests: pd.DataFrame | Path, by: str, *, metrics: Iterable[str] = GROUP_METRICS,
+def group_summary(requests: Rows, by: str, *, metrics: Iterable[str] = GROUP_METRICS,
                   max_held: int = ROW_GROUP_ROWS) -> dict[Any, dict[str, Any]]:
     """Per value of `by` (query_type, pool): request counts by status and the mean and percentiles of each
     latency in `metrics` over completed requests, exactly and in bounded memory as `summarize` computes them
@@ -661,12 +815,12 @@ def group_summary(requests: pd.DataFrame | Path, by: str, *, metrics: Iterable[s
     return counts
 
 
-def busy_seconds(segments: pd.DataFrame | Path) -> dict[str, float]:
+def busy_seconds(segments: Rows) -> dict[str, float]:
     """Replica-seconds each pool spent stepping (segments with steps: one step or a fast-forwarded run; idle
     gaps excluded), read a row group at a time. Over replicas x makespan it is the pool's busy share."""
     out: dict[str, float] = {}
     for t in _batches(segments)(["pool", "start_s", "end_s", "num_steps"]):
-        busy = _numpy(t["num_steps"]) > 0
+        busy = t["num_steps"] > 0
         dur = np.where(busy, _float(t["end_s"]) - _float(t["start_s"]), 0.0)
         codes, names = _codes(t["pool"])
         sums = np.bincount(codes, weights=dur, minlength=len(names))
@@ -675,7 +829,7 @@ def busy_seconds(segments: pd.DataFrame | Path) -> dict[str, float]:
     return out
 
 
-def quality_summary(requests: pd.DataFrame | Path, cost_usd: float) -> dict[str, Any]:
+def quality_summary(requests: Rows, cost_usd: float) -> dict[str, Any]:
     """Answer quality over the requests whose query type models it (docs/quality.md), read a row group at a time:
     `accuracy` (right answers over answered requests: completed ones), `num_correct`, `usd_per_correct_answer` (the
     whole run's cost over right answers), `tokens_per_correct_answer` (output tokens of those requests, every sample
@@ -686,15 +840,15 @@ def quality_summary(requests: pd.DataFrame | Path, cost_usd: float) -> dict[str,
     by: dict[str, list[int]] = {}
     for t in batches(["query_type", "correct", "generated_tokens", "reasoning_tokens_spent", "probe_tokens",
                       "p_correct", "num_samples"]):
-        correct = _numpy(t["correct"])
+        correct = t["correct"]
         modelled = np.isfinite(_float(t["p_correct"]))
         known = correct >= 0
         answered += int(known.sum())
         right += int((correct == 1).sum())
-        tokens += int(_numpy(t["generated_tokens"])[modelled].sum())
-        spent += int(_numpy(t["reasoning_tokens_spent"])[modelled].sum())
-        probes += int(_numpy(t["probe_tokens"])[modelled].sum())
-        samples += int(_numpy(t["num_samples"])[modelled].sum())
+        tokens += int(t["generated_tokens"][modelled].sum())
+        spent += int(t["reasoning_tokens_spent"][modelled].sum())
+        probes += int(t["probe_tokens"][modelled].sum())
+        samples += int(t["num_samples"][modelled].sum())
         p_sum += float(_float(t["p_correct"])[known].sum())
         types, names = _codes(t["query_type"])
         seen = types[known]
@@ -720,7 +874,7 @@ def quality_summary(requests: pd.DataFrame | Path, cost_usd: float) -> dict[str,
     }
 
 
-def revenue_summary(requests: pd.DataFrame | Path, *, input_usd_per_mtok: float, output_usd_per_mtok: float,
+def revenue_summary(requests: Rows, *, input_usd_per_mtok: float, output_usd_per_mtok: float,
                     bill_reused_reasoning: bool, cost_usd: float, reuse_columns: bool = False,
                     step_prompt_tokens: int = 0) -> dict[str, Any]:
     """What completed requests are billed at a price per million tokens, read a row group at a time: input, their
@@ -735,12 +889,12 @@ def revenue_summary(requests: pd.DataFrame | Path, *, input_usd_per_mtok: float,
     for t in batches(["status", "prompt_tokens", "generated_tokens"]):
         done = _equals(t["status"], "completed")
         completed += int(done.sum())
-        prompt += int(_numpy(t["prompt_tokens"])[done].sum())
-        generated += int(_numpy(t["generated_tokens"])[done].sum())
+        prompt += int(t["prompt_tokens"][done].sum())
+        generated += int(t["generated_tokens"][done].sum())
     if bill_reused_reasoning and reuse_columns:
         for t in batches(["status", "reused_reasoning_tokens"]):
             done = _equals(t["status"], "completed")
-            reused += int(_numpy(t["reused_reasoning_tokens"])[done].sum())
+            reused += int(t["reused_reasoning_tokens"][done].sum())
     billed_in, billed_out = prompt - step_prompt_tokens, generated + reused
     revenue = (billed_in * input_usd_per_mtok + billed_out * output_usd_per_mtok) / 1e6
     margin = revenue - cost_usd
@@ -765,7 +919,7 @@ def jain_index(values: np.ndarray) -> float:
 SERVICE_SLICE_ROWS = 262_144  # rows per slice of the users in service_summary
 
 
-def service_summary(requests: pd.DataFrame | Path) -> dict[str, float]:
+def service_summary(requests: Rows) -> dict[str, float]:
     """Starvation and fairness: `max_wait_s`, the longest time a request waited from arrival to its first token
     (TTFT, its prefill step included; NaN if none got one); `jain_fairness_users`, Jain's index across users of
     the output tokens generated for them (the service each received). Read a row group at a time; the users' totals
@@ -779,14 +933,14 @@ def service_summary(requests: pd.DataFrame | Path) -> dict[str, float]:
         wait = wait[~np.isnan(wait)]
         if len(wait):
             wait_max = max(wait_max, float(wait.max()))
-    rows = pq.ParquetFile(requests).metadata.num_rows if isinstance(requests, (str, os.PathLike)) else len(requests)
+    rows = _num_rows(requests)
     slices = max(1, math.ceil(rows / SERVICE_SLICE_ROWS))
     num_users = total = squares = 0
     for k in range(slices):
         users, tokens = [], []
         for t in batches(["user_id", "generated_tokens"]):
-            u = np.asarray(_numpy(t["user_id"]), dtype=np.int64)
-            g = np.asarray(_numpy(t["generated_tokens"]), dtype=np.int64)
+            u = np.asarray(t["user_id"], dtype=np.int64)
+            g = np.asarray(t["generated_tokens"], dtype=np.int64)
             mine = u % slices == k
             users.append(u[mine])
             tokens.append(g[mine])

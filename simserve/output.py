@@ -141,8 +141,8 @@ def group_tables(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
     up front, not arrived) are under '(none)'."""
     from simserve.metrics import GROUP_METRICS, group_summary
 
-    by_type = group_summary(results.requests_path, "query_type")
-    rows = group_summary(results.requests_path, "pool")
+    by_type = group_summary(results.request_rows, "query_type")
+    rows = group_summary(results.request_rows, "pool")
     empty = {"num_requests": 0, "num_completed": 0, "num_rejected": 0, "num_unfinished": 0, "num_not_arrived": 0,
              **{f"{m}_{q}": math.nan for m in GROUP_METRICS for q in ("mean", "p50", "p90", "p99")}}
     by_pool: dict[str, dict[str, Any]] = {}
@@ -156,7 +156,7 @@ def group_tables(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
         by_pool["(none)"] = rows.pop("")
     tables = {"by_query_type": by_type, "by_pool": by_pool}
     if "accuracy" in results.summary:  # answer quality modelled: latency by difficulty level too (0: no levels)
-        tables["by_difficulty"] = {str(k): v for k, v in group_summary(results.requests_path, "difficulty").items()}
+        tables["by_difficulty"] = {str(k): v for k, v in group_summary(results.request_rows, "difficulty").items()}
     return tables
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import itertools
 import math
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,7 +23,7 @@ from simserve.engine import Arrival, HookChain, Hooks, KvBlockPool, Planner, Pla
 from simserve.engine.events import Environment
 from simserve.engine.speculative import SpecPlanner, SpecReplica
 from simserve.hardware import GpuSpec, ModelSpec
-from simserve.metrics import Recorder, busy_seconds, quality_summary, revenue_summary, service_summary, summarize
+from simserve.metrics import Frame, Recorder, busy_seconds, quality_summary, revenue_summary, service_summary, summarize
 from simserve.perf import PerfContext, PerfModel, PerfSpec
 from simserve.perf.speculative import build_timing
 from simserve.quality import resolve
@@ -42,17 +41,25 @@ if TYPE_CHECKING:
 
 @dataclass
 class Results:
-    """What a run produced: the flat summary, and two Parquet files of records written as the run went: one row
-    per request (requests_path, in the order requests ended; sort by request_id for arrival order) and one row
-    per replica segment (replicas_path: a step, a fast-forwarded run of steps, or an idle gap). `requests` and
-    `replicas` read them into DataFrames on first use. Files in a temporary folder (no records_dir given) last as
-    long as this object."""
+    """What a run produced: the flat summary, and its records: one row per request (in the order requests ended;
+    sort by request_id for arrival order) and one row per replica segment (a step, a fast-forwarded run of steps,
+    or an idle gap), as two Parquet files, `requests_path` and `replicas_path`. `requests` and `replicas` read them
+    into DataFrames on first use. Files in a temporary folder (no records_dir given) last as long as this object;
+    a run whose rows fit one row group writes them there only when first asked for (until then its rows are held
+    in memory, where its summary read them)."""
 
-    requests_path: Path
-    replicas_path: Path
     summary: dict[str, Any]
+    recorder: Recorder = field(repr=False, compare=False)  # the records' owner: rows in memory, or the files
+    request_rows: Frame | Path = field(repr=False, compare=False)  # the request rows as the summaries read them
     pools: list[dict[str, Any]] = field(default_factory=list)
-    tempdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def requests_path(self) -> Path:
+        return self.recorder.paths()[0]
+
+    @property
+    def replicas_path(self) -> Path:
+        return self.recorder.paths()[1]
 
     @cached_property
     def requests(self) -> pd.DataFrame:
@@ -400,10 +407,10 @@ class Simulation:
                 req.status = "not_arrived"
                 req.reason = f"arrives after the horizon ({horizon:g} s)"
                 self.recorder.request(req)
-        requests_path, replicas_path = self.recorder.close()
-        summary = self._summary(requests_path, replicas_path, end_s, time.perf_counter() - wall0, stopped)
+        request_rows, segment_rows = self.recorder.close()
+        summary = self._summary(request_rows, segment_rows, end_s, time.perf_counter() - wall0, stopped)
         summary["partial"] = interrupted
-        return Results(requests_path, replicas_path, summary, self.pools, self.recorder.tempdir)
+        return Results(summary, self.recorder, request_rows, self.pools)
 
     def _saturation(self, stopped: bool) -> tuple[bool, float]:
         """Saturated: the run stopped at its horizon with work left, or the cluster-wide waiting queue grew over
@@ -421,7 +428,7 @@ class Simulation:
             grew = end - mid > max(8.0, 0.025 * self.num_arrived)
         return stopped or grew, growth
 
-    def _summary(self, requests: Path, segments: Path, end_s: float, wall_s: float,
+    def _summary(self, requests: Frame | Path, segments: Frame | Path, end_s: float, wall_s: float,
                  stopped: bool) -> dict[str, Any]:
         span = max(end_s, 1e-12)
         util = [r.kv_area / span / r.kv.capacity_blocks for r in self.replicas]

@@ -4,8 +4,12 @@ computed from the file equal to the one computed from the whole DataFrame, and e
 from __future__ import annotations
 
 import gc
+import json
 import math
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +20,7 @@ from helpers import by_id, req, scenario, tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import simserve
 import simserve.sim
 from simserve import Simulation, metrics
 from simserve.engine import Hooks
@@ -188,6 +193,64 @@ def test_without_a_records_dir_the_files_live_as_long_as_the_results():
     assert not folder.exists()
 
 
+# ------------------------------------------------------------------------------------------ rows held in memory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def same(a, b) -> bool:
+    """Equal to the last bit, NaN equal to NaN, dicts in any order."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("path", ["scenarios/quickstart.yaml", "scenarios/network-effects.yaml",
+                                  "scenarios/reasoning-serving/difficulty-routing.yaml",
+                                  "scenarios/mixed-a100-h100.yaml"])
+def test_a_summary_read_from_rows_held_in_memory_is_the_one_the_files_give(path):
+    """A run whose rows fit one row group keeps them in memory and its summary reads them there; read back from
+    the files it writes when asked, every summary is the same to the last bit."""
+    sc = simserve.load_scenario(ROOT / path, ["workload.num_requests=120"])
+    res = simserve.run(sc, base_dir=(ROOT / path).parent)
+    rec = res.recorder
+    assert isinstance(res.request_rows, metrics.Frame) and rec.folder.tempdir is None  # nothing written yet
+    segments = rec.segments.frame(rec._segment_rows)
+    requests = res.requests_path  # written now
+    assert requests.exists() and res.replicas_path.exists() and len(res.requests) == res.summary["num_requests"]
+    s = res.summary
+    kw = {"makespan_s": s["makespan_s"], "kv_utilization_mean": s["kv_utilization_mean"],
+          "kv_utilization_max": s["kv_utilization_max"], "gpu_hours": s["gpu_hours"], "cost_usd": s["cost_usd"],
+          "slo": {k: s[f"slo_{k}"] for k in metrics.SLO_METRICS}}
+    from_file = {**summarize(requests, **kw), **metrics.service_summary(requests)}
+    assert same({k: s[k] for k in from_file if k != "saturated"}, {k: v for k, v in from_file.items()
+                                                                   if k != "saturated"})
+    assert same(metrics.busy_seconds(segments), metrics.busy_seconds(res.replicas_path))
+    for by in ("query_type", "pool") + (("difficulty",) if rec.quality else ()):
+        assert same(metrics.group_summary(res.request_rows, by), metrics.group_summary(requests, by))
+    if rec.quality:
+        assert same(metrics.quality_summary(res.request_rows, 1.0), metrics.quality_summary(requests, 1.0))
+        assert s["accuracy"] == metrics.quality_summary(requests, s["cost_usd"])["accuracy"]
+    for bill in (False, True):
+        kw = {"input_usd_per_mtok": 0.5, "output_usd_per_mtok": 2.0, "bill_reused_reasoning": bill,
+              "cost_usd": 1.0, "reuse_columns": rec.reuse}
+        assert same(metrics.revenue_summary(res.request_rows, **kw), metrics.revenue_summary(requests, **kw))
+
+
+def test_a_short_run_without_a_records_dir_imports_pyarrow_only_when_its_files_are_asked_for():
+    probe = ("import sys, simserve\n"
+             "res = simserve.run(simserve.load_scenario('scenarios/quickstart.yaml', ['workload.num_requests=50']))\n"
+             "print('pyarrow' in sys.modules, res.recorder.folder.tempdir is None, res.summary['num_completed'])\n"
+             "print(res.requests_path.exists(), 'pyarrow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "50", "True", "True"]
+
+
+def test_rows_past_one_row_group_go_to_files_and_the_summary_reads_them(small_row_groups):
+    res = Simulation(mixed_scenario()).run()
+    assert isinstance(res.request_rows, Path) and res.request_rows == res.requests_path
+    assert res.recorder.requests.num_row_groups > 1
+
+
 def test_write_results_copies_records_made_elsewhere_and_leaves_streamed_ones(tmp_path):
     from simserve.cli import write_results
 
@@ -267,14 +330,28 @@ def test_strings_are_built_from_buffers_with_nulls_and_any_text():
 
 def test_columns_read_back_from_their_buffers_as_to_numpy_gives():
     ints = pa.chunked_array([pa.array([1, 2, 3], pa.int64()).slice(1), pa.array([7], pa.int64())])
-    assert metrics._numpy(ints).tolist() == [2, 3, 7] and metrics._numpy(ints).dtype == np.int64
+    got = metrics._chunked_numpy(ints)
+    assert got.tolist() == [2, 3, 7] and got.dtype == np.int64
     with_nulls = pa.chunked_array([pa.array([1.5, None, 2.5])])
-    assert np.array_equal(metrics._numpy(with_nulls), [1.5, np.nan, 2.5], equal_nan=True)
-    assert metrics._numpy(pa.chunked_array([], pa.float64())).dtype == np.float64
+    assert np.array_equal(metrics._chunked_numpy(with_nulls), [1.5, np.nan, 2.5], equal_nan=True)
+    assert metrics._chunked_numpy(pa.chunked_array([], pa.float64())).dtype == np.float64
     # Strings as dictionaries whose chunks list their values differently: one code per value across chunks.
     status = pa.chunked_array([pa.array(["b", "a", "b"]).dictionary_encode(), pa.array(["a", "c"]).dictionary_encode()])
-    codes, values = metrics._codes(status)
+    coded = metrics._dictionary_codes(status)
+    codes, values = metrics._codes(coded)
     assert [values[c] for c in codes.tolist()] == ["b", "a", "b", "a", "c"]
-    assert metrics._equals(status, "a").tolist() == [False, True, False, True, False]
-    assert metrics._equals(status, "z").tolist() == [False] * 5
-    assert metrics._equals(pa.chunked_array([pa.array([3, 1, 3])]), 3).tolist() == [True, False, True]
+    assert metrics._equals(coded, "a").tolist() == [False, True, False, True, False]
+    assert metrics._equals(coded, "z").tolist() == [False] * 5
+    assert metrics._equals(np.array([3, 1, 3]), 3).tolist() == [True, False, True]
+    # A table read from a file or a frame: strings coded, numbers as arrays.
+    frame = metrics._frame_of_table(pa.table({"s": pa.array(["x", "y", "x"]), "n": pa.array([1.0, 2.0, 3.0])}))
+    assert frame.num_rows == 3 and frame["n"].tolist() == [1.0, 2.0, 3.0]
+    assert [frame["s"].values[c] for c in frame["s"].codes.tolist()] == ["x", "y", "x"]
+
+
+def test_strings_held_in_memory_are_coded_in_order_of_first_appearance():
+    frame = metrics.Frame(5, {"s": ["b", "a", "b", None, "c"], "n": np.arange(5)})
+    coded = frame["s"]
+    assert coded.values == ["b", "a", None, "c"] and coded.codes.tolist() == [0, 1, 0, 2, 3]
+    assert frame["s"] is coded  # coded once
+    assert metrics._equals(coded, "b").tolist() == [True, False, True, False, False]
