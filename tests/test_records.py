@@ -203,14 +203,9 @@ def same(a, b) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-@pytest.mark.parametrize("path", ["scenarios/quickstart.yaml", "scenarios/network-effects.yaml",
-                                  "scenarios/reasoning-serving/difficulty-routing.yaml",
-                                  "scenarios/mixed-a100-h100.yaml"])
-def test_a_summary_read_from_rows_held_in_memory_is_the_one_the_files_give(path):
-    """A run whose rows fit one row group keeps them in memory and its summary reads them there; read back from
-    the files it writes when asked, every summary is the same to the last bit."""
-    sc = simserve.load_scenario(ROOT / path, ["workload.num_requests=120"])
-    res = simserve.run(sc, base_dir=(ROOT / path).parent)
+def assert_memory_summaries_are_the_files(res) -> None:
+    """Every summary of a run whose rows were held in memory equals, to the last bit, the one read back from the
+    files it writes when asked."""
     rec = res.recorder
     assert isinstance(res.request_rows, metrics.Frame) and rec.folder.tempdir is None  # nothing written yet
     segments = rec.segments.frame(rec._segment_rows)
@@ -224,7 +219,7 @@ def test_a_summary_read_from_rows_held_in_memory_is_the_one_the_files_give(path)
     assert same({k: s[k] for k in from_file if k != "saturated"}, {k: v for k, v in from_file.items()
                                                                    if k != "saturated"})
     assert same(metrics.busy_seconds(segments), metrics.busy_seconds(res.replicas_path))
-    for by in ("query_type", "pool") + (("difficulty",) if rec.quality else ()):
+    for by in ("query_type", "pool", "status") + (("difficulty",) if rec.quality else ()):
         assert same(metrics.group_summary(res.request_rows, by), metrics.group_summary(requests, by))
     if rec.quality:
         assert same(metrics.quality_summary(res.request_rows, 1.0), metrics.quality_summary(requests, 1.0))
@@ -233,6 +228,24 @@ def test_a_summary_read_from_rows_held_in_memory_is_the_one_the_files_give(path)
         kw = {"input_usd_per_mtok": 0.5, "output_usd_per_mtok": 2.0, "bill_reused_reasoning": bill,
               "cost_usd": 1.0, "reuse_columns": rec.reuse}
         assert same(metrics.revenue_summary(res.request_rows, **kw), metrics.revenue_summary(requests, **kw))
+
+
+@pytest.mark.parametrize("path", ["scenarios/quickstart.yaml", "scenarios/network-effects.yaml",
+                                  "scenarios/reasoning-serving/difficulty-routing.yaml",
+                                  "scenarios/mixed-a100-h100.yaml"])
+def test_a_summary_read_from_rows_held_in_memory_is_the_one_the_files_give(path):
+    """A run whose rows fit one row group keeps them in memory and its summary reads them there (trace reuse and
+    pricing, answer quality, two pools): the files give the same."""
+    sc = simserve.load_scenario(ROOT / path, ["workload.num_requests=120"])
+    assert_memory_summaries_are_the_files(simserve.run(sc, base_dir=(ROOT / path).parent))
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), num_requests=st.integers(0, 60), horizon_s=st.sampled_from([0.3, 2.0, 1e6]))
+def test_any_run_held_in_memory_summarizes_as_its_files_do(seed, num_requests, horizon_s):
+    """Completed, rejected, unfinished and not-arrived requests in any mix, an empty run included."""
+    sc = mixed_scenario(num_requests=max(num_requests, 1), horizon_s=horizon_s).model_copy(update={"seed": seed})
+    assert_memory_summaries_are_the_files(Simulation(sc).run([] if num_requests == 0 else None))
 
 
 def test_a_short_run_without_a_records_dir_imports_pyarrow_only_when_its_files_are_asked_for():
