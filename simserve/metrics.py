@@ -11,7 +11,6 @@ import json
 import math
 import os
 import tempfile
-from array import array
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+
+from simserve.request import Request
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -197,22 +198,26 @@ def _columns_of_rows(columns: tuple[str, ...], kinds: dict[str, str], rows: list
 
 
 class _Sink:
-    """One Parquet file written a row group at a time from columnar buffers. It is written under NAME.partial and
-    renamed to NAME by `close()`, so a run that dies never leaves a half-written file under the final name."""
+    """One Parquet file written a row group at a time from the rows recorded for it. Each row is a tuple of its
+    recorded columns, in order (one append, where a column append per value cost ten times as much: a replica
+    records a segment per event), and each row group's columns are made from the rows in one numpy call each
+    (np.fromiter: half the cost per value of appending to an array('q')). The file is written under NAME.partial
+    and renamed to NAME by `close()`, so a run that dies never leaves a half-written file under the final name."""
 
     def __init__(self, folder: _Folder, name: str, columns: tuple[str, ...], kinds: dict[str, str],
                  row_group_rows: int, derive: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.folder = folder
         self.name = name
-        self.columns = columns
+        self.columns = columns  # as written: the recorded ones, and the derived ones (float64) among them
+        self.recorded = tuple(c for c in columns if c in kinds)  # a row's values, in order
         self.kinds = kinds
         self.row_group_rows = row_group_rows
         self.derive = derive
+        self.rows: list[tuple[Any, ...]] = []  # recorded since the last row group written
         self.num_rows = 0  # written to the file
         self.num_row_groups = 0
         self._writer: Any = None  # a pq.ParquetWriter once the file is opened
         self._arrow_schema: Any = None  # its pa.Schema, made when first written
-        self.buf = self._empty()
 
     @property
     def path(self) -> Path:
@@ -227,48 +232,32 @@ class _Sink:
             self._arrow_schema = _schema(self.columns, self.kinds)
         return self._arrow_schema
 
-    def _empty(self) -> dict[str, Any]:
-        return {k: [] if self.kinds[k] == "s" else array(self.kinds[k]) for k in self.columns if k in self.kinds}
-
     def full(self) -> bool:
-        return len(self.buf["replica"]) >= self.row_group_rows  # every table has a replica column
+        return len(self.rows) >= self.row_group_rows
 
-    def _buffered(self) -> tuple[dict[str, Any], int]:
-        """The buffered rows as columns (numbers as numpy arrays over the buffers), and how many there are."""
-        buf = self.buf
-        cols: dict[str, Any] = {k: v if self.kinds[k] == "s" else np.frombuffer(v, dtype=_DTYPES[self.kinds[k]])
-                                for k, v in buf.items()}
-        return cols, len(buf["replica"])
-
-    def flush(self) -> None:
-        """Write the buffered rows as one row group and start new, empty buffers."""
-        cols, n = self._buffered()
-        self.buf = self._empty()
-        if n == 0:
-            return
-        self._write(cols, n)
-
-    def frame(self, rows: list[tuple[Any, ...]] | None = None) -> Frame:
-        """The buffered rows (or `rows`, tuples in column order), derived columns included, as the summaries read
-        them; the buffers stay as they are, to be written later."""
-        if rows is None:
-            cols, n = self._buffered()
-        else:
-            cols, n = _columns_of_rows(self.columns, self.kinds, rows), len(rows)
+    def _columns(self) -> dict[str, Any]:
+        """The rows kept as columns, the derived ones included."""
+        cols = _columns_of_rows(self.recorded, self.kinds, self.rows)
         if self.derive is not None:
             self.derive(cols)
-        return Frame(n, cols)
+        return cols
 
-    def write_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        """Write rows (tuples in column order, every column) as one row group, after what is buffered."""
-        self.flush()
-        if rows:
-            self._write(_columns_of_rows(self.columns, self.kinds, rows), len(rows))
+    def flush(self) -> None:
+        """Write the rows kept as one row group, and start a new one."""
+        n = len(self.rows)
+        if n == 0:
+            return
+        cols = self._columns()
+        self.rows = []
+        self._write(cols, n)
+
+    def frame(self) -> Frame:
+        """The rows kept, derived columns included, as the summaries read them; they stay kept, to be written
+        later."""
+        return Frame(len(self.rows), self._columns())
 
     def _write(self, cols: dict[str, Any], n: int) -> None:
         pa = _pa()
-        if self.derive is not None:
-            self.derive(cols)
         table = pa.Table.from_arrays([_strings(cols[c]) if self.kinds.get(c) == "s" else _numeric(cols[c])
                                       for c in self.columns], schema=self.schema())
         self._open().write_table(table, row_group_size=n)
@@ -325,70 +314,39 @@ class Recorder:
         self.requests = _Sink(self.folder, "requests.parquet", columns, _REQUEST_KINDS, row_group_rows,
                               _derive_request_times)
         self.segments = _Sink(self.folder, "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS, row_group_rows)
-        self._segment_rows: list[tuple[Any, ...]] = []  # segments recorded since the last row group written
         self.num_recorded = 0
         self._paths: tuple[Path, Path] | None = None  # the two files, once closed under their final names
 
-    def request(self, r: Any) -> None:
+    def request(self, r: Request) -> None:
         """Record a request that has completed, been rejected, or is unfinished at the end of the run."""
-        c = self.requests.buf
-        c["request_id"].append(r.request_id)
-        c["user_id"].append(r.user_id)
-        c["query_type"].append(r.query_type)
-        c["pool"].append(r.pool)
-        c["replica"].append(r.replica)
-        c["arrival_s"].append(r.arrival_s)
-        c["first_token_s"].append(r.first_token_s)
-        c["reasoning_end_s"].append(r.reasoning_end_s)
-        c["finish_s"].append(r.finish_s)
-        c["prompt_tokens"].append(r.prompt_tokens)
-        c["prefix_hit_tokens"].append(r.prefix_hit_tokens)
-        c["reasoning_tokens"].append(r.reasoning_tokens)
-        c["answer_tokens"].append(r.answer_tokens)
-        c["generated_tokens"].append(r.generated_tokens)
-        c["num_preemptions"].append(r.num_preemptions)
-        c["status"].append(r.status)
-        c["reason"].append(r.reason)
+        row: tuple[Any, ...] = (
+            r.request_id, r.user_id, r.query_type, r.pool, r.replica, r.arrival_s, r.first_token_s,
+            r.reasoning_end_s, r.finish_s, r.prompt_tokens, r.prefix_hit_tokens, r.reasoning_tokens, r.answer_tokens,
+            r.generated_tokens, r.num_preemptions, r.status, r.reason)
         if self.quality:
             a = r.answer
             if a is None:
-                c["difficulty"].append(0)
-                c["num_samples"].append(1)
-                c["reasoning_tokens_spent"].append(min(r.generated_tokens, r.reasoning_tokens))
-                c["probe_tokens"].append(0)
-                c["p_correct"].append(math.nan)
-                c["correct"].append(-1)
+                row += (0, 1, min(r.generated_tokens, r.reasoning_tokens), 0, math.nan, -1)
             else:
-                c["difficulty"].append(a.difficulty)
-                c["num_samples"].append(a.n)
-                c["reasoning_tokens_spent"].append(a.spent_tokens)
-                c["probe_tokens"].append(a.probe_spent)
-                c["p_correct"].append(a.p_correct)
-                c["correct"].append(-1 if a.correct is None or r.status != "completed" else int(a.correct))
+                row += (a.difficulty, a.n, a.spent_tokens, a.probe_spent, a.p_correct,
+                        -1 if a.correct is None or r.status != "completed" else int(a.correct))
         if self.reuse:
-            c["reuse"].append(r.reuse)
-            c["reused_reasoning_tokens"].append(r.reused_reasoning_tokens)
+            row += (r.reuse, r.reused_reasoning_tokens)
+        sink = self.requests
+        sink.rows.append(row)
         self.num_recorded += 1
-        if self.requests.full():
-            self.requests.flush()
+        if len(sink.rows) >= sink.row_group_rows:
+            sink.flush()
 
     def segment(self, *, pool: str, replica: int, start_s: float, end_s: float, num_steps: int, batch_size: int,
                 num_waiting: int, kv_blocks_mean: float, kv_blocks_end: int, prefill_tokens: int,
                 decode_tokens: int) -> None:
-        """Record one stretch of a replica's time: a step, a fast-forwarded run of steps, or an idle gap. Kept as a
-        row (one append, where eleven column appends cost ten times as much: a replica records a segment per event)
-        and written a row group at a time, each column made from the rows in one numpy call (np.fromiter: half
-        the cost per value of appending to an array('q'))."""
-        rows = self._segment_rows
-        rows.append((pool, replica, start_s, end_s, num_steps, batch_size, num_waiting, kv_blocks_mean,
-                     kv_blocks_end, prefill_tokens, decode_tokens))
-        if len(rows) >= self.segments.row_group_rows:
-            self._write_segments()
-
-    def _write_segments(self) -> None:
-        """The segment rows kept so far as a row group, in order."""
-        self.segments.write_rows(self._segment_rows)
-        self._segment_rows = []
+        """Record one stretch of a replica's time: a step, a fast-forwarded run of steps, or an idle gap."""
+        sink = self.segments
+        sink.rows.append((pool, replica, start_s, end_s, num_steps, batch_size, num_waiting, kv_blocks_mean,
+                          kv_blocks_end, prefill_tokens, decode_tokens))
+        if len(sink.rows) >= sink.row_group_rows:
+            sink.flush()
 
     def close(self) -> tuple[Frame | Path, Frame | Path]:
         """The run is over: what its summary reads, for the requests and the segments. Rows that all fit one row
@@ -396,7 +354,7 @@ class Recorder:
         without one they are written only if `paths()` asks. Otherwise the last row groups are written and both
         files get their final names, and the summary reads the files."""
         if self.requests.num_row_groups == 0 and self.segments.num_row_groups == 0:
-            held = self.requests.frame(), self.segments.frame(self._segment_rows)
+            held = self.requests.frame(), self.segments.frame()
             if self.folder.given is not None:
                 self.paths()
             return held
@@ -406,7 +364,6 @@ class Recorder:
         """The two files, (requests, replicas), under their final names: written now (the last row groups) if they
         have not been."""
         if self._paths is None:
-            self._write_segments()
             self._paths = self.requests.close(), self.segments.close()
         return self._paths
 

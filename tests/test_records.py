@@ -88,7 +88,7 @@ def test_rows_stream_in_row_groups_during_the_run(small_row_groups, tmp_path):
 
         def finished(self, r) -> None:
             rec = self.sim.recorder
-            assert len(rec.requests.buf["replica"]) < 7  # never more than a row group buffered
+            assert len(rec.requests.rows) < 7  # never more than a row group kept
             seen.append((rec.num_recorded, rec.requests.num_rows, (tmp_path / "requests.parquet").exists()))
 
     watch = Watch()
@@ -208,7 +208,7 @@ def assert_memory_summaries_are_the_files(res) -> None:
     files it writes when asked."""
     rec = res.recorder
     assert isinstance(res.request_rows, metrics.Frame) and rec.folder.tempdir is None  # nothing written yet
-    segments = rec.segments.frame(rec._segment_rows)
+    segments = rec.segments.frame()
     requests = res.requests_path  # written now
     assert requests.exists() and res.replicas_path.exists() and len(res.requests) == res.summary["num_requests"]
     s = res.summary
