@@ -214,6 +214,7 @@ class _Sink:
         self.row_group_rows = row_group_rows
         self.derive = derive
         self.rows: list[tuple[Any, ...]] = []  # recorded since the last row group written
+        self._made: tuple[int, dict[str, Any]] | None = None  # the rows as columns, and for how many rows
         self.num_rows = 0  # written to the file
         self.num_row_groups = 0
         self._writer: Any = None  # a pq.ParquetWriter once the file is opened
@@ -232,15 +233,16 @@ class _Sink:
             self._arrow_schema = _schema(self.columns, self.kinds)
         return self._arrow_schema
 
-    def full(self) -> bool:
-        return len(self.rows) >= self.row_group_rows
-
     def _columns(self) -> dict[str, Any]:
-        """The rows kept as columns, the derived ones included."""
-        cols = _columns_of_rows(self.recorded, self.kinds, self.rows)
-        if self.derive is not None:
-            self.derive(cols)
-        return cols
+        """The rows kept as columns, the derived ones included (made once for as many rows: rows are only ever
+        appended, so a count names them)."""
+        n = len(self.rows)
+        if self._made is None or self._made[0] != n:
+            cols = _columns_of_rows(self.recorded, self.kinds, self.rows)
+            if self.derive is not None:
+                self.derive(cols)
+            self._made = n, cols
+        return self._made[1]
 
     def flush(self) -> None:
         """Write the rows kept as one row group, and start a new one."""
@@ -249,12 +251,13 @@ class _Sink:
             return
         cols = self._columns()
         self.rows = []
+        self._made = None
         self._write(cols, n)
 
     def frame(self) -> Frame:
         """The rows kept, derived columns included, as the summaries read them; they stay kept, to be written
-        later."""
-        return Frame(len(self.rows), self._columns())
+        later (from the same columns)."""
+        return Frame(len(self.rows), dict(self._columns()))  # its own dict: a Frame codes its strings in place
 
     def _write(self, cols: dict[str, Any], n: int) -> None:
         pa = _pa()
