@@ -75,6 +75,7 @@ class LevelMonitor:
 
 
 ROW_GROUP_ROWS = 65_536  # rows per Parquet row group: about 9 MB of request rows buffered at most
+CHUNK_ROWS = 4_096  # rows kept as tuples before they become columns (a tuple row holds its values boxed: 4-5x)
 
 # Column kinds: "q" int64, "d" float64, "s" string. Derived columns (float64) are computed per row group.
 _REQUEST_KINDS = {
@@ -197,24 +198,38 @@ def _columns_of_rows(columns: tuple[str, ...], kinds: dict[str, str], rows: list
     return cols
 
 
+def _joined(parts: list[dict[str, Any]], columns: tuple[str, ...]) -> dict[str, Any]:
+    """Column chunks made from consecutive rows, as one set of columns (the same values, in order)."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    return {c: list(chain.from_iterable(p[c] for p in parts)) if isinstance(parts[0][c], list)
+            else np.concatenate([p[c] for p in parts]) for c in columns}
+
+
 class _Sink:
-    """One Parquet file written a row group at a time from the rows recorded for it. Each row is a tuple of its
-    recorded columns, in order (one append, where a column append per value cost ten times as much: a replica
-    records a segment per event), and each row group's columns are made from the rows in one numpy call each
-    (np.fromiter: half the cost per value of appending to an array('q')). The file is written under NAME.partial
-    and renamed to NAME by `close()`, so a run that dies never leaves a half-written file under the final name."""
+    """One Parquet file written a row group at a time from the rows recorded for it. A row is recorded as a tuple of
+    its recorded columns, in order (one append, where a column append per value cost ten times as much: a replica
+    records a segment per event); every CHUNK_ROWS rows become columns, each in one numpy call (np.fromiter: half
+    the cost per value of appending to an array('q')), so that rows held take about what their values do; a row
+    group's columns are its chunks joined. The file is written under NAME.partial and renamed to NAME by `close()`,
+    so a run that dies never leaves a half-written file under the final name."""
 
     def __init__(self, folder: _Folder, name: str, columns: tuple[str, ...], kinds: dict[str, str],
-                 row_group_rows: int, derive: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 row_group_rows: int, chunk_rows: int = CHUNK_ROWS,
+                 derive: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.folder = folder
         self.name = name
         self.columns = columns  # as written: the recorded ones, and the derived ones (float64) among them
         self.recorded = tuple(c for c in columns if c in kinds)  # a row's values, in order
         self.kinds = kinds
         self.row_group_rows = row_group_rows
+        self.chunk_rows = chunk_rows
         self.derive = derive
-        self.rows: list[tuple[Any, ...]] = []  # recorded since the last row group written
-        self._made: tuple[int, dict[str, Any]] | None = None  # the rows as columns, and for how many rows
+        self.rows: list[tuple[Any, ...]] = []  # recorded since the last chunk
+        self.limit = min(chunk_rows, row_group_rows)  # rows at which `chunk()` is due
+        self._chunks: list[dict[str, Any]] = []  # earlier rows of this row group, as columns
+        self._chunked = 0  # rows in them
+        self._made: tuple[int, dict[str, Any]] | None = None  # the row group's rows as columns, and how many
         self.num_rows = 0  # written to the file
         self.num_row_groups = 0
         self._writer: Any = None  # a pq.ParquetWriter once the file is opened
@@ -233,31 +248,52 @@ class _Sink:
             self._arrow_schema = _schema(self.columns, self.kinds)
         return self._arrow_schema
 
+    def held(self) -> int:
+        """Rows recorded and not yet written."""
+        return self._chunked + len(self.rows)
+
+    def chunk(self) -> None:
+        """The rows kept as tuples become columns; a full row group is written."""
+        if self.rows:
+            self._chunks.append(_columns_of_rows(self.recorded, self.kinds, self.rows))
+            self._chunked += len(self.rows)
+            self.rows = []
+        if self._chunked >= self.row_group_rows:
+            self.flush()
+        else:
+            self.limit = min(self.chunk_rows, self.row_group_rows - self._chunked)
+
     def _columns(self) -> dict[str, Any]:
-        """The rows kept as columns, the derived ones included (made once for as many rows: rows are only ever
+        """The rows held as columns, the derived ones included (made once for as many rows: rows are only ever
         appended, so a count names them)."""
-        n = len(self.rows)
+        n = self.held()
         if self._made is None or self._made[0] != n:
-            cols = _columns_of_rows(self.recorded, self.kinds, self.rows)
+            parts = list(self._chunks)
+            if self.rows or not parts:
+                parts.append(_columns_of_rows(self.recorded, self.kinds, self.rows))
+            cols = _joined(parts, self.recorded)
             if self.derive is not None:
                 self.derive(cols)
             self._made = n, cols
         return self._made[1]
 
     def flush(self) -> None:
-        """Write the rows kept as one row group, and start a new one."""
-        n = len(self.rows)
+        """Write the rows held as one row group, and start a new one."""
+        n = self.held()
         if n == 0:
             return
         cols = self._columns()
         self.rows = []
+        self._chunks = []
+        self._chunked = 0
         self._made = None
+        self.limit = min(self.chunk_rows, self.row_group_rows)
         self._write(cols, n)
 
     def frame(self) -> Frame:
-        """The rows kept, derived columns included, as the summaries read them; they stay kept, to be written
+        """The rows held, derived columns included, as the summaries read them; they stay held, to be written
         later (from the same columns)."""
-        return Frame(len(self.rows), dict(self._columns()))  # its own dict: a Frame codes its strings in place
+        return Frame(self.held(), dict(self._columns()))  # its own dict: a Frame codes its strings in place
 
     def _write(self, cols: dict[str, Any], n: int) -> None:
         pa = _pa()
@@ -307,16 +343,17 @@ class Recorder:
     no directory, a run whose rows all fit one row group writes no file at all unless `paths()` asks for them."""
 
     def __init__(self, directory: Path | None = None, row_group_rows: int = ROW_GROUP_ROWS,
-                 quality: bool = False, reuse: bool = False) -> None:
-        if row_group_rows < 1:
-            raise ValueError(f"'row_group_rows' must be >= 1, got {row_group_rows}")
+                 quality: bool = False, reuse: bool = False, chunk_rows: int = CHUNK_ROWS) -> None:
+        if row_group_rows < 1 or chunk_rows < 1:
+            raise ValueError(f"'row_group_rows' and 'chunk_rows' must be >= 1, got {row_group_rows}, {chunk_rows}")
         self.folder = _Folder(None if directory is None else Path(directory))
         self.quality = quality
         self.reuse = reuse
         columns = REQUEST_COLUMNS + (QUALITY_COLUMNS if quality else ()) + (REUSE_COLUMNS if reuse else ())
-        self.requests = _Sink(self.folder, "requests.parquet", columns, _REQUEST_KINDS, row_group_rows,
+        self.requests = _Sink(self.folder, "requests.parquet", columns, _REQUEST_KINDS, row_group_rows, chunk_rows,
                               _derive_request_times)
-        self.segments = _Sink(self.folder, "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS, row_group_rows)
+        self.segments = _Sink(self.folder, "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS, row_group_rows,
+                              chunk_rows)
         self.num_recorded = 0
         self._paths: tuple[Path, Path] | None = None  # the two files, once closed under their final names
 
@@ -338,8 +375,8 @@ class Recorder:
         sink = self.requests
         sink.rows.append(row)
         self.num_recorded += 1
-        if len(sink.rows) >= sink.row_group_rows:
-            sink.flush()
+        if len(sink.rows) >= sink.limit:
+            sink.chunk()
 
     def segment(self, *, pool: str, replica: int, start_s: float, end_s: float, num_steps: int, batch_size: int,
                 num_waiting: int, kv_blocks_mean: float, kv_blocks_end: int, prefill_tokens: int,
@@ -348,8 +385,8 @@ class Recorder:
         sink = self.segments
         sink.rows.append((pool, replica, start_s, end_s, num_steps, batch_size, num_waiting, kv_blocks_mean,
                           kv_blocks_end, prefill_tokens, decode_tokens))
-        if len(sink.rows) >= sink.row_group_rows:
-            sink.flush()
+        if len(sink.rows) >= sink.limit:
+            sink.chunk()
 
     def close(self) -> tuple[Frame | Path, Frame | Path]:
         """The run is over: what its summary reads, for the requests and the segments. Rows that all fit one row

@@ -248,6 +248,22 @@ def test_any_run_held_in_memory_summarizes_as_its_files_do(seed, num_requests, h
     assert_memory_summaries_are_the_files(Simulation(sc).run([] if num_requests == 0 else None))
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7])
+def test_rows_made_into_columns_in_chunks_write_the_same_files(monkeypatch, tmp_path, chunk_rows):
+    """Rows become columns every `chunk_rows` rows (so rows held cost about what their values do); a row group
+    joins its chunks, so the files and the summary are those of one conversion per row group."""
+    runs = {}
+    for chunk in (chunk_rows, 10**9):
+        monkeypatch.setattr(simserve.sim, "Recorder", partial(Recorder, row_group_rows=7, chunk_rows=chunk))
+        res = Simulation(mixed_scenario(num_requests=40, horizon_s=1e6), records_dir=tmp_path / str(chunk)).run()
+        assert all(len(r) <= min(chunk, 7) for r in (res.recorder.requests.rows, res.recorder.segments.rows))
+        runs[chunk] = res
+    a, b = runs[chunk_rows], runs[10**9]
+    assert same(a.summary | {"wall_time_s": 0}, b.summary | {"wall_time_s": 0})
+    for x, y in ((a.requests_path, b.requests_path), (a.replicas_path, b.replicas_path)):
+        assert x.read_bytes() == y.read_bytes()
+
+
 def test_a_short_run_without_a_records_dir_imports_pyarrow_only_when_its_files_are_asked_for():
     probe = ("import sys, simserve\n"
              "res = simserve.run(simserve.load_scenario('scenarios/quickstart.yaml', ['workload.num_requests=50']))\n"
