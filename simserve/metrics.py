@@ -332,11 +332,11 @@ class _Sink:
 
 
 class Recorder:
-    """Records out, streamed: a finished request becomes one row and its object can be dropped; rows are buffered
-    in columnar arrays and written to Parquet a row group (`row_group_rows` rows) at a time, so memory is bounded
-    by the requests in flight, not by the requests run. Rows are in the order they were recorded: requests as
-    they end (completed or rejected), then those unfinished or not arrived at the end of the run; replica
-    segments as each replica closes them. Sort by request_id to get arrival order.
+    """Records out, streamed: a finished request becomes one row and its object can be dropped; rows are held (the
+    last few thousand as tuples, the rest as columns) and written to Parquet a row group (`row_group_rows` rows) at
+    a time, so memory is bounded by the requests in flight, not by the requests run. Rows are in the order they were
+    recorded: requests as they end (completed or rejected), then those unfinished or not arrived at the end of the
+    run; replica segments as each replica closes them. Sort by request_id to get arrival order.
 
     Files go to `directory`/requests.parquet and replicas.parquet (written as .partial until `close()`), or, with
     no directory, to a temporary folder that lives as long as this recorder (the Results of the run hold it). With
