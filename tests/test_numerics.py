@@ -148,6 +148,44 @@ def test_roofline_runs_that_cross_from_memory_to_compute_bound_equal_single_step
     assert crossing >= 4
 
 
+def test_calibrated_runs_where_one_attention_side_dominates_equal_single_steps():
+    """The calibrated model times a decode batch's attention as max(b sequences of the mean context, one of the
+    longest). A run where one side's first step is above the other's last by far more than rounding computes that
+    side only (its rows rise past a few tokens, so each side rises over the run), and a single step likewise. Runs
+    where the mean side dominates, where the longest does, where they cross (both computed), one sequence, and
+    contexts below where the measured rows rise, must all equal single steps to the last bit."""
+    from simserve.hardware import GPUS, MODELS
+    from simserve.perf import Batch, CalibratedPerfSpec, PerfContext, calibrated
+
+    empty = np.zeros(0, np.int64)
+    seen = set()
+    for name, tp in [("llama-3.1-8b", 1), ("qwen3-30b-a3b", 1)]:
+        perf = CalibratedPerfSpec().build(PerfContext(GPUS["h100-sxm"], MODELS[name], tp))
+        cases = [np.full(n, c) for n in (1, 2, 17, 256) for c in (3, 40, 2000, 60_000)]
+        cases += [np.array([c] + [8] * (n - 1)) for n in (2, 5, 17) for c in (500, 30_000)]  # one long sequence
+        for n in (2, 4, 17, 64):  # the longest sequence's side close to the mean side's: the run crosses or nearly
+            row_b, _ = perf._rising_row(perf._rank_batch(n))
+            row_1, _ = perf._rising_row(1)
+            for longest in (300, 3000, 30_000):
+                short = min(range(1, longest), key=lambda x: abs(calibrated._log_attention_near(
+                    row_b, (longest + (n - 1) * x) / n) - calibrated._log_attention_near(row_1, float(longest))))
+                cases.append(np.array([longest] + [short] * (n - 1)))
+        for contexts in cases:
+            n, k = len(contexts), 300
+            row_b, rises_b = perf._rising_row(perf._rank_batch(n))
+            row_1, rises_1 = perf._rising_row(1)
+            mean0, mean1 = contexts.sum() / n, contexts.sum() / n + k - 1
+            a0, a1 = (calibrated._log_attention_near(row_b, float(m)) for m in (mean0, mean1))
+            b0, b1 = (calibrated._log_attention_near(row_1, float(m)) for m in (contexts.max(), contexts.max() + k - 1))
+            rising = mean0 >= rises_b and contexts.max() >= rises_1
+            seen.add("one" if n == 1 else "below" if not rising else "mean" if a0 > b1 + 1e-6 else
+                     "longest" if b0 > a1 + 1e-6 else "both")
+            single = np.array([perf.step_time_s(Batch(contexts + s, empty, empty)) for s in range(k)])
+            stats = perf.decode_run_stats_s(n, int(contexts.sum()), int(contexts.max()), k)
+            assert np.array_equal(stats, single), (name, contexts[:3], n)
+    assert seen == {"one", "below", "mean", "longest", "both"}
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_a_runs_kv_integrals_are_sums_in_step_order_with_floats_or_arrays_alike(seed):
     """A fast-forwarded run's KV over time (blocks taken beyond its start, and KV tokens attended over, each times

@@ -25,7 +25,7 @@ import numpy as np
 
 from simserve.hardware import ModelSpec
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, amax, asum, interp, kept_context_sums, step_indices
+from simserve.perf.base import Batch, amax, interp, kept_context_sums, step_indices
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features
 
 
@@ -44,6 +44,23 @@ _LOG_NEW = np.log(_NEW_GRID)
 _LOG_CACHED = np.log1p(_CACHED_GRID)
 _NEW_LIST, _CACHED_LIST = _NEW_GRID.tolist(), _CACHED_GRID.tolist()
 _LOG_NEW_LIST, _LOG_CACHED_LIST = _LOG_NEW.tolist(), _LOG_CACHED.tolist()
+_LOG_KV_LIST = _LOG_KV.tolist()
+# How far (in log seconds) one side of a decode run's attention, max(b sequences of the mean context, one of the
+# longest), must stay above the other over the whole run for the other not to be computed: some 10^6 times the
+# rounding of the bounds taken in plain Python (math.log is not numpy's log, but both round within an ulp or two).
+_DOMINANCE_MARGIN_LOG_S = 1e-9
+
+
+def _log_attention_near(row: list[float], kv: float) -> float:
+    """np.interp(log(kv), _LOG_KV, row) within rounding, in plain Python: a bound, not a step's time."""
+    x = math.log(kv)
+    j = bisect_right(_LOG_KV_LIST, x) - 1
+    if j < 0:
+        return row[0]
+    if j >= len(row) - 1:
+        return row[-1]
+    x0 = _LOG_KV_LIST[j]
+    return row[j] + (row[j + 1] - row[j]) / (_LOG_KV_LIST[j + 1] - x0) * (x - x0)
 
 
 class CalibratedPerf:
@@ -66,9 +83,10 @@ class CalibratedPerf:
         dp = data_parallel_attention and tp > 1
         self.heads = model.num_attention_heads if dp else max(1, model.num_attention_heads // tp)
         self.kv_heads = model.num_kv_heads if dp else max(1, model.num_kv_heads // tp)
-        self._token_table = np.zeros(0)
-        self._lm_table = np.zeros(0)
+        self._token_table: list[float] = []
+        self._lm_table: list[float] = []
         self._decode_rows: dict[int, np.ndarray] = {}
+        self._rising_rows: dict[int, tuple[list[float], float]] = {}
         self._prefill_table: np.ndarray | None = None
         self._prefill_rows: list[list[float]] | None = None
         self._layers_moe = 0 if model.moe is None else model.num_layers - model.moe.num_dense_layers
@@ -189,11 +207,11 @@ class CalibratedPerf:
         """token_costs_s(m) + lm_head_s(r), from tables built vectorised for every count up to a power of 2."""
         if m >= len(self._token_table):
             size = 1 << max(12, int(m).bit_length())
-            self._token_table = np.concatenate([[0.0], self.token_costs_s(np.arange(1, size, dtype=float))])
+            self._token_table = [0.0, *self.token_costs_s(np.arange(1, size, dtype=float)).tolist()]
         if r >= len(self._lm_table):
             size = 1 << max(10, int(r).bit_length())
-            self._lm_table = np.concatenate([[0.0], self.lm_head_s(np.arange(1, size, dtype=float))])
-        return float(self._token_table[m] + self._lm_table[r])
+            self._lm_table = [0.0, *self.lm_head_s(np.arange(1, size, dtype=float)).tolist()]
+        return self._token_table[m] + self._lm_table[r]
 
     # -- attention ------------------------------------------------------------------------------------------
     def _attention_cols(self, b: np.ndarray, kv: np.ndarray) -> dict[str, np.ndarray]:
@@ -226,6 +244,16 @@ class CalibratedPerf:
             self._decode_rows[b] = row
         return row
 
+    def _rising_row(self, b: int) -> tuple[list[float], float]:
+        """The row of b as floats, and the context from which it never falls (measured kernels can be slower at a
+        few tokens than at a few more)."""
+        rising = self._rising_rows.get(b)
+        if rising is None:
+            row = self._decode_row(b)
+            falls = np.flatnonzero(~(row[1:] >= row[:-1]))  # a NaN counts as a fall
+            rising = self._rising_rows[b] = (row.tolist(), float(_KV_GRID[falls[-1] + 1]) if len(falls) else 0.0)
+        return rising
+
     def _decode_attn_s(self, b: int, mean_kv: np.ndarray, max_kv: np.ndarray) -> np.ndarray:
         """One layer's decode attention of b sequences: the larger of b uniform sequences of the mean context and one
         of the longest, interpolated in log-log on the rows built once per batch size."""
@@ -236,7 +264,22 @@ class CalibratedPerf:
     def _decode_attn_one_s(self, b: int, mean_kv: float, max_kv: float) -> float:
         """_decode_attn_s for one step, through the same numpy functions: math.exp and math.log need not round as
         numpy's vector loops do, and a step of a run (decode_run_stats_s) must equal the same step taken alone to
-        the last bit."""
+        the last bit. Where one side is above the other by far more than rounding (their values in plain Python
+        tell), the other is not computed."""
+        with_mean = with_max = True
+        if b == 1 and mean_kv == max_kv:
+            with_max = False
+        elif mean_kv > 0.0:
+            near_mean = _log_attention_near(self._rising_row(b)[0], mean_kv)
+            near_max = _log_attention_near(self._rising_row(1)[0], max_kv)
+            if near_mean > near_max + 2 * _DOMINANCE_MARGIN_LOG_S:
+                with_max = False
+            elif near_max > near_mean + 2 * _DOMINANCE_MARGIN_LOG_S:
+                with_mean = False
+        if not with_max:
+            return float(np.exp(interp(np.log(mean_kv), _LOG_KV, self._decode_row(b))))
+        if not with_mean:
+            return float(np.exp(interp(np.log(max_kv), _LOG_KV, self._decode_row(1))))
         log_mean, log_max = np.log(np.array((mean_kv, max_kv))).tolist()
         return float(np.exp(max(interp(log_mean, _LOG_KV, self._decode_row(b)),
                                 interp(log_max, _LOG_KV, self._decode_row(1)))))
@@ -300,18 +343,18 @@ class CalibratedPerf:
     # -- the PerfModel protocol -----------------------------------------------------------------------------
     def step_time_s(self, batch: Batch) -> float:
         dec = batch.decode_context_tokens
-        new = batch.prefill_new_tokens
+        new, cached = batch.prefill_lists()
         n_dec = len(dec)
-        m = n_dec + int(asum(new))
+        m = n_dec + sum(new)
         r = n_dec + len(new)
         attn = 0.0
         if n_dec:
             attn += self._decode_attn_one_s(self._rank_batch(n_dec), batch.decode_context_sum / n_dec,
                                               float(amax(dec)))
         if len(new) == 1:
-            attn += self._prefill_attn_one_s(float(new[0]), float(batch.prefill_cached_tokens[0]))
-        elif len(new):
-            chunks = self._prefill_attn_s(new, batch.prefill_cached_tokens)
+            attn += self._prefill_attn_one_s(float(new[0]), float(cached[0]))
+        elif new:
+            chunks = self._prefill_attn_s(np.array(new, np.int64), np.array(cached, np.int64))
             if self.data_parallel_attention and self.tp > 1:  # chunks spread over the GPUs, none split
                 attn += max(float(chunks.max()), float(chunks.sum()) / self.tp)
             else:
@@ -330,12 +373,37 @@ class CalibratedPerf:
 
     def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
         # Step s's mean context is (context_sum + n*s) / n, as step_time_s computes it from that step's batch
-        # (not context_sum / n + s, which can round differently).
+        # (not context_sum / n + s, which can round differently). Step s's attention is the larger of
+        # A_s = interp(log mean_s) on b's row and B_s = interp(log(context_max + s)) on one sequence's row, both
+        # rising with s where the rows rise (past a few tokens): where one side's first step is above the other's
+        # last by a margin far above rounding, the other is not computed (one sequence, n = 1: the same values).
+        b = self._rank_batch(n)
+        with_mean = with_max = True
+        if n == 1 and context_max == context_sum:
+            with_max = False
+        else:
+            row_b, rises_b = self._rising_row(b)
+            row_1, rises_1 = self._rising_row(1)
+            if context_sum >= rises_b * n and context_max >= rises_1 and context_sum > 0 and context_max > 0:
+                last = num_steps - 1
+                margin = 2 * _DOMINANCE_MARGIN_LOG_S
+                if (_log_attention_near(row_b, context_sum / n)
+                        > _log_attention_near(row_1, float(context_max + last)) + margin):
+                    with_max = False
+                elif (_log_attention_near(row_1, float(context_max))
+                      > _log_attention_near(row_b, (context_sum + n * last) / n) + margin):
+                    with_mean = False
         s = step_indices(num_steps)
-        mean = s * float(n)
-        mean += float(context_sum)
-        mean /= n
-        attn = self._decode_attn_s(self._rank_batch(n), mean, float(context_max) + s)
+        if with_mean:
+            mean = s * float(n)
+            mean += float(context_sum)
+            mean /= n
+            attn = interp(np.log(mean, out=mean), _LOG_KV, self._decode_row(b))
+            if with_max:
+                np.maximum(attn, interp(np.log(float(context_max) + s), _LOG_KV, self._decode_row(1)), out=attn)
+        else:
+            attn = interp(np.log(float(context_max) + s), _LOG_KV, self._decode_row(1))
+        np.exp(attn, out=attn)
         attn *= self.model.num_layers  # in place: (overhead + tokens) + layers * attn, step_time_s's operations
         attn += self.overhead_s + self._tokens_s(n, n)
         return attn
