@@ -236,7 +236,8 @@ class Decodes:
             # The slots whose context is a multiple of B: those with ctx - tick = -tick (mod B).
             need = self._hist[(-self.tick) % block_tokens]
             if need <= free_blocks:
-                self.ctx[:n] += _ONE
+                ctx = self.ctx[:n]
+                np.add(ctx, _ONE, ctx)  # a ufunc call with its output: an in-place operator costs about twice
                 self.tick += 1
                 if self.ctx_sum >= 0:
                     self.ctx_sum += n
@@ -251,8 +252,8 @@ class Decodes:
         if need > free_blocks:
             return -1, needs
         if need:
-            blocks += needs
-        ctx += _ONE
+            np.add(blocks, needs, blocks)
+        np.add(ctx, _ONE, ctx)
         self.tick += 1
         if self.ctx_sum >= 0:
             self.ctx_sum += n
@@ -262,8 +263,9 @@ class Decodes:
         """One decode token for every slot, its new blocks `needs` (0 or 1 each) allocated by the caller."""
         n = self.n
         self.fresh_blocks()
-        self.blocks[:n] += needs
-        self.ctx[:n] += _ONE
+        blocks, ctx = self.blocks[:n], self.ctx[:n]
+        np.add(blocks, needs, blocks)
+        np.add(ctx, _ONE, ctx)
         self.tick += 1
         if self.ctx_sum >= 0:
             self.ctx_sum += n
@@ -298,8 +300,8 @@ class Decodes:
         scheduled; the latter are done with reasoning from now on."""
         tick = self.tick
         if slots is None:
-            finish = (self.finish_at[: self.n] == tick).nonzero()[0].tolist()
-            reasoning = (self.reasoning_at[: self.n] == tick).nonzero()[0].tolist()
+            finish = np.equal(self.finish_at[: self.n], tick).nonzero()[0].tolist()
+            reasoning = np.equal(self.reasoning_at[: self.n], tick).nonzero()[0].tolist()
         else:
             finish = slots[self.finish_at[slots] == tick].tolist()
             reasoning = slots[self.reasoning_at[slots] == tick].tolist()
@@ -356,7 +358,7 @@ class Decodes:
         n = self.n
         self.tick += num_steps
         ctx = self.ctx[:n]
-        ctx += num_steps
+        np.add(ctx, num_steps, ctx)
         if self.ctx_sum >= 0:
             self.ctx_sum += n * num_steps
         if self._lazy and block_tokens == self._block_tokens:  # blocks follow from the contexts
@@ -370,14 +372,14 @@ class Decodes:
 
     def finished(self) -> list[int]:
         """Slots whose last token has been scheduled."""
-        return (self.finish_at[: self.n] <= self.tick).nonzero()[0].tolist()
+        return np.less_equal(self.finish_at[: self.n], self.tick).nonzero()[0].tolist()
 
     def reasoning_ended(self) -> list[tuple[int, int]]:
         """Slots whose last reasoning token was scheduled at a tick up to now, with that tick; they are done
         with reasoning from now on."""
         n = self.n
         at = self.reasoning_at[:n]
-        done = (at <= self.tick).nonzero()[0].tolist()
+        done = np.less_equal(at, self.tick).nonzero()[0].tolist()
         out = [(j, int(at[j])) for j in done]
         if done:
             at[done] = _NEVER
@@ -469,8 +471,8 @@ class BlockDemand:
         if array is not None:
             return array[:done]
         laps, phase = np.divmod(np.arange(done, dtype=np.int64), self.period)
-        out: np.ndarray = laps * self.n
-        out += np.array(self.before, np.int64)[phase]
+        out: np.ndarray = np.multiply(laps, self.n)
+        np.add(out, np.array(self.before, np.int64)[phase], out)
         return out
 
 
@@ -542,7 +544,8 @@ class FastForwardRun:
             return extra_area, token_area
         times_a = self.times[:done]
         if self.contexts is None:  # kept_context_sums' sums (all contexts grow by one a step), in closed form
-            sums = self.context_sum + self.num_decodes * step_indices(done)
+            sums = np.multiply(step_indices(done), float(self.num_decodes))
+            np.add(sums, self.context_sum, sums)
         else:
             sums, _ = kept_context_sums(self.contexts, self.caps, done)
         return ordered_dot(self.extra.values(done), times_a), ordered_dot(sums, times_a)

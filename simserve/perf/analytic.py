@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simserve.hardware import ModelSpec
-from simserve.perf.base import Batch, PerfContext, asum, kept_context_sums, step_indices
+from simserve.perf.base import Batch, PerfContext, asum, kept_context_sums
 
 
 def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:
@@ -165,27 +165,30 @@ class RooflinePerf:
         if num_steps <= _SCALAR_STEPS:  # a short run: the same operations on floats, without numpy's per-call cost
             return np.array(self._stats_list(num_steps, tokens, float(context_sum), weight_s, memory_bound,
                                              compute_bound))
-        t = step_indices(num_steps) * tokens  # n*s
+        # n*s + context_sum (+ n): whole numbers, exact as floats, which np.arange gives in one call; then ufunc calls
+        # with their outputs (in-place operators cost about twice as much).
+        stop = float(context_sum + n * num_steps)
         if memory_bound:
-            t += float(context_sum + n)
-            t *= kvs
-            t += weight_s
+            t = np.arange(float(context_sum + n), stop + tokens, tokens)
+            np.multiply(t, kvs, t)
+            np.add(t, weight_s, t)
         elif compute_bound:
-            t += float(context_sum)
-            t *= attn
-            t += lin
+            t = np.arange(float(context_sum), stop, tokens)
+            np.multiply(t, attn, t)
+            np.add(t, lin, t)
         else:
-            t += float(context_sum)
-            mem = (t + tokens) * kvs
-            mem += weight_s
-            t *= attn
-            t += lin
+            t = np.arange(float(context_sum), stop, tokens)
+            mem = np.add(t, tokens)
+            np.multiply(mem, kvs, mem)
+            np.add(mem, weight_s, mem)
+            np.multiply(t, attn, t)
+            np.add(t, lin, t)
             np.maximum(mem, t, out=t)
-        t += self.overhead_s
+        np.add(t, self.overhead_s, t)
         if self.comm_fixed_s:
-            t += self.comm_fixed_s
+            np.add(t, self.comm_fixed_s, t)
         if self.comm_s_per_token:
-            t += self.comm_s_per_token * tokens
+            np.add(t, self.comm_s_per_token * tokens, t)
         return t
 
     def _stats_list(self, num_steps: int, tokens: float, context_sum: float, weight_s: float, memory_bound: bool,

@@ -142,7 +142,7 @@ def ordered_dot(a: np.ndarray, b: np.ndarray) -> float:
     last bits differ between machines; this does not."""
     if len(a) == 0:
         return 0.0
-    products = a * b
+    products = np.multiply(a, b)
     return float(products.cumsum()[-1])
 
 

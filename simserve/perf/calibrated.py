@@ -25,7 +25,7 @@ import numpy as np
 
 from simserve.hardware import ModelSpec
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, amax, interp, kept_context_sums, step_indices
+from simserve.perf.base import Batch, amax, interp, kept_context_sums
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features
 
 
@@ -393,17 +393,19 @@ class CalibratedPerf:
                 elif (_log_attention_near(row_1, float(context_max))
                       > _log_attention_near(row_b, (context_sum + n * last) / n) + margin):
                     with_mean = False
-        s = step_indices(num_steps)
+        # context_sum + n*s and context_max + s are whole numbers, exact as floats: np.arange gives them in one call.
         if with_mean:
-            mean = s * float(n)
-            mean += float(context_sum)
-            mean /= n
+            mean = np.arange(float(context_sum), float(context_sum + n * num_steps), float(n))
+            np.true_divide(mean, float(n), mean)  # ufunc calls with their outputs: in-place operators cost about twice
             attn = interp(np.log(mean, out=mean), _LOG_KV, self._decode_row(b))
             if with_max:
-                np.maximum(attn, interp(np.log(float(context_max) + s), _LOG_KV, self._decode_row(1)), out=attn)
+                longest = np.arange(float(context_max), float(context_max + num_steps))
+                np.maximum(attn, interp(np.log(longest, out=longest), _LOG_KV, self._decode_row(1)), out=attn)
         else:
-            attn = interp(np.log(float(context_max) + s), _LOG_KV, self._decode_row(1))
+            longest = np.arange(float(context_max), float(context_max + num_steps))
+            attn = interp(np.log(longest, out=longest), _LOG_KV, self._decode_row(1))
         np.exp(attn, out=attn)
-        attn *= self.model.num_layers  # in place: (overhead + tokens) + layers * attn, step_time_s's operations
-        attn += self.overhead_s + self._tokens_s(n, n)
+        # (overhead + tokens) + layers * attn, step_time_s's operations, in place
+        np.multiply(attn, float(self.model.num_layers), attn)
+        np.add(attn, self.overhead_s + self._tokens_s(n, n), attn)
         return attn
