@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from typing import Final
 
 import numpy as np
 
@@ -42,25 +43,36 @@ _CACHED_GRID = np.concatenate([[0.0], _int_grid(1 << 20, 120)])
 _LOG_KV = np.log(_KV_GRID)
 _LOG_NEW = np.log(_NEW_GRID)
 _LOG_CACHED = np.log1p(_CACHED_GRID)
-_NEW_LIST, _CACHED_LIST = _NEW_GRID.tolist(), _CACHED_GRID.tolist()
-_LOG_NEW_LIST, _LOG_CACHED_LIST = _LOG_NEW.tolist(), _LOG_CACHED.tolist()
-_LOG_KV_LIST = _LOG_KV.tolist()
+# As floats for the compiled scalar paths (typed: native float arithmetic, the same IEEE operations as Python's).
+_NEW_LIST: Final[list[float]] = _NEW_GRID.tolist()
+_CACHED_LIST: Final[list[float]] = _CACHED_GRID.tolist()
+_LOG_NEW_LIST: Final[list[float]] = _LOG_NEW.tolist()
+_LOG_CACHED_LIST: Final[list[float]] = _LOG_CACHED.tolist()
+_LOG_KV_LIST: Final[list[float]] = _LOG_KV.tolist()
 # How far (in log seconds) one side of a decode run's attention, max(b sequences of the mean context, one of the
 # longest), must stay above the other over the whole run for the other not to be computed: some 10^6 times the
 # rounding of the bounds taken in plain Python (math.log is not numpy's log, but both round within an ulp or two).
-_DOMINANCE_MARGIN_LOG_S = 1e-9
+_DOMINANCE_MARGIN_LOG_S: Final = 1e-9
 
 
 def _log_attention_near(row: list[float], kv: float) -> float:
-    """np.interp(log(kv), _LOG_KV, row) within rounding, in plain Python: a bound, not a step's time."""
+    """np.interp(log(kv), _LOG_KV, row) within rounding, in plain Python (floats throughout, compiled): a bound, not
+    a step's time."""
     x = math.log(kv)
-    j = bisect_right(_LOG_KV_LIST, x) - 1
-    if j < 0:
+    grid = _LOG_KV_LIST
+    if x < grid[0]:
         return row[0]
-    if j >= len(row) - 1:
-        return row[-1]
-    x0 = _LOG_KV_LIST[j]
-    return row[j] + (row[j + 1] - row[j]) / (_LOG_KV_LIST[j + 1] - x0) * (x - x0)
+    lo, hi = 0, len(grid) - 1
+    if x >= grid[hi]:
+        return row[hi]
+    while hi - lo > 1:  # grid[lo] <= x < grid[hi]
+        mid = (lo + hi) >> 1
+        if grid[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    x0 = grid[lo]
+    return row[lo] + (row[hi] - row[lo]) / (grid[hi] - x0) * (x - x0)
 
 
 class CalibratedPerf:
