@@ -25,7 +25,7 @@ def _explicit_copy(dec: Decodes) -> Decodes:
     dec.fresh_blocks()
     copy._rows[:] = dec._rows
     copy.n, copy.tick, copy.req = dec.n, dec.tick, list(dec.req)
-    copy.ctx_sum = -1
+    copy.ctx_sum = copy.ctx_max = -1  # unknown: recounted when read
     return copy
 
 
@@ -88,12 +88,15 @@ def test_kept_counts_and_implied_blocks_through_every_change_of_the_slots(seed):
         lazy.check()
         ref.check()
         assert lazy.ctx_sum == int(lazy.ctx[: lazy.n].sum()) == ref.context_total()
+        assert lazy.ctx_max == int(lazy.ctx[: lazy.n].max(initial=0)) == ref.context_max() or lazy.ctx_max == -1
+        assert lazy.context_max() == int(lazy.ctx[: lazy.n].max(initial=0))
         assert [lazy.blocks_of(j) for j in range(lazy.n)] == ref.blocks[: ref.n].tolist()
         assert (lazy.fresh_blocks() == ref.blocks[: ref.n]).all()
         assert (lazy.ctx[: lazy.n] == ref.ctx[: ref.n]).all()
     assert lazy._lazy == (not wrote_spare)
-    lazy.ctx_sum = -1  # unknown (a subclass wrote the arrays): recounted on the next read
+    lazy.ctx_sum = lazy.ctx_max = -1  # unknown (a subclass wrote the arrays): recounted on the next read
     assert lazy.context_total() == int(lazy.ctx[: lazy.n].sum()) == lazy.ctx_sum
+    assert lazy.context_max() == int(lazy.ctx[: lazy.n].max(initial=0)) == lazy.ctx_max
 
 
 @pytest.mark.parametrize("seed", range(30))

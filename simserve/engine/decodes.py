@@ -10,7 +10,16 @@ from __future__ import annotations
 import numpy as np
 from mypy_extensions import mypyc_attr
 
-from simserve.perf.base import amin, bincount, context_sum, count_nonzero, kept_context_sums, ordered_dot, step_indices
+from simserve.perf.base import (
+    amax,
+    amin,
+    bincount,
+    context_sum,
+    count_nonzero,
+    kept_context_sums,
+    ordered_dot,
+    step_indices,
+)
 from simserve.request import Request
 
 _NEVER = 1 << 62
@@ -67,6 +76,9 @@ class Decodes:
         # sum(ctx[:n]), kept as the slots change (-1: unknown, recounted on the next read): a step's context sum,
         # which its timing and KV integral read, without a numpy reduction a step.
         self.ctx_sum = 0
+        # max(ctx[:n]) likewise (-1: unknown; 0 with no slots): the longest context, which the calibrated model's
+        # step time reads, without a numpy reduction a step. Removing the longest makes it unknown.
+        self.ctx_max = 0
         self._block_tokens = block_tokens  # for the caps of compressed slots
         self._bt = np.full((), block_tokens, np.int64)  # the same, as an operand numpy takes quickly
         self._bt_less_one = np.full((), block_tokens - 1, np.int64)
@@ -103,6 +115,8 @@ class Decodes:
         self.n = j + 1
         if self.ctx_sum >= 0:
             self.ctx_sum += req.computed_tokens
+        if c > self.ctx_max >= 0:
+            self.ctx_max = c
         if self._min_finish is not None and finish_at < self._min_finish:
             self._min_finish = finish_at
         if self._min_reasoning is not None and reasoning_at < self._min_reasoning:
@@ -147,6 +161,7 @@ class Decodes:
         n = self.n
         ctx = self.ctx[:n]
         assert self.ctx_sum < 0 or self.ctx_sum == int(ctx.sum()), (self.ctx_sum, ctx)
+        assert self.ctx_max < 0 or self.ctx_max == int(ctx.max(initial=0)), (self.ctx_max, ctx)
         if self._lazy:
             bt = self._block_tokens
             assert self._hist == np.bincount((ctx - self.tick) % bt, minlength=bt).tolist(), self._hist
@@ -160,6 +175,13 @@ class Decodes:
             total = self.ctx_sum = context_sum(self.ctx[: self.n])
         return total
 
+    def context_max(self) -> int:
+        """max(ctx[:n]) (0 with no slots): kept, or recounted if unknown."""
+        longest = self.ctx_max
+        if longest < 0:
+            longest = self.ctx_max = int(amax(self.ctx[: self.n])) if self.n else 0
+        return longest
+
     def set_progress(self, j: int, ctx: int, blocks: int) -> None:
         """Write slot j's computed tokens and blocks (a run's prediction, before it is preempted)."""
         old = self.v_ctx[j]
@@ -172,6 +194,10 @@ class Decodes:
                 self._explicit()
         if self.ctx_sum >= 0:
             self.ctx_sum += ctx - old
+        if ctx >= self.ctx_max:
+            self.ctx_max = ctx if self.ctx_max >= 0 else -1
+        elif old == self.ctx_max:
+            self.ctx_max = -1  # the longest got shorter
         self.v_ctx[j] = ctx
         self.v_blocks[j] = blocks
 
@@ -183,9 +209,12 @@ class Decodes:
             c = self.v_ctx[j] - self.tick
             self._hist[c % bt] -= 1
             self._hist[(c + 1) % bt] += 1
-        self.v_ctx[j] += 1
+        c1 = self.v_ctx[j] + 1
+        self.v_ctx[j] = c1
         if self.ctx_sum >= 0:
             self.ctx_sum += 1
+        if c1 > self.ctx_max >= 0:
+            self.ctx_max = c1
         self.v_finish_at[j] -= 1
         if self.v_reasoning_at[j] != _NEVER:
             self.v_reasoning_at[j] -= 1
@@ -206,6 +235,8 @@ class Decodes:
             self._hist[(c - self.tick) % self._block_tokens] -= 1
         if self.ctx_sum >= 0:
             self.ctx_sum -= c
+        if c == self.ctx_max:
+            self.ctx_max = -1
         if j != last:
             rows = self._rows
             rows[:, j] = rows[:, last]
@@ -241,6 +272,8 @@ class Decodes:
                 self.tick += 1
                 if self.ctx_sum >= 0:
                     self.ctx_sum += n
+                if self.ctx_max >= 0 and n:
+                    self.ctx_max += 1
                 self._fresh = False
                 return need, _NO_NEEDS
             self.fresh_blocks()  # they do not fit: the preempting pass reads which slots need one
@@ -257,6 +290,8 @@ class Decodes:
         self.tick += 1
         if self.ctx_sum >= 0:
             self.ctx_sum += n
+        if self.ctx_max >= 0 and n:
+            self.ctx_max += 1
         return need, needs
 
     def schedule_every(self, needs: np.ndarray) -> None:
@@ -269,6 +304,8 @@ class Decodes:
         self.tick += 1
         if self.ctx_sum >= 0:
             self.ctx_sum += n
+        if self.ctx_max >= 0 and n:
+            self.ctx_max += 1
 
     def kept(self, slots: np.ndarray | None = None) -> np.ndarray:
         """Context tokens whose KV is kept (attention reads them): min(ctx, keep), for these slots (all if None).
@@ -283,7 +320,7 @@ class Decodes:
         self._explicit()
         self.blocks[slots] += needs
         self.ctx[slots] += 1
-        self.ctx_sum = -1  # recounted when next read
+        self.ctx_sum = self.ctx_max = -1  # recounted when next read
         self.finish_at[slots] -= 1
         at = self.reasoning_at[slots]
         self.reasoning_at[slots] = np.where(at == _NEVER, _NEVER, at - 1)
@@ -361,6 +398,8 @@ class Decodes:
         np.add(ctx, num_steps, ctx)
         if self.ctx_sum >= 0:
             self.ctx_sum += n * num_steps
+        if self.ctx_max >= 0 and n:
+            self.ctx_max += num_steps
         if self._lazy and block_tokens == self._block_tokens:  # blocks follow from the contexts
             self._fresh = False
             return

@@ -75,7 +75,7 @@ class StepPlan:
     """What one planned step computes and what it will deliver."""
 
     __slots__ = ("decode_context_tokens", "chunks", "preempted", "admitted", "sampled", "reasoning_done",
-                 "finishing", "all_decodes", "swap_s", "decode_query_tokens", "_context_sum")
+                 "finishing", "all_decodes", "swap_s", "decode_query_tokens", "_context_sum", "_context_max")
 
     def __init__(self) -> None:
         self.decode_context_tokens: np.ndarray = _EMPTY  # per scheduled decode, its new token included
@@ -89,6 +89,7 @@ class StepPlan:
         self.swap_s = 0.0  # KV moved between host and GPU for this step (swap out and in), seconds of PCIe
         self.decode_query_tokens: np.ndarray | None = None  # speculative decoding: positions each decode verifies
         self._context_sum = -1  # decode_context_sum(), once read
+        self._context_max = -1  # decode_context_max(), once read
 
     def decode_context_sum(self) -> int:
         """The sum of decode_context_tokens, computed on first read and kept: the step's timing and its KV
@@ -97,6 +98,15 @@ class StepPlan:
         if total < 0:
             total = self._context_sum = context_sum(self.decode_context_tokens)
         return total
+
+    def decode_context_max(self) -> int:
+        """The largest of decode_context_tokens (0 if none), as decode_context_sum: given by the planner from the
+        decodes' kept maximum, or computed on first read."""
+        longest = self._context_max
+        if longest < 0:
+            dec = self.decode_context_tokens
+            longest = self._context_max = int(amax(dec)) if len(dec) else 0
+        return longest
 
     @property
     def num_decodes(self) -> int:
@@ -132,6 +142,9 @@ class Planner:
         self._next_seq = 0
         self.block_buffer = np.zeros(config.block_tokens + 1, np.int64)  # scratch for Decodes.extra_blocks
         self.swap_bytes = 0.0  # KV bytes moved to and from host memory (both directions)
+        # A plan of every decode carries their longest context (kept by the decodes, recounted when the longest
+        # leaves) if the replica's step time reads it; else it is counted only if read.
+        self.reads_context_max = True
         self._swapped: dict[Request, float] = {}  # waiting requests whose KV is in host memory, their bytes
         self._host_bytes = 0.0
 
@@ -236,6 +249,7 @@ class Planner:
             ctx = dec.ctx[:n]
             plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
             plan._context_sum = dec.context_total()
+            plan._context_max = dec.context_max() if self.reads_context_max else -1
         return True
 
     def _schedule_decodes_preempting(self, plan: StepPlan, needs: np.ndarray, others: list[Request]) -> None:
@@ -283,6 +297,7 @@ class Planner:
                 ctx = dec.ctx[:n]
                 plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
                 plan._context_sum = dec.context_total()
+                plan._context_max = dec.context_max() if self.reads_context_max else -1
             if not dec.events_due:  # the earliest last (reasoning) token, from tick counts kept per slot
                 self._end_running_pass(gone)
                 return

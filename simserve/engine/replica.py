@@ -30,7 +30,7 @@ from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel
-from simserve.perf.base import accumulate_sum, amax, asum
+from simserve.perf.base import accumulate_sum, asum
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware
@@ -82,6 +82,7 @@ class Replica:
         self._chain_bounds: np.ndarray = np.zeros(1)  # the run's step ends (bounds[0] its start)
         self._chain_first: list[Request] = []  # reasoning ends sampled by the run's first step
         self._longest_context = getattr(perf, "reads_longest_context", True)  # decode_run_stats_s's context_max
+        planner.reads_context_max = self._longest_context  # and its step_time_s's (kept by the decodes if read)
         self.num_chained_plans = 0  # preempting plans made inside fast-forwarded runs (not events of their own)
         self.wake = env.event()
         self._end_priority = step_end_priority(index)  # same-time step ends in replica order (events.StepEnd)
@@ -353,15 +354,16 @@ class Replica:
             return self.perf.overhead_s  # async: every running request's last token is in flight
         chunks = plan.chunks
         return self.perf.step_time_s(Batch(plan.decode_context_tokens, [c for _, c, _ in chunks],
-                                           [h for _, _, h in chunks], float(plan.decode_context_sum())))
+                                           [h for _, _, h in chunks], float(plan.decode_context_sum()),
+                                           float(plan._context_max)))  # -1 if not known: read on demand
 
-    def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int) -> np.ndarray:
+    def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int,
+                     context_max: int) -> np.ndarray:
         """Seconds of each step of a fast-forwarded run of k decode steps (the perf model's closed form; uncapped,
-        from the contexts' sum, given, and their maximum, read only by a model that uses it)."""
+        from the contexts' sum and maximum, given: the maximum is 0 for a model that does not read it)."""
         if caps is not None:
             return self.perf.decode_run_times_s(contexts, k, caps)
-        return self.perf.decode_run_stats_s(len(contexts), context_sum,
-                                            int(amax(contexts)) if self._longest_context else 0, k)
+        return self.perf.decode_run_stats_s(len(contexts), context_sum, context_max, k)
 
     def _idle(self, num_waiting: int, kv_mean: float, kv_end: int | None) -> Generator[simpy.Event, Any, None]:
         """Wait until an arrival or a finished KV transfer wakes the loop; record the gap as one segment (its
@@ -460,7 +462,8 @@ class Replica:
         else:  # the plan's contexts (a view of the decode arrays: read now, not kept)
             contexts, caps = plan.decode_context_tokens, None
         context_sum = int(asum(contexts)) if caps is not None else plan.decode_context_sum()
-        times = self._run_times_s(contexts, k, caps, context_sum)
+        longest = plan.decode_context_max() if caps is None and self._longest_context else 0
+        times = self._run_times_s(contexts, k, caps, context_sum, longest)
         pieces = self._predict_chain(k, extra) if self._chains and extra.num_steps > k else []
         total = k + sum(p.num_steps for p in pieces)
         bounds = np.empty(total + 1)

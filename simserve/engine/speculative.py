@@ -91,7 +91,7 @@ class SpecDecodes(Decodes):
         """After the slots' step was scheduled (one token each): their accepted drafts are computed and
         committed too; a reasoning end inside them comes at this tick."""
         self.ctx[slots] += acc
-        self.ctx_sum = -1  # recounted when next read
+        self.ctx_sum = self.ctx_max = -1  # recounted when next read
         self.finish_at[slots] -= acc
         at = self.reasoning_at[slots]
         self.reasoning_at[slots] = np.where(at == _NEVER, _NEVER, np.maximum(at - acc, self.tick))
@@ -103,7 +103,7 @@ class SpecDecodes(Decodes):
         ctx, blocks, fin, rat, ticks = self.run
         n = self.n
         self.ctx[:n], self.blocks[:n] = ctx[num_steps], blocks[num_steps]
-        self.ctx_sum = -1
+        self.ctx_sum = self.ctx_max = -1
         self.finish_at[:n], self.reasoning_at[:n] = fin[num_steps], rat[num_steps]
         self.tick = int(ticks[num_steps])
         self._min_finish = self._min_reasoning = None
@@ -223,7 +223,8 @@ class SpecReplica(Replica):
             np.array([c for _, c, _ in chunks], np.int64) if chunks else _EMPTY,
             np.array([h for _, _, h in chunks], np.int64) if chunks else _EMPTY), q)
 
-    def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int) -> np.ndarray:
+    def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int,
+                     context_max: int) -> np.ndarray:
         ctxs, qs = self._run_plan
         return np.array([self.timing.step_time_s(Batch(c, _EMPTY, _EMPTY), q) for c, q in zip(ctxs[:k], qs[:k],
                                                                                                strict=True)])

@@ -30,15 +30,17 @@ class Batch:
         pays numpy's per-call cost, about 5,000 instructions, for a round trip).
     decode_context_sum: the sum of decode_context_tokens, if the caller has it (computed on first read if not):
         the engine's step reads it for its KV integral too, and one sum is one numpy call.
+    decode_context_max: the largest of decode_context_tokens, likewise (the engine keeps it as the decodes change).
 
     A plain class, not a dataclass: compiled, its constructor is a direct call (a dataclass's generated __init__
     runs as Python, about 4,800 instructions a call; the engine makes one a step it times singly).
     """
 
-    __slots__ = ("decode_context_tokens", "_new", "_cached", "_context_sum")
+    __slots__ = ("decode_context_tokens", "_new", "_cached", "_context_sum", "_context_max")
 
     def __init__(self, decode_context_tokens: np.ndarray, prefill_new_tokens: np.ndarray | list[int],
-                 prefill_cached_tokens: np.ndarray | list[int], decode_context_sum: float = -1.0) -> None:
+                 prefill_cached_tokens: np.ndarray | list[int], decode_context_sum: float = -1.0,
+                 decode_context_max: float = -1.0) -> None:
         if len(prefill_new_tokens) != len(prefill_cached_tokens):
             raise ValueError(f"{len(prefill_new_tokens)} prefill chunks' new tokens but {len(prefill_cached_tokens)}"
                              " chunks' cached tokens")
@@ -46,6 +48,7 @@ class Batch:
         self._new = prefill_new_tokens
         self._cached = prefill_cached_tokens
         self._context_sum = decode_context_sum
+        self._context_max = decode_context_max
 
     @property
     def decode_context_sum(self) -> float:
@@ -54,6 +57,16 @@ class Batch:
         if total < 0.0:
             total = self._context_sum = float(context_sum(self.decode_context_tokens))
         return total
+
+    @property
+    def decode_context_max(self) -> float:
+        """The largest of decode_context_tokens, 0 if none (given by a caller that has it, or computed on first
+        read)."""
+        longest = self._context_max
+        if longest < 0.0:
+            dec = self.decode_context_tokens
+            longest = self._context_max = float(amax(dec)) if len(dec) else 0.0
+        return longest
 
     @property
     def prefill_new_tokens(self) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 
 from simserve.hardware import ModelSpec
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, amax, interp, kept_context_sums
+from simserve.perf.base import Batch, interp, kept_context_sums
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features
 
 
@@ -362,7 +362,7 @@ class CalibratedPerf:
         attn = 0.0
         if n_dec:
             attn += self._decode_attn_one_s(self._rank_batch(n_dec), batch.decode_context_sum / n_dec,
-                                              float(amax(dec)))
+                                              batch.decode_context_max)
         if len(new) == 1:
             attn += self._prefill_attn_one_s(float(new[0]), float(cached[0]))
         elif new:
