@@ -419,10 +419,13 @@ class Decodes:
         n = self.n
         at = self.reasoning_at[:n]
         done = np.less_equal(at, self.tick).nonzero()[0].tolist()
-        out = [(j, int(at[j])) for j in done]
-        if done:
-            at[done] = _NEVER
-            self._min_reasoning = None
+        if not done:
+            return []
+        view = self.v_reasoning_at  # one slot's value read and written as a Python int (see __init__)
+        out = [(j, view[j]) for j in done]
+        for j in done:
+            view[j] = _NEVER
+        self._min_reasoning = None
         return out
 
 
