@@ -193,3 +193,25 @@ def test_run_scenario_yaml_with_relative_data_file_loads_back(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert set(pd.read_parquet(out / "requests.parquet")["prompt_tokens"]) <= {10, 20}
     load_scenario(out / "scenario.yaml")
+
+
+def test_only_the_command_freezes_the_collector_as_it_exits():
+    """`simserve` (the console script: simserve.cli:entry) moves what is alive to the collector's permanent
+    generation as the process ends, so the interpreter's last collections do not traverse the import-time heap;
+    main() called from Python must leave the collector alone (a library caller's process goes on)."""
+    import gc
+    import tomllib
+
+    from simserve import cli
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["simserve"] == "simserve.cli:entry"
+    before = gc.get_freeze_count()
+    assert cli.main(["check", str(ROOT / QUICKSTART)]) == 0
+    assert gc.get_freeze_count() == before
+    code = ("import gc, sys\nfrom simserve import cli\nsys.argv = ['simserve', 'check', %r]\n"
+            "try:\n    cli.entry()\nexcept SystemExit as e:\n    print(e.code, gc.get_freeze_count() > 0)\n")
+    for scenario, status in ((QUICKSTART, "0"), ("no-such.yaml", "2")):
+        proc = subprocess.run([sys.executable, "-c", code % scenario], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.stdout.split()[-2:] == [status, "True"], (proc.stdout, proc.stderr)
