@@ -243,14 +243,21 @@ class Planner:
             kv.allocate(need)
         if dec.events_due:
             self._decode_events(plan, *dec.events())
+        self._every_decode_scheduled(plan)
+        return True
+
+    def _every_decode_scheduled(self, plan: StepPlan) -> None:
+        """The plan's decode contexts once every decode slot was scheduled: the kept ones under KV compression, else
+        the slots' (a view; a copy under async scheduling) with their sum and, if the replica's step time reads it,
+        their maximum, both kept by the decodes."""
+        dec = self.decodes
         if dec.compressed:
             plan.decode_context_tokens = dec.kept()
-        else:
-            ctx = dec.ctx[:n]
-            plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
-            plan._context_sum = dec.context_total()
-            plan._context_max = dec.context_max() if self.reads_context_max else -1
-        return True
+            return
+        ctx = dec.ctx[: dec.n]
+        plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
+        plan._context_sum = dec.context_total()
+        plan._context_max = dec.context_max() if self.reads_context_max else -1
 
     def _schedule_decodes_preempting(self, plan: StepPlan, needs: np.ndarray, others: list[Request]) -> None:
         """The decodes' blocks do not fit: vLLM's running pass over them, oldest first. Decodes take their blocks
@@ -291,13 +298,7 @@ class Planner:
             if dec.compressed:
                 grow &= blocks < dec.cap[:n]
             dec.schedule_every(grow)
-            if dec.compressed:
-                plan.decode_context_tokens = dec.kept()
-            else:
-                ctx = dec.ctx[:n]
-                plan.decode_context_tokens = ctx.copy() if self.config.async_scheduling else ctx
-                plan._context_sum = dec.context_total()
-                plan._context_max = dec.context_max() if self.reads_context_max else -1
+            self._every_decode_scheduled(plan)
             if not dec.events_due:  # the earliest last (reasoning) token, from tick counts kept per slot
                 self._end_running_pass(gone)
                 return

@@ -353,9 +353,9 @@ class Replica:
         if plan.empty:
             return self.perf.overhead_s  # async: every running request's last token is in flight
         chunks = plan.chunks
+        longest = float(plan.decode_context_max()) if self._longest_context else -1.0  # -1: not read
         return self.perf.step_time_s(Batch(plan.decode_context_tokens, [c for _, c, _ in chunks],
-                                           [h for _, _, h in chunks], float(plan.decode_context_sum()),
-                                           float(plan._context_max)))  # -1 if not known: read on demand
+                                           [h for _, _, h in chunks], float(plan.decode_context_sum()), longest))
 
     def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int,
                      context_max: int) -> np.ndarray:

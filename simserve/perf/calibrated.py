@@ -273,21 +273,33 @@ class CalibratedPerf:
         np.maximum(t, interp(np.log(max_kv), _LOG_KV, self._decode_row(1)), out=t)
         return np.exp(t, out=t)
 
+    def _sides(self, b: int, mean_first: float, mean_last: float, longest_first: float,
+               longest_last: float) -> tuple[bool, bool]:
+        """Which sides of the decode attention max(b sequences of the mean context, one of the longest) a step, or a
+        run of steps whose contexts grow from the firsts to the lasts, must compute: (the mean side, the longest's).
+        Both when neither side is above the other throughout by far more than rounding (the sides' values taken in
+        plain Python on the same rows: bounds, not step times; over a run, each side rises only where its row
+        rises, past a few tokens). One sequence's side alone where the two are the same row and the same contexts."""
+        if b == 1 and mean_first == longest_first:
+            return True, False  # one row, the same contexts at every step: the same values
+        if mean_first <= 0.0 or longest_first <= 0.0:
+            return True, True
+        row_b, rises_b = self._rising_row(b)
+        row_1, rises_1 = self._rising_row(1)
+        if mean_last > mean_first and mean_first < rises_b or longest_last > longest_first and longest_first < rises_1:
+            return True, True  # a run over contexts where a row falls: its side's first and last do not bound it
+        margin = 2 * _DOMINANCE_MARGIN_LOG_S
+        if _log_attention_near(row_b, mean_first) > _log_attention_near(row_1, longest_last) + margin:
+            return True, False
+        if _log_attention_near(row_1, longest_first) > _log_attention_near(row_b, mean_last) + margin:
+            return False, True
+        return True, True
+
     def _decode_attn_one_s(self, b: int, mean_kv: float, max_kv: float) -> float:
         """_decode_attn_s for one step, through the same numpy functions: math.exp and math.log need not round as
         numpy's vector loops do, and a step of a run (decode_run_stats_s) must equal the same step taken alone to
-        the last bit. Where one side is above the other by far more than rounding (their values in plain Python
-        tell), the other is not computed."""
-        with_mean = with_max = True
-        if b == 1 and mean_kv == max_kv:
-            with_max = False
-        elif mean_kv > 0.0:
-            near_mean = _log_attention_near(self._rising_row(b)[0], mean_kv)
-            near_max = _log_attention_near(self._rising_row(1)[0], max_kv)
-            if near_mean > near_max + 2 * _DOMINANCE_MARGIN_LOG_S:
-                with_max = False
-            elif near_max > near_mean + 2 * _DOMINANCE_MARGIN_LOG_S:
-                with_mean = False
+        the last bit. Only the sides `_sides` names are computed."""
+        with_mean, with_max = self._sides(b, mean_kv, mean_kv, max_kv, max_kv)
         if not with_max:
             return float(np.exp(interp(np.log(mean_kv), _LOG_KV, self._decode_row(b))))
         if not with_mean:
@@ -385,37 +397,23 @@ class CalibratedPerf:
 
     def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
         # Step s's mean context is (context_sum + n*s) / n, as step_time_s computes it from that step's batch
-        # (not context_sum / n + s, which can round differently). Step s's attention is the larger of
-        # A_s = interp(log mean_s) on b's row and B_s = interp(log(context_max + s)) on one sequence's row, both
-        # rising with s where the rows rise (past a few tokens): where one side's first step is above the other's
-        # last by a margin far above rounding, the other is not computed (one sequence, n = 1: the same values).
+        # (not context_sum / n + s, which can round differently); its longest is context_max + s. Only the sides of
+        # the attention `_sides` names for the whole run are computed.
         b = self._rank_batch(n)
-        with_mean = with_max = True
-        if n == 1 and context_max == context_sum:
-            with_max = False
-        else:
-            row_b, rises_b = self._rising_row(b)
-            row_1, rises_1 = self._rising_row(1)
-            if context_sum >= rises_b * n and context_max >= rises_1 and context_sum > 0 and context_max > 0:
-                last = num_steps - 1
-                margin = 2 * _DOMINANCE_MARGIN_LOG_S
-                if (_log_attention_near(row_b, context_sum / n)
-                        > _log_attention_near(row_1, float(context_max + last)) + margin):
-                    with_max = False
-                elif (_log_attention_near(row_1, float(context_max))
-                      > _log_attention_near(row_b, (context_sum + n * last) / n) + margin):
-                    with_mean = False
+        last = num_steps - 1
+        with_mean, with_max = self._sides(b, context_sum / n, (context_sum + n * last) / n, float(context_max),
+                                          float(context_max + last))
         # context_sum + n*s and context_max + s are whole numbers, exact as floats: np.arange gives them in one call.
+        attn: np.ndarray | None = None
         if with_mean:
             mean = np.arange(float(context_sum), float(context_sum + n * num_steps), float(n))
             np.true_divide(mean, float(n), mean)  # ufunc calls with their outputs: in-place operators cost about twice
             attn = interp(np.log(mean, out=mean), _LOG_KV, self._decode_row(b))
-            if with_max:
-                longest = np.arange(float(context_max), float(context_max + num_steps))
-                np.maximum(attn, interp(np.log(longest, out=longest), _LOG_KV, self._decode_row(1)), out=attn)
-        else:
+        if with_max:
             longest = np.arange(float(context_max), float(context_max + num_steps))
-            attn = interp(np.log(longest, out=longest), _LOG_KV, self._decode_row(1))
+            longest_attn = interp(np.log(longest, out=longest), _LOG_KV, self._decode_row(1))
+            attn = longest_attn if attn is None else np.maximum(attn, longest_attn, out=attn)
+        assert attn is not None
         np.exp(attn, out=attn)
         # (overhead + tokens) + layers * attn, step_time_s's operations, in place
         np.multiply(attn, float(self.model.num_layers), attn)
