@@ -562,28 +562,35 @@ class FastForwardRun:
         if done == 0:
             return 0.0, 0.0
         if self.contexts is None and done <= scalar_up_to:
+            # Whole numbers below 2**53 are exact as floats, and so are their sums: the running floats below hold
+            # the same values as the closed form's integers (context_sum + n*i, lap + before[phase]).
             times: list[float] = self.times[:done].tolist()
-            context_sum, n = self.context_sum, self.num_decodes
+            context = self.context_sum
+            step = float(self.num_decodes)
             extra_area = 0.0
             token_area = 0.0
             demand = self.extra
             if demand.array is None:  # the closed form's values, step by step: extra = lap + before[phase]
-                before, period, per_lap = demand.before, demand.period, demand.n
-                lap = phase = 0
-                for i in range(done):
-                    t = times[i]
+                before: list[float] = [float(b) for b in demand.before]
+                period = demand.period
+                per_lap = float(demand.n)
+                lap = 0.0
+                phase = 0
+                for t in times:
                     extra_area += (lap + before[phase]) * t
-                    token_area += (context_sum + float(n * i)) * t  # the closed form below, at step i
+                    token_area += context * t  # the closed form below, at this step
+                    context += step
                     phase += 1
                     if phase == period:
                         phase = 0
                         lap += per_lap
                 return extra_area, token_area
-            extra: list[int] = demand.array[:done].tolist()
+            extra: list[float] = demand.array[:done].astype(float).tolist()
             for i in range(done):
                 t = times[i]
                 extra_area += extra[i] * t
-                token_area += (context_sum + float(n * i)) * t
+                token_area += context * t
+                context += step
             return extra_area, token_area
         times_a = self.times[:done]
         if self.contexts is None:  # kept_context_sums' sums (all contexts grow by one a step), in closed form
