@@ -148,6 +148,20 @@ def test_roofline_runs_that_cross_from_memory_to_compute_bound_equal_single_step
     assert crossing >= 4
 
 
+def test_calibrated_attention_rows_built_in_blocks_equal_rows_built_alone():
+    """The calibrated model builds its decode attention rows (log seconds over the context grid) for 16 batch sizes
+    at a time; each must be, to the last bit, the row of that batch size alone, and none another's."""
+    from simserve.perf.calibrated import _KV_GRID
+
+    for label, perf in _perf_models():
+        if not label.startswith("calibrated"):
+            continue
+        for b in (17, 1, 16, 40, 33, 256, 255):  # across blocks, in an order that starts mid-block
+            alone = np.log(perf.decode_attention_s(np.full_like(_KV_GRID, b), _KV_GRID))
+            assert np.array_equal(perf._decode_row(b), alone), (label, b)
+        assert sorted(perf._decode_rows) == list(range(1, 49)) + list(range(241, 257)), label
+
+
 def test_calibrated_runs_where_one_attention_side_dominates_equal_single_steps():
     """The calibrated model times a decode batch's attention as max(b sequences of the mean context, one of the
     longest). A run where one side's first step is above the other's last by far more than rounding computes that

@@ -53,6 +53,8 @@ _LOG_KV_LIST: Final[list[float]] = _LOG_KV.tolist()
 # longest), must stay above the other over the whole run for the other not to be computed: some 10^6 times the
 # rounding of the bounds taken in plain Python (math.log is not numpy's log, but both round within an ulp or two).
 _DOMINANCE_MARGIN_LOG_S: Final = 1e-9
+# Decode attention rows are built for this many consecutive batch sizes at a time (1-16, 17-32, ...).
+_ROW_BLOCK: Final = 16
 
 
 def _log_attention_near(row: list[float], kv: float) -> float:
@@ -250,10 +252,16 @@ class CalibratedPerf:
         return t.predict_from_features(attention_features(b, flops, nbytes, self.gpu), cols)
 
     def _decode_row(self, b: int) -> np.ndarray:
+        """log(decode_attention_s) of b sequences over _KV_GRID. Rows are built for _ROW_BLOCK batch sizes at once
+        (one call costs about what one row does; the values are elementwise, the same bits either way)."""
         row = self._decode_rows.get(b)
         if row is None:
-            row = np.log(self.decode_attention_s(np.full_like(_KV_GRID, b), _KV_GRID))
-            self._decode_rows[b] = row
+            first = (b - 1) // _ROW_BLOCK * _ROW_BLOCK + 1
+            sizes = np.repeat(np.arange(first, first + _ROW_BLOCK, dtype=float), len(_KV_GRID))
+            block = np.log(self.decode_attention_s(sizes, np.tile(_KV_GRID, _ROW_BLOCK)))
+            for j, r in enumerate(block.reshape(_ROW_BLOCK, len(_KV_GRID))):
+                self._decode_rows[first + j] = r
+            row = self._decode_rows[b]
         return row
 
     def _rising_row(self, b: int) -> tuple[list[float], float]:

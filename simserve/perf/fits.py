@@ -133,35 +133,41 @@ def axis_transform(values: np.ndarray) -> np.ndarray:
 
 
 def _interp_grid(axes: list[np.ndarray], values: np.ndarray, pts: list[np.ndarray]) -> np.ndarray:
-    """Multilinear interpolation on a regular (not uniform) grid; points are inside the grid."""
+    """Multilinear interpolation on a regular (not uniform) grid; points are inside the grid. The points' weights
+    (1 - w, w) and their lower corner's flat index into `values` are made once per axis; each of the 2**dims
+    corners then multiplies its weights in axis order and reads its values at the flat index plus its offset."""
     n = len(pts[0])
-    idx_lo, weights = [], []
-    for x, p in zip(axes, pts, strict=True):
+    dims = len(axes)
+    flat = np.zeros(n, dtype=np.int64)
+    strides: list[int] = np.cumprod([1, *values.shape[:0:-1]])[::-1].tolist()  # C order
+    factors: list[tuple[np.ndarray, np.ndarray] | None] = []  # per axis (1 - w, w); None: one grid value
+    for d, (x, p) in enumerate(zip(axes, pts, strict=True)):
         if len(x) == 1:
-            idx_lo.append(np.zeros(n, dtype=np.int64))
-            weights.append(np.zeros(n))
+            factors.append(None)
             continue
         i = np.clip(np.searchsorted(x, p, side="right") - 1, 0, len(x) - 2)
         w = (p - x[i]) / (x[i + 1] - x[i])
-        idx_lo.append(i)
-        weights.append(w)
+        factors.append((1.0 - w, w))
+        flat += i * strides[d]
+    table = values.ravel()
     out = np.zeros(n)
-    dims = len(axes)
     for corner in range(1 << dims):
-        w_c = np.ones(n)
-        idx = []
+        w_c: np.ndarray | None = None
+        offset = 0
         for d in range(dims):
             up = (corner >> d) & 1
-            if len(axes[d]) == 1:
+            f = factors[d]
+            if f is None:
                 if up:
-                    w_c = w_c * 0.0
-                idx.append(idx_lo[d])
+                    break  # one grid value: no corner above it
                 continue
-            w_c = w_c * (weights[d] if up else 1.0 - weights[d])
-            idx.append(idx_lo[d] + up)
-        if not w_c.any():
-            continue
-        out += w_c * values[tuple(idx)]
+            w_c = f[up] if w_c is None else w_c * f[up]
+            offset += up * strides[d]
+        else:
+            if w_c is None:
+                w_c = np.ones(n)
+            if w_c.any():
+                out += w_c * table.take(flat + offset)
     return out
 
 
