@@ -360,17 +360,19 @@ class CalibratedPerf:
         if self._prefill_table is None:
             self._prefill_attn_s(np.ones(1), np.zeros(1))
         assert self._prefill_table is not None
-        if self._prefill_rows is None:
-            self._prefill_rows = self._prefill_table.tolist()
+        rows = self._prefill_rows
+        if rows is None:
+            rows = self._prefill_rows = self._prefill_table.tolist()
         x = math.log(min(max(new, 1.0), _NEW_LIST[-1]))
         y = math.log1p(min(max(cached, 0.0), _CACHED_LIST[-1]))
         i = min(max(bisect_right(_LOG_NEW_LIST, x) - 1, 0), len(_LOG_NEW_LIST) - 2)
         j = min(max(bisect_right(_LOG_CACHED_LIST, y) - 1, 0), len(_LOG_CACHED_LIST) - 2)
         wx = (x - _LOG_NEW_LIST[i]) / (_LOG_NEW_LIST[i + 1] - _LOG_NEW_LIST[i])
         wy = (y - _LOG_CACHED_LIST[j]) / (_LOG_CACHED_LIST[j + 1] - _LOG_CACHED_LIST[j])
-        t = self._prefill_rows
-        return math.exp((1 - wx) * (1 - wy) * t[i][j] + wx * (1 - wy) * t[i + 1][j] + (1 - wx) * wy * t[i][j + 1]
-                        + wx * wy * t[i + 1][j + 1])
+        low: list[float] = rows[i]  # typed rows: native float arithmetic, the same IEEE operations
+        high: list[float] = rows[i + 1]
+        return math.exp((1 - wx) * (1 - wy) * low[j] + wx * (1 - wy) * high[j] + (1 - wx) * wy * low[j + 1]
+                        + wx * wy * high[j + 1])
 
     # -- the PerfModel protocol -----------------------------------------------------------------------------
     def step_time_s(self, batch: Batch) -> float:
