@@ -562,8 +562,8 @@ class FastForwardRun:
         if done == 0:
             return 0.0, 0.0
         if self.contexts is None and done <= scalar_up_to:
-            # Whole numbers below 2**53 are exact as floats, and so are their sums: the running floats below hold
-            # the same values as the closed form's integers (context_sum + n*i, lap + before[phase]).
+            # Whole numbers below 2**53 are exact as floats, and so are their sums: the running float `context`
+            # holds the closed form's context_sum + n*i exactly.
             times: list[float] = self.times[:done].tolist()
             context = self.context_sum
             step = float(self.num_decodes)
@@ -571,10 +571,10 @@ class FastForwardRun:
             token_area = 0.0
             demand = self.extra
             if demand.array is None:  # the closed form's values, step by step: extra = lap + before[phase]
-                before: list[float] = [float(b) for b in demand.before]
+                before = demand.before
                 period = demand.period
-                per_lap = float(demand.n)
-                lap = 0.0
+                per_lap = demand.n
+                lap = 0
                 phase = 0
                 for t in times:
                     extra_area += (lap + before[phase]) * t
@@ -585,7 +585,7 @@ class FastForwardRun:
                         phase = 0
                         lap += per_lap
                 return extra_area, token_area
-            extra: list[float] = demand.array[:done].astype(float).tolist()
+            extra: list[int] = demand.array[:done].tolist()
             for i in range(done):
                 t = times[i]
                 extra_area += extra[i] * t
