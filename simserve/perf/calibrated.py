@@ -253,7 +253,8 @@ class CalibratedPerf:
 
     def _decode_row(self, b: int) -> np.ndarray:
         """log(decode_attention_s) of b sequences over _KV_GRID. Rows are built for _ROW_BLOCK batch sizes at once
-        (one call costs about what one row does; the values are elementwise, the same bits either way)."""
+        (a call of 16 rows costs two or three of one: most of it is per call; the values are elementwise, so each
+        row has the same bits either way)."""
         row = self._decode_rows.get(b)
         if row is None:
             first = (b - 1) // _ROW_BLOCK * _ROW_BLOCK + 1
