@@ -29,13 +29,18 @@ in (BLIS reads its model and hardware configs from there):
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
+import shutil
+import site
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import venv
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +74,26 @@ def child_cpu(cmd: list[str], **kw: Any) -> tuple[float, str]:
     return cpu, out.stdout
 
 
+_USER_PYTHON: list[str] = []  # made once per bench process
+
+
+def user_python() -> str:
+    """The interpreter a child runs, as a `pip install .` user has it: this environment's packages, reached through
+    a throwaway venv whose one .pth file names this environment's site-packages folders. Their own .pth files then
+    do not run. In a development checkout one of them is the editable install's finder (`pip install -e .`): at
+    interpreter start it imports pathlib, hashlib, importlib.resources and more, before any timer in the child
+    starts, and it sits on sys.meta_path for every import after. An installed copy has neither."""
+    if not _USER_PYTHON:
+        home = Path(tempfile.mkdtemp(prefix="simserve-user-python-"))
+        atexit.register(shutil.rmtree, home, True)
+        venv.create(home, with_pip=False, symlinks=os.name != "nt")
+        purelib = sysconfig.get_path("purelib", vars={"base": str(home), "platbase": str(home)})
+        folders = [p for p in site.getsitepackages() if Path(p).is_dir()]
+        Path(purelib, "simserve-bench-deps.pth").write_text("".join(f"{p}\n" for p in folders))
+        _USER_PYTHON.append(str(home / ("Scripts" if os.name == "nt" else "bin") / Path(sys.executable).name))
+    return _USER_PYTHON[0]
+
+
 def user_env(root: Path) -> dict[str, str]:
     """The environment a child runs `root`'s simserve in: this one, importing from `root`, and without
     PYTHONDONTWRITEBYTECODE (an installed copy has its bytecode; nothing stale is written either way)."""
@@ -88,7 +113,7 @@ def run_simserve(scenario: Path, n: int, root: Path = ROOT, overrides: list[str]
                  pure: bool = False) -> dict[str, Any]:
     """One simserve child; `pure` runs the engine's Python source where the install compiled it (SIMSERVE_PURE)."""
     env = {k: v for k, v in user_env(root).items() if k != "SIMSERVE_PURE"} | ({"SIMSERVE_PURE": "1"} if pure else {})
-    cpu, out = child_cpu([sys.executable, "-c", CHILD, str(scenario.resolve()), str(n), *(overrides or [])],
+    cpu, out = child_cpu([user_python(), "-c", CHILD, str(scenario.resolve()), str(n), *(overrides or [])],
                          env=env, cwd=root)
     return {"process_cpu_s": cpu, **json.loads(out.strip().splitlines()[-1])}
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_blis import byte_compile, user_env  # the same child environment and byte-compiling as the BLIS bench
+from bench_blis import byte_compile, user_env, user_python  # the BLIS bench's child interpreter and environment
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = ("import time\nt = time.process_time()\nimport simserve\nsimserve.load_scenario({path!r})\n"
@@ -27,7 +27,7 @@ CHILD = ("import time\nt = time.process_time()\nimport simserve\nsimserve.load_s
 
 
 def startup_cpu_s(root: Path, scenario: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", CHILD.format(path=str(scenario.resolve()))], cwd=root,
+    out = subprocess.run([user_python(), "-c", CHILD.format(path=str(scenario.resolve()))], cwd=root,
                          env=user_env(root), capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
