@@ -148,6 +148,29 @@ def test_roofline_runs_that_cross_from_memory_to_compute_bound_equal_single_step
     assert crossing >= 4
 
 
+def test_calibrated_run_operands_follow_the_token_tables():
+    """A calibrated decode run keeps, per batch size, the step's time outside attention as a 0-d array; the token
+    tables it comes from are rebuilt larger when a step has more tokens than they cover. The kept operands must go
+    with the tables they were read from, so a run after a rebuild still equals its single steps to the last bit."""
+    from simserve.perf import Batch
+
+    empty = np.zeros(0, np.int64)
+    for label, perf in _perf_models():
+        if not label.startswith("calibrated"):
+            continue
+        contexts = np.array([900, 1700, 35, 4000, 12, 640, 2222])
+        n, k = len(contexts), 40
+        for rebuilt in (False, True):
+            if rebuilt:
+                size = len(perf._token_table)
+                perf.step_time_s(Batch(empty, np.array([size + 10]), np.array([0])))  # a prefill past the table
+                assert len(perf._token_table) > size and not perf._run_operands, label
+            single = np.array([perf.step_time_s(Batch(contexts + s, empty, empty)) for s in range(k)])
+            run = perf.decode_run_stats_s(n, int(contexts.sum()), int(contexts.max()), k)
+            assert np.array_equal(run, single), (label, rebuilt)
+            assert n in perf._run_operands, label
+
+
 def test_calibrated_attention_rows_built_in_blocks_equal_rows_built_alone():
     """The calibrated model builds its decode attention rows (log seconds over the context grid) for 16 batch sizes
     at a time; each must be, to the last bit, the row of that batch size alone, and none another's."""
