@@ -5,7 +5,8 @@ The workload (bench/blis/): 8 x Llama-3.1-8B on H100 (TP1), Poisson 20 requests/
 26,312 KV blocks, round robin, FCFS; simserve's copy (blis-speed.yaml) uses the two length laws as exact PMFs.
 At 20 requests/s the cluster is overloaded (it serves about 10/s), so a long run is a saturated, preempting one.
 
-For each size in --requests, --repeat times, alternating: simserve in a fresh interpreter (`import simserve`, load
+For each size in --requests, --repeat times, alternating: simserve in a fresh interpreter (`user_python()`: as a
+`pip install .` user has it, without this environment's .pth files; `import simserve`, load
 the scenario, `simserve.run`), then BLIS (if --blis is given). The CPU time of each child process (user + system,
 from getrusage(RUSAGE_CHILDREN)) is what is compared: interpreter start, imports and writing the records included,
 as a user pays them. The simserve child also reports, from time.process_time inside it, the CPU of `import simserve`

@@ -1,6 +1,7 @@
 """Start-up: CPU seconds of `import simserve` plus loading a scenario, in fresh interpreters, as a user pays it.
 
-Each run is a new `python -c` child that measures `time.process_time()` around `import simserve` and
+Each run is a new `python -c` child, in bench_blis's `user_python()` (as a `pip install .` user's Python, without
+this environment's .pth files), that measures `time.process_time()` around `import simserve` and
 `simserve.load_scenario(...)` (the interpreter's own start, about 0.02 s, is not counted; a scenario's run is not
 either). The checkout's modules are byte-compiled first, as `pip install .` compiles an installed copy. With several
 --root checkouts the runs alternate between them, so a machine whose speed drifts hurts each alike.
