@@ -611,10 +611,12 @@ class FastForwardRun:
             sums, _ = kept_context_sums(self.contexts, self.caps, done)
         return ordered_dot(self.extra.values(done), times_a), ordered_dot(sums, times_a)
 
-    def steps_started(self, now_s: float) -> int:
+    def steps_started(self, now_s: float, scratch: np.ndarray) -> int:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting
-        exactly now is planned after every arrival at now is seen)."""
-        return min(int(self.bounds[1:].searchsorted(now_s, side="left")) + 1, self.num_steps)
+        exactly now is planned after every arrival at now is seen). `scratch`: a 0-d float array the caller lends
+        to hold now_s for numpy (which converts a Python float operand for longer than the search takes)."""
+        scratch[()] = now_s
+        return min(int(self.bounds[1:].searchsorted(scratch, side="left")) + 1, self.num_steps)
 
 
 class ChainPiece:

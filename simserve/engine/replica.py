@@ -80,6 +80,7 @@ class Replica:
         self._chain: deque[ChainPiece] = deque()  # the predicted preempting plans ahead in the run in flight
         self._run_start = 0  # the run's step (from 0) at which the piece in flight began
         self._chain_bounds: np.ndarray = np.zeros(1)  # the run's step ends (bounds[0] its start)
+        self._now_0d = np.zeros(())  # a time as numpy's operand for a search (a Python float costs it more)
         self._chain_first: list[Request] = []  # reasoning ends sampled by the run's first step
         self._longest_context = getattr(perf, "reads_longest_context", True)  # decode_run_stats_s's context_max
         planner.reads_context_max = self._longest_context  # and its step_time_s's (kept by the decodes if read)
@@ -734,7 +735,9 @@ class Replica:
         t = self.env._now
         bounds = self._chain_bounds
         total = self._run_steps
-        j = int(bounds[1: total + 1].searchsorted(t, side="right"))  # boundaries at or before t
+        at = self._now_0d
+        at[()] = t
+        j = int(bounds[1: total + 1].searchsorted(at, side="right"))  # boundaries at or before t
         if j >= 1 and bounds[j] == t and not self._cut_after_now:
             m = j  # an arrival at a step boundary: stepping would plan the next step after it
         else:
@@ -765,7 +768,7 @@ class Replica:
             self._next_piece()
             run = self._run
             assert run is not None
-        self._take_blocks(run, run.steps_started(now))
+        self._take_blocks(run, run.steps_started(now, self._now_0d))
 
     def _take_blocks(self, run: FastForwardRun, steps: int) -> int:
         """Allocate what the run's first `steps` steps need beyond its start, if not yet taken; returns that."""
