@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import json
 import os
 import resource
@@ -75,24 +76,20 @@ def child_cpu(cmd: list[str], **kw: Any) -> tuple[float, str]:
     return cpu, out.stdout
 
 
-_USER_PYTHON: list[str] = []  # made once per bench process
-
-
+@functools.cache  # made once per bench process
 def user_python() -> str:
     """The interpreter a child runs, as a `pip install .` user has it: this environment's packages, reached through
     a throwaway venv whose one .pth file names this environment's site-packages folders. Their own .pth files then
     do not run. In a development checkout one of them is the editable install's finder (`pip install -e .`): at
     interpreter start it imports pathlib, hashlib, importlib.resources and more, before any timer in the child
     starts, and it sits on sys.meta_path for every import after. An installed copy has neither."""
-    if not _USER_PYTHON:
-        home = Path(tempfile.mkdtemp(prefix="simserve-user-python-"))
-        atexit.register(shutil.rmtree, home, True)
-        venv.create(home, with_pip=False, symlinks=os.name != "nt")
-        purelib = sysconfig.get_path("purelib", vars={"base": str(home), "platbase": str(home)})
-        folders = [p for p in site.getsitepackages() if Path(p).is_dir()]
-        Path(purelib, "simserve-bench-deps.pth").write_text("".join(f"{p}\n" for p in folders))
-        _USER_PYTHON.append(str(home / ("Scripts" if os.name == "nt" else "bin") / Path(sys.executable).name))
-    return _USER_PYTHON[0]
+    home = Path(tempfile.mkdtemp(prefix="simserve-user-python-"))
+    atexit.register(shutil.rmtree, home, True)
+    venv.create(home, with_pip=False, symlinks=os.name != "nt")
+    purelib = sysconfig.get_path("purelib", vars={"base": str(home), "platbase": str(home)})
+    folders = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    Path(purelib, "simserve-bench-deps.pth").write_text("".join(f"{p}\n" for p in folders))
+    return str(home / ("Scripts" if os.name == "nt" else "bin") / Path(sys.executable).name)
 
 
 def user_env(root: Path) -> dict[str, str]:

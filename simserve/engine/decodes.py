@@ -84,7 +84,8 @@ class Decodes:
         self._bt = np.full((), block_tokens, np.int64)  # the same, as an operand numpy takes quickly
         self._bt_less_one = np.full((), block_tokens - 1, np.int64)
         # A 0-d operand for one ufunc call at a time, its value set just before (a Python int operand costs numpy
-        # about 250-550 ns more a call to convert: measured with an add and with a comparison of 70 values).
+        # about 250-550 ns more a call to convert: measured with an add and with a comparison of 70 values):
+        # `advance`'s step count, and the tick `_slots_at` compares with.
         self._operand = np.zeros((), np.int64)
         self._lazy = lazy_blocks and not compressed and block_tokens >= 1
         self._fresh = True  # the `blocks` row is up to date (always, unless lazy)
@@ -341,10 +342,8 @@ class Decodes:
         scheduled; the latter are done with reasoning from now on."""
         tick = self.tick
         if slots is None:
-            operand = self._operand
-            operand[()] = tick
-            finish = np.equal(self.finish_at[: self.n], operand).nonzero()[0].tolist()
-            reasoning = np.equal(self.reasoning_at[: self.n], operand).nonzero()[0].tolist()
+            finish = self._slots_at(np.equal, self.finish_at)
+            reasoning = self._slots_at(np.equal, self.reasoning_at)
         else:
             finish = slots[self.finish_at[slots] == tick].tolist()
             reasoning = slots[self.reasoning_at[slots] == tick].tolist()
@@ -417,20 +416,20 @@ class Decodes:
             np.minimum(grown, self.cap[:n], out=grown)
         np.maximum(self.blocks[:n], grown, out=self.blocks[:n])
 
-    def finished(self) -> list[int]:
-        """Slots whose last token has been scheduled."""
+    def _slots_at(self, compare: np.ufunc, row: np.ndarray) -> list[int]:
+        """The slots j < n where compare(row[j], tick), in order (the tick as the 0-d `_operand`)."""
         operand = self._operand
         operand[()] = self.tick
-        return np.less_equal(self.finish_at[: self.n], operand).nonzero()[0].tolist()
+        return compare(row[: self.n], operand).nonzero()[0].tolist()
+
+    def finished(self) -> list[int]:
+        """Slots whose last token has been scheduled."""
+        return self._slots_at(np.less_equal, self.finish_at)
 
     def reasoning_ended(self) -> list[tuple[int, int]]:
         """Slots whose last reasoning token was scheduled at a tick up to now, with that tick; they are done
         with reasoning from now on."""
-        n = self.n
-        at = self.reasoning_at[:n]
-        operand = self._operand
-        operand[()] = self.tick
-        done = np.less_equal(at, operand).nonzero()[0].tolist()
+        done = self._slots_at(np.less_equal, self.reasoning_at)
         if not done:
             return []
         view = self.v_reasoning_at  # one slot's value read and written as a Python int (see __init__)
