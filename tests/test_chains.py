@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from helpers import scenario
+import numpy as np
+import pytest
+from helpers import assert_equal_figures, scenario
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_invariants import _ForkingSimulation, check_invariants, check_same_results
@@ -170,3 +172,47 @@ def test_the_waiting_count_inside_a_run_counts_the_victims_of_its_plans_made_bef
     sim.run()
     assert sim.replicas[0].num_chained_plans > 0 and seen["samples"] > 100
     assert seen["ahead"] > 0  # some samples counted victims not yet in the queue
+
+
+class _ArrayTimes:
+    """A perf model whose runs' step times always come as arrays: the engine's path for long runs and for runs with
+    preempting plans, taken here by the short runs too (the roofline gives a short run's times as a list)."""
+
+    def __init__(self, perf) -> None:
+        self._perf = perf
+        self.overhead_s = perf.overhead_s
+        self.reads_longest_context = getattr(perf, "reads_longest_context", True)
+
+    def step_time_s(self, batch):
+        return self._perf.step_time_s(batch)
+
+    def decode_run_times_s(self, contexts, num_steps, caps=None):
+        return np.asarray(self._perf.decode_run_times_s(contexts, num_steps, caps), dtype=float)
+
+    def decode_run_stats_s(self, n, context_sum, context_max, num_steps):
+        return np.asarray(self._perf.decode_run_stats_s(n, context_sum, context_max, num_steps), dtype=float)
+
+
+@pytest.mark.parametrize("horizon_s", [1e6, 15.0, 21.3])
+@pytest.mark.parametrize("rate_per_s", [4.0, 40.0])
+def test_a_short_runs_step_times_as_a_list_give_what_arrays_give(horizon_s, rate_per_s):
+    """The roofline gives a short run's step times as a list (perf.base.StepTimes), which the engine keeps as a list:
+    its step ends summed with floats, searched with bisect when an arrival cuts the run or the replica is looked at
+    mid-run, its KV over time from the list. Everything must be what the arrays give, to the last bit: the requests,
+    the replicas' segments (their KV means too), the summary; with arrivals that cut runs and horizons that stop
+    them in flight."""
+    data = copy.deepcopy(SATURATED)
+    data["workload"]["arrival"]["rate_per_s"] = rate_per_s
+    data["engine"] = {"horizon_s": horizon_s}
+    data["router"] = "least_kv"  # looks at the replicas mid-run
+    sims = [Simulation(scenario(data, check_invariants=True)) for _ in range(2)]
+    lists, arrays = sims
+    assert isinstance(lists.replicas[0].perf.decode_run_stats_s(8, 800, 0, 5), list)
+    for r in arrays.replicas:
+        r.perf = _ArrayTimes(r.perf)
+    a, b = lists.run(), arrays.run()
+    assert a.requests.equals(b.requests)
+    assert a.replicas.equals(b.replicas)
+    assert_equal_figures({k: v for k, v in a.summary.items() if k != "wall_time_s"},
+                         {k: v for k, v in b.summary.items() if k != "wall_time_s"})
+    assert (a.replicas.num_steps > 1).sum() > 20  # fast-forwarded runs, most of them short

@@ -142,3 +142,38 @@ def test_a_runs_kv_integral_is_the_same_from_the_closed_form_and_the_array(seed)
         for scalar_up_to in (done, 0):  # floats, arrays
             a, b = (run.kv_integrals(done, scalar_up_to=scalar_up_to) for run in runs)
             assert a == b, (done, scalar_up_to)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_runs_step_ends_are_searched_alike_as_a_list_and_as_an_array(seed):
+    """A short run's step ends may be a list (the roofline gives its step times as one: perf.base.StepTimes), a long
+    one's an array; the searches that cut a run at an arrival (`ends_by`: ends at or before t) and that count the
+    steps planned by now (`ends_before`, `FastForwardRun.steps_started`) must count the same, at a step end exactly
+    (where the two differ), between two, before the start and after the end."""
+    from simserve.engine.decodes import BlockDemand, ends_before, ends_by
+
+    rng = np.random.default_rng(seed)
+    scratch = np.zeros(())
+    for _ in range(30):
+        k = int(rng.integers(1, 70))
+        start = float(rng.uniform(0, 1e4))
+        times = rng.uniform(0.001, 0.1, k).tolist()
+        ends = [start]
+        for t in times:
+            ends.append(ends[-1] + t)
+        array = np.array(ends)
+        runs = [FastForwardRun(b, t, BlockDemand(k, np.zeros(k, np.int64)), k, 1, 0)
+                for b, t in ((ends, times), (array, np.array(times)))]
+        for last in {1, int(rng.integers(1, k + 1)), k}:
+            probes = [start - 1.0, start, *ends[1:], *((a + b) / 2 for a, b in zip(ends, ends[1:])), ends[-1] + 1.0]
+            for t in probes:
+                before = sum(1 for e in ends[1: last + 1] if e < t)
+                by = sum(1 for e in ends[1: last + 1] if e <= t)
+                assert ends_before(ends, t, last, scratch) == ends_before(array, t, last, scratch) == before
+                assert ends_by(ends, t, last, scratch) == ends_by(array, t, last, scratch) == by
+                if last == k:
+                    started = min(before + 1, k)
+                    assert [run.steps_started(t, scratch) for run in runs] == [started, started]
+        for done in {0, 1, k}:
+            assert runs[0].kv_integrals(done) == runs[1].kv_integrals(done)
+            assert runs[0].kv_integrals(done, scalar_up_to=0) == runs[1].kv_integrals(done, scalar_up_to=0)

@@ -7,10 +7,13 @@ exactly the times, blocks and token counts that stepping one iteration at a time
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+
 import numpy as np
 from mypy_extensions import mypyc_attr
 
 from simserve.perf.base import (
+    StepTimes,
     amax,
     amin,
     bincount,
@@ -532,13 +535,32 @@ class BlockDemand:
 NO_DEMAND = BlockDemand(0, np.zeros(0, np.int64))
 
 
+def ends_before(bounds: StepTimes, t: float, last: int, scratch: np.ndarray) -> int:
+    """How many of a run's step ends bounds[1], ..., bounds[last] (increasing) are before t. `scratch`: a 0-d float
+    array the caller lends to hold t for numpy (which converts a Python float for longer than the search takes).
+    A short run's ends are a list (perf.base.StepTimes), searched with bisect: the same count."""
+    if isinstance(bounds, list):
+        return bisect_left(bounds, t, 1, last + 1) - 1
+    scratch[()] = t
+    return int(bounds[1: last + 1].searchsorted(scratch, side="left"))
+
+
+def ends_by(bounds: StepTimes, t: float, last: int, scratch: np.ndarray) -> int:
+    """How many of bounds[1], ..., bounds[last] are at or before t (as `ends_before`)."""
+    if isinstance(bounds, list):
+        return bisect_right(bounds, t, 1, last + 1) - 1
+    scratch[()] = t
+    return int(bounds[1: last + 1].searchsorted(scratch, side="right"))
+
+
 class FastForwardRun:
     """A run of decode-only steps in flight: `bounds[i]` is the end of step i (bounds[0] its start), `times[i]`
     step i+1's duration, `extra.at(i)` the blocks the decodes need beyond those held at its start to run i+1 steps,
     `num_steps` its planned length and `allocated` the blocks taken so far (KV is allocated as each step starts,
     exactly as stepping would, when someone looks at the replica mid-run). `context_sum`: the decodes' contexts
     at its first step, summed; under KV compression, `contexts` each decode's kept context at its first step and
-    `caps` its kept-token cap (same order).
+    `caps` its kept-token cap (same order). `bounds` and `times` are float arrays, or lists of floats for a short
+    run whose step times came as a list (perf.base.StepTimes), with the same values.
 
     A plain class, not a dataclass: compiled, its constructor is a direct call (a dataclass's generated __init__
     runs as Python, about 4,000 instructions a call, and a saturated replica makes one or two runs an event)."""
@@ -546,7 +568,7 @@ class FastForwardRun:
     __slots__ = ("bounds", "times", "extra", "num_steps", "num_decodes", "used_at_start", "allocated",
                  "context_sum", "contexts", "caps")
 
-    def __init__(self, bounds: np.ndarray, times: np.ndarray, extra: BlockDemand, num_steps: int, num_decodes: int,
+    def __init__(self, bounds: StepTimes, times: StepTimes, extra: BlockDemand, num_steps: int, num_decodes: int,
                  used_at_start: int, allocated: int = 0, context_sum: float = 0.0,
                  contexts: np.ndarray | None = None, caps: np.ndarray | None = None) -> None:
         self.bounds = bounds
@@ -574,7 +596,8 @@ class FastForwardRun:
         if self.contexts is None and done <= scalar_up_to:
             # Whole numbers below 2**53 are exact as floats, and so are their sums: the running float `context`
             # holds the closed form's context_sum + n*i exactly.
-            times: list[float] = self.times[:done].tolist()
+            run_times = self.times
+            times: list[float] = run_times[:done] if isinstance(run_times, list) else run_times[:done].tolist()
             context = self.context_sum
             step = float(self.num_decodes)
             extra_area = 0.0
@@ -602,7 +625,7 @@ class FastForwardRun:
                 token_area += context * t
                 context += step
             return extra_area, token_area
-        times_a = self.times[:done]
+        times_a = np.asarray(self.times[:done])
         if self.contexts is None:  # kept_context_sums' sums (all contexts grow by one a step), in closed form
             sums = np.multiply(step_indices(done), float(self.num_decodes))
             np.add(sums, self.context_sum, sums)
@@ -614,8 +637,7 @@ class FastForwardRun:
         """Steps of the run planned by `now_s`: the first, and each whose start is before now (a step starting
         exactly now is planned after every arrival at now is seen). `scratch`: a 0-d float array the caller lends
         to hold now_s for numpy (which converts a Python float operand for longer than the search takes)."""
-        scratch[()] = now_s
-        return min(int(self.bounds[1:].searchsorted(scratch, side="left")) + 1, self.num_steps)
+        return min(ends_before(self.bounds, now_s, self.num_steps, scratch) + 1, self.num_steps)
 
 
 class ChainPiece:

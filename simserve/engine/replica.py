@@ -23,14 +23,22 @@ import simpy
 from mypy_extensions import mypyc_attr
 from simpy.events import PENDING
 
-from simserve.engine.decodes import NO_DEMAND, BlockDemand, ChainPiece, FastForwardRun, periodic_demand
+from simserve.engine.decodes import (
+    NO_DEMAND,
+    BlockDemand,
+    ChainPiece,
+    FastForwardRun,
+    ends_before,
+    ends_by,
+    periodic_demand,
+)
 from simserve.engine.events import AfterPlans, Environment, Settle, StepEnd, step_end_priority
 from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.kv import Extent, blocks_for
 from simserve.engine.planner import Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel
-from simserve.perf.base import accumulate_sum, asum
+from simserve.perf.base import StepTimes, accumulate_sum, asum
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware
@@ -79,7 +87,7 @@ class Replica:
                         and cfg.reserve_full_isl and not cfg.hand_off_after_prompt)
         self._chain: deque[ChainPiece] = deque()  # the predicted preempting plans ahead in the run in flight
         self._run_start = 0  # the run's step (from 0) at which the piece in flight began
-        self._chain_bounds: np.ndarray = np.zeros(1)  # the run's step ends (bounds[0] its start)
+        self._chain_bounds: StepTimes = [0.0]  # the run's step ends (bounds[0] its start)
         self._now_0d = np.zeros(())  # a time as numpy's operand for a search (a Python float costs it more)
         self._chain_first: list[Request] = []  # reasoning ends sampled by the run's first step
         self._longest_context = getattr(perf, "reads_longest_context", True)  # decode_run_stats_s's context_max
@@ -278,7 +286,7 @@ class Replica:
         self._sync_run()
         run = self._run
         assert run is not None
-        done = min(int(run.bounds[1:].searchsorted(now, side="left")), run.num_steps)
+        done = ends_before(run.bounds, now, run.num_steps, self._now_0d)
         g = self._run_start
         self._finish_run(g + min(done + 1, run.num_steps), g + done, at_horizon=True)
         self._record_run(run, done)
@@ -359,7 +367,7 @@ class Replica:
                                            [h for _, _, h in chunks], float(plan.decode_context_sum()), longest))
 
     def _run_times_s(self, contexts: np.ndarray, k: int, caps: np.ndarray | None, context_sum: int,
-                     context_max: int) -> np.ndarray:
+                     context_max: int) -> StepTimes:
         """Seconds of each step of a fast-forwarded run of k decode steps (the perf model's closed form; uncapped,
         from the contexts' sum and maximum, given: the maximum is 0 for a model that does not read it)."""
         if caps is not None:
@@ -467,25 +475,37 @@ class Replica:
         times = self._run_times_s(contexts, k, caps, context_sum, longest)
         pieces = self._predict_chain(k, extra) if self._chains and extra.num_steps > k else []
         total = k + sum(p.num_steps for p in pieces)
-        bounds = np.empty(total + 1)
-        bounds[0] = now
-        bounds[1: k + 1] = times
-        for p in pieces:  # each piece a run of its own over its steps (views of the run's bounds)
-            ptimes = self.perf.decode_run_stats_s(p.num_decodes, p.context_sum, p.context_max, p.num_steps)
-            bounds[p.start + 1: p.start + p.num_steps + 1] = ptimes
-            p.run = FastForwardRun(bounds[p.start: p.start + p.num_steps + 1], ptimes,
-                                   p.extra, p.num_steps,
-                                   p.num_decodes, 0, context_sum=float(p.context_sum))
-        accumulate_sum(bounds, out=bounds)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1], as steps add
-        run = FastForwardRun(bounds[: k + 1], times, extra, k, dec.n, used, context_sum=float(context_sum),
+        bounds: StepTimes
+        chain_bounds: StepTimes  # the whole run's step ends, its pieces' included
+        if isinstance(times, list) and not pieces:  # a short run's times as a list (StepTimes): its ends a list
+            end_s = now
+            ends = [now]
+            for t in times:  # sequential sums, as numpy's accumulate adds them and as steps add: the same bits
+                end_s += t
+                ends.append(end_s)
+            bounds = chain_bounds = ends
+        else:
+            array = np.empty(total + 1)
+            array[0] = now
+            array[1: k + 1] = times
+            for p in pieces:  # each piece a run of its own over its steps (views of the run's bounds)
+                ptimes = self.perf.decode_run_stats_s(p.num_decodes, p.context_sum, p.context_max, p.num_steps)
+                array[p.start + 1: p.start + p.num_steps + 1] = ptimes
+                p.run = FastForwardRun(array[p.start: p.start + p.num_steps + 1], ptimes,
+                                       p.extra, p.num_steps,
+                                       p.num_decodes, 0, context_sum=float(p.context_sum))
+            accumulate_sum(array, out=array)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1]
+            end_s = float(array[total])
+            bounds, chain_bounds = array[: k + 1], array
+        run = FastForwardRun(bounds, times, extra, k, dec.n, used, context_sum=float(context_sum),
                              contexts=contexts if caps is not None else None, caps=caps)
         self._chain.extend(pieces)
-        self._chain_bounds = bounds
+        self._chain_bounds = chain_bounds
         self._chain_first = plan.reasoning_done
         self._run = run
         self._run_start = 0
         self._run_waiting = num_waiting
-        end: simpy.Event = StepEnd(env, 0.0, self._end_priority, float(bounds[total]))  # at_s
+        end: simpy.Event = StepEnd(env, 0.0, self._end_priority, end_s)  # at_s
         self._run_end, self._run_steps = end, total  # `_rouse` may cut the run: it moves the end earlier
         self.num_events += 1
         self._stepping = True
@@ -735,9 +755,7 @@ class Replica:
         t = self.env._now
         bounds = self._chain_bounds
         total = self._run_steps
-        at = self._now_0d
-        at[()] = t
-        j = int(bounds[1: total + 1].searchsorted(at, side="right"))  # boundaries at or before t
+        j = ends_by(bounds, t, total, self._now_0d)  # boundaries at or before t
         if j >= 1 and bounds[j] == t and not self._cut_after_now:
             m = j  # an arrival at a step boundary: stepping would plan the next step after it
         else:

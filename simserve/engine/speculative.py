@@ -284,4 +284,4 @@ class SpecReplica(Replica):
         super()._record_run(run, done)
         if done:
             sums = np.array([float(c.sum()) for c in self._run_plan[0][:done]])
-            self.kv_token_area = before + ordered_dot(sums, run.times[:done])
+            self.kv_token_area = before + ordered_dot(sums, np.asarray(run.times[:done], dtype=float))

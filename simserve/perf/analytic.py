@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simserve.hardware import ModelSpec
-from simserve.perf.base import Batch, PerfContext, asum, kept_context_sums
+from simserve.perf.base import Batch, PerfContext, StepTimes, asum, kept_context_sums
 
 
 def causal_pairs(new_tokens: np.ndarray, cached_tokens: np.ndarray) -> np.ndarray:
@@ -137,7 +137,7 @@ class RooflinePerf:
         return self.overhead_s + max(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * tokens
 
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int,
-                           caps: np.ndarray | None = None) -> np.ndarray:
+                           caps: np.ndarray | None = None) -> StepTimes:
         if caps is not None:  # kept contexts stop growing at their caps: no longer affine in the step index
             n = len(decode_context_tokens)
             ctx, _ = kept_context_sums(decode_context_tokens, caps, num_steps)
@@ -146,7 +146,7 @@ class RooflinePerf:
             return self.overhead_s + np.maximum(mem, compute) + self.comm_fixed_s + self.comm_s_per_token * n
         return self.decode_run_stats_s(len(decode_context_tokens), int(asum(decode_context_tokens)), 0, num_steps)
 
-    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
+    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> StepTimes:
         # Element s is step_time_s of step s's batch to the last bit: the same operations, in the same order, on the
         # same values (n tokens, ctx = context_sum + n*s query-key pairs, ctx + n KV tokens; whole numbers, exact
         # as floats). A run's step ends must equal those of stepping one step at a time exactly, or a tie between
@@ -163,8 +163,7 @@ class RooflinePerf:
         memory_bound = mem0 > cmp0 * _MARGIN and mem1 > cmp1 * _MARGIN
         compute_bound = cmp0 > mem0 * _MARGIN and cmp1 > mem1 * _MARGIN
         if num_steps <= _SCALAR_STEPS:  # a short run: the same operations on floats, without numpy's per-call cost
-            return np.array(self._stats_list(num_steps, tokens, float(context_sum), weight_s, memory_bound,
-                                             compute_bound))
+            return self._stats_list(num_steps, tokens, float(context_sum), weight_s, memory_bound, compute_bound)
         # n*s + context_sum (+ n): whole numbers, exact as floats, which np.arange gives in one call; then ufunc calls
         # with their outputs (in-place operators cost about twice as much).
         stop = float(context_sum + n * num_steps)

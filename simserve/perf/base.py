@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 
 import numpy as np
 
@@ -97,6 +97,12 @@ class Batch:
         return int(len(self.decode_context_tokens) + self.prefill_new_tokens.sum())
 
 
+# A run's step times: a float array, or for a short run a list of floats. A saturated replica's runs are mostly a few
+# steps long; for those, an array costs more in numpy's per-call overhead (making it, summing its step ends,
+# searching them, reading them back as floats) than the arithmetic it holds. The engine keeps a list as a list.
+StepTimes: TypeAlias = np.ndarray | list[float]
+
+
 class PerfModel(Protocol):
     @property
     def overhead_s(self) -> float:
@@ -109,13 +115,14 @@ class PerfModel(Protocol):
         ...
 
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int,
-                           caps: np.ndarray | None = None) -> np.ndarray:
+                           caps: np.ndarray | None = None) -> StepTimes:
         """Seconds of each of `num_steps` decode-only steps; step s (from 0) has contexts
         decode_context_tokens + s, or under KV compression min(decode_context_tokens + s, caps) (each sequence's
-        kept KV stops growing at its cap). Element s equals step_time_s of that step's batch."""
+        kept KV stops growing at its cap). Element s equals step_time_s of that step's batch. A float array, or
+        a list of floats (cheaper for a short run, which the engine then keeps as a list: see StepTimes)."""
         ...
 
-    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
+    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> StepTimes:
         """`decode_run_times_s` without caps, from what it reads of the contexts: the batch size, their sum and
         their maximum (the same values)."""
         ...
