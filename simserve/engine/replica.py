@@ -475,24 +475,35 @@ class Replica:
         times = self._run_times_s(contexts, k, caps, context_sum, longest)
         pieces = self._predict_chain(k, extra) if self._chains and extra.num_steps > k else []
         total = k + sum(p.num_steps for p in pieces)
+        # Each piece a run of its own over its steps, timed as one (its first step's batch).
+        piece_times = [self.perf.decode_run_stats_s(p.num_decodes, p.context_sum, p.context_max, p.num_steps)
+                       for p in pieces]
         bounds: StepTimes
         chain_bounds: StepTimes  # the whole run's step ends, its pieces' included
-        if isinstance(times, list) and not pieces:  # a short run's times as a list (StepTimes): its ends a list
+        if isinstance(times, list) and all(isinstance(t, list) for t in piece_times):
+            # Short runs' times as lists (StepTimes): the step ends a list, each piece's a copy of its part.
             end_s = now
             ends = [now]
             for t in times:  # sequential sums, as numpy's accumulate adds them and as steps add: the same bits
                 end_s += t
                 ends.append(end_s)
-            bounds = chain_bounds = ends
+            for i, p in enumerate(pieces):  # pieces follow one another: p.start is the step ends' count so far
+                ptimes = piece_times[i]
+                assert isinstance(ptimes, list)
+                for t in ptimes:
+                    end_s += t
+                    ends.append(end_s)
+                p.run = FastForwardRun(ends[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
+                                       p.num_decodes, 0, context_sum=float(p.context_sum))
+            bounds, chain_bounds = ends[: k + 1] if pieces else ends, ends
         else:
             array = np.empty(total + 1)
             array[0] = now
             array[1: k + 1] = times
-            for p in pieces:  # each piece a run of its own over its steps (views of the run's bounds)
-                ptimes = self.perf.decode_run_stats_s(p.num_decodes, p.context_sum, p.context_max, p.num_steps)
+            for i, p in enumerate(pieces):  # each piece's step ends a view of the run's
+                ptimes = piece_times[i]
                 array[p.start + 1: p.start + p.num_steps + 1] = ptimes
-                p.run = FastForwardRun(array[p.start: p.start + p.num_steps + 1], ptimes,
-                                       p.extra, p.num_steps,
+                p.run = FastForwardRun(array[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
                                        p.num_decodes, 0, context_sum=float(p.context_sum))
             accumulate_sum(array, out=array)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1]
             end_s = float(array[total])
