@@ -4,6 +4,8 @@ implied by the contexts (counted by (ctx - tick) mod B) against blocks kept in t
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -165,7 +167,7 @@ def test_a_runs_step_ends_are_searched_alike_as_a_list_and_as_an_array(seed):
         runs = [FastForwardRun(b, t, BlockDemand(k, np.zeros(k, np.int64)), k, 1, 0)
                 for b, t in ((ends, times), (array, np.array(times)))]
         for last in {1, int(rng.integers(1, k + 1)), k}:
-            probes = [start - 1.0, start, *ends[1:], *((a + b) / 2 for a, b in zip(ends, ends[1:])), ends[-1] + 1.0]
+            probes = [start - 1.0, start, *ends[1:], *((a + b) / 2 for a, b in pairwise(ends)), ends[-1] + 1.0]
             for t in probes:
                 before = sum(1 for e in ends[1: last + 1] if e < t)
                 by = sum(1 for e in ends[1: last + 1] if e <= t)
