@@ -26,7 +26,7 @@ import numpy as np
 
 from simserve.hardware import ModelSpec
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, interp, kept_context_sums
+from simserve.perf.base import Batch, StepTimes, interp, kept_context_sums
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features
 
 
@@ -43,6 +43,10 @@ _CACHED_GRID = np.concatenate([[0.0], _int_grid(1 << 20, 120)])
 _LOG_KV = np.log(_KV_GRID)
 _LOG_NEW = np.log(_NEW_GRID)
 _LOG_CACHED = np.log1p(_CACHED_GRID)
+# decode_run_stats_s gives a run of at most this many steps as a list (perf.base.StepTimes), whose step ends the
+# engine then keeps as a list. Chosen by callgrind's counts of the runs (docs/performance.md, stage 18): at 48 the
+# light load's run took 1.0% fewer instructions and the quick start's 2.6%; at 128, 0.5% and 3.0%.
+_LIST_STEPS = 48
 # As floats for the compiled scalar paths (typed: native float arithmetic, the same IEEE operations as Python's).
 _NEW_LIST: Final[list[float]] = _NEW_GRID.tolist()
 _CACHED_LIST: Final[list[float]] = _CACHED_GRID.tolist()
@@ -403,7 +407,7 @@ class CalibratedPerf:
         return self.overhead_s + self._tokens_s(m, r) + self.model.num_layers * attn
 
     def decode_run_times_s(self, decode_context_tokens: np.ndarray, num_steps: int,
-                           caps: np.ndarray | None = None) -> np.ndarray:
+                           caps: np.ndarray | None = None) -> StepTimes:
         n = len(decode_context_tokens)
         if caps is not None:  # kept contexts stop growing at their caps
             total, longest_s = kept_context_sums(decode_context_tokens, caps, num_steps)
@@ -412,7 +416,7 @@ class CalibratedPerf:
         return self.decode_run_stats_s(n, int(decode_context_tokens.sum()), int(decode_context_tokens.max()),
                                        num_steps)
 
-    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> np.ndarray:
+    def decode_run_stats_s(self, n: int, context_sum: int, context_max: int, num_steps: int) -> StepTimes:
         # Step s's mean context is (context_sum + n*s) / n, as step_time_s computes it from that step's batch
         # (not context_sum / n + s, which can round differently); its longest is context_max + s. Only the sides of
         # the attention `_sides` names for the whole run are computed.
@@ -440,4 +444,5 @@ class CalibratedPerf:
         # (overhead + tokens) + layers * attn, step_time_s's operations, in place
         np.multiply(attn, self._layers_0d, attn)
         np.add(attn, outside, attn)
-        return attn
+        # A short run's times as a list (StepTimes): the same floats (tolist is exact).
+        return attn.tolist() if num_steps <= _LIST_STEPS else attn
