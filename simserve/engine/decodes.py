@@ -8,6 +8,7 @@ exactly the times, blocks and token counts that stepping one iteration at a time
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from typing import Final
 
 import numpy as np
 from mypy_extensions import mypyc_attr
@@ -25,15 +26,15 @@ from simserve.perf.base import (
 )
 from simserve.request import Request
 
-_NEVER = 1 << 62
+_NEVER: Final = 1 << 62
 # A run's KV integrals over at most this many steps are summed with floats: numpy's per-call cost (about 5,000
 # instructions a call, some fourteen calls) is most of a short run's; half the runs of a saturated replica are 3 steps
 # or fewer. Chosen by native CPU, where the array code costs about 14 us a run and the floats about 30 ns a step (they
 # cross near 800 steps); callgrind's counts, which weigh numpy's vector loops as instructions, cross near 128.
-_SCALAR_INTEGRALS = 512
+_SCALAR_INTEGRALS: Final = 512
 # numpy takes a 0-d int64 array as an operand in half the time of a Python int (which it must first type).
-_ONE = np.ones((), np.int64)
-_NO_NEEDS = np.zeros(0, np.bool_)  # schedule_all's needs when they fit (read only when they do not)
+_ONE: Final = np.ones((), np.int64)
+_NO_NEEDS: Final = np.zeros(0, np.bool_)  # schedule_all's needs when they fit (read only when they do not)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecDecodes

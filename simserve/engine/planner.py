@@ -26,6 +26,7 @@ whose last token is in flight is skipped, but still holds its blocks and its run
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 from mypy_extensions import mypyc_attr
@@ -36,8 +37,8 @@ from simserve.perf.base import amax, asum, context_sum, count_nonzero
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware, Scheduler
 
-_EMPTY = np.zeros(0, dtype=np.int64)
-_FORK_KEYS = 1 << 64  # fork block keys lie in [2**64, 2**129): above every int64 key a workload gives
+_EMPTY: Final = np.zeros(0, dtype=np.int64)
+_FORK_KEYS: Final = 1 << 64  # fork block keys lie in [2**64, 2**129): above every int64 key a workload gives
 
 
 def fork_block_key(fork_key: int, block: int) -> int:

@@ -16,7 +16,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Generator, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import simpy
@@ -43,8 +43,8 @@ from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware
 
-_ONE_STEP = np.zeros(1, dtype=np.int64)
-_MAX_PIECES = 256  # preempting plans one run may span (it is predicted whole at its start)
+_ONE_STEP: Final = np.zeros(1, dtype=np.int64)
+_MAX_PIECES: Final = 256  # preempting plans one run may span (it is predicted whole at its start)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecReplica

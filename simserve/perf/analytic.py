@@ -8,6 +8,7 @@ them) and the prefill-attention features of a fit, so the three cannot drift apa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 
@@ -220,8 +221,8 @@ class RooflinePerf:
 
 # A side dominates a run if it exceeds the other by this factor at both ends: far above the few roundings between
 # the affine estimate and each step's value, so the step's own max() would pick the same side.
-_MARGIN = 1.0 + 1e-9
+_MARGIN: Final = 1.0 + 1e-9
 # Runs of at most this many steps are timed with floats, not arrays: numpy's per-call cost (about 5,000 instructions
 # for each of the array code's 6-8 operations) is most of a short run's; half the runs of a saturated replica
 # (pieces between preempting plans) are 3 steps or fewer.
-_SCALAR_STEPS = 64
+_SCALAR_STEPS: Final = 64

@@ -40,13 +40,13 @@ def _int_grid(high: int, num: int) -> np.ndarray:
 _KV_GRID = _int_grid(1 << 20, 160)
 _NEW_GRID = _int_grid(1 << 17, 120)
 _CACHED_GRID = np.concatenate([[0.0], _int_grid(1 << 20, 120)])
-_LOG_KV = np.log(_KV_GRID)
+_LOG_KV: Final = np.log(_KV_GRID)
 _LOG_NEW = np.log(_NEW_GRID)
 _LOG_CACHED = np.log1p(_CACHED_GRID)
 # decode_run_stats_s gives a run of at most this many steps as a list (perf.base.StepTimes), whose step ends the
 # engine then keeps as a list. Chosen by callgrind's counts of the runs (docs/performance.md, stage 18): at 48 the
 # light load's run took 1.0% fewer instructions and the quick start's 2.6%; at 128, 0.5% and 3.0%.
-_LIST_STEPS = 48
+_LIST_STEPS: Final = 48
 # As floats for the compiled scalar paths (typed: native float arithmetic, the same IEEE operations as Python's).
 _NEW_LIST: Final[list[float]] = _NEW_GRID.tolist()
 _CACHED_LIST: Final[list[float]] = _CACHED_GRID.tolist()
