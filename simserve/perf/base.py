@@ -134,12 +134,12 @@ _STEPS.flags.writeable = False
 
 # Reductions of the hot paths, once or more per event: ndarray.sum/max/min pass through a Python frame
 # (numpy._core._methods) to these same C loops, called here directly; the results are the same to the bit.
-asum = np.add.reduce
-amax = np.maximum.reduce
-amin = np.minimum.reduce
+asum: Final = np.add.reduce
+amax: Final = np.maximum.reduce
+amin: Final = np.minimum.reduce
 # cumsum's own loop (np.cumsum is add.accumulate: the same sequential sums), without the method's slower handling of
 # `out=` (about 1.9 us a call against 0.7 us).
-accumulate_sum = np.add.accumulate
+accumulate_sum: Final = np.add.accumulate
 
 
 def context_sum(contexts: np.ndarray) -> int:
@@ -149,11 +149,11 @@ def context_sum(contexts: np.ndarray) -> int:
 # The compiled cores of np.count_nonzero and np.interp, without their Python wrappers (np.interp's checks were a
 # third of a calibrated step's cost); numpy 1.x keeps them in numpy.core.
 _cores: Any = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
-count_nonzero = _cores.count_nonzero
-interp = _cores.interp
+count_nonzero: Final = _cores.count_nonzero
+interp: Final = _cores.interp
 # np.bincount without its __array_function__ dispatch (about 150 ns a call; the same C function), where numpy's
 # dispatcher exposes it.
-bincount: Any = getattr(np.bincount, "_implementation", np.bincount)
+bincount: Final[Any] = getattr(np.bincount, "_implementation", np.bincount)
 
 
 def ordered_dot(a: np.ndarray, b: np.ndarray) -> float:
