@@ -47,6 +47,15 @@ _ONE_STEP: Final = np.zeros(1, dtype=np.int64)
 _MAX_PIECES: Final = 256  # preempting plans one run may span (it is predicted whole at its start)
 
 
+def _add_step_ends(ends: list[float], end_s: float, times: list[float]) -> float:
+    """Append to `ends` the step ends that follow `end_s` by `times`; returns the last. Sequential sums, as numpy's
+    accumulate adds them and as steps add: the same bits."""
+    for t in times:
+        end_s += t
+        ends.append(end_s)
+    return end_s
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecReplica
 class Replica:
     """One model instance on `tensor_parallel` GPUs, driven by its planner, timed by its perf model."""
@@ -478,38 +487,29 @@ class Replica:
         # Each piece a run of its own over its steps, timed as one (its first step's batch).
         piece_times = [self.perf.decode_run_stats_s(p.num_decodes, p.context_sum, p.context_max, p.num_steps)
                        for p in pieces]
-        bounds: StepTimes
-        chain_bounds: StepTimes  # the whole run's step ends, its pieces' included
+        chain_bounds: StepTimes  # the whole run's step ends, its pieces' included (they follow one another)
         if isinstance(times, list) and all(isinstance(t, list) for t in piece_times):
-            # Short runs' times as lists (StepTimes): the step ends a list, each piece's a copy of its part.
-            end_s = now
-            ends = [now]
-            for t in times:  # sequential sums, as numpy's accumulate adds them and as steps add: the same bits
-                end_s += t
-                ends.append(end_s)
-            for i, p in enumerate(pieces):  # pieces follow one another: p.start is the step ends' count so far
-                ptimes = piece_times[i]
+            # Short runs' times as lists (StepTimes): the step ends a list.
+            chain_bounds = [now]
+            end_s = _add_step_ends(chain_bounds, now, times)
+            for ptimes in piece_times:
                 assert isinstance(ptimes, list)
-                for t in ptimes:
-                    end_s += t
-                    ends.append(end_s)
-                p.run = FastForwardRun(ends[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
-                                       p.num_decodes, 0, context_sum=float(p.context_sum))
-            bounds, chain_bounds = ends[: k + 1] if pieces else ends, ends
+                end_s = _add_step_ends(chain_bounds, end_s, ptimes)
         else:
             array = np.empty(total + 1)
             array[0] = now
             array[1: k + 1] = times
-            for i, p in enumerate(pieces):  # each piece's step ends a view of the run's
-                ptimes = piece_times[i]
-                array[p.start + 1: p.start + p.num_steps + 1] = ptimes
-                p.run = FastForwardRun(array[p.start: p.start + p.num_steps + 1], ptimes, p.extra, p.num_steps,
-                                       p.num_decodes, 0, context_sum=float(p.context_sum))
+            for i, p in enumerate(pieces):
+                array[p.start + 1: p.start + p.num_steps + 1] = piece_times[i]
             accumulate_sum(array, out=array)  # sequential sums: bounds[i] = bounds[i - 1] + times[i - 1]
             end_s = float(array[total])
-            bounds, chain_bounds = array[: k + 1], array
-        run = FastForwardRun(bounds, times, extra, k, dec.n, used, context_sum=float(context_sum),
-                             contexts=contexts if caps is not None else None, caps=caps)
+            chain_bounds = array
+        for i, p in enumerate(pieces):  # each piece a run of its own over its part (an array's view, a list's copy)
+            p.run = FastForwardRun(chain_bounds[p.start: p.start + p.num_steps + 1], piece_times[i], p.extra,
+                                   p.num_steps, p.num_decodes, 0, context_sum=float(p.context_sum))
+        run = FastForwardRun(chain_bounds[: k + 1] if pieces else chain_bounds, times, extra, k, dec.n, used,
+                             context_sum=float(context_sum), contexts=contexts if caps is not None else None,
+                             caps=caps)
         self._chain.extend(pieces)
         self._chain_bounds = chain_bounds
         self._chain_first = plan.reasoning_done
