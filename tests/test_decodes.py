@@ -4,12 +4,16 @@ implied by the contexts (counted by (ctx - tick) mod B) against blocks kept in t
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simserve.engine.decodes import Decodes, FastForwardRun
+from simserve.perf import base
 from simserve.request import Request
 
 
@@ -179,3 +183,16 @@ def test_a_runs_step_ends_are_searched_alike_as_a_list_and_as_an_array(seed):
         for done in {0, 1, k}:
             assert runs[0].kv_integrals(done) == runs[1].kv_integrals(done)
             assert runs[0].kv_integrals(done, scalar_up_to=0) == runs[1].kv_integrals(done, scalar_up_to=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=300))
+def test_a_maximum_and_a_minimum_read_at_argmax_and_argmin_are_numpys(values):
+    """base.amax/amin read the value at the argmax/argmin: the same number as numpy's reductions, as a Python int."""
+    a = np.array(values, np.int64)
+    assert base.amax(a) == int(np.max(a)) and type(base.amax(a)) is int
+    assert base.amin(a) == int(np.min(a)) and type(base.amin(a)) is int
+    assert base.amax(a[::2]) == max(values[::2]) and base.amin(a[1:] if len(a) > 1 else a) == min(values[1:] or values)
+    f = a.astype(float)
+    f[len(f) // 2] = np.nan
+    assert math.isnan(base.amax(f)) and math.isnan(base.amin(f))

@@ -357,6 +357,21 @@ def test_strings_are_built_from_buffers_with_nulls_and_any_text():
     assert metrics._strings([]).to_pylist() == []
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["completed", None, "", "häßlich ✓", "main", "x" * 300]), max_size=60),
+       st.integers(0, 3))
+def test_strings_gathered_by_their_codes_are_arrows_own(values, repeat):
+    """Each distinct string encoded once and the rows' bytes gathered by code give the array (offsets, bytes and
+    validity) that pyarrow builds from the Python strings, for one distinct value or many, with nulls and without."""
+    values = values * repeat
+    arr = metrics._strings(values)
+    arr.validate(full=True)
+    want = pa.array(values, pa.large_string())
+    assert arr.equals(want) and arr.to_pylist() == values
+    assert arr.buffers()[1].to_pybytes() == want.buffers()[1].to_pybytes()
+    assert arr.buffers()[2].to_pybytes()[: len(want.buffers()[2])] == want.buffers()[2].to_pybytes()
+
+
 def test_columns_read_back_from_their_buffers_as_to_numpy_gives():
     ints = pa.chunked_array([pa.array([1, 2, 3], pa.int64()).slice(1), pa.array([7], pa.int64())])
     got = metrics._chunked_numpy(ints)

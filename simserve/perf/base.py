@@ -132,11 +132,28 @@ _STEPS = np.arange(1 << 14, dtype=float)
 _STEPS.flags.writeable = False
 
 
-# Reductions of the hot paths, once or more per event: ndarray.sum/max/min pass through a Python frame
-# (numpy._core._methods) to these same C loops, called here directly; the results are the same to the bit.
+# Reductions of the hot paths, once or more per event: ndarray.sum passes through a Python frame
+# (numpy._core._methods) to the same C loop, called here directly (the same bits); a maximum or a minimum is read at
+# the array's argmax or argmin, which costs less than either.
 asum: Final = np.add.reduce
-amax: Final = np.maximum.reduce
-amin: Final = np.minimum.reduce
+_argmax: Final = np.ndarray.argmax
+_argmin: Final = np.ndarray.argmin
+_item: Final = np.ndarray.item
+
+
+def amax(values: np.ndarray) -> Any:
+    """The largest value of a non-empty array of integers (or of floats, none of them -0.0), as a Python number: the
+    value at its argmax. An argmax and an item cost about a quarter of a reduction's call (np.maximum.reduce parses
+    its arguments and makes a numpy scalar): 0.25 against 0.95 us on 180 values; the value is the same (a float
+    array's NaN, its first, as the reduction's)."""
+    return _item(values, _argmax(values))
+
+
+def amin(values: np.ndarray) -> Any:
+    """The smallest value of a non-empty array, as `amax`: the value at its argmin."""
+    return _item(values, _argmin(values))
+
+
 # cumsum's own loop (np.cumsum is add.accumulate: the same sequential sums), without the method's slower handling of
 # `out=` (about 1.9 us a call against 0.7 us).
 accumulate_sum: Final = np.add.accumulate
