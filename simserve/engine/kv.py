@@ -338,17 +338,17 @@ class KvBlockPool:
         if hold is None or not self.prefix_caching:
             return 0
         total = 0
-        get, gone = self._cache.get, released.get
+        cache = self._cache  # its own get and released's (compiled dict gets; bound methods were generic calls)
         for key, _ in hold.chain:
-            copies = get(key)
+            copies = cache.get(key)
             if not copies:
                 continue
             if len(copies) == 1:  # the common case, without a generator
                 e = copies[0]
-                if e.refs > gone(e, 0):
+                if e.refs > released.get(e, 0):
                     total += e.size
             else:
-                total += max((e.size for e in copies if e.refs > gone(e, 0)), default=0)
+                total += max((e.size for e in copies if e.refs > released.get(e, 0)), default=0)
         return total
 
     # ------------------------------------------------------------------------------------------ checks
