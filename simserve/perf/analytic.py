@@ -31,8 +31,9 @@ def step_tokens(batch: Batch) -> tuple[float, float, float]:
     # A step has few prefill chunks: plain floats are faster than numpy here (the same arithmetic as
     # causal_pairs, element by element).
     new, cached = batch.prefill_lists()
-    for new_i, cached_i in zip(new, cached, strict=True):
-        q, c = float(new_i), float(cached_i)
+    assert len(new) == len(cached)
+    for i in range(len(new)):  # indexed: a compiled loop, where zip(..., strict=True) is a generic call
+        q, c = float(new[i]), float(cached[i])
         tokens += q
         kv_tokens += c + q
         pairs += q * (c + (q + 1.0) / 2.0)
