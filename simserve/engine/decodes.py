@@ -21,6 +21,10 @@ from simserve.perf.base import (
     context_sum,
     count_nonzero,
     kept_context_sums,
+    np_add,
+    np_floor_divide,
+    np_maximum,
+    np_minimum,
     ordered_dot,
     step_indices,
 )
@@ -35,12 +39,6 @@ _SCALAR_INTEGRALS: Final = 512
 # numpy takes a 0-d int64 array as an operand in half the time of a Python int (which it must first type).
 _ONE: Final = np.ones((), np.int64)
 _NO_NEEDS: Final = np.zeros(0, np.bool_)  # schedule_all's needs when they fit (read only when they do not)
-# numpy's functions of the hot paths, bound once (a Final is a C static in the compiled module, where `np.add` is a
-# lookup in numpy's module dict at each call).
-_add: Final = np.add
-_floor_divide: Final = np.floor_divide
-_minimum: Final = np.minimum
-_maximum: Final = np.maximum
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # speculative.py's SpecDecodes
@@ -160,7 +158,7 @@ class Decodes:
         n = self.n
         blocks = self.blocks[:n]
         if not self._fresh:
-            _floor_divide(self.ctx[:n] + self._bt_less_one, self._bt, blocks)
+            np_floor_divide(self.ctx[:n] + self._bt_less_one, self._bt, blocks)
             self._fresh = True
         return blocks
 
@@ -283,7 +281,7 @@ class Decodes:
             need = self._hist[(-self.tick) % block_tokens]
             if need <= free_blocks:
                 ctx = self.ctx[:n]
-                _add(ctx, _ONE, ctx)  # a ufunc call with its output: an in-place operator costs about twice
+                np_add(ctx, _ONE, ctx)  # a ufunc call with its output: an in-place operator costs about twice
                 self.tick += 1
                 if self.ctx_sum >= 0:
                     self.ctx_sum += n
@@ -300,8 +298,8 @@ class Decodes:
         if need > free_blocks:
             return -1, needs
         if need:
-            _add(blocks, needs, blocks)
-        _add(ctx, _ONE, ctx)
+            np_add(blocks, needs, blocks)
+        np_add(ctx, _ONE, ctx)
         self.tick += 1
         if self.ctx_sum >= 0:
             self.ctx_sum += n
@@ -314,8 +312,8 @@ class Decodes:
         n = self.n
         self.fresh_blocks()
         blocks, ctx = self.blocks[:n], self.ctx[:n]
-        _add(blocks, needs, blocks)
-        _add(ctx, _ONE, ctx)
+        np_add(blocks, needs, blocks)
+        np_add(ctx, _ONE, ctx)
         self.tick += 1
         if self.ctx_sum >= 0:
             self.ctx_sum += n
@@ -326,8 +324,8 @@ class Decodes:
         """Context tokens whose KV is kept (attention reads them): min(ctx, keep), for these slots (all if None).
         A new array."""
         if slots is None:
-            return _minimum(self.ctx[: self.n], self.keep[: self.n])
-        return _minimum(self.ctx[slots], self.keep[slots])
+            return np_minimum(self.ctx[: self.n], self.keep[: self.n])
+        return np_minimum(self.ctx[slots], self.keep[slots])
 
     def schedule_some(self, slots: np.ndarray, needs: np.ndarray) -> None:
         """One decode token for these slots only (their new blocks' `needs` allocated by the caller): their last
@@ -392,7 +390,7 @@ class Decodes:
         extra = laps * n
         extra += buf[phase]
         if room is not None:
-            extra -= _capped_growth(first + _minimum(room, num_steps) * block_tokens, block_tokens, num_steps)
+            extra -= _capped_growth(first + np_minimum(room, num_steps) * block_tokens, block_tokens, num_steps)
         return BlockDemand(num_steps, extra)
 
     def _step_laps(self, num_steps: int, block_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -412,7 +410,7 @@ class Decodes:
         ctx = self.ctx[:n]
         operand = self._operand
         operand[()] = num_steps
-        _add(ctx, operand, ctx)
+        np_add(ctx, operand, ctx)
         if self.ctx_sum >= 0:
             self.ctx_sum += n * num_steps
         if self.ctx_max >= 0 and n:
@@ -423,8 +421,8 @@ class Decodes:
         grown = ctx + (block_tokens - 1)
         grown //= block_tokens
         if self.compressed:
-            _minimum(grown, self.cap[:n], out=grown)
-        _maximum(self.blocks[:n], grown, out=self.blocks[:n])
+            np_minimum(grown, self.cap[:n], out=grown)
+        np_maximum(self.blocks[:n], grown, out=self.blocks[:n])
 
     def _slots_at(self, compare: np.ufunc, row: np.ndarray) -> list[int]:
         """The slots j < n where compare(row[j], tick), in order (the tick as the 0-d `_operand`)."""
@@ -535,7 +533,7 @@ class BlockDemand:
             return array[:done]
         laps, phase = np.divmod(np.arange(done, dtype=np.int64), self.period)
         out: np.ndarray = np.multiply(laps, self.n)
-        _add(out, np.array(self.before, np.int64)[phase], out)
+        np_add(out, np.array(self.before, np.int64)[phase], out)
         return out
 
 
@@ -635,7 +633,7 @@ class FastForwardRun:
         times_a = np.asarray(self.times[:done])
         if self.contexts is None:  # kept_context_sums' sums (all contexts grow by one a step), in closed form
             sums = np.multiply(step_indices(done), float(self.num_decodes))
-            _add(sums, self.context_sum, sums)
+            np_add(sums, self.context_sum, sums)
         else:
             sums, _ = kept_context_sums(self.contexts, self.caps, done)
         return ordered_dot(self.extra.values(done), times_a), ordered_dot(sums, times_a)

@@ -157,6 +157,18 @@ def amin(values: np.ndarray) -> Any:
 # cumsum's own loop (np.cumsum is add.accumulate: the same sequential sums), without the method's slower handling of
 # `out=` (about 1.9 us a call against 0.7 us).
 accumulate_sum: Final = np.add.accumulate
+# numpy's functions the compiled hot paths call (the decodes, the calibrated model's runs and steps), bound once:
+# a Final name is a C static that the compiled modules importing it read, where `np.add` is a lookup in numpy's module
+# dict at every call (about 275 instructions).
+np_add: Final = np.add
+np_multiply: Final = np.multiply
+np_true_divide: Final = np.true_divide
+np_floor_divide: Final = np.floor_divide
+np_minimum: Final = np.minimum
+np_maximum: Final = np.maximum
+np_log: Final = np.log
+np_exp: Final = np.exp
+np_arange: Final = np.arange
 
 
 def context_sum(contexts: np.ndarray) -> int:

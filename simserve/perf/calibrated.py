@@ -26,7 +26,19 @@ import numpy as np
 
 from simserve.hardware import ModelSpec
 from simserve.perf.analytic import causal_pairs
-from simserve.perf.base import Batch, StepTimes, interp, kept_context_sums
+from simserve.perf.base import (
+    Batch,
+    StepTimes,
+    interp,
+    kept_context_sums,
+    np_add,
+    np_arange,
+    np_exp,
+    np_log,
+    np_maximum,
+    np_multiply,
+    np_true_divide,
+)
 from simserve.perf.fits import BYTES, Fit, FitError, OpFit, attention_features
 
 
@@ -47,15 +59,6 @@ _LOG_CACHED = np.log1p(_CACHED_GRID)
 # engine then keeps as a list. Chosen by callgrind's counts of the runs (docs/performance.md, stage 18): at 48 the
 # light load's run took 1.0% fewer instructions and the quick start's 2.6%; at 128, 0.5% and 3.0%.
 _LIST_STEPS: Final = 48
-# numpy's functions a decode run and a decode step call, bound once: compiled, a Final module name is a C static,
-# where `np.exp` is a lookup in numpy's module dict at every call (about 275 instructions; six or more a run).
-_arange: Final = np.arange
-_true_divide: Final = np.true_divide
-_log: Final = np.log
-_exp: Final = np.exp
-_multiply: Final = np.multiply
-_add: Final = np.add
-_maximum: Final = np.maximum
 # As floats for the compiled scalar paths (typed: native float arithmetic, the same IEEE operations as Python's).
 _NEW_LIST: Final[list[float]] = _NEW_GRID.tolist()
 _CACHED_LIST: Final[list[float]] = _CACHED_GRID.tolist()
@@ -329,11 +332,11 @@ class CalibratedPerf:
         the last bit. Only the sides `_sides` names are computed."""
         with_mean, with_max = self._sides(b, mean_kv, mean_kv, max_kv, max_kv)
         if not with_max:
-            return float(_exp(interp(_log(mean_kv), _LOG_KV, self._decode_row(b))))
+            return float(np_exp(interp(np_log(mean_kv), _LOG_KV, self._decode_row(b))))
         if not with_mean:
-            return float(_exp(interp(_log(max_kv), _LOG_KV, self._decode_row(1))))
-        log_mean, log_max = _log(np.array((mean_kv, max_kv))).tolist()
-        return float(_exp(max(interp(log_mean, _LOG_KV, self._decode_row(b)),
+            return float(np_exp(interp(np_log(max_kv), _LOG_KV, self._decode_row(1))))
+        log_mean, log_max = np_log(np.array((mean_kv, max_kv))).tolist()
+        return float(np_exp(max(interp(log_mean, _LOG_KV, self._decode_row(b)),
                                 interp(log_max, _LOG_KV, self._decode_row(1)))))
 
     def prefill_attention_s(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
@@ -441,17 +444,17 @@ class CalibratedPerf:
         per_step, outside = operands  # the same doubles as float(n) and overhead_s + _tokens_s(n, n)
         attn: np.ndarray | None = None
         if with_mean:
-            mean = _arange(float(context_sum), float(context_sum + n * num_steps), float(n))
-            _true_divide(mean, per_step, mean)  # ufunc calls with their outputs: in-place operators cost about twice
-            attn = interp(_log(mean, out=mean), _LOG_KV, self._decode_row(b))
+            mean = np_arange(float(context_sum), float(context_sum + n * num_steps), float(n))
+            np_true_divide(mean, per_step, mean)  # ufunc calls with their outputs: in-place operators cost about twice
+            attn = interp(np_log(mean, out=mean), _LOG_KV, self._decode_row(b))
         if with_max:
-            longest = _arange(float(context_max), float(context_max + num_steps))
-            longest_attn = interp(_log(longest, out=longest), _LOG_KV, self._decode_row(1))
-            attn = longest_attn if attn is None else _maximum(attn, longest_attn, out=attn)
+            longest = np_arange(float(context_max), float(context_max + num_steps))
+            longest_attn = interp(np_log(longest, out=longest), _LOG_KV, self._decode_row(1))
+            attn = longest_attn if attn is None else np_maximum(attn, longest_attn, out=attn)
         assert attn is not None
-        _exp(attn, out=attn)
+        np_exp(attn, out=attn)
         # (overhead + tokens) + layers * attn, step_time_s's operations, in place
-        _multiply(attn, self._layers_0d, attn)
-        _add(attn, outside, attn)
+        np_multiply(attn, self._layers_0d, attn)
+        np_add(attn, outside, attn)
         # A short run's times as a list (StepTimes): the same floats (tolist is exact).
         return attn.tolist() if num_steps <= _LIST_STEPS else attn
