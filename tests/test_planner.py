@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from helpers import req
 
+import simserve
 from simserve.engine import KvBlockPool, Planner, PlannerConfig
+from simserve.engine.planner import NO_CHUNKS, NO_REQUESTS, StepPlan
 from simserve.schedulers import Fcfs
 
 
@@ -95,3 +100,36 @@ def test_async_a_request_whose_last_token_is_in_flight_is_skipped_but_keeps_its_
     p.finish(a)
     assert p.num_running == 1
     p.check()
+
+
+def test_a_plan_gets_its_own_list_on_its_first_item_and_the_shared_empty_ones_stay_empty():
+    """Plans start with shared empty lists (an empty list made and freed per plan cost more than the checks); each
+    `add_*` gives the plan its own list on its first item, so one plan's items never show in another's."""
+    a, b, c = req(0, 0.0, 8, 0, 2), req(1, 0.0, 8, 0, 2), req(2, 0.0, 8, 0, 2)
+    adds = {"chunks": lambda p, r: p.add_chunk(r, 3, 1), "preempted": StepPlan.add_preempted,
+            "admitted": StepPlan.add_admitted, "sampled": StepPlan.add_sampled,
+            "reasoning_done": StepPlan.add_reasoning_done, "finishing": StepPlan.add_finishing}
+    for name, add in adds.items():
+        first, second, untouched = StepPlan(), StepPlan(), StepPlan()
+        add(first, a)
+        add(second, b)
+        add(first, c)
+        want = [(a, 3, 1), (c, 3, 1)] if name == "chunks" else [a, c]
+        assert getattr(first, name) == want, name
+        assert len(getattr(second, name)) == 1 and getattr(untouched, name) == [], name
+        assert getattr(untouched, name) is (NO_CHUNKS if name == "chunks" else NO_REQUESTS)
+    assert NO_REQUESTS == [] and NO_CHUNKS == []
+
+
+@pytest.mark.parametrize("path", ["bench/blis/blis-speed.yaml", "scenarios/deepseek-r1-mtp.yaml",
+                                  "scenarios/disaggregated.yaml", "scenarios/reasoning-serving/kv-compression.yaml",
+                                  "scenarios/reasoning-serving/scheduler-mix.yaml",
+                                  "scenarios/test-time-compute/parallel-best-of-n.yaml"])
+def test_runs_leave_the_shared_empty_lists_of_plans_empty(path):
+    """Every way a run fills a plan (admissions, chunks, preemptions, chained preempting plans, speculative
+    decoding, disaggregated hand-offs, reasoning ends, finishes) goes through `add_*`: nothing lands in the lists
+    plans share."""
+    root = Path(__file__).resolve().parent.parent
+    results = simserve.run(simserve.load_scenario(root / path, ["workload.num_requests=300"]))
+    assert results.summary["num_completed"] > 0
+    assert NO_REQUESTS == [] and NO_CHUNKS == []

@@ -38,6 +38,11 @@ from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware, Scheduler
 
 _EMPTY: Final = np.zeros(0, dtype=np.int64)
+# A plan's lists start as these shared empty ones and get their own on their first item (`StepPlan.add_*`): most
+# plans fill one or two of their six lists, and an empty list made and freed costs about 200 instructions. Never
+# appended to (tests/test_planner.py checks they stay empty).
+NO_REQUESTS: Final[list[Request]] = []
+NO_CHUNKS: Final[list[tuple[Request, int, int]]] = []
 _FORK_KEYS: Final = 1 << 64  # fork block keys lie in [2**64, 2**129): above every int64 key a workload gives
 
 
@@ -80,17 +85,54 @@ class StepPlan:
 
     def __init__(self) -> None:
         self.decode_context_tokens: np.ndarray = _EMPTY  # per scheduled decode, its new token included
-        self.chunks: list[tuple[Request, int, int]] = []  # (request, new tokens, tokens cached before)
-        self.preempted: list[Request] = []
-        self.admitted: list[Request] = []
-        self.sampled: list[Request] = []  # chunks that complete their known tokens: each samples a token
-        self.reasoning_done: list[Request] = []  # sample their last reasoning token in this step
-        self.finishing: list[Request] = []  # sample their last token in this step
+        # Read-only lists (added to by `add_*` only, which give a plan its own list on the first item):
+        self.chunks: list[tuple[Request, int, int]] = NO_CHUNKS  # (request, new tokens, tokens cached before)
+        self.preempted: list[Request] = NO_REQUESTS
+        self.admitted: list[Request] = NO_REQUESTS
+        self.sampled: list[Request] = NO_REQUESTS  # chunks that complete their known tokens: each samples a token
+        self.reasoning_done: list[Request] = NO_REQUESTS  # sample their last reasoning token in this step
+        self.finishing: list[Request] = NO_REQUESTS  # sample their last token in this step
         self.all_decodes = False  # every running request is a decode and was scheduled, and nothing else
         self.swap_s = 0.0  # KV moved between host and GPU for this step (swap out and in), seconds of PCIe
         self.decode_query_tokens: np.ndarray | None = None  # speculative decoding: positions each decode verifies
         self._context_sum = -1  # decode_context_sum(), once read
         self._context_max = -1  # decode_context_max(), once read
+
+    def add_chunk(self, req: Request, new_tokens: int, cached_tokens: int) -> None:
+        if self.chunks is NO_CHUNKS:
+            self.chunks = [(req, new_tokens, cached_tokens)]
+        else:
+            self.chunks.append((req, new_tokens, cached_tokens))
+
+    def add_preempted(self, req: Request) -> None:
+        if self.preempted is NO_REQUESTS:
+            self.preempted = [req]
+        else:
+            self.preempted.append(req)
+
+    def add_admitted(self, req: Request) -> None:
+        if self.admitted is NO_REQUESTS:
+            self.admitted = [req]
+        else:
+            self.admitted.append(req)
+
+    def add_sampled(self, req: Request) -> None:
+        if self.sampled is NO_REQUESTS:
+            self.sampled = [req]
+        else:
+            self.sampled.append(req)
+
+    def add_reasoning_done(self, req: Request) -> None:
+        if self.reasoning_done is NO_REQUESTS:
+            self.reasoning_done = [req]
+        else:
+            self.reasoning_done.append(req)
+
+    def add_finishing(self, req: Request) -> None:
+        if self.finishing is NO_REQUESTS:
+            self.finishing = [req]
+        else:
+            self.finishing.append(req)
 
     def decode_context_sum(self) -> int:
         """The sum of decode_context_tokens, computed on first read and kept: the step's timing and its KV
@@ -322,11 +364,11 @@ class Planner:
         """Decodes (slots) whose last token, and whose last reasoning token, were just scheduled."""
         dec = self.decodes
         for j in finish:
-            plan.finishing.append(dec.sync(j))
+            plan.add_finishing(dec.sync(j))
         for j in reasoning:
             req = dec.req[j]
             assert req is not None
-            plan.reasoning_done.append(req)
+            plan.add_reasoning_done(req)
 
     def _running_order(self, decodes: bool = True) -> list[tuple[int, int, Request | None]]:
         """Running requests in running order as (seq, slot, request): slot >= 0 a decode (request None), -1 a
@@ -478,7 +520,7 @@ class Planner:
         hold = req.kv
         assert hold is not None
         req.num_preemptions += 1
-        plan.preempted.append(req)
+        plan.add_preempted(req)
         if yielded:
             waiting = self.waiting
             assert isinstance(waiting, ReasoningAware)
@@ -507,7 +549,7 @@ class Planner:
     def _advance_prefill(self, plan: StepPlan, req: Request, new: int, admitted: bool = False) -> None:
         """A prefill chunk of `new` tokens was scheduled: advance, cache the blocks it fills, and sample a token
         if it completes the known tokens."""
-        plan.chunks.append((req, new, req.computed_tokens))
+        plan.add_chunk(req, new, req.computed_tokens)
         req.computed_tokens += new
         hold = req.kv
         assert hold is not None
@@ -519,11 +561,11 @@ class Planner:
         if not admitted:
             self.prefilling.remove(req)
         req.generated_tokens += 1
-        plan.sampled.append(req)
+        plan.add_sampled(req)
         if req.generated_tokens == max(req.reasoning_tokens, 1):
-            plan.reasoning_done.append(req)
+            plan.add_reasoning_done(req)
         if req.generated_tokens >= req.output_tokens:
-            plan.finishing.append(req)
+            plan.add_finishing(req)
             self.handing_off.append(req)  # holds its blocks and slot until the step's outputs are applied
         elif self.config.hand_off_after_prompt:
             self.handing_off.append(req)
@@ -573,7 +615,7 @@ class Planner:
             req.seq = self._next_seq
             self._next_seq += 1
             req.slot = -1
-            plan.admitted.append(req)
+            plan.add_admitted(req)
             self._advance_prefill(plan, req, new, admitted=True)
             budget -= new
 

@@ -35,7 +35,7 @@ from simserve.engine.decodes import (
 from simserve.engine.events import AfterPlans, Environment, Settle, StepEnd, step_end_priority
 from simserve.engine.hooks import HookChain, Hooks
 from simserve.engine.kv import Extent, blocks_for
-from simserve.engine.planner import Planner, StepPlan
+from simserve.engine.planner import NO_REQUESTS, Planner, StepPlan
 from simserve.metrics import LevelMonitor, Recorder
 from simserve.perf import Batch, PerfModel
 from simserve.perf.base import StepTimes, accumulate_sum, asum
@@ -694,7 +694,7 @@ class Replica:
         """Stamp the reasoning ends sampled by the run's first step (it has ended), once."""
         for first in self._chain_first:
             self._reasoning_done(first, float(self._chain_bounds[1]))
-        self._chain_first = []
+        self._chain_first = NO_REQUESTS
 
     def _finish_run(self, m: int, done: int, at_horizon: bool = False) -> StepPlan:
         """Apply the run's first m planned steps (its preempting plans up to then made, by `_next_piece`): the
@@ -721,12 +721,12 @@ class Replica:
                 req = dec.req[j]
                 assert req is not None
                 if i == m and not at_horizon:
-                    last.reasoning_done.append(req)
+                    last.add_reasoning_done(req)
                 elif i <= done:
                     self._reasoning_done(req, float(bounds[i]))
         if not at_horizon and m - 1 >= to_finish:
             for j in dec.finished():
-                last.finishing.append(dec.sync(j))
+                last.add_finishing(dec.sync(j))
         return last
 
     def _record_run(self, run: FastForwardRun, done: int) -> None:
