@@ -9,6 +9,7 @@ from helpers import req
 
 import simserve
 from simserve.engine import KvBlockPool, Planner, PlannerConfig
+from simserve.engine.kv import NO_EXTENTS
 from simserve.engine.planner import NO_CHUNKS, NO_REQUESTS, StepPlan
 from simserve.schedulers import Fcfs
 
@@ -124,12 +125,13 @@ def test_a_plan_gets_its_own_list_on_its_first_item_and_the_shared_empty_ones_st
 @pytest.mark.parametrize("path", ["bench/blis/blis-speed.yaml", "scenarios/deepseek-r1-mtp.yaml",
                                   "scenarios/disaggregated.yaml", "scenarios/reasoning-serving/kv-compression.yaml",
                                   "scenarios/reasoning-serving/scheduler-mix.yaml",
-                                  "scenarios/test-time-compute/parallel-best-of-n.yaml"])
+                                  "scenarios/test-time-compute/parallel-best-of-n.yaml",
+                                  "scenarios/mooncake-replay.yaml"])
 def test_runs_leave_the_shared_empty_lists_of_plans_empty(path):
     """Every way a run fills a plan (admissions, chunks, preemptions, chained preempting plans, speculative
-    decoding, disaggregated hand-offs, reasoning ends, finishes) goes through `add_*`: nothing lands in the lists
-    plans share."""
+    decoding, disaggregated hand-offs, reasoning ends, finishes) goes through `add_*`, and prefix-cache lookups
+    that hit make their own list: nothing lands in the empty lists plans and lookups share."""
     root = Path(__file__).resolve().parent.parent
     results = simserve.run(simserve.load_scenario(root / path, ["workload.num_requests=300"]))
     assert results.summary["num_completed"] > 0
-    assert NO_REQUESTS == [] and NO_CHUNKS == []
+    assert NO_REQUESTS == [] and NO_CHUNKS == [] and NO_EXTENTS == []

@@ -24,6 +24,7 @@ Invariant: free_blocks + blocks of units held by at least one request + private 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 
 def blocks_for(tokens: int, block_tokens: int) -> int:
@@ -42,6 +43,11 @@ class Extent:
         self.size = size
         self.refs = refs
         self.pos = -1  # where it waits in the free queue (KvBlockPool._queue), -1 when it is not there
+
+
+# What a lookup that hits nothing returns (most of a saturated replica's lookups): one shared empty list, never
+# appended to, where each lookup made and freed its own.
+NO_EXTENTS: Final[list[Extent]] = []
 
 
 class KvHold:
@@ -218,8 +224,8 @@ class KvBlockPool:
         sequence to compute: max_blocks = (tokens - 1) // block_tokens). Returns (units, blocks hit, blocks hit
         that nobody holds: acquiring them takes them out of the free queue)."""
         if not self.prefix_caching or not hold.chain:
-            return [], 0, 0
-        units: list[Extent] = []
+            return NO_EXTENTS, 0, 0
+        units = NO_EXTENTS  # a list of its own from the first hit
         hit = evictable = 0
         cache = self._cache
         for key, blocks in hold.chain:
@@ -229,7 +235,10 @@ class KvBlockPool:
             ext = copies[0]
             if hit + ext.size > max_blocks:
                 break
-            units.append(ext)
+            if units is NO_EXTENTS:
+                units = [ext]
+            else:
+                units.append(ext)
             hit += ext.size
             if ext.refs == 0:
                 evictable += ext.size

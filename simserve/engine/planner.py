@@ -32,7 +32,7 @@ import numpy as np
 from mypy_extensions import mypyc_attr
 
 from simserve.engine.decodes import Decodes
-from simserve.engine.kv import Extent, KvBlockPool, KvHold, blocks_for
+from simserve.engine.kv import NO_EXTENTS, KvBlockPool, KvHold, blocks_for
 from simserve.perf.base import amax, asum, context_sum, count_nonzero
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware, Scheduler
@@ -273,7 +273,7 @@ class Planner:
             return True
         if n > budget or dec.countdowns()[0] <= 0:  # async: some last token still in flight
             return False
-        others = [*self.prefilling, *self.handing_off] if self.prefilling or self.handing_off else []
+        others = [*self.prefilling, *self.handing_off] if self.prefilling or self.handing_off else NO_REQUESTS
         if others and int(amax(dec.seq[:n])) > min(r.seq for r in others):
             return False
         need, needs = dec.schedule_all(self.config.block_tokens, kv.free_blocks)
@@ -582,7 +582,7 @@ class Planner:
             req = waiting[0] if isinstance(waiting, Fcfs) else waiting.peek()  # FCFS's head: no Python frame
             hold = self.hold_of(req)
             tokens = req.known_tokens
-            units: list[Extent] = []
+            units = NO_EXTENTS  # read only (acquire)
             if req.computed_tokens:  # its KV arrived from a prefill replica (disaggregation)
                 hit = evictable = 0
                 hit_tokens = req.computed_tokens
