@@ -161,6 +161,28 @@ def test_keep_caches_a_preempted_requests_full_blocks_under_keys_of_its_own():
     pool.check()
 
 
+def test_the_cache_and_its_units_hold_the_very_key_objects_of_the_chain():
+    """Chain keys pass through the (compiled) pool as the objects the chain holds, not as ints boxed anew: the
+    cache's entries, their units and a preempted request's own key are those objects, so a lookup finds its key
+    by identity rather than comparing ints (keys here are outside CPython's small-int cache)."""
+    pool = KvBlockPool(64, 4, prefix_caching=True)
+    key = 10**6 + 7
+    a = hold_with(pool, [(key, 2)], 20)  # the prompt unit (2 blocks), then 3 private blocks
+    pool._next_own_key = -(10**6)  # as after many preemptions (the first few keys are cached small ints)
+    pool.keep(a, 20)  # a preempted request's own unit after it
+    own = a.chain[1][0]
+    assert own < 0 and own not in range(-5, 257)
+    for (k, _), ext in zip(a.chain, a.units, strict=True):
+        assert ext.key is k
+        (cached,) = [c for c in pool._cache if c == k]
+        assert cached is k
+    pool.release(a, cached_tokens=20)
+    units, hit, _ = pool.lookup(a, (21 - 1) // 4)
+    assert hit == 5 and [u.key for u in units] == [key, own]
+    assert all(u.key is k for u, (k, _) in zip(units, a.chain, strict=True))
+    pool.check()
+
+
 def test_without_prefix_caching_nothing_is_cached_and_frees_are_counts():
     pool = KvBlockPool(8, 4)
     a = hold_with(pool, [(1, 1)], 8)

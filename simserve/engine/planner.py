@@ -205,7 +205,7 @@ class Planner:
             req.kv = hold
         return hold
 
-    def _prompt_chain(self, req: Request) -> list[tuple[int, int]]:
+    def _prompt_chain(self, req: Request) -> list[tuple[object, int]]:
         """The prompt's cacheable units as (key, blocks): the full units of its prefix keys (when they are whole
         blocks), then, for a forked request (parallel sampling), one unit per further full block keyed by
         `fork_block_key(fork_key, block)`, so the samples of one prompt share its full blocks as vLLM's n
@@ -214,7 +214,7 @@ class Planner:
             return []
         keys, unit = req.prefix_keys, req.prefix_unit_tokens
         bt = self.config.block_tokens
-        chain: list[tuple[int, int]] = []
+        chain: list[tuple[object, int]] = []
         if keys and unit % bt == 0:
             per_unit = unit // bt
             chain = [(k, per_unit) for k in keys[: req.prompt_tokens // unit]]
