@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simserve.engine import decodes
 from simserve.engine.decodes import Decodes, FastForwardRun
 from simserve.perf import base
 from simserve.request import Request
@@ -196,3 +197,26 @@ def test_a_maximum_and_a_minimum_read_at_argmax_and_argmin_are_numpys(values):
     f = a.astype(float)
     f[len(f) // 2] = np.nan
     assert math.isnan(base.amax(f)) and math.isnan(base.amin(f))
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_keep_and_cap_rows_hold_every_slots_own_values_as_slots_join_and_leave(compressed):
+    """Without compression the keep and cap rows are preset to "all" and not written at each join; a slot that
+    joins with a budget (kv_keep_tokens) writes them, and from then on every join does, so a reused slot never
+    shows an earlier occupant's values."""
+    rng = np.random.default_rng(5)
+    bt = 4
+    dec = Decodes(6, bt, compressed)
+    budgets = [0, 0, 40, 0, 0, 24, 0] if not compressed else [30, 40, 50, 60, 70, 80, 90]
+    for i, budget in enumerate(budgets):
+        req = _request(rng, i, bt)
+        req.kv_keep_tokens = budget
+        dec.add(req, -(-req.computed_tokens // bt))
+        if dec.n > 3:
+            dec.remove(int(rng.integers(dec.n)))
+        for j in range(dec.n):
+            r = dec.req[j]
+            assert r is not None
+            keep = r.kv_keep_tokens
+            assert dec.keep[j] == (r.kv_keep_tokens or decodes._NEVER)
+            assert dec.cap[j] == (-(-keep // bt) if r.kv_keep_tokens else decodes._NEVER)

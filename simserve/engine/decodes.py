@@ -99,6 +99,10 @@ class Decodes:
         self._fresh = True  # the `blocks` row is up to date (always, unless lazy)
         self._hist = [0] * max(block_tokens, 1)  # lazy: slots by (ctx - tick) mod B
         self._laps: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        # Without KV compression every slot keeps all its KV: the keep and cap rows hold _NEVER throughout, written
+        # once here rather than at each join, until a slot joins with other values (then always written).
+        self._rows[6:8] = _NEVER
+        self._keep_all = True
 
     def add(self, req: Request, num_blocks: int) -> None:
         j = self.n
@@ -121,8 +125,10 @@ class Decodes:
         self.v_ctx0[j] = c
         self.v_finish_at[j] = finish_at
         self.v_reasoning_at[j] = reasoning_at
-        self.v_keep[j] = keep
-        self.v_cap[j] = cap
+        if not self._keep_all or keep != _NEVER or cap != _NEVER:
+            self._keep_all = False
+            self.v_keep[j] = keep
+            self.v_cap[j] = cap
         self.req[j] = req
         req.slot = j
         self.n = j + 1

@@ -288,7 +288,11 @@ class KvBlockPool:
         while i < len(chain) and ends[i] <= computed_blocks:
             key, blocks = chain[i]
             ext = Extent(key, blocks, 1)
-            cache.setdefault(key, []).append(ext)
+            copies = cache.get(key)
+            if copies is None:
+                cache[key] = [ext]
+            else:
+                copies.append(ext)
             hold.units.append(ext)
             hold.unit_blocks += blocks
             hold.private_blocks -= blocks

@@ -625,7 +625,8 @@ class Replica:
                 pieces.append(ChainPiece(start, 1, BlockDemand(1, _ONE_STEP), alive, first_sum, first_max, victims,
                                          remaining, free))
                 return pieces
-            laps, rem = divmod(free, alive)
+            laps = free // alive
+            rem = free - laps * alive
             at = (u + 1) % bt
             order = cnt[at:] + cnt[:at]  # the demand of further steps u + 1, ..., u + B
             r, part = 0, 0
