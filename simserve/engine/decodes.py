@@ -101,7 +101,8 @@ class Decodes:
         self._laps: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         # Without KV compression every slot keeps all its KV: the keep and cap rows hold _NEVER throughout, written
         # once here rather than at each join, until a slot joins with other values (then always written).
-        self._rows[6:8] = _NEVER
+        self.keep[:] = _NEVER
+        self.cap[:] = _NEVER
         self._keep_all = True
 
     def add(self, req: Request, num_blocks: int) -> None:
