@@ -126,7 +126,7 @@ class Decodes:
         self.v_ctx0[j] = c
         self.v_finish_at[j] = finish_at
         self.v_reasoning_at[j] = reasoning_at
-        if not self._keep_all or keep != _NEVER or cap != _NEVER:
+        if req.kv_keep_tokens or not self._keep_all:  # keep and cap are both _NEVER exactly when it is 0
             self._keep_all = False
             self.v_keep[j] = keep
             self.v_cap[j] = cap

@@ -24,7 +24,9 @@ Invariant: free_blocks + blocks of units held by at least one request + private 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeVar
+
+T = TypeVar("T")
 
 
 def blocks_for(tokens: int, block_tokens: int) -> int:
@@ -48,6 +50,15 @@ class Extent:
 # What a lookup that hits nothing returns (most of a saturated replica's lookups): one shared empty list, never
 # appended to, where each lookup made and freed its own.
 NO_EXTENTS: Final[list[Extent]] = []
+
+
+def added(items: list[T], shared: list[T], item: T) -> list[T]:
+    """`items` with `item` appended, where `items` may be `shared`, an empty list many owners start with and
+    nobody appends to: a list of its own in its place, else `items` itself (the planner's plans use it too)."""
+    if items is shared:
+        return [item]
+    items.append(item)
+    return items
 
 
 class KvHold:
@@ -239,10 +250,7 @@ class KvBlockPool:
             ext = copies[0]
             if hit + ext.size > max_blocks:
                 break
-            if units is NO_EXTENTS:
-                units = [ext]
-            else:
-                units.append(ext)
+            units = added(units, NO_EXTENTS, ext)
             hit += ext.size
             if ext.refs == 0:
                 evictable += ext.size

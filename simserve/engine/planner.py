@@ -26,18 +26,16 @@ whose last token is in flight is skipped, but still holds its blocks and its run
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 import numpy as np
 from mypy_extensions import mypyc_attr
 
 from simserve.engine.decodes import Decodes
-from simserve.engine.kv import NO_EXTENTS, KvBlockPool, KvHold, blocks_for
+from simserve.engine.kv import NO_EXTENTS, KvBlockPool, KvHold, added, blocks_for
 from simserve.perf.base import amax, asum, context_sum, count_nonzero
 from simserve.request import Request
 from simserve.schedulers import FairShare, Fcfs, ReasoningAware, Scheduler
-
-T = TypeVar("T")
 
 _EMPTY: Final = np.zeros(0, dtype=np.int64)
 # A plan's lists start as these shared empty ones and get their own on their first item (`StepPlan.add_*`): most
@@ -73,14 +71,6 @@ class PlannerConfig:
     kv_compression: bool = False  # requests may keep less KV than their context (Request.kv_keep_tokens)
 
 
-def _added(items: list[T], shared: list[T], item: T) -> list[T]:
-    """`items` with `item` appended: a list of its own in place of the shared empty one, else `items` itself."""
-    if items is shared:
-        return [item]
-    items.append(item)
-    return items
-
-
 def _cacheable(req: Request, tokens: int) -> int:
     """Of a request's first `tokens` tokens, those whose full blocks may be cached: all of them, or under KV
     compression the prompt's only (the kept generated KV differs from an uncompressed sequence's)."""
@@ -109,22 +99,22 @@ class StepPlan:
         self._context_max = -1  # decode_context_max(), once read
 
     def add_chunk(self, req: Request, new_tokens: int, cached_tokens: int) -> None:
-        self.chunks = _added(self.chunks, NO_CHUNKS, (req, new_tokens, cached_tokens))
+        self.chunks = added(self.chunks, NO_CHUNKS, (req, new_tokens, cached_tokens))
 
     def add_preempted(self, req: Request) -> None:
-        self.preempted = _added(self.preempted, NO_REQUESTS, req)
+        self.preempted = added(self.preempted, NO_REQUESTS, req)
 
     def add_admitted(self, req: Request) -> None:
-        self.admitted = _added(self.admitted, NO_REQUESTS, req)
+        self.admitted = added(self.admitted, NO_REQUESTS, req)
 
     def add_sampled(self, req: Request) -> None:
-        self.sampled = _added(self.sampled, NO_REQUESTS, req)
+        self.sampled = added(self.sampled, NO_REQUESTS, req)
 
     def add_reasoning_done(self, req: Request) -> None:
-        self.reasoning_done = _added(self.reasoning_done, NO_REQUESTS, req)
+        self.reasoning_done = added(self.reasoning_done, NO_REQUESTS, req)
 
     def add_finishing(self, req: Request) -> None:
-        self.finishing = _added(self.finishing, NO_REQUESTS, req)
+        self.finishing = added(self.finishing, NO_REQUESTS, req)
 
     def decode_context_sum(self) -> int:
         """The sum of decode_context_tokens, computed on first read and kept: the step's timing and its KV
