@@ -74,8 +74,19 @@ class LevelMonitor:
         return self.area + self.level * (now_s - self.last_s)
 
 
-ROW_GROUP_ROWS = 65_536  # rows per Parquet row group: about 9 MB of request rows buffered at most
+# A Parquet row group holds about ROW_GROUP_BYTES of column values (8 bytes a value: an int64, a float64, or a
+# string's slot in its list), so a table of narrow rows gets more rows a group: 99,864 request rows (21 columns),
+# 190,650 replica segments (11 columns). A run whose rows fit one group of each table keeps them in memory and never
+# imports pyarrow unless its files are asked for: BLIS's saturated 10k run records 73,504 segments, which at a fixed
+# 65,536 rows a group cost it pyarrow's import (0.12 s) and a temporary file, and 56 MiB more peak memory.
+ROW_GROUP_BYTES = 16 * 2**20
+MAX_HELD_VALUES = 65_536  # values a percentile's exact selection holds at once (order_statistics)
 CHUNK_ROWS = 4_096  # rows kept as tuples before they become columns (a tuple row holds its values boxed: 4-5x)
+
+
+def rows_per_group(num_columns: int) -> int:
+    """Rows of a Parquet row group for a table of `num_columns` columns: about ROW_GROUP_BYTES of values."""
+    return max(ROW_GROUP_BYTES // (8 * num_columns), 1)
 
 # Column kinds: "q" int64, "d" float64, "s" string. Derived columns (float64) are computed per row group.
 _REQUEST_KINDS = {
@@ -348,27 +359,28 @@ class _Sink:
 
 class Recorder:
     """Records out, streamed: a finished request becomes one row and its object can be dropped; rows are held (the
-    last few thousand as tuples, the rest as columns) and written to Parquet a row group (`row_group_rows` rows) at
-    a time, so memory is bounded by the requests in flight, not by the requests run. Rows are in the order they were
-    recorded: requests as they end (completed or rejected), then those unfinished or not arrived at the end of the
-    run; replica segments as each replica closes them. Sort by request_id to get arrival order.
+    last few thousand as tuples, the rest as columns) and written to Parquet a row group (`row_group_rows` rows, by
+    default about ROW_GROUP_BYTES of values) at a time, so memory is bounded by the requests in flight, not by the
+    requests run. Rows are in the order they were recorded: requests as they end (completed or rejected), then those
+    unfinished or not arrived at the end of the run; replica segments as each replica closes them. Sort by
+    request_id to get arrival order.
 
     Files go to `directory`/requests.parquet and replicas.parquet (written as .partial until `close()`), or, with
     no directory, to a temporary folder that lives as long as this recorder (the Results of the run hold it). With
     no directory, a run whose rows all fit one row group writes no file at all unless `paths()` asks for them."""
 
-    def __init__(self, directory: Path | None = None, row_group_rows: int = ROW_GROUP_ROWS,
+    def __init__(self, directory: Path | None = None, row_group_rows: int | None = None,
                  quality: bool = False, reuse: bool = False, chunk_rows: int = CHUNK_ROWS) -> None:
-        if row_group_rows < 1 or chunk_rows < 1:
+        if (row_group_rows is not None and row_group_rows < 1) or chunk_rows < 1:
             raise ValueError(f"'row_group_rows' and 'chunk_rows' must be >= 1, got {row_group_rows}, {chunk_rows}")
         self.folder = _Folder(None if directory is None else Path(directory))
         self.quality = quality
         self.reuse = reuse
         columns = REQUEST_COLUMNS + (QUALITY_COLUMNS if quality else ()) + (REUSE_COLUMNS if reuse else ())
-        self.requests = _Sink(self.folder, "requests.parquet", columns, _REQUEST_KINDS, row_group_rows, chunk_rows,
-                              _derive_request_times)
-        self.segments = _Sink(self.folder, "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS, row_group_rows,
-                              chunk_rows)
+        self.requests = _Sink(self.folder, "requests.parquet", columns, _REQUEST_KINDS,
+                              row_group_rows or rows_per_group(len(columns)), chunk_rows, _derive_request_times)
+        self.segments = _Sink(self.folder, "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS,
+                              row_group_rows or rows_per_group(len(SEGMENT_COLUMNS)), chunk_rows)
         self.num_recorded = 0
         self._paths: tuple[Path, Path] | None = None  # the two files, once closed under their final names
 
@@ -600,7 +612,7 @@ _DIGIT = 16  # bits of the key resolved per pass of the radix selection
 
 
 def order_statistics(read: Callable[[], Iterator[np.ndarray]], n: int, ranks: Iterable[int],
-                     max_held: int = ROW_GROUP_ROWS) -> dict[int, float]:
+                     max_held: int = MAX_HELD_VALUES) -> dict[int, float]:
     """The values at the 0-based `ranks` of the sorted `n` floats (no NaN) that `read()` yields in chunks, exactly,
     holding at most about `max_held` of them: a radix selection on the floats' bits, one pass over the chunks per
     16 bits, until the candidates for a rank fit in `max_held`; they are then held and sorted."""
@@ -748,7 +760,7 @@ def _attainment(c: dict[str, Any], slo: dict[str, float | None]) -> dict[str, An
 
 def summarize(requests: Rows, *, makespan_s: float, slo: dict[str, float | None],
               kv_utilization_mean: float, kv_utilization_max: float, gpu_hours: float, cost_usd: float,
-              extra: dict[str, Any] | None = None, max_held: int = ROW_GROUP_ROWS) -> dict[str, Any]:
+              extra: dict[str, Any] | None = None, max_held: int = MAX_HELD_VALUES) -> dict[str, Any]:
     """Flat summary of one run, from its request rows: a DataFrame, or a requests.parquet file read a row group
     at a time (memory bounded by `max_held` values, whatever the number of requests). Goodput is the share of all
     requests that completed within every SLO given (ttft_s, tpot_s, time_to_answer_s, e2e_s; a missing SLO is
@@ -801,7 +813,7 @@ GROUP_METRICS = ("ttft_s", "time_to_answer_s", "e2e_s")
 
 
 def group_summary(requests: Rows, by: str, *, metrics: Iterable[str] = GROUP_METRICS,
-                  max_held: int = ROW_GROUP_ROWS) -> dict[Any, dict[str, Any]]:
+                  max_held: int = MAX_HELD_VALUES) -> dict[Any, dict[str, Any]]:
     """Per value of `by` (query_type, pool): request counts by status and the mean and percentiles of each
     latency in `metrics` over completed requests, exactly and in bounded memory as `summarize` computes them
     (one pass for the counts, then a few per group and metric). Groups in order of first appearance; requests

@@ -280,6 +280,32 @@ def test_rows_past_one_row_group_go_to_files_and_the_summary_reads_them(small_ro
     assert res.recorder.requests.num_row_groups > 1
 
 
+def test_row_groups_are_sized_in_bytes_so_narrow_tables_hold_more_rows_before_a_file_is_written(tmp_path):
+    """A row group holds about ROW_GROUP_BYTES of values (8 bytes each), so the 11-column segment table holds 190,650
+    rows a group and the 21-column request table 99,864: 70,000 segments (past the 65,536 rows every table once
+    had) stay in memory, and the next row past the group goes to a file."""
+    rec = Recorder()
+    assert rec.requests.row_group_rows == metrics.ROW_GROUP_BYTES // (8 * len(REQUEST_COLUMNS)) == 99_864
+    assert rec.segments.row_group_rows == metrics.ROW_GROUP_BYTES // (8 * len(SEGMENT_COLUMNS)) == 190_650
+    wide = Recorder(quality=True, reuse=True)
+    assert wide.requests.row_group_rows == metrics.ROW_GROUP_BYTES // (8 * (21 + 6 + 2))
+    assert Recorder(row_group_rows=7).segments.row_group_rows == 7  # as asked
+    seg = {"pool": "p", "replica": 0, "num_steps": 1, "batch_size": 1, "num_waiting": 0, "kv_blocks_mean": 1.0,
+           "kv_blocks_end": 1, "prefill_tokens": 0, "decode_tokens": 1}
+    for rows, files in ((70_000, False), (190_651, True)):
+        rec = Recorder(tmp_path / str(rows) if files else None)
+        for i in range(rows):
+            rec.segment(start_s=float(i), end_s=i + 1.0, **seg)
+        assert rec.segments.num_row_groups == (1 if files else 0)
+        _, segments = rec.close()
+        if files:
+            meta = pq.ParquetFile(segments).metadata
+            assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [190_650, 1]
+        else:
+            assert isinstance(segments, metrics.Frame) and segments.num_rows == 70_000
+            assert rec.folder.tempdir is None  # nothing written
+
+
 def test_write_results_copies_records_made_elsewhere_and_leaves_streamed_ones(tmp_path):
     from simserve.cli import write_results
 

@@ -22,7 +22,7 @@ import yaml
 
 from simserve.calibration.fitting import solve_increasing
 from simserve.hardware import model_from_architecture, preset_for_name
-from simserve.metrics import ROW_GROUP_ROWS
+from simserve.metrics import MAX_HELD_VALUES
 from simserve.metrics import _batches as metrics_batches
 from simserve.metrics import _stats as metrics_stats
 from simserve.scenario import Scenario, parse_scenario
@@ -173,7 +173,7 @@ def _stats(df: pd.DataFrame, metric: str, measured: bool = False) -> dict[str, f
     """Mean and percentiles of a latency over a run's completed requests (or, `measured`, over every row of a
     measured run, which has no status), by the helper every simulated run's summary uses (simserve.metrics)."""
     rows = df[[metric]].assign(status="completed") if measured else df[["status", metric]]
-    out = metrics_stats(metric, metrics_batches(rows), metric, ROW_GROUP_ROWS)
+    out = metrics_stats(metric, metrics_batches(rows), metric, MAX_HELD_VALUES)
     return {st: out[f"{metric}_{st}"] for st in STATS}
 
 
