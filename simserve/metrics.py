@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
@@ -238,11 +239,17 @@ class _Sink:
     records a segment per event); every CHUNK_ROWS rows become columns, each in one numpy call (np.fromiter: half
     the cost per value of appending to an array('q')), so that rows held take about what their values do; a row
     group's columns are its chunks joined. The file is written under NAME.partial and renamed to NAME by `close()`,
-    so a run that dies never leaves a half-written file under the final name."""
+    so a run that dies never leaves a half-written file under the final name.
+
+    A `packed` sink (the replica segments: a row per event, seven per request in a saturated run) takes its rows
+    otherwise: a row's numbers are packed into `buf` as they are recorded (`pack_into`: little-endian int64 and
+    float64, the values the columns hold) and its one string column, the first, goes to `texts`; a chunk's numeric
+    columns are then read from the bytes by one numpy view, where tuple rows were transposed and each value
+    converted by numpy."""
 
     def __init__(self, folder: _Folder, name: str, columns: tuple[str, ...], kinds: dict[str, str],
                  row_group_rows: int, chunk_rows: int = CHUNK_ROWS,
-                 derive: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 derive: Callable[[dict[str, Any]], None] | None = None, packed: bool = False) -> None:
         self.folder = folder
         self.name = name
         self.columns = columns  # as written: the recorded ones, and the derived ones (float64) among them
@@ -251,8 +258,21 @@ class _Sink:
         self.row_group_rows = row_group_rows
         self.chunk_rows = chunk_rows
         self.derive = derive
-        self.rows: list[tuple[Any, ...]] = []  # recorded since the last chunk
+        self.rows: list[tuple[Any, ...]] = []  # recorded since the last chunk (not packed)
         self.limit = min(chunk_rows, row_group_rows)  # rows at which `chunk()` is due
+        # Packed: rows recorded since the last chunk, their numbers' bytes (room for `limit` rows at most) and
+        # their first column's strings.
+        self.packed = packed
+        self.num_packed = 0
+        numbers = self.recorded[1:] if packed else ()
+        if packed and (kinds[self.recorded[0]] != "s" or any(kinds[c] == "s" for c in numbers)):
+            raise ValueError(f"a packed sink's one string column comes first: {self.recorded}")
+        packer = struct.Struct("<" + "".join(kinds[c] for c in numbers))
+        self.row_bytes = packer.size
+        self.pack_into = packer.pack_into
+        self._packed_dtype = np.dtype([(c, "<i8" if kinds[c] == "q" else "<f8") for c in numbers])
+        self.buf = bytearray(packer.size * self.limit)
+        self.texts: list[Any] = []
         self._chunks: list[dict[str, Any]] = []  # earlier rows of this row group, as columns
         self._chunked = 0  # rows in them
         self._made: tuple[int, dict[str, Any]] | None = None  # the row group's rows as columns, and how many
@@ -274,16 +294,36 @@ class _Sink:
             self._arrow_schema = _schema(self.columns, self.kinds)
         return self._arrow_schema
 
+    def pending(self) -> int:
+        """Rows recorded since the last chunk."""
+        return self.num_packed if self.packed else len(self.rows)
+
     def held(self) -> int:
         """Rows recorded and not yet written."""
-        return self._chunked + len(self.rows)
+        return self._chunked + self.pending()
+
+    def _pending_columns(self) -> dict[str, Any]:
+        """The rows recorded since the last chunk, as columns (left recorded)."""
+        if not self.packed:
+            return _columns_of_rows(self.recorded, self.kinds, self.rows)
+        numbers = np.frombuffer(self.buf, self._packed_dtype, self.num_packed)
+        cols: dict[str, Any] = {self.recorded[0]: list(self.texts)}
+        for c in self.recorded[1:]:
+            cols[c] = numbers[c].copy()  # its own: the bytes are written over after the chunk
+        return cols
+
+    def _clear_pending(self) -> None:
+        self.rows = []
+        self.num_packed = 0
+        self.texts = []
 
     def chunk(self) -> None:
-        """The rows kept as tuples become columns; a full row group is written."""
-        if self.rows:
-            self._chunks.append(_columns_of_rows(self.recorded, self.kinds, self.rows))
-            self._chunked += len(self.rows)
-            self.rows = []
+        """The rows recorded since the last chunk become columns; a full row group is written."""
+        n = self.pending()
+        if n:
+            self._chunks.append(self._pending_columns())
+            self._chunked += n
+            self._clear_pending()
         if self._chunked >= self.row_group_rows:
             self.flush()
         else:
@@ -295,8 +335,8 @@ class _Sink:
         n = self.held()
         if self._made is None or self._made[0] != n:
             parts = list(self._chunks)
-            if self.rows or not parts:
-                parts.append(_columns_of_rows(self.recorded, self.kinds, self.rows))
+            if self.pending() or not parts:
+                parts.append(self._pending_columns())
             cols = _joined(parts, self.recorded)
             if self.derive is not None:
                 self.derive(cols)
@@ -309,7 +349,7 @@ class _Sink:
         if n == 0:
             return
         cols = self._columns()
-        self.rows = []
+        self._clear_pending()
         self._chunks = []
         self._chunked = 0
         self._made = None
@@ -380,7 +420,7 @@ class Recorder:
         self.requests = _Sink(self.folder, "requests.parquet", columns, _REQUEST_KINDS,
                               row_group_rows or rows_per_group(len(columns)), chunk_rows, _derive_request_times)
         self.segments = _Sink(self.folder, "replicas.parquet", SEGMENT_COLUMNS, _SEGMENT_KINDS,
-                              row_group_rows or rows_per_group(len(SEGMENT_COLUMNS)), chunk_rows)
+                              row_group_rows or rows_per_group(len(SEGMENT_COLUMNS)), chunk_rows, packed=True)
         self.num_recorded = 0
         self._paths: tuple[Path, Path] | None = None  # the two files, once closed under their final names
 
@@ -410,9 +450,12 @@ class Recorder:
                 decode_tokens: int) -> None:
         """Record one stretch of a replica's time: a step, a fast-forwarded run of steps, or an idle gap."""
         sink = self.segments
-        sink.rows.append((pool, replica, start_s, end_s, num_steps, batch_size, num_waiting, kv_blocks_mean,
-                          kv_blocks_end, prefill_tokens, decode_tokens))
-        if len(sink.rows) >= sink.limit:
+        n = sink.num_packed
+        sink.pack_into(sink.buf, n * sink.row_bytes, replica, start_s, end_s, num_steps, batch_size, num_waiting,
+                       kv_blocks_mean, kv_blocks_end, prefill_tokens, decode_tokens)
+        sink.texts.append(pool)
+        sink.num_packed = n + 1
+        if n + 1 >= sink.limit:
             sink.chunk()
 
     def close(self) -> tuple[Frame | Path, Frame | Path]:

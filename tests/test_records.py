@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -256,7 +257,7 @@ def test_rows_made_into_columns_in_chunks_write_the_same_files(monkeypatch, tmp_
     for chunk in (chunk_rows, 10**9):
         monkeypatch.setattr(simserve.sim, "Recorder", partial(Recorder, row_group_rows=7, chunk_rows=chunk))
         res = Simulation(mixed_scenario(num_requests=40, horizon_s=1e6), records_dir=tmp_path / str(chunk)).run()
-        assert all(len(r) <= min(chunk, 7) for r in (res.recorder.requests.rows, res.recorder.segments.rows))
+        assert all(sink.pending() <= min(chunk, 7) for sink in (res.recorder.requests, res.recorder.segments))
         runs[chunk] = res
     a, b = runs[chunk_rows], runs[10**9]
     assert same(a.summary | {"wall_time_s": 0}, b.summary | {"wall_time_s": 0})
@@ -304,6 +305,38 @@ def test_row_groups_are_sized_in_bytes_so_narrow_tables_hold_more_rows_before_a_
         else:
             assert isinstance(segments, metrics.Frame) and segments.num_rows == 70_000
             assert rec.folder.tempdir is None  # nothing written
+
+
+_I64 = st.integers(-(2**63), 2**63 - 1)
+_F64 = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([-0.0, 5e-324, math.nan])
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["main", "decode", "é"]), _I64, _F64, _F64, _I64, _I64, _I64, _F64,
+                               _I64, _I64, _I64), max_size=40),
+       chunk=st.integers(1, 9), group=st.integers(1, 50))
+def test_packed_segment_rows_become_the_columns_tuple_rows_do(rows, chunk, group):
+    """Segments are packed as bytes when recorded: at any chunk and row-group size, the columns held and the file
+    written are bit for bit those of the same rows recorded as tuples, NaN, -0.0 and int64's extremes included."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = Recorder(Path(tmp, "packed"), row_group_rows=group, chunk_rows=chunk)
+        tuples = metrics._Sink(metrics._Folder(Path(tmp, "tuples")), "replicas.parquet", SEGMENT_COLUMNS,
+                               metrics._SEGMENT_KINDS, group, chunk)
+        assert rec.segments.packed and not tuples.packed
+        for row in rows:
+            rec.segment(**dict(zip(SEGMENT_COLUMNS, row, strict=True)))
+            tuples.rows.append(row)
+            if len(tuples.rows) >= tuples.limit:
+                tuples.chunk()
+            assert rec.segments.held() == tuples.held() and rec.segments.num_rows == tuples.num_rows
+        a, b = rec.segments._columns(), tuples._columns()
+        assert a.keys() == b.keys()
+        for c in a:
+            if isinstance(a[c], list):
+                assert a[c] == b[c]
+            else:
+                assert a[c].dtype == b[c].dtype and a[c].tobytes() == b[c].tobytes(), c
+        assert rec.segments.close().read_bytes() == tuples.close().read_bytes()
 
 
 def test_write_results_copies_records_made_elsewhere_and_leaves_streamed_ones(tmp_path):
