@@ -160,6 +160,10 @@ class Planner:
         self.config = config
         self.kv = kv
         self.waiting = waiting
+        # The queue's kind, tested once: an isinstance test against a class of an interpreted module is a global
+        # lookup and a generic subclass check (about 400 instructions), and a plan made two of them.
+        self.fair_share: FairShare | None = waiting if isinstance(waiting, FairShare) else None
+        self.reasoning_aware: ReasoningAware | None = waiting if isinstance(waiting, ReasoningAware) else None
         self.decodes = Decodes(config.max_num_seqs, config.block_tokens, config.kv_compression)
         self.prefilling: list[Request] = []  # running, known tokens not all computed, in running order
         self.handing_off: list[Request] = []  # prefill role: prompt done, first token in flight
@@ -227,11 +231,13 @@ class Planner:
         threshold = cfg.long_prefill_token_threshold
         if threshold and dec.n + len(self.prefilling) + len(self.handing_off) + len(waiting) <= 1:
             threshold = 0  # nobody to starve (vLLM)
-        if waiting and isinstance(waiting, FairShare):
-            waiting.charge({r: r.output_tokens - dec.left(j) for j, r in enumerate(dec.req[: dec.n]) if r})
+        fair = self.fair_share
+        if fair is not None and fair:
+            fair.charge({r: r.output_tokens - dec.left(j) for j, r in enumerate(dec.req[: dec.n]) if r})
         yielded = 0
-        if isinstance(waiting, ReasoningAware) and waiting.num_short_waiting and dec.n:
-            yielded = self._yield_long(plan, waiting)
+        aware = self.reasoning_aware
+        if aware is not None and aware.num_short_waiting and dec.n:
+            yielded = self._yield_long(plan, aware)
         if not self._schedule_decodes_first(plan, budget):
             budget = self._schedule_running(plan, budget, threshold, self._running_order())
         else:
@@ -613,8 +619,9 @@ class Planner:
 
     def _done(self, req: Request) -> None:
         """The request leaves this replica: a fair-share scheduler charges the rest of its output."""
-        if isinstance(self.waiting, FairShare):
-            self.waiting.done(req)
+        fair = self.fair_share
+        if fair is not None:
+            fair.done(req)
 
     # ------------------------------------------------------------------------------------------ outputs
 

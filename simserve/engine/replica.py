@@ -41,7 +41,7 @@ from simserve.perf import Batch, PerfModel
 from simserve.perf.base import StepTimes, accumulate_sum, asum
 from simserve.quality.compression import KvCompressionSpec
 from simserve.request import Request
-from simserve.schedulers import FairShare, Fcfs, ReasoningAware
+from simserve.schedulers import Fcfs
 
 _ONE_STEP: Final = np.zeros(1, dtype=np.int64)
 _MAX_PIECES: Final = 256  # preempting plans one run may span (it is predicted whole at its start)
@@ -454,14 +454,15 @@ class Replica:
             if plan.reasoning_done:
                 return 1, NO_DEMAND
             k = min(k, 1 + to_reasoning_end)
-        waiting = self.planner.waiting
-        if isinstance(waiting, ReasoningAware) and waiting.num_short_waiting:
-            ahead = self.planner.chunk_boundaries(waiting)[1]
+        aware = self.planner.reasoning_aware
+        if aware is not None and aware.num_short_waiting:
+            ahead = self.planner.chunk_boundaries(aware)[1]
             if ahead >= 0:
                 k = min(k, ahead + 1)  # the run ends before the plan at which the scheduler may preempt
-        if isinstance(waiting, FairShare) and waiting:
+        fair = self.planner.fair_share
+        if fair is not None and fair:
             per_user = Counter(r.user_id for r in dec.req[: dec.n] if r is not None)
-            ahead = waiting.steps_until_reorder(per_user)
+            ahead = fair.steps_until_reorder(per_user)
             if ahead >= 1:
                 k = min(k, ahead)  # the plan at which another user's request may come first is not skipped
         if k <= 1:
