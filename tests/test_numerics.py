@@ -117,6 +117,26 @@ def test_decode_run_step_times_equal_single_steps_bit_for_bit(seed):
             assert np.array_equal(capped, single), label
 
 
+def test_roofline_reads_an_moe_models_weights_by_its_tokens_and_a_dense_models_whole():
+    """The roofline's weight side: a dense model reads all its weights each step; a mixture of experts reads the
+    experts its tokens touch (model.weight_bytes_read), fewer at batch 1 than at 256. (The model's kind is read once
+    when the model is built: a pydantic attribute read each step was a generic lookup.)"""
+    from simserve.hardware import GPUS, MODELS
+    from simserve.perf import PerfContext, RooflinePerfSpec
+
+    h100 = GPUS["h100-sxm"]
+    for name, tp in [("llama-3.1-8b", 1), ("qwen3-30b-a3b", 1), ("deepseek-r1", 8)]:
+        model = MODELS[name]
+        perf = RooflinePerfSpec().build(PerfContext(h100, model, tp))
+        for tokens in (1.0, 256.0):
+            if model.moe is None:
+                assert perf._weight_s(tokens) == perf.weight_s
+            else:
+                assert perf._weight_s(tokens) == model.weight_bytes_read(tokens) / perf.bw_per_gpu
+        if model.moe is not None:
+            assert perf._weight_s(1.0) < perf._weight_s(256.0) <= perf.weight_s * (1 + 1e-12)
+
+
 @pytest.mark.parametrize("steps, cross_at", [(250, 100), (60, 30)])
 def test_roofline_runs_that_cross_from_memory_to_compute_bound_equal_single_steps(steps, cross_at):
     """The roofline's closed form picks one side for a whole run where it dominates with a margin; a run whose

@@ -185,7 +185,7 @@ class Planner:
 
     def hold_of(self, req: Request) -> KvHold:
         """The request's KV hold on this replica (made on first use: its prompt units become its chain)."""
-        hold = req.kv
+        hold: KvHold | None = req.kv  # typed: `Request.kv` is Any (the leaf module names no engine class)
         if hold is None:
             hold = KvHold(self._prompt_chain(req))
             req.kv = hold
@@ -394,7 +394,7 @@ class Planner:
                 if 0 < threshold < new:
                     new = threshold
                 new = min(new, budget)
-                hold = req.kv
+                hold: KvHold | None = req.kv
                 assert hold is not None
                 have, computed = hold.num_blocks, req.computed_tokens
                 keep = req.kv_keep_tokens or computed + new
@@ -408,8 +408,10 @@ class Planner:
                 dec.schedule_one(slot)
                 sched_slots.append(slot)
             else:
-                assert req is not None and req.kv is not None
-                req.kv.private_blocks += need
+                assert req is not None
+                grown: KvHold | None = req.kv
+                assert grown is not None
+                grown.private_blocks += need
                 self._advance_prefill(plan, req, new)
             budget -= new
             i += 1
@@ -494,8 +496,9 @@ class Planner:
         dec = self.decodes
         if slot >= 0:
             req = dec.sync(slot)
-            assert req.kv is not None
-            req.kv.private_blocks = dec.blocks_of(slot) - req.kv.unit_blocks
+            left: KvHold | None = req.kv
+            assert left is not None
+            left.private_blocks = dec.blocks_of(slot) - left.unit_blocks
             cached = self._cached_tokens(slot)
             gone_slots.append(slot)
         else:
@@ -505,7 +508,7 @@ class Planner:
             else:
                 req.slot = -3  # leaves `prefilling` at the end of the pass
             cached = _cacheable(req, req.computed_tokens)
-        hold = req.kv
+        hold: KvHold | None = req.kv
         assert hold is not None
         req.num_preemptions += 1
         plan.add_preempted(req)
@@ -539,7 +542,7 @@ class Planner:
         if it completes the known tokens."""
         plan.add_chunk(req, new, req.computed_tokens)
         req.computed_tokens += new
-        hold = req.kv
+        hold: KvHold | None = req.kv
         assert hold is not None
         self.kv.cache_computed(hold, _cacheable(req, req.computed_tokens) // self.config.block_tokens)
         if req.computed_tokens < req.known_tokens:
@@ -644,7 +647,7 @@ class Planner:
         blocks were cached."""
         dec = self.decodes
         slot = req.slot
-        hold = req.kv
+        hold: KvHold | None = req.kv
         assert hold is not None
         hold.private_blocks = dec.blocks_of(slot) - hold.unit_blocks
         cached = self._cached_tokens(slot)

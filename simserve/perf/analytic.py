@@ -112,6 +112,7 @@ class RooflinePerf:
         flops = gpu.peak_flops_per_s * compute_efficiency
         # Per GPU: everything below is sharded evenly over the tensor-parallel group.
         self.model = model
+        self.moe = model.moe is not None  # read once: a pydantic model's attribute is a generic lookup, each step
         self.bw_per_gpu = bw * tp
         self.weight_s = model.weight_bytes / tp / bw
         self.kv_s_per_token = model.kv_bytes_per_token / tp / bw
@@ -128,7 +129,7 @@ class RooflinePerf:
             self.comm_s_per_token = 0.0
 
     def _weight_s(self, tokens: float) -> float:
-        if self.model.moe is None:
+        if not self.moe:
             return self.weight_s
         return self.model.weight_bytes_read(tokens) / self.bw_per_gpu
 
