@@ -18,12 +18,16 @@ blocks a preempted request kept), or a run of uncached free blocks. Popping part
 blocks (they were freed first) and leaves a shorter unit whose head still hits. A request's blocks are a `KvHold`:
 the cached units it holds, in chain order, then private blocks.
 
+The prefix cache is a dictionary from key to copies for the keys requests can share (prompt units). The blocks a
+preempted request kept are found only by its own readmission, so their unit's key is the list of its copies itself,
+held in the request's chain: such a unit is cached, looked up and evicted without a dictionary entry.
+
 Invariant: free_blocks + blocks of units held by at least one request + private blocks of every hold = capacity.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, TypeVar
 
 T = TypeVar("T")
@@ -65,13 +69,14 @@ class KvHold:
     """One request's KV on one replica.
 
     `chain` lists the cacheable units of its sequence in order, as (key, blocks): prompt units whose keys other
-    requests may share, then units of its own kept when it was preempted. `units` are the cached units it holds (a
-    leading run of the chain; the last may be shorter than its chain entry if it was hit after a partial
-    eviction), covering its first `unit_blocks` blocks; `private_blocks` follow them.
+    requests may share, then units of its own kept when it was preempted (keyed by the list of their cached copies,
+    which only this chain holds). `units` are the cached units it holds (a leading run of the chain; the last may be
+    shorter than its chain entry if it was hit after a partial eviction), covering its first `unit_blocks` blocks;
+    `private_blocks` follow them.
 
-    Keys are ints, typed `object` here so that the compiled engine passes on the very object the chain holds: an
-    int it unboxed would be boxed anew for each dictionary call, and the prefix cache, whose keys are these objects,
-    would then compare every found key by value (about 500k int comparisons in BLIS's saturated 10k run).
+    Shared keys are ints, typed `object` here so that the compiled engine passes on the very object the chain holds:
+    an int it unboxed would be boxed anew for each dictionary call, and the prefix cache, whose keys are these
+    objects, would then compare every found key by value (about 500k int comparisons in BLIS's saturated 10k run).
     """
 
     __slots__ = ("chain", "ends", "units", "unit_blocks", "private_blocks")
@@ -100,7 +105,7 @@ class KvBlockPool:
     """Block accounting for one replica: the free queue, the prefix cache and allocation."""
 
     __slots__ = ("capacity_blocks", "block_tokens", "prefix_caching", "free_blocks", "evictable_blocks",
-                 "_front", "_queue", "_head", "_base", "_live", "_compact_after", "_cache", "_next_own_key",
+                 "_front", "_queue", "_head", "_base", "_live", "_compact_after", "_cache",
                  "num_evicted_units")
 
     def __init__(self, capacity_blocks: int, block_tokens: int, prefix_caching: bool = False,
@@ -129,7 +134,6 @@ class KvBlockPool:
         self._live = 0
         self._compact_after = compact_after
         self._cache: dict[object, list[Extent]] = {}  # key -> copies, oldest first
-        self._next_own_key = -1
         self.num_evicted_units = 0
 
     # ------------------------------------------------------------------------------------------ counts
@@ -192,11 +196,14 @@ class KvBlockPool:
 
     def _uncache(self, ext: Extent) -> None:
         key = ext.key  # the object the cache's entry was made with (see KvHold)
-        copies = self._cache[key]
-        if len(copies) == 1:
-            del self._cache[key]
+        if isinstance(key, list):  # a hold's own unit: its copies are its key
+            key.remove(ext)
         else:
-            copies.remove(ext)
+            copies = self._cache[key]
+            if len(copies) == 1:
+                del self._cache[key]
+            else:
+                copies.remove(ext)
         self.num_evicted_units += 1
 
     def _append(self, ext: Extent) -> None:
@@ -244,7 +251,7 @@ class KvBlockPool:
         hit = evictable = 0
         cache = self._cache
         for key, blocks in hold.chain:
-            copies = cache.get(key)
+            copies = key if isinstance(key, list) else cache.get(key)  # an own unit's copies are its key
             if not copies:
                 break
             ext = copies[0]
@@ -296,11 +303,14 @@ class KvBlockPool:
         while i < len(chain) and ends[i] <= computed_blocks:
             key, blocks = chain[i]
             ext = Extent(key, blocks, 1)
-            copies = cache.get(key)
-            if copies is None:
-                cache[key] = [ext]
+            if isinstance(key, list):  # a unit of the hold's own: its copies are its key, not in the dictionary
+                key.append(ext)
             else:
-                copies.append(ext)
+                copies = cache.get(key)
+                if copies is None:
+                    cache[key] = [ext]
+                else:
+                    copies.append(ext)
             hold.units.append(ext)
             hold.unit_blocks += blocks
             hold.private_blocks -= blocks
@@ -320,9 +330,7 @@ class KvBlockPool:
         own = full - hold.unit_blocks
         if own <= 0 or len(hold.chain) > i:
             return
-        key = self._next_own_key
-        self._next_own_key -= 1
-        hold.append_chain(key, own)
+        hold.append_chain([], own)  # its key: the list of its cached copies (see KvHold)
         self.cache_computed(hold, full)
 
     def release(self, hold: KvHold, cached_tokens: int = 0) -> None:
@@ -365,7 +373,7 @@ class KvBlockPool:
         total = 0
         cache = self._cache  # its own get and released's (compiled dict gets; bound methods were generic calls)
         for key, _ in hold.chain:
-            copies = cache.get(key)
+            copies = key if isinstance(key, list) else cache.get(key)
             if not copies:
                 continue
             if len(copies) == 1:  # the common case, without a generator
@@ -382,9 +390,18 @@ class KvBlockPool:
         """The extents in the free queue, front first."""
         return [e for i, e in enumerate(self._queue[self._head:], self._base + self._head) if e.pos == i]
 
-    def held_unit_blocks(self) -> int:
-        """Blocks of cached units held by at least one request."""
-        return sum(e.size for copies in self._cache.values() for e in copies if e.refs > 0)
+    def held_unit_blocks(self, holds: Iterable[KvHold]) -> int:
+        """Blocks of the cached units that `holds` (every hold of the pool's running requests) hold, each unit
+        once. Checks that each such unit is held by as many of them as its `refs` say and waits in no queue, and
+        that every unit of the dictionary with holders is among them (a hold's own units are not in it)."""
+        held: dict[Extent, int] = {}
+        for hold in holds:
+            for ext in hold.units:
+                held[ext] = held.get(ext, 0) + 1
+        for ext, n in held.items():
+            assert ext.refs == n and ext.pos == -1 and ext.key is not None, (ext.key, ext.refs, n, ext.pos)
+        assert all(e in held for copies in self._cache.values() for e in copies if e.refs > 0)
+        return sum(ext.size for ext in held)
 
     def cached_blocks(self, key: int) -> int:
         """Blocks of the oldest cached copy of a unit (0 if not cached)."""

@@ -736,7 +736,10 @@ class Planner:
             assert req.kv.num_blocks * self.config.block_tokens >= kept
             if req.kv_keep_tokens:
                 assert req.kv.num_blocks <= blocks_for(req.kv_keep_tokens, self.config.block_tokens)
-        assert private + kv.held_unit_blocks() + kv.free_blocks == kv.capacity_blocks, (
-            private, kv.held_unit_blocks(), kv.free_blocks, kv.capacity_blocks)
+        holds = [r.kv for r in [*dec.req[: dec.n], *self.prefilling, *self.handing_off, *self.transferring.values()]
+                 if r is not None]
+        held = kv.held_unit_blocks(holds)
+        assert private + held + kv.free_blocks == kv.capacity_blocks, (private, held, kv.free_blocks,
+                                                                      kv.capacity_blocks)
         kv.check()
         assert self.num_running <= self.config.max_num_seqs
