@@ -89,6 +89,7 @@ def rows_per_group(num_columns: int) -> int:
     """Rows of a Parquet row group for a table of `num_columns` columns: about ROW_GROUP_BYTES of values."""
     return max(ROW_GROUP_BYTES // (8 * num_columns), 1)
 
+
 # Column kinds: "q" int64, "d" float64, "s" string. Derived columns (float64) are computed per row group.
 _REQUEST_KINDS = {
     "request_id": "q", "user_id": "q", "query_type": "s", "pool": "s", "replica": "q", "arrival_s": "d",
@@ -399,11 +400,11 @@ class _Sink:
 
 class Recorder:
     """Records out, streamed: a finished request becomes one row and its object can be dropped; rows are held (the
-    last few thousand as tuples, the rest as columns) and written to Parquet a row group (`row_group_rows` rows, by
-    default about ROW_GROUP_BYTES of values) at a time, so memory is bounded by the requests in flight, not by the
-    requests run. Rows are in the order they were recorded: requests as they end (completed or rejected), then those
-    unfinished or not arrived at the end of the run; replica segments as each replica closes them. Sort by
-    request_id to get arrival order.
+    last few thousand as tuples, or for segments as packed bytes, the rest as columns) and written to Parquet a row
+    group (`row_group_rows` rows, by default about ROW_GROUP_BYTES of values) at a time, so memory is bounded by the
+    requests in flight, not by the requests run. Rows are in the order they were recorded: requests as they end
+    (completed or rejected), then those unfinished or not arrived at the end of the run; replica segments as each
+    replica closes them. Sort by request_id to get arrival order.
 
     Files go to `directory`/requests.parquet and replicas.parquet (written as .partial until `close()`), or, with
     no directory, to a temporary folder that lives as long as this recorder (the Results of the run hold it). With
