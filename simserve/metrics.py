@@ -243,10 +243,10 @@ class _Sink:
     so a run that dies never leaves a half-written file under the final name.
 
     A `packed` sink (the replica segments: a row per event, seven per request in a saturated run) takes its rows
-    otherwise: a row's numbers are packed into `buf` as they are recorded (`pack_into`: little-endian int64 and
-    float64, the values the columns hold) and its one string column, the first, goes to `texts`; a chunk's numeric
-    columns are then read from the bytes by one numpy view, where tuple rows were transposed and each value
-    converted by numpy."""
+    otherwise: a row's numbers are packed into `buf` as they are recorded (`pack_into`: int64 and float64 in the
+    machine's byte order, the values the columns hold) and its one string column, the first, goes to `texts`; a
+    chunk's numeric columns are then read from the bytes by one numpy view, where tuple rows were transposed and
+    each value converted by numpy."""
 
     def __init__(self, folder: _Folder, name: str, columns: tuple[str, ...], kinds: dict[str, str],
                  row_group_rows: int, chunk_rows: int = CHUNK_ROWS,
@@ -268,10 +268,10 @@ class _Sink:
         numbers = self.recorded[1:] if packed else ()
         if packed and (kinds[self.recorded[0]] != "s" or any(kinds[c] == "s" for c in numbers)):
             raise ValueError(f"a packed sink's one string column comes first: {self.recorded}")
-        packer = struct.Struct("<" + "".join(kinds[c] for c in numbers))
+        packer = struct.Struct("=" + "".join(kinds[c] for c in numbers))  # native order, 8-byte q and d
         self.row_bytes = packer.size
         self.pack_into = packer.pack_into
-        self._packed_dtype = np.dtype([(c, "<i8" if kinds[c] == "q" else "<f8") for c in numbers])
+        self._packed_dtype = np.dtype([(c, _DTYPES[kinds[c]]) for c in numbers])
         self.buf = bytearray(packer.size * self.limit)
         self.texts: list[Any] = []
         self._chunks: list[dict[str, Any]] = []  # earlier rows of this row group, as columns

@@ -241,6 +241,11 @@ class KvBlockPool:
 
     # ------------------------------------------------------------------------------------------ holds
 
+    def _copies(self, key: object) -> list[Extent] | None:
+        """A unit's cached copies, oldest first: a hold's own unit's are its key (a list); a shareable key's are in
+        the dictionary (None if it has none)."""
+        return key if isinstance(key, list) else self._cache.get(key)
+
     def lookup(self, hold: KvHold, max_blocks: int) -> tuple[list[Extent], int, int]:
         """The leading cached run of the hold's chain, at most `max_blocks` blocks (vLLM leaves the last token of a
         sequence to compute: max_blocks = (tokens - 1) // block_tokens). Returns (units, blocks hit, blocks hit
@@ -249,9 +254,8 @@ class KvBlockPool:
             return NO_EXTENTS, 0, 0
         units = NO_EXTENTS  # a list of its own from the first hit
         hit = evictable = 0
-        cache = self._cache
         for key, blocks in hold.chain:
-            copies = key if isinstance(key, list) else cache.get(key)  # an own unit's copies are its key
+            copies = self._copies(key)
             if not copies:
                 break
             ext = copies[0]
@@ -371,9 +375,8 @@ class KvBlockPool:
         if hold is None or not self.prefix_caching:
             return 0
         total = 0
-        cache = self._cache  # its own get and released's (compiled dict gets; bound methods were generic calls)
         for key, _ in hold.chain:
-            copies = key if isinstance(key, list) else cache.get(key)
+            copies = self._copies(key)
             if not copies:
                 continue
             if len(copies) == 1:  # the common case, without a generator
@@ -403,9 +406,9 @@ class KvBlockPool:
         assert all(e in held for copies in self._cache.values() for e in copies if e.refs > 0)
         return sum(ext.size for ext in held)
 
-    def cached_blocks(self, key: int) -> int:
+    def cached_blocks(self, key: object) -> int:
         """Blocks of the oldest cached copy of a unit (0 if not cached)."""
-        copies = self._cache.get(key)
+        copies = self._copies(key)
         return copies[0].size if copies else 0
 
     def check(self) -> None:

@@ -408,10 +408,8 @@ class Planner:
                 dec.schedule_one(slot)
                 sched_slots.append(slot)
             else:
-                assert req is not None
-                grown: KvHold | None = req.kv
-                assert grown is not None
-                grown.private_blocks += need
+                assert req is not None and hold is not None  # the hold read above, this iteration
+                hold.private_blocks += need
                 self._advance_prefill(plan, req, new)
             budget -= new
             i += 1
@@ -496,9 +494,9 @@ class Planner:
         dec = self.decodes
         if slot >= 0:
             req = dec.sync(slot)
-            left: KvHold | None = req.kv
-            assert left is not None
-            left.private_blocks = dec.blocks_of(slot) - left.unit_blocks
+            hold: KvHold | None = req.kv
+            assert hold is not None
+            hold.private_blocks = dec.blocks_of(slot) - hold.unit_blocks
             cached = self._cached_tokens(slot)
             gone_slots.append(slot)
         else:
@@ -508,7 +506,7 @@ class Planner:
             else:
                 req.slot = -3  # leaves `prefilling` at the end of the pass
             cached = _cacheable(req, req.computed_tokens)
-        hold: KvHold | None = req.kv
+            hold = req.kv
         assert hold is not None
         req.num_preemptions += 1
         plan.add_preempted(req)
@@ -719,11 +717,13 @@ class Planner:
         """Block conservation: free + held units + every hold's private blocks = capacity."""
         dec, kv = self.decodes, self.kv
         private = 0
+        holds: list[KvHold] = []  # every running request's
         dec.check()
         blocks = dec.fresh_blocks()
         for j in range(dec.n):
             req = dec.req[j]
             assert req is not None and req.kv is not None and req.slot == j
+            holds.append(req.kv)
             private += int(blocks[j]) - req.kv.unit_blocks
             kept = min(int(dec.ctx[j]), req.kv_keep_tokens or int(dec.ctx[j]))
             assert blocks[j] * self.config.block_tokens >= kept
@@ -731,13 +731,12 @@ class Planner:
                 assert blocks[j] == blocks_for(kept, self.config.block_tokens), (j, kept, blocks[j])
         for req in [*self.prefilling, *self.handing_off, *self.transferring.values()]:
             assert req.kv is not None
+            holds.append(req.kv)
             private += req.kv.private_blocks
             kept = min(req.computed_tokens, req.kv_keep_tokens or req.computed_tokens)
             assert req.kv.num_blocks * self.config.block_tokens >= kept
             if req.kv_keep_tokens:
                 assert req.kv.num_blocks <= blocks_for(req.kv_keep_tokens, self.config.block_tokens)
-        holds = [r.kv for r in [*dec.req[: dec.n], *self.prefilling, *self.handing_off, *self.transferring.values()]
-                 if r is not None]
         held = kv.held_unit_blocks(holds)
         assert private + held + kv.free_blocks == kv.capacity_blocks, (private, held, kv.free_blocks,
                                                                       kv.capacity_blocks)
