@@ -1,0 +1,164 @@
+"""Would SimPy's kernel run faster compiled? SimPy's per-event path (Environment.step, Process._resume, an event's
+__init__ and its heap entry) is the last interpreted code every simulated event runs, about 0.6-0.8 us an event
+here. mypyc can compile a class that subclasses an interpreted one only as a *non-native* class
+(`@mypyc_attr(native_class=False)`): its methods become C, but its instances stay ordinary Python objects whose
+attributes it reads and writes through the generic C API. This script compiles the same three pieces that way
+(`KERNEL` below: step, _resume and the engine's `_Scheduled` event with SimPy's semantics, failures included) in a
+temporary folder, and times a bare loop (8 processes, each yielding timeouts) on SimPy's own classes and on the
+compiled ones, alternating, CPU time, best of --repeat:
+
+    python bench/compiled_kernel.py --events 200000 --repeat 7
+
+Needs mypyc (the test extra installs mypy) and a C compiler. docs/performance.md ("SimPy's kernel compiled",
+stage 23) records the result: the compiled kernel is slower, so simserve keeps SimPy's."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+KERNEL = '''
+from __future__ import annotations
+from heapq import heappop, heappush
+from typing import Any
+import simpy.events
+from mypy_extensions import mypyc_attr
+from simpy.core import EmptySchedule, Environment
+from simpy.events import Event, Process
+
+
+@mypyc_attr(native_class=False)
+class Env(Environment):
+    def step(self) -> None:
+        queue: Any = self._queue  # SimPy's annotation types the entries; mypyc would check them
+        try:
+            entry: Any = heappop(queue)
+        except IndexError:
+            raise EmptySchedule from None
+        self._now = entry[0]
+        event = entry[3]
+        callbacks = event.callbacks
+        event.callbacks = None
+        for callback in callbacks:
+            callback(event)
+        if not event._ok and not hasattr(event, "_defused"):
+            exc = type(event._value)(*event._value.args)
+            exc.__cause__ = event._value
+            raise exc
+
+    def run_all(self) -> None:
+        try:
+            while True:
+                self.step()
+        except EmptySchedule:
+            pass
+
+
+@mypyc_attr(native_class=False)
+class Scheduled(Event):
+    def __init__(self, env: Any, delay_s: float, priority: float) -> None:
+        self.env = env
+        self.callbacks = []
+        self._ok = True
+        self._value = None
+        heappush(env._queue, (env._now + delay_s, priority, next(env._eid), self))
+
+
+@mypyc_attr(native_class=False)
+class Proc(Process):
+    def _resume(self, event: Any) -> None:
+        env = self.env
+        env._active_proc = self
+        while True:
+            try:
+                if event._ok:
+                    event = self._generator.send(event._value)
+                else:
+                    event._defused = True
+                    exc = type(event._value)(*event._value.args)
+                    exc.__cause__ = event._value
+                    event = self._generator.throw(exc)
+            except StopIteration as e:
+                self._ok = True
+                self._value = e.args[0] if len(e.args) else None
+                env.schedule(self)
+                break
+            except BaseException as e:
+                self._ok = False
+                self._value = e
+                env.schedule(self)
+                break
+            if event.callbacks is not None:
+                event.callbacks.append(self._resume)
+                break
+            self._target = event
+        env._active_proc = None
+'''
+
+CHILD = r'''
+import sys, time
+from heapq import heappush
+import simpy
+sys.path.insert(0, sys.argv[1])
+import kernel
+
+
+class Scheduled(simpy.Event):  # as simserve/engine/events.py's _Scheduled
+    def __init__(self, env, delay_s, priority):
+        self.env = env
+        self.callbacks = []
+        self._ok = True
+        self._value = None
+        heappush(env._queue, (env._now + delay_s, priority, next(env._eid), self))
+
+
+def process(env, event_class, n):
+    for _ in range(n):
+        yield event_class(env, 1.0, 1)
+
+
+def once(which, n):
+    if which == "simpy":
+        env = simpy.Environment()
+        for _ in range(8):
+            env.process(process(env, Scheduled, n // 8))
+        t = time.process_time()
+        env.run()
+    else:
+        env = kernel.Env()
+        for _ in range(8):
+            kernel.Proc(env, process(env, kernel.Scheduled, n // 8))
+        t = time.process_time()
+        env.run_all()
+    assert env.now == n // 8
+    return time.process_time() - t
+
+
+n, repeat = int(sys.argv[2]), int(sys.argv[3])
+best = {"simpy": 1e9, "compiled": 1e9}
+for _ in range(repeat):
+    for which in best:
+        best[which] = min(best[which], once(which, n))
+for which, s in best.items():
+    print(f"{which:9s} {s / n * 1e6:.3f} us an event (best of {repeat}, {n:,} events)")
+'''
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="simserve-kernel-") as tmp:
+        Path(tmp, "kernel.py").write_text(KERNEL)
+        built = subprocess.run([sys.executable, "-m", "mypyc", "kernel.py"], cwd=tmp, capture_output=True, text=True)
+        if built.returncode != 0 or not list(Path(tmp).glob("kernel.*.so")):
+            sys.exit(f"mypyc could not compile the kernel:\n{built.stdout[-2000:]}{built.stderr[-2000:]}")
+        subprocess.run([sys.executable, "-c", CHILD, tmp, str(args.events), str(args.repeat)], check=True)
+
+
+if __name__ == "__main__":
+    main()
