@@ -3,11 +3,13 @@ __init__ and its heap entry) is the last interpreted code every simulated event 
 here. mypyc can compile a class that subclasses an interpreted one only as a *non-native* class
 (`@mypyc_attr(native_class=False)`): its methods become C, but its instances stay ordinary Python objects whose
 attributes it reads and writes through the generic C API. This script compiles the same three pieces that way
-(`KERNEL` below: step, _resume and the engine's `_Scheduled` event with SimPy's semantics, failures included) in a
-temporary folder, and times a bare loop (8 processes, each yielding timeouts) on SimPy's own classes and on the
-compiled ones, alternating, CPU time, best of --repeat:
+(`KERNEL` below: step, _resume and the engine's `_Scheduled` event, with SimPy's handling of a process's return
+value and of failed events; the traceback trimming and StopSimulation's rescheduling, which cost nothing on this path,
+are left out) in a temporary folder, and times a bare loop (8 processes, each yielding timeouts) on SimPy's own
+classes and on the compiled ones, alternating, CPU time, best of --repeat; with --pieces, also each piece compiled
+alone (the others SimPy's):
 
-    python bench/compiled_kernel.py --events 200000 --repeat 7
+    python bench/compiled_kernel.py --events 200000 --repeat 7 --pieces
 
 Needs mypyc (the test extra installs mypy) and a C compiler. docs/performance.md ("SimPy's kernel compiled",
 stage 23) records the result: the compiled kernel is slower, so simserve keeps SimPy's."""
@@ -121,10 +123,14 @@ def process(env, event_class, n):
 
 
 def once(which, n):
-    if which == "simpy":
-        env = simpy.Environment()
+    if which != "compiled":  # SimPy's own, or one piece compiled: "step", "event" or "resume"
+        env = kernel.Env() if which == "step" else simpy.Environment()
+        event_class = kernel.Scheduled if which == "event" else Scheduled
         for _ in range(8):
-            env.process(process(env, Scheduled, n // 8))
+            if which == "resume":
+                kernel.Proc(env, process(env, event_class, n // 8))
+            else:
+                env.process(process(env, event_class, n // 8))
         t = time.process_time()
         env.run()
     else:
@@ -138,12 +144,13 @@ def once(which, n):
 
 
 n, repeat = int(sys.argv[2]), int(sys.argv[3])
-best = {"simpy": 1e9, "compiled": 1e9}
+best = dict.fromkeys(["simpy", "compiled"] + (["step", "event", "resume"] if sys.argv[4] == "1" else []), 1e9)
 for _ in range(repeat):
     for which in best:
         best[which] = min(best[which], once(which, n))
 for which, s in best.items():
-    print(f"{which:9s} {s / n * 1e6:.3f} us an event (best of {repeat}, {n:,} events)")
+    label = which if which in ("simpy", "compiled") else f"only {which} compiled"
+    print(f"{label:22s} {s / n * 1e6:.3f} us an event (best of {repeat}, {n:,} events)")
 '''
 
 
@@ -151,13 +158,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--pieces", action="store_true", help="also time each piece compiled alone")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="simserve-kernel-") as tmp:
         Path(tmp, "kernel.py").write_text(KERNEL)
         built = subprocess.run([sys.executable, "-m", "mypyc", "kernel.py"], cwd=tmp, capture_output=True, text=True)
         if built.returncode != 0 or not list(Path(tmp).glob("kernel.*.so")):
             sys.exit(f"mypyc could not compile the kernel:\n{built.stdout[-2000:]}{built.stderr[-2000:]}")
-        subprocess.run([sys.executable, "-c", CHILD, tmp, str(args.events), str(args.repeat)], check=True)
+        subprocess.run([sys.executable, "-c", CHILD, tmp, str(args.events), str(args.repeat),
+                        "1" if args.pieces else "0"], check=True)
 
 
 if __name__ == "__main__":
