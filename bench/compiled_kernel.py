@@ -6,8 +6,8 @@ attributes it reads and writes through the generic C API. This script compiles t
 (`KERNEL` below: step, _resume and the engine's `_Scheduled` event, with SimPy's handling of a process's return
 value and of failed events; the traceback trimming and StopSimulation's rescheduling, which cost nothing on this path,
 are left out) in a temporary folder, and times a bare loop (8 processes, each yielding timeouts) on SimPy's own
-classes and on the compiled ones, alternating, CPU time, best of --repeat; with --pieces, also each piece compiled
-alone (the others SimPy's):
+classes with simserve's `_Scheduled`, as simserve runs them, and on the compiled ones, alternating, CPU time, best of
+--repeat; with --pieces, also each piece compiled alone (the others as simserve runs them):
 
     python bench/compiled_kernel.py --events 200000 --repeat 7 --pieces
 
@@ -26,7 +26,7 @@ KERNEL = '''
 from __future__ import annotations
 from heapq import heappop, heappush
 from typing import Any
-import simpy.events
+import simpy.events  # without it mypyc's C refers to a module cache for simpy.events it never declares
 from mypy_extensions import mypyc_attr
 from simpy.core import EmptySchedule, Environment
 from simpy.events import Event, Process
@@ -60,13 +60,19 @@ class Env(Environment):
 
 
 @mypyc_attr(native_class=False)
-class Scheduled(Event):
-    def __init__(self, env: Any, delay_s: float, priority: float) -> None:
+class Scheduled(Event):  # simserve/engine/events.py's _Scheduled, line for line
+    def __init__(self, env: Any, delay_s: float, priority: float, at_s: float | None = None) -> None:
         self.env = env
         self.callbacks = []
         self._ok = True
         self._value = None
-        heappush(env._queue, (env._now + delay_s, priority, next(env._eid), self))
+        if at_s is None:
+            entry: Any = (env._now + delay_s, priority, next(env._eid), self)
+        else:
+            if at_s < env._now:
+                raise ValueError(f"cannot schedule at {at_s!r}, before now ({env._now!r})")
+            entry = (at_s, priority, next(env._eid), self)
+        heappush(env._queue, entry)
 
 
 @mypyc_attr(native_class=False)
@@ -102,19 +108,10 @@ class Proc(Process):
 
 CHILD = r'''
 import sys, time
-from heapq import heappush
 import simpy
+from simserve.engine.events import _Scheduled as Scheduled  # the event simserve runs
 sys.path.insert(0, sys.argv[1])
 import kernel
-
-
-class Scheduled(simpy.Event):  # as simserve/engine/events.py's _Scheduled
-    def __init__(self, env, delay_s, priority):
-        self.env = env
-        self.callbacks = []
-        self._ok = True
-        self._value = None
-        heappush(env._queue, (env._now + delay_s, priority, next(env._eid), self))
 
 
 def process(env, event_class, n):
@@ -123,22 +120,21 @@ def process(env, event_class, n):
 
 
 def once(which, n):
-    if which != "compiled":  # SimPy's own, or one piece compiled: "step", "event" or "resume"
-        env = kernel.Env() if which == "step" else simpy.Environment()
-        event_class = kernel.Scheduled if which == "event" else Scheduled
-        for _ in range(8):
-            if which == "resume":
-                kernel.Proc(env, process(env, event_class, n // 8))
-            else:
-                env.process(process(env, event_class, n // 8))
-        t = time.process_time()
-        env.run()
-    else:
-        env = kernel.Env()
-        for _ in range(8):
-            kernel.Proc(env, process(env, kernel.Scheduled, n // 8))
-        t = time.process_time()
+    # "simpy": SimPy's classes and simserve's event; "compiled": the three compiled, with a compiled loop;
+    # "step", "event" or "resume": that piece compiled alone.
+    env = kernel.Env() if which in ("step", "compiled") else simpy.Environment()
+    event_class = kernel.Scheduled if which in ("event", "compiled") else Scheduled
+    for _ in range(8):
+        generator = process(env, event_class, n // 8)
+        if which in ("resume", "compiled"):
+            kernel.Proc(env, generator)
+        else:
+            env.process(generator)
+    t = time.process_time()
+    if which == "compiled":
         env.run_all()
+    else:
+        env.run()
     assert env.now == n // 8
     return time.process_time() - t
 
